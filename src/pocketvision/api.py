@@ -1,0 +1,233 @@
+"""Public Python API; the CLI is a thin layer over these functions.
+
+    import pocketvision as pv
+    bundle = pv.train("photos/", out="hotdog.pvb", arch="deepdog", arch_args={"alpha": 0.5})
+    bundle = pv.load("hotdog.pvb")
+    bundle.evaluate("photos/")            # metrics dict (+ HTML report with report_dir=...)
+    bundle.export("hotdog.onnx")          # exported and verified on the validation images
+    bundle.predict(["a.jpg", "b.jpg"])    # [{"label": ..., "confidence": ...}, ...]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import bundle as bundle_io
+from .contract import Contract
+from .errors import BundleError, PocketVisionError
+from .runtime.decision import decide
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    verification: dict[str, Any] | None = None
+    size_bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class Bundle:
+    """A trained model plus everything needed to use it: labels, contract, threshold, metrics."""
+
+    def __init__(self, meta: dict[str, Any], model: nn.Module, path: Path | None = None):
+        self.meta, self.model, self.path = meta, model.eval(), path
+
+    # -- properties ---------------------------------------------------------------------------------
+    labels = property(lambda self: list(self.meta["labels"]))
+    task = property(lambda self: self.meta["task"])
+    contract = property(lambda self: Contract.from_dict(self.meta["contract"]))
+    threshold = property(lambda self: self.meta.get("threshold"))
+    metrics = property(lambda self: self.meta.get("metrics", {}))
+
+    def __repr__(self) -> str:
+        acc = self.metrics.get("accuracy")
+        return (f"Bundle(task={self.task!r}, arch={self.meta['arch'].get('name')!r}, labels={self.labels}, "
+                f"size={list(self.contract.size)}" + (f", val_accuracy={acc:.4f})" if acc is not None else ")"))
+
+    # -- io -----------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module | None = None) -> Bundle:
+        data = bundle_io.read(path)
+        arch = data.meta["arch"]
+        if arch.get("name") == "custom":
+            if model is None:
+                raise BundleError(f"{path}: was trained with a custom torch.nn.Module ({arch.get('class')}); "
+                                  "pass it: pocketvision.load(path, model=MyModel()).")
+        elif model is None:
+            from .models import build_model
+            model = build_model(arch, pretrained=False)
+        from safetensors.torch import load as st_load
+        try:
+            sd = st_load(data.weights)
+            model.load_state_dict(sd)
+        except Exception as e:  # noqa: BLE001 - wrong shapes/keys = a bundle that does not match its spec
+            raise BundleError(f"{path}: weights do not fit the architecture {arch.get('name')} "
+                              f"({str(e).splitlines()[0]}).") from None
+        return cls(data.meta, model, Path(path))
+
+    def save(self, path: str | Path) -> Path:
+        from safetensors.torch import save as st_save
+        sd = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        self.path = bundle_io.write(path, self.meta, st_save(sd))
+        return self.path
+
+    # -- inference ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 NHWC at the contract's size -> probabilities (same maths as the exported graph)."""
+        x = torch.from_numpy(self.contract.normalize(pixels))
+        return torch.softmax(self.model(x), dim=1).numpy()
+
+    def predict(self, images: list[str | Path | bytes] | str | Path) -> list[dict[str, Any]]:
+        if isinstance(images, str | Path):
+            images = [images]
+        c = self.contract
+        pixels = np.stack([c.load(s) for s in images])
+        return decide(self.predict_pixels(pixels), self.labels, self.threshold)
+
+    # -- stages -------------------------------------------------------------------------------------
+    def evaluate(self, data: str | Path, split: str = "auto", report_dir: str | Path | None = None,
+                 threshold: float | None = None) -> dict[str, Any]:
+        from .runtime.artifact import evaluate_folder
+        return evaluate_folder(self.predict_pixels, self.labels, self.contract, self.threshold, data, split,
+                               report_dir, threshold, f"{self.meta['arch'].get('name')} ({self.path or 'bundle'})")
+
+    def validation_samples(self, data: str | Path | None = None):
+        """The images the bundle was validated on (or ``data``'s eval split) for export checks."""
+        from .data.folder import labelled_samples, scan
+        if data is not None:
+            return labelled_samples(data, self.labels)[0]
+        d = self.meta.get("data", {})
+        root = d.get("root")
+        if not root or not Path(root).is_dir():
+            return []
+        return scan(root, val_fraction=d.get("val_fraction", 0.15), seed=d.get("seed", 0), classes=self.labels).val
+
+    def export(self, out: str | Path | None = None, to: str = "onnx", verify: bool = True,
+               data: str | Path | None = None, opset: int | None = None) -> ExportResult:
+        from .export import FORMATS
+        if to not in FORMATS:
+            from .errors import unknown_choice
+            raise unknown_choice("format", to, FORMATS)
+        out = Path(out) if out else (self.path or Path("model")).with_suffix(FORMATS[to])
+        from .export.onnx import DEFAULT_OPSET, export_onnx
+        meta = {"task": self.task, "labels": self.labels, "contract": self.meta["contract"],
+                "threshold": self.threshold, "arch": self.meta["arch"],
+                "bundle_weights_sha256": self.meta.get("weights_sha256")}
+        path = export_onnx(self.model, self.contract, meta, out, opset or DEFAULT_OPSET)
+        result = ExportResult(path=path, format=to, size_bytes=path.stat().st_size)
+        if verify:
+            samples = self.validation_samples(data)
+            if samples:
+                result.verification = self.verify(path, samples=samples)
+            else:
+                result.notes.append("not verified: no images (pass data=DIR / --data DIR)")
+        return result
+
+    def verify(self, exported: str | Path, data: str | Path | None = None, samples=None,
+               tolerance: float | None = None) -> dict[str, Any]:
+        from .export.verify import PROB_TOLERANCE, verify
+        from .runtime.onnx_predictor import OnnxPredictor
+        samples = samples if samples is not None else self.validation_samples(data)
+        if not samples:
+            raise PocketVisionError("verify needs real images: pass --data DIR (a labelled folder).")
+        cand = OnnxPredictor(exported)
+        if cand.labels != self.labels:
+            raise PocketVisionError(f"{exported}: labels {cand.labels} differ from the bundle's {self.labels}.")
+        report = verify(self.predict_pixels, cand.run_pixels, [s.path for s in samples], self.contract,
+                        [s.label for s in samples], tolerance=PROB_TOLERANCE if tolerance is None else tolerance)
+        report["file"] = str(exported)
+        return report
+
+
+def load(path: str | Path, model: nn.Module | None = None) -> Bundle:
+    """Load a bundle (``.pvb`` zip or folder). Needs nothing but the bundle."""
+    return Bundle.load(path, model)
+
+
+def train(data: str | Path, out: str | Path | None = None, *, model: nn.Module | None = None,
+          resume: str | Path | None = None, find_lr: bool = False, console=None, **options: Any) -> Bundle:
+    """Train a classifier on an image folder and return (and write, with ``out``) its bundle.
+
+    ``options`` are :class:`pocketvision.train.config.TrainConfig` fields (arch, epochs, lr, ...).
+    ``model`` brings your own ``torch.nn.Module`` (float NCHW in, logits out).
+    """
+    from .train.checkpoint import load_checkpoint
+    from .train.config import make_config
+    from .train.loop import fit
+
+    if resume is not None:
+        _, _, meta = load_checkpoint(Path(resume))
+        saved = meta.get("config", {})
+        options = {**saved, **{k: v for k, v in options.items() if k in ("progress", "tensorboard", "workers")}}
+    cfg = make_config(**options)
+    if find_lr:
+        from .train.find_lr import find_lr as _find_lr
+        run_dir = Path(cfg.run_dir or "runs/find-lr")
+        res = _find_lr(data, cfg, run_dir / "lr_find.png")
+        raise _FindLRDone(res)
+    result = fit(data, cfg, user_model=model, resume=Path(resume) if resume else None, console=console)
+    if result.interrupted:
+        raise KeyboardInterrupt
+    from .evaluate import classification_metrics
+    labels = result.splits.classes
+    metrics = classification_metrics(result.val_labels, result.val_probs, labels,
+                                      target_precision=cfg.target_precision)
+    metrics.update(best_epoch=result.best_epoch, train_seconds=round(result.seconds, 1))
+    threshold = None
+    if metrics.get("threshold") is not None:
+        threshold = {"positive": metrics["positive_index"], "value": metrics["threshold"],
+                     "target_precision": cfg.target_precision, "reached": metrics.get("threshold_reached", False)}
+    meta = bundle_io.new_meta(
+        "classify", result.spec, labels, result.contract, threshold=threshold, metrics=metrics,
+        train_config=cfg.model_dump(mode="json"), history=result.history,
+        data={"root": str(Path(data).resolve()), "fingerprint": result.splits.fingerprint(),
+              "counts": result.splits.counts(), "explicit_splits": result.splits.explicit,
+              "val_fraction": cfg.val_fraction, "seed": cfg.seed, "skipped": result.problems})
+    b = Bundle(meta, result.model)
+    if out is not None:
+        b.save(out)
+    if result.run_dir is not None:
+        from .evaluate import write_report
+        meta["report"] = str(write_report(result.run_dir / "report", metrics, result.val_labels, result.val_probs,
+                                          labels, result.val_paths, title=f"Training: {result.spec['name']}",
+                                          extra={"training": {k: v for k, v in cfg.model_dump(mode='json').items()
+                                                              if v not in (None, {}, [])}}))
+        _tb_confusion(result.run_dir, metrics, labels)
+    return b
+
+
+class _FindLRDone(Exception):
+    """Carries the LR range test result out of ``train(find_lr=True)``."""
+
+    def __init__(self, result: dict):
+        super().__init__("lr range test done")
+        self.result = result
+
+
+def _tb_confusion(run_dir: Path, metrics: dict, labels: list[str]) -> None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    cm = np.asarray(metrics["confusion_matrix"]["matrix"] if isinstance(metrics["confusion_matrix"], dict)
+                    else metrics["confusion_matrix"])
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center")
+    ax.set_xticks(range(len(labels)), labels, rotation=45), ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted"), ax.set_ylabel("true")
+    with SummaryWriter(str(run_dir / "tb")) as w:
+        w.add_figure("val/confusion_matrix", fig)
+    plt.close(fig)

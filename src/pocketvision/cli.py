@@ -1,0 +1,403 @@
+"""Command line: argument parsing only; every verb calls the Python API.
+
+Imports are local to each verb so ``pocketvision predict model.onnx`` never loads torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import PocketVisionError
+
+EPILOG = "Docs: README.md. Every verb that prints results accepts --json."
+
+
+class _Fmt(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str, allow_nan=True))
+
+
+def _console():
+    from rich.console import Console
+    return Console(stderr=True)
+
+
+def _csv_floats(s: str) -> list[float]:
+    try:
+        return [float(x) for x in s.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
+
+
+def _kv(s: str) -> dict[str, Any]:
+    """'alpha=0.5,act=relu' -> {'alpha': 0.5, 'act': 'relu'} (JSON values where they parse)."""
+    out: dict[str, Any] = {}
+    for part in filter(None, s.split(",")):
+        if "=" not in part:
+            raise argparse.ArgumentTypeError(f"expected key=value, got {part!r}")
+        k, v = part.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v.strip()
+    return out
+
+
+# -- verbs -------------------------------------------------------------------------------------------
+def cmd_train(a: argparse.Namespace) -> int:
+    import pocketvision as pv
+    from .api import _FindLRDone
+    from .evaluate import render_table
+
+    opts: dict[str, Any] = {k: v for k, v in dict(
+        arch=a.arch, arch_args=a.arch_args, pretrained=not a.scratch, size=a.size, epochs=a.epochs,
+        batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr, weight_decay=a.weight_decay, schedule=a.schedule,
+        clr_cycle_epochs=a.clr_cycle_epochs, label_smoothing=a.label_smoothing,
+        class_weights=a.class_weights if a.class_weights in ("auto", "none") else _csv_floats(a.class_weights),
+        linear_probe=a.linear_probe, freeze_epochs=a.freeze_epochs, backbone_lr_mult=a.backbone_lr_mult,
+        early_stopping=a.early_stopping, amp=a.amp, channels_last=a.channels_last, device=a.device,
+        workers=a.workers, seed=a.seed, val_fraction=a.val_fraction, target_precision=a.target_precision,
+        run_dir=a.run_dir, tensorboard=not a.no_tensorboard, progress=not a.json).items()}
+    console = _console()
+    try:
+        b = pv.train(a.data, out=a.out, resume=a.resume, find_lr=a.find_lr, console=console, **opts)
+    except _FindLRDone as done:
+        r = done.result
+        if a.json:
+            _print_json({k: r[k] for k in ("suggested_lr", "plot")})
+        else:
+            print(f"suggested lr: {r['suggested_lr']:.2e}  (plot: {r['plot']})")
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    if a.json:
+        _print_json({"bundle": str(b.path), "metrics": b.metrics, "report": b.meta.get("report")})
+    else:
+        render_table(b.metrics)
+        print(f"bundle: {b.path}\nreport: {b.meta.get('report')}")
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from .evaluate import render_table
+    m = _load_any(a.model).evaluate(a.data, split=a.split, report_dir=a.report, threshold=a.threshold)
+    if a.json:
+        _print_json(m)
+    else:
+        render_table(m)
+        if m.get("report"):
+            print(f"report: {m['report']}")
+    return 0
+
+
+def _load_any(path: str):
+    """A bundle, or an exported .onnx wrapped to offer the same evaluate/predict surface."""
+    if str(path).endswith(".onnx"):
+        from .runtime.artifact import OnnxArtifact
+        return OnnxArtifact(path)
+    import pocketvision as pv
+    return pv.load(path)
+
+
+def _image_args(items: list[str]) -> list[Path]:
+    from .contract import is_image_file
+    out: list[Path] = []
+    for s in items:
+        p = Path(s)
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.is_file() and is_image_file(q))
+            if not found:
+                raise PocketVisionError(f"{p}: no images (jpg/png/webp/bmp) in this folder.")
+            out += found
+        elif p.exists():
+            out.append(p)
+        else:
+            raise PocketVisionError(f"{p}: no such file or folder.")
+    return out
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from .errors import ImageDecodeError
+    model = _load_any(a.model)
+    rows, failed = [], 0
+    for p in _image_args(a.images):
+        try:
+            r = model.predict([p])[0]
+        except ImageDecodeError as e:
+            failed += 1
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        rows.append({"image": str(p), **r})
+        if not a.json:
+            print(f"{p}\t{r['label']}\t{r['confidence']:.4f}")
+    if a.json:
+        _print_json(rows)
+    return 1 if failed else 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    import pocketvision as pv
+    b = pv.load(a.bundle)
+    res = b.export(a.out, to=a.to, verify=not a.no_verify, data=a.data, opset=a.opset)
+    v = res.verification
+    if a.json:
+        _print_json({"path": str(res.path), "format": res.format, "size_bytes": res.size_bytes,
+                     "verification": v, "notes": res.notes})
+    else:
+        print(f"exported {res.format}: {res.path} ({res.size_bytes / 1e6:.2f} MB)")
+        for n in res.notes:
+            print(f"note: {n}")
+        if v:
+            _print_parity(v)
+    return 0 if (v is None or v["passed"]) else 1
+
+
+def _print_parity(v: dict) -> None:
+    status = "PASSED" if v["passed"] else "FAILED"
+    extra = f", accuracy {v['reference_accuracy']:.4f} -> {v['candidate_accuracy']:.4f}" if "candidate_accuracy" in v else ""
+    print(f"verify {status}: {v['n']} real images, max |dp| {v['max_abs_diff']:.2e} (tol {v['tolerance']:.0e}), "
+          f"top-1 agreement {v['top1_agreement']:.4f}{extra}")
+
+
+def cmd_verify(a: argparse.Namespace) -> int:
+    import pocketvision as pv
+    v = pv.load(a.bundle).verify(a.exported, data=a.data, tolerance=a.tolerance)
+    _print_json(v) if a.json else _print_parity(v)
+    return 0 if v["passed"] else 1
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    import tempfile
+    from .runtime.bench import bench
+    path = Path(a.model)
+    tmp = None
+    if path.suffix != ".onnx":
+        import pocketvision as pv
+        tmp = tempfile.TemporaryDirectory()
+        path = pv.load(path).export(Path(tmp.name) / "model.onnx", verify=False).path
+    images = _image_args([a.data])[: a.max_images] if a.data else None
+    large = _image_args([a.large])[: a.max_images] if a.large else None
+    r = bench(path, images, large, runs=a.runs, batch=a.batch)
+    r["model"] = a.model
+    if a.json:
+        _print_json(r)
+    else:
+        _print_bench(r)
+    return 0
+
+
+def _print_bench(r: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title=f"bench {r['model']}  ({r['machine']})")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    t.add_row("size on disk", f"{r['size_bytes'] / 1e6:.2f} MB")
+    t.add_row("gzip size", f"{r['gzip_bytes'] / 1e6:.2f} MB")
+    for k, v in r.items():
+        if k.startswith("batch1_"):
+            t.add_row(f"latency {k.replace('_', ' ')} p50/p90/p99", f"{v['p50_ms']:.2f} / {v['p90_ms']:.2f} / {v['p99_ms']:.2f} ms")
+        if k.startswith("throughput"):
+            t.add_row(k.replace("_", " "), f"{v:.0f}")
+    if r.get("peak_rss_mb"):
+        t.add_row("peak memory (RSS, fresh process)", f"{r['peak_rss_mb']:.0f} MB")
+    for k in ("end_to_end", "end_to_end_large"):
+        if k in r:
+            t.add_row(f"{k.replace('_', ' ')}: JPEG bytes -> label p50 ({r[k]['images']} photos)", f"{r[k]['p50_ms']:.2f} ms")
+    Console().print(t)
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    from .data.check import check_dataset, render_check, write_preview
+    rep = check_dataset(a.data, val_fraction=a.val_fraction, seed=a.seed, tiny=a.tiny)
+    if a.preview:
+        from .contract import Contract
+        from .data.augment import AugmentConfig, Augmenter
+        from .data.folder import scan
+        contract = Contract(size=(a.size, a.size))
+        write_preview(scan(a.data, val_fraction=a.val_fraction, seed=a.seed), a.preview,
+                      Augmenter(AugmentConfig(), contract), n=a.preview_n, seed=a.seed)
+    if a.json:
+        d = rep.to_dict()
+        if a.preview:
+            d["preview"] = str(a.preview)
+        _print_json(d)
+    else:
+        from rich.console import Console
+        render_check(rep, Console())
+        if a.preview:
+            print(f"preview: {a.preview}")
+    return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    from .models import list_models, model_info
+    if not a.arch:
+        names = list_models(a.pattern or "*")
+        rows = [model_info(n, (a.size, a.size) if a.size else None, **a.arch_args) for n in names] if a.size or True else []
+    else:
+        rows = [model_info(a.arch, (a.size, a.size) if a.size else None, **a.arch_args)]
+    if a.json:
+        _print_json(rows if not a.arch else rows[0])
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title="pocketvision models")
+    for col in ("arch", "input", "params", "MACs", "weights (fp32)", "pretrained"):
+        t.add_column(col, justify="right" if col not in ("arch",) else "left")
+    for r in rows:
+        t.add_row(r["name"], "x".join(map(str, r["size"])), f"{r['params'] / 1e6:.2f} M", f"{r['macs'] / 1e6:.0f} M",
+                  f"{r['weight_bytes'] / 1e6:.2f} MB", "yes" if r.get("pretrained") else "no")
+    Console().print(t)
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+    summary = run_demo(Path(a.out), epochs=a.epochs, quiet=a.json)
+    if a.json:
+        _print_json(summary)
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    p = argparse.ArgumentParser(prog="pocketvision", description="From a folder of photos to a verified "
+                                "on-device vision model.", epilog=EPILOG, formatter_class=_Fmt)
+    p.add_argument("--version", action="version", version=f"pocketvision {__version__}")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, help_: str, fn) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help_, description=help_, formatter_class=_Fmt)
+        s.set_defaults(fn=fn)
+        return s
+
+    s = verb("train", "Train a classifier on an image folder (class = sub-folder) and write a bundle.", cmd_train)
+    s.add_argument("data", help="image folder: DATA/<class>/*.jpg, or DATA/{train,val[,test]}/<class>/")
+    s.add_argument("--out", default="model.pvb", help="bundle to write")
+    s.add_argument("--arch", default="efficientnet_lite0", help="architecture (see `pocketvision info`)")
+    s.add_argument("--arch-args", type=_kv, default={}, help="architecture arguments, e.g. alpha=0.5,act=relu")
+    s.add_argument("--scratch", action="store_true", help="random init even when ImageNet weights exist")
+    s.add_argument("--size", type=int, default=None, help="input side in px (default: the architecture's)")
+    s.add_argument("--epochs", type=int, default=8, help="training epochs (after the linear probe)")
+    s.add_argument("--batch-size", type=int, default=32, help="batch size")
+    s.add_argument("--optimizer", choices=("adamw", "sgd", "rmsprop"), default="adamw", help="optimizer")
+    s.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3 scratch, 5e-4 fine-tune)")
+    s.add_argument("--weight-decay", type=float, default=0.02, help="weight decay")
+    s.add_argument("--schedule", default="onecycle",
+                   choices=("onecycle", "cosine", "triangular", "triangular2", "exp_range", "constant"),
+                   help="LR schedule (triangular* and exp_range are cyclical LRs)")
+    s.add_argument("--clr-cycle-epochs", type=float, default=2.0, help="half-cycle length of cyclical schedules")
+    s.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing")
+    s.add_argument("--class-weights", default="auto", help="auto (inverse frequency), none, or w1,w2,...")
+    s.add_argument("--linear-probe", action="store_true", help="only fit a logistic-regression head on frozen "
+                   "pretrained features (fast baseline)")
+    s.add_argument("--freeze-epochs", type=int, default=0, help="epochs with a frozen backbone before unfreezing")
+    s.add_argument("--backbone-lr-mult", type=float, default=0.2, help="backbone LR multiplier once unfrozen")
+    s.add_argument("--early-stopping", type=int, default=None, metavar="N", help="stop after N epochs without "
+                   "improvement")
+    s.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="mixed precision (auto: on CUDA)")
+    s.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto", help="channels_last memory "
+                   "format (auto: on CUDA)")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    s.add_argument("--workers", type=int, default=None, help="data worker processes (default: cores - 1)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (split, init, augmentation)")
+    s.add_argument("--val-fraction", type=float, default=0.15, help="validation share when DATA has no val/")
+    s.add_argument("--target-precision", type=float, default=0.9, help="binary: choose the decision threshold "
+                   "for this precision on val")
+    s.add_argument("--run-dir", default=None, help="where checkpoints, logs, TensorBoard and the report go "
+                   "(default runs/train-TIMESTAMP)")
+    s.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    s.add_argument("--find-lr", action="store_true", help="run an LR range test, save the plot, and exit")
+    s.add_argument("--no-tensorboard", action="store_true", help="CSV log only")
+    s.add_argument("--json", action="store_true", help="print the result as JSON (no progress bar)")
+
+    s = verb("eval", "Evaluate a bundle or .onnx on any labelled image folder.", cmd_eval)
+    s.add_argument("model", help="bundle (.pvb) or exported .onnx")
+    s.add_argument("data", help="labelled image folder")
+    s.add_argument("--split", default="auto", help="auto (test/, else val/, else all), all, train, val, test")
+    s.add_argument("--threshold", type=float, default=None, help="binary decision threshold (default: the bundle's)")
+    s.add_argument("--report", default=None, metavar="DIR", help="write an HTML report with plots and mistakes")
+    s.add_argument("--json", action="store_true", help="print metrics as JSON")
+
+    s = verb("predict", "Classify images with a bundle or an exported .onnx (the .onnx path needs no torch).",
+             cmd_predict)
+    s.add_argument("model", help="bundle (.pvb) or exported .onnx")
+    s.add_argument("images", nargs="+", help="image files or folders")
+    s.add_argument("--json", action="store_true", help="print results as JSON")
+
+    s = verb("export", "Export a bundle (ONNX: uint8 RGB in, probabilities out) and verify parity.", cmd_export)
+    s.add_argument("bundle", help="bundle (.pvb)")
+    s.add_argument("--to", default="onnx", help="target format (onnx)")
+    s.add_argument("--out", default=None, help="output file (default: bundle name + suffix)")
+    s.add_argument("--data", default=None, help="labelled images for verification (default: the bundle's val split)")
+    s.add_argument("--no-verify", action="store_true", help="skip the parity check")
+    s.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    s = verb("verify", "Run the same real images through a bundle and its export; non-zero exit above tolerance.",
+             cmd_verify)
+    s.add_argument("bundle", help="bundle (.pvb)")
+    s.add_argument("exported", help="exported model (.onnx)")
+    s.add_argument("--data", default=None, help="labelled image folder (default: the bundle's val split)")
+    s.add_argument("--tolerance", type=float, default=None, help="max |probability difference| (default 1e-3)")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    s = verb("bench", "Latency p50/p90/p99 (1 thread, all threads), throughput, memory, size, end to end.",
+             cmd_bench)
+    s.add_argument("model", help="exported .onnx or a bundle (exported to a temp .onnx first)")
+    s.add_argument("--data", default=None, help="real photos for the end-to-end (JPEG bytes -> label) timing")
+    s.add_argument("--large", default=None, help="large photos (e.g. 12 MP) for a second end-to-end timing")
+    s.add_argument("--max-images", type=int, default=50, help="photos used for end-to-end timing")
+    s.add_argument("--runs", type=int, default=100, help="timed runs per latency measurement")
+    s.add_argument("--batch", type=int, default=32, help="batch size for the throughput measurement")
+    s.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    s = verb("check", "Check an image folder: counts, imbalance, duplicates/leakage, tiny and unreadable files.",
+             cmd_check)
+    s.add_argument("data", help="image folder")
+    s.add_argument("--preview", default=None, metavar="PNG", help="write a grid of augmented training samples")
+    s.add_argument("--preview-n", type=int, default=24, help="samples in the preview grid")
+    s.add_argument("--size", type=int, default=224, help="sample size in the preview")
+    s.add_argument("--tiny", type=int, default=64, help="report images whose short side is below this (px)")
+    s.add_argument("--val-fraction", type=float, default=0.15, help="validation share when DATA has no val/")
+    s.add_argument("--seed", type=int, default=0, help="split seed")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    s = verb("info", "List architectures, or show one: parameters, MACs at a size, weight bytes.", cmd_info)
+    s.add_argument("arch", nargs="?", default=None, help="architecture name (omit to list all)")
+    s.add_argument("--pattern", default=None, help="glob filter for the list, e.g. 'mobilenet*'")
+    s.add_argument("--size", type=int, default=None, help="input side for the MAC count (default: the arch's)")
+    s.add_argument("--arch-args", type=_kv, default={}, help="architecture arguments, e.g. alpha=0.5")
+    s.add_argument("--json", action="store_true", help="print as JSON")
+
+    s = verb("demo", "Build a small synthetic two-class photo set, then train, evaluate, export, verify, bench.",
+             cmd_demo)
+    s.add_argument("--out", default="pv-demo", help="folder for the data, bundle, exports and report")
+    s.add_argument("--epochs", type=int, default=12, help="training epochs")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except PocketVisionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""Training-time augmentation for classification: fast on CPU, deterministic given a numpy Generator.
+
+One PIL call does the random resized crop (crop + resize + antialias together, so we never resize the
+full photo first); everything after that works on the small output as float32. Besides the usual flip
+and colour jitter there are two phone-photo effects the Not Hotdog team needed: camera-flash glare and
+screen moiré (people photograph a hot dog on someone else's screen).
+
+numpy + Pillow only, so data loading workers do not need torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..contract import Contract
+from ..errors import PocketVisionError, did_you_mean
+
+# ITU-R BT.601 luma weights: the "grey" used by saturation and contrast (same as PIL's convert("L")).
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+class AugmentConfig(BaseModel):
+    """Augmentation settings. Unknown keys are errors, so a typo (``hflp``) cannot silently do nothing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    scale: tuple[float, float] = (0.25, 1.0)  # crop area as a fraction of the image
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop aspect (w/h) relative to the model's aspect
+    hflip: float = Field(0.5, ge=0.0, le=1.0)  # probability
+    brightness: float = Field(0.3, ge=0.0, le=1.0)  # factor drawn from [1-b, 1+b]
+    contrast: float = Field(0.3, ge=0.0, le=1.0)
+    saturation: float = Field(0.3, ge=0.0, le=1.0)
+    hue: float = Field(0.02, ge=0.0, le=0.5)  # fraction of a full turn of the colour wheel
+    glare: float = Field(0.15, ge=0.0, le=1.0)  # probability of a camera-flash highlight
+    moire: float = Field(0.1, ge=0.0, le=1.0)  # probability of screen moiré
+
+    def __init__(self, **data: Any) -> None:
+        # The CLI prints PocketVisionError as one line; pydantic's multi-line report is for developers.
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise _config_error(e) from None
+
+    @field_validator("scale")
+    @classmethod
+    def _check_scale(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < v[0] <= v[1] <= 1.0:
+            raise ValueError("scale must satisfy 0 < min <= max <= 1")
+        return v
+
+    @field_validator("ratio")
+    @classmethod
+    def _check_ratio(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < v[0] <= v[1]:
+            raise ValueError("ratio must satisfy 0 < min <= max")
+        return v
+
+
+def _config_error(e: ValidationError) -> PocketVisionError:
+    parts = []
+    for err in e.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            parts.append(f'unknown option "{key}".{did_you_mean(key, AugmentConfig.model_fields)}')
+        else:
+            parts.append(f"{key}: {err['msg'].removeprefix('Value error, ')} (got {err['input']!r})")
+    return PocketVisionError("Invalid augmentation config: " + "; ".join(parts))
+
+
+def _hue_matrix(theta: float) -> np.ndarray:
+    """Rotate colours about the grey axis (Rodrigues): a linear stand-in for an HSV hue shift that
+    keeps greys grey and lets the whole jitter collapse into one 3x3 matrix."""
+    k = np.full(3, 1.0 / math.sqrt(3.0))
+    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return math.cos(theta) * np.eye(3) + math.sin(theta) * kx + (1 - math.cos(theta)) * np.outer(k, k)
+
+
+class Augmenter:
+    """``Augmenter(cfg, contract)(pil_rgb_image, rng) -> uint8 HxWx3`` at ``contract.size``."""
+
+    def __init__(self, cfg: AugmentConfig | None = None, contract: Contract | None = None) -> None:
+        if isinstance(cfg, dict):
+            cfg = AugmentConfig(**cfg)
+        self.cfg = cfg if cfg is not None else AugmentConfig()
+        self.contract = contract if contract is not None else Contract()
+        if not isinstance(self.cfg, AugmentConfig) or not isinstance(self.contract, Contract):
+            raise PocketVisionError("Augmenter(cfg, contract) needs an AugmentConfig and a Contract.")
+        h, w = self.contract.size
+        self._resample = Image.Resampling[self.contract.interpolation.upper()]
+        # ratio=(1, 1) should mean "no distortion" for non-square models too, so shift by the model's aspect.
+        self._log_ratio = (math.log(self.cfg.ratio[0] * w / h), math.log(self.cfg.ratio[1] * w / h))
+        self._xx = np.arange(w, dtype=np.float32)[None, :]  # pixel-centre grids for glare/moiré
+        self._yy = np.arange(h, dtype=np.float32)[:, None]
+
+    def decode_hint(self) -> tuple[int, int]:
+        """Smallest (w, h) to JPEG-draft-decode to so that even the smallest crop is not upscaled."""
+        m = math.ceil(max(self.contract.size) / math.sqrt(self.cfg.scale[0]))
+        return m, m
+
+    def __call__(self, img: Image.Image, rng: np.random.Generator | int | None) -> np.ndarray:
+        """A fresh, writable uint8 HxWx3 array (np.asarray of a PIL image is read-only: torch warns)."""
+        if not self.cfg.enabled:
+            return np.array(self.contract.fit(img))
+        cfg = self.cfg
+        rng = np.random.default_rng(rng)  # a Generator passes through unchanged
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        h, w = self.contract.size
+        box = self._crop_box(img.width, img.height, rng)
+        small = img.resize((w, h), self._resample, box=box, reducing_gap=None)
+        if rng.random() < cfg.hflip:
+            # Flip the small output, and in PIL: a reversed numpy view would make every later op strided.
+            small = small.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        out = np.array(small)
+        moire, glare = rng.random() < cfg.moire, rng.random() < cfg.glare
+        jitter = cfg.brightness or cfg.contrast or cfg.saturation or cfg.hue
+        if not (jitter or moire or glare):
+            return out
+        x = out.astype(np.float32)
+        if jitter:
+            x = self._jitter(x, rng)
+        # Camera effects after the jitter: glare is blown-out white, whatever the white balance did.
+        if moire:
+            self._moire(x, rng)
+        if glare:
+            self._glare(x, rng)
+        x += 0.5  # round, not truncate, in the uint8 cast
+        return np.clip(x, 0.0, 255.0, out=x).astype(np.uint8)
+
+    # -- the individual steps --------------------------------------------------------------------
+    def _crop_box(self, width: int, height: int, rng: np.random.Generator) -> tuple[float, float, float, float]:
+        """torchvision's RandomResizedCrop sampling, with float boxes (PIL resamples sub-pixel crops)."""
+        area = width * height
+        for _ in range(10):
+            a = area * rng.uniform(*self.cfg.scale)
+            r = math.exp(rng.uniform(*self._log_ratio))
+            cw, ch = math.sqrt(a * r), math.sqrt(a / r)
+            if cw <= width and ch <= height:
+                x0, y0 = rng.uniform(0, width - cw), rng.uniform(0, height - ch)
+                return x0, y0, x0 + cw, y0 + ch
+        # Extreme aspect or scale near 1: the largest centred crop with an allowed aspect.
+        r = min(max(width / height, math.exp(self._log_ratio[0])), math.exp(self._log_ratio[1]))
+        cw, ch = (height * r, height) if width / height > r else (width, width / r)
+        x0, y0 = (width - cw) / 2, (height - ch) / 2
+        return x0, y0, x0 + cw, y0 + ch
+
+    def _jitter(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Brightness -> contrast -> saturation -> hue, all affine in RGB, so one 3x3 matmul + offset."""
+        c = self.cfg
+        fb = rng.uniform(1 - c.brightness, 1 + c.brightness)
+        fc = rng.uniform(1 - c.contrast, 1 + c.contrast)
+        fs = rng.uniform(1 - c.saturation, 1 + c.saturation)
+        theta = 2 * math.pi * rng.uniform(-c.hue, c.hue)
+        # Contrast pivots on the mean grey. (A matvec, because mean(axis=0) over (N, 3) is 5x slower.)
+        mean_luma = float((x.reshape(-1, 3) @ _LUMA).mean()) * fb
+        sat = fs * np.eye(3) + (1 - fs) * np.outer(np.ones(3), _LUMA)
+        m = (_hue_matrix(theta) @ sat * (fb * fc)).astype(np.float32)
+        y = x @ m.T
+        # Saturation and hue leave grey (v, v, v) unchanged, so the contrast offset passes straight through.
+        y += np.float32((1 - fc) * mean_luma)
+        return y
+
+    def _glare(self, x: np.ndarray, rng: np.random.Generator) -> None:
+        """Phone-flash specular highlight: a soft ellipse blown out to white with a faint wide halo."""
+        h, w = x.shape[:2]
+        s = min(h, w)
+        cx, cy = rng.uniform(0.15, 0.85) * w, rng.uniform(0.15, 0.85) * h
+        ra = rng.uniform(0.04, 0.14) * s
+        rb = ra * rng.uniform(0.45, 1.0)
+        ang = rng.uniform(0, math.pi)
+        halo = rng.uniform(0.1, 0.35)
+        hard = np.float32(rng.uniform(0.0, 1.0))  # edge sharpness: wet/glossy surfaces give hard edges
+        if rng.random() < 0.5:  # the flash also lifts the whole exposure a little
+            x *= np.float32(rng.uniform(1.03, 1.15))
+        dx, dy = self._xx - np.float32(cx), self._yy - np.float32(cy)
+        cos, sin = np.float32(math.cos(ang)), np.float32(math.sin(ang))
+        d2 = ((dx * cos + dy * sin) / np.float32(ra)) ** 2 + ((dy * cos - dx * sin) / np.float32(rb)) ** 2
+        # Core: a Gaussian-to-super-Gaussian scaled past 1 and clipped = blown-out centre with a soft
+        # edge, which is what a flash on a glossy bun looks like; an unclipped Gaussian reads as fog.
+        m = np.exp(d2 * (1 - hard + hard * np.sqrt(d2)) * np.float32(-0.5)) * np.float32(1.5)
+        m += np.float32(halo) * np.exp(d2 * np.float32(-0.5 / 9.0))  # faint halo, 3x the radius
+        np.minimum(m, 1.0, out=m)
+        x += (255.0 - x) * m[..., None]
+
+    def _moire(self, x: np.ndarray, rng: np.random.Generator) -> None:
+        """Photo of a screen: two fine gratings (screen pixels vs. sensor) at a small angle multiply into
+        slow beat bands; the R, G, B sub-pixels sit at different phases, hence the rainbow fringes."""
+        h, w = x.shape[:2]
+        period = rng.uniform(3.0, 6.0)  # in output pixels
+        th1 = rng.uniform(0, math.pi)
+        th2 = th1 + math.radians(rng.uniform(2.0, 10.0)) * rng.choice((-1.0, 1.0))
+        k1 = 2 * math.pi / period
+        k2 = k1 * rng.uniform(0.94, 1.06)
+        # A gently curved second grating: screens are photographed off-axis through a lens.
+        curve = rng.uniform(-1.0, 1.0) * math.pi / (h * h + w * w)
+        dx, dy = self._xx - np.float32(w / 2), self._yy - np.float32(h / 2)
+        a = dx * np.float32(k1 * math.cos(th1)) + dy * np.float32(k1 * math.sin(th1))
+        b = dx * np.float32(k2 * math.cos(th2)) + dy * np.float32(k2 * math.sin(th2))
+        b += np.float32(curve) * (dx * dx + dy * dy)
+        # cos(a)cos(b) = (cos(a-b) + cos(a+b)) / 2: the slow beat plus a fine texture near the pixel
+        # pitch. The camera's low-pass optics attenuate the fine term most, so it gets the smaller weight.
+        fine = rng.uniform(0.1, 0.4)
+        amp = rng.uniform(0.04, 0.12)
+        fringe = rng.uniform(0.3, 1.0) * 2 * math.pi / 3
+        waves = np.empty((4, h, w), np.float32)
+        np.cos(a - b, out=waves[0]), np.sin(a - b, out=waves[1])
+        np.cos(a + b, out=waves[2]), np.sin(a + b, out=waves[3])
+        # Per channel: cos(t + phi) = cos t cos phi - sin t sin phi. One (N, 4) @ (4, 3) matmul gives the
+        # HxWx3 factor directly (broadcasting into a last axis of 3 is 4x slower). The weights
+        # (1 - fine) + fine = 1, so the relative change of any pixel is at most amp.
+        phi = np.array([-fringe, 0.0, fringe])
+        coef = amp * np.stack([(1 - fine) * np.cos(phi), -(1 - fine) * np.sin(phi),
+                               fine * np.cos(phi), -fine * np.sin(phi)])
+        factor = waves.reshape(4, -1).T @ coef.astype(np.float32)
+        factor += 1.0
+        x *= factor.reshape(h, w, 3)
+
+
+def eval_transform(contract: Contract) -> Callable[[Image.Image], np.ndarray]:
+    """What validation/inference does: exactly the contract's resize, nothing random."""
+    return contract.fit

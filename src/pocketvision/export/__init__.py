@@ -1,0 +1,3 @@
+"""Export targets: format -> file suffix (one module per format, imported lazily)."""
+
+FORMATS = {"onnx": ".onnx"}

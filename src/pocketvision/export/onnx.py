@@ -1,0 +1,82 @@
+"""Bundle -> one self-contained ``.onnx`` with the preprocessing contract inside the graph.
+
+Input ``image``: uint8 RGB NHWC at the contract's size, dynamic batch. The graph casts, normalises and
+transposes; outputs ``probabilities`` and ``logits``. BatchNorm is folded into the convolutions before
+capture. Labels, contract and threshold go into ``metadata_props`` so the file alone can be used.
+Reload with ``onnxruntime.InferenceSession(path)`` or ``pocketvision predict model.onnx IMAGE``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..bundle import atomic_write_bytes
+from ..contract import Contract
+from ..errors import PocketVisionError
+from ..runtime.onnx_predictor import META_PREFIX
+from ..tasks.classify import ExportWrapper
+
+DEFAULT_OPSET = 18
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Conv+BN -> Conv (eval mode) via torch.fx; models fx cannot trace are exported unfolded
+    (onnxruntime folds at load time anyway)."""
+    import copy
+
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(copy.deepcopy(model).eval())
+    except Exception:  # noqa: BLE001 - untraceable user models
+        return model
+
+
+def export_onnx(model: nn.Module, contract: Contract, metadata: dict[str, Any], out: str | Path,
+                opset: int = DEFAULT_OPSET) -> Path:
+    out = Path(out)
+    if opset < 17:
+        raise PocketVisionError(f"opset {opset} is too old; use >= 17.")
+    wrapper = ExportWrapper(fold_batchnorm(model.eval()), contract).eval()
+    h, w = contract.size
+    example = torch.randint(0, 256, (2, h, w, 3), dtype=torch.uint8)
+    # The exporter chats on stdout, warnings and logging (e.g. "torchvision is not installed"); users
+    # get one line from us instead.
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            prog = torch.onnx.export(
+                wrapper, (example,), dynamo=True, input_names=["image"], output_names=["probabilities", "logits"],
+                dynamic_shapes={"image": {0: torch.export.Dim.DYNAMIC}}, opset_version=opset,
+                external_data=False, optimize=True, verbose=False)
+        except Exception as e:  # noqa: BLE001 - surface the first line; the full trace is noise to users
+            raise PocketVisionError(f"ONNX export failed: {str(e).strip().splitlines()[0]}") from e
+        finally:
+            quiet.setLevel(level)
+    import onnx
+
+    proto = prog.model_proto
+    dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    dim.dim_param = "batch"
+    for o in proto.graph.output:
+        o.type.tensor_type.shape.dim[0].dim_param = "batch"
+    del proto.metadata_props[:]
+    for k, v in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = META_PREFIX + k, json.dumps(v)
+    proto.producer_name = "pocketvision"
+    onnx.checker.check_model(proto)
+    data = proto.SerializeToString()
+    return atomic_write_bytes(out, data)

@@ -1,0 +1,57 @@
+"""Evaluate/predict for anything that maps uint8 pixels to probabilities (torch-free).
+
+A bundle (torch) and an exported file (onnxruntime) share this code, so their metrics are computed
+identically and differ only by what the models themselves do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..contract import Contract
+from ..errors import PocketVisionError
+
+
+def evaluate_folder(predict_pixels: Callable[[np.ndarray], np.ndarray], labels: list[str], contract: Contract,
+                    bundle_threshold: dict | None, data: str | Path, split: str = "auto",
+                    report_dir: str | Path | None = None, threshold: float | None = None,
+                    title: str = "model") -> dict[str, Any]:
+    from ..data.folder import labelled_samples
+    from ..evaluate import classification_metrics
+    from ..export.verify import batched, load_pixels
+
+    samples, used = labelled_samples(data, labels, split)
+    pixels, kept = load_pixels([s.path for s in samples], contract)
+    if not kept:
+        raise PocketVisionError(f"{data}: none of the {len(samples)} images could be read.")
+    y = np.array([samples[i].label for i in kept])
+    probs = batched(predict_pixels, pixels)
+    thr = threshold if threshold is not None else (bundle_threshold or {}).get("value")
+    metrics = classification_metrics(y, probs, labels, threshold=thr)
+    metrics.update(data=str(data), split=used, skipped_unreadable=len(samples) - len(kept))
+    if report_dir is not None:
+        from ..evaluate import write_report
+        metrics["report"] = str(write_report(Path(report_dir), metrics, y, probs, labels,
+                                             [samples[i].path for i in kept], title=f"Evaluation: {title}"))
+    return metrics
+
+
+class OnnxArtifact:
+    """An exported .onnx with the same evaluate/predict surface as a Bundle."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        from .onnx_predictor import OnnxPredictor
+        self.predictor = OnnxPredictor(path, threads)
+        self.path = Path(path)
+
+    def predict(self, images: list) -> list[dict[str, Any]]:
+        return self.predictor.predict(images)
+
+    def evaluate(self, data, split: str = "auto", report_dir=None, threshold: float | None = None) -> dict[str, Any]:
+        p = self.predictor
+        return evaluate_folder(p.run_pixels, p.labels, p.contract, p.threshold, data, split, report_dir, threshold,
+                               title=str(self.path))

@@ -1,0 +1,24 @@
+"""Probabilities -> a decision, shared by every runtime so a bundle and its exports decide alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def decide(probs: np.ndarray, labels: list[str], threshold: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Per row: label, confidence, all probabilities.
+
+    A binary bundle may carry a threshold chosen for a target precision (the Not Hotdog app said
+    "hotdog" only above 0.90): the positive label wins only when its probability reaches it.
+    """
+    out = []
+    for row in np.asarray(probs, dtype=np.float64):
+        k = int(row.argmax())
+        if threshold and threshold.get("value") is not None and len(labels) == 2:
+            pos = int(threshold["positive"])
+            k = pos if row[pos] >= float(threshold["value"]) else 1 - pos
+        out.append({"label": labels[k], "index": k, "confidence": float(row[k]),
+                    "probabilities": {lab: float(p) for lab, p in zip(labels, row)}})
+    return out

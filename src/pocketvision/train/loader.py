@@ -1,0 +1,139 @@
+"""Input pipeline: decode once into a RAM cache, augment lazily in worker processes, seeded per sample.
+
+On 2 CPU cores JPEG decoding costs as much as a small model's training step, so images are decoded
+once (threads: Pillow releases the GIL) at a size just large enough for the random crop, and every
+epoch only augments. Each sample's randomness comes from ``(seed, epoch, index)``, so results do not
+depend on the number of workers or on resuming.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..contract import Contract, load_rgb
+from ..data.folder import Sample
+from ..errors import ImageDecodeError
+
+# The random resized crop needs some pixels beyond the output size; 1.15x the side is plenty.
+SOURCE_MARGIN = 1.15
+
+
+def default_workers() -> int:
+    n = os.cpu_count() or 1
+    return 0 if n <= 1 else min(8, n - 1)
+
+
+def _decode_source(path, contract: Contract) -> np.ndarray:
+    """Decode for augmentation: upright RGB, short side capped at SOURCE_MARGIN x the model side."""
+    side = math.ceil(max(contract.size) * SOURCE_MARGIN)
+    img = load_rgb(path, min_size=(side, side))
+    s = min(img.size)
+    if s > side:
+        img = img.resize((max(1, round(img.width * side / s)), max(1, round(img.height * side / s))),
+                         Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def decode_all(samples: Sequence[Sample], fn: Callable, threads: int = 0) -> tuple[list, list[str]]:
+    """Decode every sample with ``fn(path)``; unreadable files are reported by path and dropped."""
+    threads = threads or (os.cpu_count() or 1)
+
+    def one(s: Sample):
+        try:
+            return fn(s.path), None
+        except ImageDecodeError as e:
+            return None, str(e)
+
+    with ThreadPoolExecutor(max_workers=threads) as ex:
+        results = list(ex.map(one, samples))
+    arrays = [a for a, _ in results]
+    problems = [p for _, p in results if p]
+    return arrays, problems
+
+
+def estimate_cache_mb(n: int, contract: Contract, augment: bool) -> float:
+    side = max(contract.size) * (SOURCE_MARGIN if augment else 1.0)
+    return n * side * side * 1.4 * 3 / 2**20  # 1.4: typical 4:3 aspect of the long side
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Samples -> (uint8 HWC tensor, label, index). ``cache`` holds pre-decoded arrays (or None)."""
+
+    def __init__(self, samples: Sequence[Sample], contract: Contract, augment: Callable | None = None,
+                 seed: int = 0, cache: list[np.ndarray | None] | None = None, fitted: bool = False):
+        self.samples, self.contract, self.augment = list(samples), contract, augment
+        self.seed, self.epoch, self.cache, self.fitted = seed, 0, cache, fitted
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _source(self, i: int):
+        if self.cache is not None:
+            return self.cache[i]
+        try:
+            if self.augment is None:
+                return self.contract.load(self.samples[i].path)
+            return _decode_source(self.samples[i].path, self.contract)
+        except ImageDecodeError:
+            return None  # reported by the scan; the collate drops it, never a crash mid-epoch
+
+    def __getitem__(self, i: int):
+        src = self._source(i)
+        if src is None:
+            return None
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            out = self.augment(Image.fromarray(src), rng)
+        elif self.fitted:
+            out = src
+        else:
+            out = self.contract.fit(Image.fromarray(src))
+        out = np.ascontiguousarray(out)
+        if not out.flags.writeable:  # PIL-backed arrays are read-only; torch wants to own writable memory
+            out = out.copy()
+        return torch.from_numpy(out), self.samples[i].label, i
+
+
+def collate(batch):
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return None
+    x = torch.stack([b[0] for b in batch])
+    y = torch.tensor([b[1] for b in batch], dtype=torch.long)
+    idx = torch.tensor([b[2] for b in batch], dtype=torch.long)
+    return x, y, idx
+
+
+def make_loader(ds: ImageDataset, batch_size: int, shuffle: bool, workers: int, seed: int,
+                drop_last: bool = False) -> torch.utils.data.DataLoader:
+    g = torch.Generator()
+    g.manual_seed(seed)
+    kw = dict(num_workers=workers, collate_fn=collate, generator=g, drop_last=drop_last,
+              pin_memory=torch.cuda.is_available())
+    if workers > 0:
+        kw.update(persistent_workers=True, prefetch_factor=4)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, **kw)
+
+
+def to_input(x: torch.Tensor, contract: Contract, device: torch.device, channels_last: bool,
+             dtype=torch.float32) -> torch.Tensor:
+    """uint8 NHWC batch -> normalised float NCHW on the device (same maths as the exported graph).
+
+    Normalising on the device keeps host->device copies at 1 byte per pixel.
+    """
+    x = x.to(device, non_blocking=True)
+    mean = torch.tensor(contract.mean, device=device, dtype=torch.float32)
+    std = torch.tensor(contract.std, device=device, dtype=torch.float32)
+    x = ((x.float() - mean) / std).permute(0, 3, 1, 2)  # a channels_last view for free
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+    return x.to(dtype)

@@ -1,0 +1,70 @@
+"""Bad input: one clear line on stderr, a non-zero exit, nothing half-written."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+
+
+def _folder(root, layout):
+    for rel, n in layout.items():
+        (root / rel).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.new("RGB", (40, 40), (i * 20 % 255, 90, 30)).save(root / rel / f"{i}.jpg")
+    return root
+
+
+def _one_line_error(r, *needles):
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+@pytest.mark.parametrize("layout,needles", [
+    ({}, ("not found",)),
+    ({"a": 4}, ("at least 2",)),
+    ({"a": 4, "b": 0}, ("'b'", "no images")),
+    ({"train/a": 4, "train/b": 4, "val/a": 2}, ("missing class 'b'",)),
+])
+def test_train_bad_data(tmp_path, layout, needles):
+    root = _folder(tmp_path / "data", layout) if layout else tmp_path / "missing"
+    r = run_cli("train", str(root), "--out", str(tmp_path / "x.pvb"), "--epochs", "1")
+    _one_line_error(r, *needles)
+    assert not (tmp_path / "x.pvb").exists()
+
+
+def test_unknown_arch_lists_valid_ones(tmp_path):
+    root = _folder(tmp_path / "d", {"a": 4, "b": 4})
+    r = run_cli("train", str(root), "--arch", "deepdgo", "--out", str(tmp_path / "x.pvb"))
+    _one_line_error(r, "deepdgo", "efficientnet_lite0", "Did you mean \"deepdog\"")
+
+
+def test_image_size_the_arch_cannot_take(tmp_path):
+    root = _folder(tmp_path / "d", {"a": 4, "b": 4})
+    r = run_cli("train", str(root), "--arch", "deepdog", "--size", "16", "--out", str(tmp_path / "x.pvb"))
+    _one_line_error(r, "deepdog")
+
+
+def test_corrupt_bundle(tmp_path):
+    p = tmp_path / "bad.pvb"
+    p.write_bytes(b"PK\x03\x04garbage")
+    _one_line_error(run_cli("predict", str(p), str(p)), "bad.pvb")
+    _one_line_error(run_cli("export", str(tmp_path / "none.pvb")), "not found")
+
+
+def test_bad_option_value(tmp_path):
+    root = _folder(tmp_path / "d", {"a": 4, "b": 4})
+    r = run_cli("train", str(root), "--epochs", "-3", "--out", str(tmp_path / "x.pvb"))
+    _one_line_error(r, "epochs")
+
+
+def test_help_explains_every_option_with_default():
+    for verb in ("train", "eval", "predict", "export", "verify", "bench", "check", "info", "demo"):
+        r = run_cli(verb, "--help")
+        assert r.returncode == 0 and "usage: pocketvision " + verb in r.stdout
+    r = run_cli("train", "--help")
+    assert "(default: onecycle)" in r.stdout and "(default: 0.1)" in r.stdout

@@ -1,0 +1,120 @@
+"""End to end on real photos: train -> evaluate -> export -> verify -> predict -> bench."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+import pocketvision as pv
+from conftest import run_cli
+
+pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
+
+
+def test_trained_model_beats_chance_on_real_photos(trained_bundle, hotdog_small):
+    b = pv.load(trained_bundle)
+    m = b.evaluate(hotdog_small, split="val")
+    assert m["n"] == 80
+    assert m["accuracy"] > 0.6 and m["roc_auc"] > 0.65, m  # chance is 0.5
+    assert b.meta["data"]["fingerprint"] and b.meta["versions"]["torch"]
+    assert b.threshold is not None and b.threshold["positive"] == 0  # "hotdog" is the positive class
+
+
+def test_onnx_export_is_self_contained_and_verified(trained_bundle, tmp_path):
+    b = pv.load(trained_bundle)
+    res = b.export(tmp_path / "m.onnx")
+    model = onnx.load(res.path)
+    assert not list(tmp_path.glob("*.data"))  # no external-data side file
+    assert model.opset_import[0].version >= 17
+    inp = model.graph.input[0]
+    assert inp.name == "image" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [96, 96, 3]
+    assert [o.name for o in model.graph.output] == ["probabilities", "logits"]
+    assert "BatchNormalization" not in {n.op_type for n in model.graph.node}
+    meta = {p.key: json.loads(p.value) for p in model.metadata_props}
+    assert meta["pocketvision.labels"] == ["hotdog", "not_hotdog"]
+    assert meta["pocketvision.contract"]["size"] == [96, 96]
+    v = res.verification
+    assert v["passed"] and v["n"] == 80 and v["max_abs_diff"] < 1e-4 and v["top1_agreement"] == 1.0
+
+
+def test_cli_export_verify_predict_eval(trained_bundle, hotdog_small, tmp_path):
+    onnx_path = tmp_path / "cli.onnx"
+    r = run_cli("export", str(trained_bundle), "--out", str(onnx_path), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["verification"]["passed"]
+    r = run_cli("verify", str(trained_bundle), str(onnx_path), "--data", str(hotdog_small), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["top1_agreement"] == 1.0
+    # a tolerance nobody can meet must fail with a non-zero exit
+    r = run_cli("verify", str(trained_bundle), str(onnx_path), "--data", str(hotdog_small), "--tolerance", "0")
+    assert r.returncode == 1 and "FAILED" in r.stdout
+
+    imgs = sorted((hotdog_small / "val" / "hotdog").iterdir())[:3]
+    r_onnx = run_cli("predict", str(onnx_path), *map(str, imgs), "--json")
+    r_bundle = run_cli("predict", str(trained_bundle), *map(str, imgs), "--json")
+    assert r_onnx.returncode == 0 and r_bundle.returncode == 0, r_onnx.stderr + r_bundle.stderr
+    a, b = json.loads(r_onnx.stdout), json.loads(r_bundle.stdout)
+    assert [x["label"] for x in a] == [x["label"] for x in b]
+    assert all(x["label"] in ("hotdog", "not_hotdog") for x in a)
+    assert abs(a[0]["confidence"] - b[0]["confidence"]) < 1e-4
+    r = run_cli("predict", str(onnx_path), str(imgs[0]))
+    assert r.stdout.split("\t")[1] in ("hotdog", "not_hotdog")
+
+    e1 = json.loads(run_cli("eval", str(onnx_path), str(hotdog_small), "--json").stdout)
+    e2 = json.loads(run_cli("eval", str(trained_bundle), str(hotdog_small), "--json",
+                            "--report", str(tmp_path / "rep")).stdout)
+    assert e1["accuracy"] == e2["accuracy"] and e1["n"] == 80
+    assert (tmp_path / "rep" / "report.html").stat().st_size > 10_000
+
+
+def test_onnx_predict_never_imports_torch(trained_bundle, hotdog_small, tmp_path):
+    import subprocess
+    onnx_path = pv.load(trained_bundle).export(tmp_path / "m.onnx", verify=False).path
+    img = sorted((hotdog_small / "val" / "hotdog").iterdir())[0]
+    code = ("import sys; from pocketvision.cli import main; rc = main(['predict', sys.argv[1], sys.argv[2]]);"
+            "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code, str(onnx_path), str(img)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_bench_reports_everything(trained_bundle, hotdog_small, shared_data):
+    r = run_cli("bench", str(trained_bundle), "--data", str(hotdog_small / "val" / "hotdog"), "--large",
+                str(shared_data / "photos-fullres"), "--runs", "20", "--max-images", "5", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    for key in ("size_bytes", "gzip_bytes", "batch1_1thread", "peak_rss_mb", "end_to_end", "end_to_end_large"):
+        assert out[key], key
+    assert 0 < out["batch1_1thread"]["p50_ms"] <= out["batch1_1thread"]["p99_ms"]
+    assert out["gzip_bytes"] < out["size_bytes"]
+
+
+def test_resume_after_interrupt(hotdog_small, tmp_path):
+    """Ctrl-C mid-run leaves a checkpoint; --resume finishes the run."""
+    import signal
+    import subprocess
+    import time
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "pocketvision.cli", "train", str(hotdog_small), "--arch", "deepdog",
+            "--arch-args", "alpha=0.25", "--size", "64", "--epochs", "30", "--workers", "0", "--run-dir", str(run),
+            "--out", str(tmp_path / "r.pvb"), "--no-tensorboard", "--json"]
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (run / "checkpoint.json").exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "--resume" in err and not (tmp_path / "r.pvb").exists()
+    done = json.loads((run / "checkpoint.json").read_text())["next_epoch"] - 1
+    assert 1 <= done < 30
+    r = run_cli("train", str(hotdog_small), "--resume", str(run), "--out", str(tmp_path / "r.pvb"), "--json",
+                "--no-tensorboard")
+    assert r.returncode == 0, r.stderr
+    hist = pv.load(tmp_path / "r.pvb").meta["history"]
+    assert [h["epoch"] for h in hist] == list(range(1, 31))

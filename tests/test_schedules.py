@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import pytest
+
+from pocketvision.errors import PocketVisionError
+from pocketvision.train.schedules import make_schedule
+
+
+@pytest.mark.parametrize("name", ["onecycle", "cosine", "triangular", "triangular2", "exp_range", "constant"])
+def test_schedules_stay_in_range(name):
+    f = make_schedule(name, total_steps=200, steps_per_epoch=20, cycle_epochs=1)
+    vals = [f(s) for s in range(200)]
+    assert all(0 <= v <= 1.0 + 1e-9 for v in vals)
+    assert max(vals) > 0.9
+
+
+def test_cyclical_shapes():
+    tri = make_schedule("triangular", 400, 10, cycle_epochs=1)  # half cycle = 10 steps
+    assert tri(0) == pytest.approx(0.1) and tri(10) == pytest.approx(1.0) and tri(20) == pytest.approx(0.1)
+    tri2 = make_schedule("triangular2", 400, 10, cycle_epochs=1)
+    assert tri2(30) == pytest.approx(0.1 + 0.9 / 2)  # second peak halved
+    exp = make_schedule("exp_range", 400, 10, cycle_epochs=1)
+    assert exp(210) < tri(210)
+    one = make_schedule("onecycle", 100, 10)
+    assert one(0) < 0.1 and one(25) == pytest.approx(1.0) and one(99) < 0.01
+
+
+def test_unknown_schedule():
+    with pytest.raises(PocketVisionError, match="Supported"):
+        make_schedule("zigzag", 10, 1)
