@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from pocketvision.errors import PocketVisionError
-from pocketvision.train.schedules import make_schedule
+from pocketvision.training.schedules import make_schedule
 
 
 @pytest.mark.parametrize("name", ["onecycle", "cosine", "triangular", "triangular2", "exp_range", "constant"])

@@ -156,12 +156,12 @@ def train(data: str | Path, out: str | Path | None = None, *, model: nn.Module |
           resume: str | Path | None = None, find_lr: bool = False, console=None, **options: Any) -> Bundle:
     """Train a classifier on an image folder and return (and write, with ``out``) its bundle.
 
-    ``options`` are :class:`pocketvision.train.config.TrainConfig` fields (arch, epochs, lr, ...).
+    ``options`` are :class:`pocketvision.training.config.TrainConfig` fields (arch, epochs, lr, ...).
     ``model`` brings your own ``torch.nn.Module`` (float NCHW in, logits out).
     """
-    from .train.checkpoint import load_checkpoint
-    from .train.config import make_config
-    from .train.loop import fit
+    from .training.checkpoint import load_checkpoint
+    from .training.config import make_config
+    from .training.loop import fit
 
     if resume is not None:
         _, _, meta = load_checkpoint(Path(resume))
@@ -169,7 +169,7 @@ def train(data: str | Path, out: str | Path | None = None, *, model: nn.Module |
         options = {**saved, **{k: v for k, v in options.items() if k in ("progress", "tensorboard", "workers")}}
     cfg = make_config(**options)
     if find_lr:
-        from .train.find_lr import find_lr as _find_lr
+        from .training.find_lr import find_lr as _find_lr
         run_dir = Path(cfg.run_dir or "runs/find-lr")
         res = _find_lr(data, cfg, run_dir / "lr_find.png")
         raise _FindLRDone(res)
