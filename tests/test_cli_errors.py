@@ -67,4 +67,4 @@ def test_help_explains_every_option_with_default():
         r = run_cli(verb, "--help")
         assert r.returncode == 0 and "usage: pocketvision " + verb in r.stdout
     r = run_cli("train", "--help")
-    assert "(default: onecycle)" in r.stdout and "(default: 0.1)" in r.stdout
+    assert "(default: onecycle)" in r.stdout and "(default: top)" in r.stdout

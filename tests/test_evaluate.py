@@ -88,8 +88,9 @@ def test_bad_inputs():
 def test_binary_threshold_for_target_precision():
     m = classification_metrics(YB, binary_probs(SB), LB, target_precision=0.8)
     assert m["positive_label"] == "hotdog" and m["positive_index"] == 0
-    # Qualifying thresholds are .95, .90 and .60; the smallest gives the most recall.
-    assert m["threshold"] == pytest.approx(0.6) and m["threshold_source"] == "target_precision"
+    # Cuts meeting precision .8 say "hotdog" from .95, .90 or .60; the last is the most accurate (0.8),
+    # and t sits mid-way in its interval (.5, .6].
+    assert m["threshold"] == pytest.approx(0.55) and m["threshold_source"] == "target_precision"
     assert m["threshold_reached"] is True
     assert m["threshold_precision"] == pytest.approx(0.8)
     assert m["threshold_recall"] == pytest.approx(0.8)
@@ -100,15 +101,16 @@ def test_binary_threshold_for_target_precision():
     assert m["accuracy"] == pytest.approx(7 / 10)
 
     m = classification_metrics(YB, binary_probs(SB), LB, target_precision=0.9)
-    assert m["threshold"] == pytest.approx(0.9)
+    assert m["threshold"] == pytest.approx(0.85)
     assert (m["threshold_precision"], m["threshold_recall"], m["threshold_accuracy"]) == pytest.approx((1, 0.4, 0.7))
     json.dumps(m, allow_nan=False)
 
 
 def test_threshold_ties_and_unreachable():
-    # Tied scores go together: t=.8 would be 1/2, so .6 (2/3) is the answer for target .6.
+    # Tied scores go together: cutting at .8 gives 1/2, so only "everything" (2/3) meets target .6;
+    # any t in (-inf, .6] does that, and 0.5 is inside.
     m = classification_metrics(np.array([0, 1, 0]), binary_probs(np.array([0.8, 0.8, 0.6])), LB, target_precision=0.6)
-    assert m["threshold"] == pytest.approx(0.6)
+    assert m["threshold"] == pytest.approx(0.5) and m["threshold_precision"] == pytest.approx(2 / 3)
     # The most confident "hotdog" is wrong, so no threshold reaches 0.9: fall back to 0.5.
     m = classification_metrics(np.array([1, 0, 1]), binary_probs(np.array([0.9, 0.8, 0.7])), LB)
     assert m["threshold_reached"] is False and m["threshold_source"] == "fallback"
@@ -212,4 +214,4 @@ def test_plots_and_table(tmp_path):
     console = Console(file=io.StringIO(), width=120)
     render_table(m, console)
     out = console.file.getvalue()
-    assert "hotdog" in out and "0.800" in out and "0.6000" in out and not math.isnan(m["log_loss"])
+    assert "hotdog" in out and "0.800" in out and "0.5500" in out and not math.isnan(m["log_loss"])

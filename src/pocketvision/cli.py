@@ -61,7 +61,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr, weight_decay=a.weight_decay, schedule=a.schedule,
         clr_cycle_epochs=a.clr_cycle_epochs, label_smoothing=a.label_smoothing,
         class_weights=a.class_weights if a.class_weights in ("auto", "none") else _csv_floats(a.class_weights),
-        linear_probe=a.linear_probe, freeze_epochs=a.freeze_epochs, backbone_lr_mult=a.backbone_lr_mult,
+        linear_probe=a.linear_probe, finetune=a.finetune, top_blocks=a.top_blocks, freeze_epochs=a.freeze_epochs, backbone_lr_mult=a.backbone_lr_mult,
         early_stopping=a.early_stopping, amp=a.amp, channels_last=a.channels_last, device=a.device,
         workers=a.workers, seed=a.seed, val_fraction=a.val_fraction, target_precision=a.target_precision,
         run_dir=a.run_dir, tensorboard=not a.no_tensorboard, progress=not a.json).items()}
@@ -290,16 +290,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=8, help="training epochs (after the linear probe)")
     s.add_argument("--batch-size", type=int, default=32, help="batch size")
     s.add_argument("--optimizer", choices=("adamw", "sgd", "rmsprop"), default="adamw", help="optimizer")
-    s.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3 scratch, 5e-4 fine-tune)")
+    s.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 3e-3 from scratch, "
+                   "3e-5 top fine-tune, 1e-4 full fine-tune)")
     s.add_argument("--weight-decay", type=float, default=0.02, help="weight decay")
     s.add_argument("--schedule", default="onecycle",
                    choices=("onecycle", "cosine", "triangular", "triangular2", "exp_range", "constant"),
                    help="LR schedule (triangular* and exp_range are cyclical LRs)")
     s.add_argument("--clr-cycle-epochs", type=float, default=2.0, help="half-cycle length of cyclical schedules")
-    s.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing")
+    s.add_argument("--label-smoothing", type=float, default=None, help="label smoothing (default: 0.1 from scratch, "
+                   "0 when fine-tuning)")
     s.add_argument("--class-weights", default="auto", help="auto (inverse frequency), none, or w1,w2,...")
     s.add_argument("--linear-probe", action="store_true", help="only fit a logistic-regression head on frozen "
                    "pretrained features (fast baseline)")
+    s.add_argument("--finetune", choices=("top", "full"), default="top", help="pretrained archs: 'top' trains the "
+                   "last --top-blocks on cached activations (fast on CPU); 'full' trains every layer with pixel "
+                   "augmentation (used on CUDA)")
+    s.add_argument("--top-blocks", type=int, default=3, help="feature blocks trained by --finetune top")
     s.add_argument("--freeze-epochs", type=int, default=0, help="epochs with a frozen backbone before unfreezing")
     s.add_argument("--backbone-lr-mult", type=float, default=0.2, help="backbone LR multiplier once unfrozen")
     s.add_argument("--early-stopping", type=int, default=None, metavar="N", help="stop after N epochs without "

@@ -84,17 +84,34 @@ def _curve(cols: dict[str, np.ndarray]) -> dict[str, list[float | None]]:
 
 
 def _choose_threshold(is_pos: np.ndarray, s: np.ndarray, target: float) -> float | None:
-    """Smallest score t with precision(s >= t) >= target, or None if no t gets there.
+    """The most accurate threshold whose precision(s >= t) is >= target, or None if none gets there.
 
-    Recall only grows as t falls, so the smallest qualifying t is the highest-recall one. Candidates
-    are the distinct scores themselves, so ``s >= t`` reproduces the reported numbers exactly.
+    "Smallest t that reaches the precision" maximises recall but can sit on the lowest-scored positive
+    and cost accuracy everywhere else. Instead: every cut between two distinct scores is a candidate;
+    among those meeting the precision target take the most accurate, and place t inside its interval
+    (0.5 when the interval contains it, so a model that already separates well decides by argmax;
+    otherwise the interval's midpoint, away from any one example's score).
     """
+    u = np.unique(s)[::-1]  # distinct scores, high -> low
+    hi = u
+    lo = np.r_[u[1:], -np.inf]  # a cut with t in (lo, hi] says "positive" for s >= hi
     order = np.argsort(-s, kind="stable")
-    s_sorted, tp = s[order], np.cumsum(is_pos[order])
-    last = np.r_[np.nonzero(np.diff(s_sorted))[0], len(s) - 1]  # last index of each tied score group
-    precision = tp[last] / (last + 1)
+    s_sorted, tp_cum = s[order], np.cumsum(is_pos[order])
+    n_said = np.searchsorted(-s_sorted, -hi, side="right")  # how many scores are >= hi
+    tp = tp_cum[n_said - 1]
+    fp = n_said - tp
+    precision = tp / n_said
+    accuracy = (tp + (int((~is_pos).sum()) - fp)) / len(s)
     ok = np.nonzero(precision >= target)[0]
-    return float(s_sorted[last[ok[-1]]]) if len(ok) else None
+    if not len(ok):
+        return None
+    best = ok[accuracy[ok] >= accuracy[ok].max() - 1e-12]
+    choices = []
+    for i in best:
+        a, b = lo[i], hi[i]
+        t = 0.5 if a < 0.5 <= b else (b if not np.isfinite(a) else (a + b) / 2)
+        choices.append((abs(t - 0.5), -t, float(t)))
+    return min(choices)[2]
 
 
 def _binary(y: np.ndarray, p: np.ndarray, labels: list[str], threshold: float | None,

@@ -24,15 +24,20 @@ class TrainConfig(BaseModel):
     epochs: int = Field(8, ge=0, le=10000)
     batch_size: int = Field(32, ge=1, le=4096)
     optimizer: Literal["adamw", "sgd", "rmsprop"] = "adamw"
-    lr: float | None = Field(None, gt=0, lt=10, description="peak LR (default: 3e-3 scratch, 5e-4 fine-tune)")
+    lr: float | None = Field(None, gt=0, lt=10,
+                             description="peak LR (default: 3e-3 from scratch, 3e-5 top fine-tune, 1e-4 full)")
     weight_decay: float = Field(0.02, ge=0, lt=1)
     schedule: Schedule = "onecycle"
     clr_cycle_epochs: float = Field(2.0, gt=0, description="half-cycle length for the cyclical schedules")
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    label_smoothing: float | None = Field(None, ge=0, lt=1, description="default: 0.1 from scratch, 0 fine-tune")
     class_weights: Literal["auto", "none"] | list[float] = Field(
         "auto", description="'auto' = inverse class frequency, 'none', or one weight per class")
     linear_probe: bool = Field(False, description="only fit a logistic-regression head on frozen features")
     probe_init: bool = Field(True, description="pretrained: initialise the head by a linear probe first")
+    finetune: Literal["top", "full"] = Field(
+        "top", description="pretrained: 'top' trains the last blocks on cached activations (fast on CPU), "
+                           "'full' trains every layer with pixel augmentation")
+    top_blocks: int = Field(3, ge=1, le=64, description="'top' fine-tune: how many final feature blocks train")
     freeze_epochs: int = Field(0, ge=0, description="epochs with the backbone frozen before unfreezing")
     backbone_lr_mult: float = Field(0.2, gt=0, le=1, description="backbone LR = lr * this once unfrozen")
     freeze_bn: bool | None = Field(None, description="keep BN statistics frozen (default: on when pretrained)")

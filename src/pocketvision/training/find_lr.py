@@ -43,7 +43,7 @@ def find_lr(data, cfg: TrainConfig, out_png: str | Path, start: float = 1e-6, en
             for g in opt.param_groups:
                 g["lr"] = lr
             loss = F.cross_entropy(model(to_input(x, contract, device, False)), y.to(device),
-                                   label_smoothing=cfg.label_smoothing)
+                                   label_smoothing=cfg.label_smoothing or 0.0)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -32,6 +32,7 @@ from .config import TrainConfig
 from .loader import (ImageDataset, _decode_source, decode_all, default_workers, estimate_cache_mb, make_loader,
                      to_input)
 from .schedules import make_schedule
+from .top_tune import supports_top_tune, top_tune
 
 
 @dataclass
@@ -269,6 +270,31 @@ def fit(data: str | Path, cfg: TrainConfig, user_model: nn.Module | None = None,
             best_state = load_file(str(run_dir / "best.safetensors"))
         console.print(f"[bold]resuming[/] {run_dir} at epoch {start_epoch}")
 
+    # --- pretrained + 'top': probe, then the last blocks on cached activations (top_tune.py) --------
+    label_smoothing = cfg.label_smoothing if cfg.label_smoothing is not None else (0.0 if is_pretrained else 0.1)
+    if (resume is None and is_pretrained and cfg.finetune == "top"
+            and supports_top_tune(model, cfg.top_blocks) and device.type == "cpu"):
+        def log(row: dict) -> None:
+            history.append(row)
+            logger.epoch({k: v for k, v in row.items() if k != "best"})
+            what = "linear probe" if row["phase"] == "probe" else f"top fine-tune {row['epoch']}/{cfg.epochs}"
+            console.print(f"{what}: val acc {row['val_acc']:.4f}  val loss {row['val_loss']:.4f}  "
+                          f"({row['seconds']:.0f}s){'  *best' if row.get('best') else ''}")
+        train_px = _fitted_train(train_samples, train_cache, contract)
+        res = top_tune(model, cfg.top_blocks, train_px, np.array([s.label for s in train_samples]),
+                       np.stack(val_cache), y_val, contract, epochs=0 if cfg.linear_probe else cfg.epochs,
+                       lr=cfg.lr or 3e-5, weight_decay=cfg.weight_decay, label_smoothing=label_smoothing,
+                       class_weights=weights, seed=cfg.seed,
+                       probe=lambda f, y: classify.fit_probe(f, y, num_classes, balanced=cfg.class_weights == "auto"),
+                       log=log)
+        logger.close()
+        model = model.cpu().to(memory_format=torch.contiguous_format).eval()
+        return FitResult(model=model, spec=spec, contract=contract, splits=splits, history=history,
+                         val_probs=res["best_probs"], val_labels=y_val, val_paths=[s.path for s in val_samples],
+                         best_epoch=res["best_epoch"], seconds=time.perf_counter() - t_start, run_dir=run_dir,
+                         problems=problems)
+
+    # --- linear probe: the frozen-feature baseline, and the head's starting point --------------------
     # --- linear probe: the frozen-feature baseline, and the head's starting point --------------------
     if resume is None and is_pretrained and (cfg.linear_probe or cfg.probe_init):
         t0 = time.perf_counter()
@@ -294,7 +320,7 @@ def fit(data: str | Path, cfg: TrainConfig, user_model: nn.Module | None = None,
     if epochs and start_epoch <= epochs:
         train_loader = make_loader(train_ds, cfg.batch_size, True, workers, cfg.seed, drop_last=len(train_ds) > cfg.batch_size)
         steps_per_epoch = max(1, len(train_loader))
-        peak = cfg.lr or (5e-4 if is_pretrained else 3e-3)
+        peak = cfg.lr or (1e-4 if is_pretrained else 3e-3)
         if hasattr(model, "head_parameters") and is_pretrained:
             head_ids = {id(p) for p in model.head_parameters()}
             groups = [{"params": [p for p in model.parameters() if id(p) not in head_ids], "lr": peak * cfg.backbone_lr_mult,
@@ -347,7 +373,7 @@ def fit(data: str | Path, cfg: TrainConfig, user_model: nn.Module | None = None,
                         ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
                         with ctx:
                             logits = model(xin)
-                        loss = F.cross_entropy(logits.float(), y, weight=weights, label_smoothing=cfg.label_smoothing)
+                        loss = F.cross_entropy(logits.float(), y, weight=weights, label_smoothing=label_smoothing)
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
                         optimizer.step()
@@ -410,6 +436,15 @@ def fit(data: str | Path, cfg: TrainConfig, user_model: nn.Module | None = None,
                      val_probs=probs, val_labels=y_val, val_paths=[s.path for s in val_samples],
                      best_epoch=best_epoch, seconds=time.perf_counter() - t_start, run_dir=run_dir,
                      problems=problems)
+
+
+def _fitted_train(samples, cache, contract: Contract) -> np.ndarray:
+    """Training images resized per the contract (no augmentation), from the RAM cache when present."""
+    from PIL import Image
+    if cache is not None:
+        return np.stack([contract.fit(Image.fromarray(a)) for a in cache])
+    arrays, _ = decode_all(samples, contract.load)
+    return np.stack([a for a in arrays if a is not None])
 
 
 def _has_pretrained(name: str) -> bool:
