@@ -39,7 +39,8 @@ def _csv_floats(s: str) -> list[float]:
 def _kv(s: str) -> dict[str, Any]:
     """'alpha=0.5,act=relu' -> {'alpha': 0.5, 'act': 'relu'} (JSON values where they parse)."""
     out: dict[str, Any] = {}
-    for part in filter(None, s.split(",")):
+    import re
+    for part in filter(None, re.split(r",(?![^\[]*\])", s)):  # commas inside [..] belong to the value
         if "=" not in part:
             raise argparse.ArgumentTypeError(f"expected key=value, got {part!r}")
         k, v = part.split("=", 1)
@@ -62,7 +63,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         clr_cycle_epochs=a.clr_cycle_epochs, label_smoothing=a.label_smoothing,
         class_weights=a.class_weights if a.class_weights in ("auto", "none") else _csv_floats(a.class_weights),
         linear_probe=a.linear_probe, finetune=a.finetune, top_blocks=a.top_blocks, freeze_epochs=a.freeze_epochs, backbone_lr_mult=a.backbone_lr_mult,
-        early_stopping=a.early_stopping, amp=a.amp, channels_last=a.channels_last, device=a.device,
+        early_stopping=a.early_stopping, augment=a.augment, mixup=a.mixup, distill=a.distill,
+        distill_alpha=a.distill_alpha, distill_t=a.distill_t, amp=a.amp, channels_last=a.channels_last, device=a.device,
         workers=a.workers, seed=a.seed, val_fraction=a.val_fraction, target_precision=a.target_precision,
         run_dir=a.run_dir, tensorboard=not a.no_tensorboard, progress=not a.json).items()}
     console = _console()
@@ -310,6 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backbone-lr-mult", type=float, default=0.2, help="backbone LR multiplier once unfrozen")
     s.add_argument("--early-stopping", type=int, default=None, metavar="N", help="stop after N epochs without "
                    "improvement")
+    s.add_argument("--augment", type=_kv, default={}, help="augmentation overrides, e.g. "
+                   "'scale=[0.08,1],glare=0.3,moire=0' (see pocketvision.data.augment.AugmentConfig)")
+    s.add_argument("--mixup", type=float, default=0.0, help="probability of a CutMix batch (regularises "
+                   "small from-scratch runs)")
+    s.add_argument("--distill", default=None, metavar="BUNDLE", help="teacher bundle for knowledge distillation "
+                   "(e.g. a fine-tuned efficientnet_lite0 teaching a small deepdog)")
+    s.add_argument("--distill-alpha", type=float, default=0.7, help="weight of the teacher's term in the loss")
+    s.add_argument("--distill-t", type=float, default=2.0, help="distillation temperature")
     s.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="mixed precision (auto: on CUDA)")
     s.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto", help="channels_last memory "
                    "format (auto: on CUDA)")

@@ -51,9 +51,10 @@ class TrainConfig(BaseModel):
     val_fraction: float = Field(0.15, gt=0, lt=1)
     target_precision: float = Field(0.9, gt=0, le=1)
     augment: dict[str, Any] = Field(default_factory=dict, description="AugmentConfig overrides")
+    mixup: float = Field(0.0, ge=0, le=1, description="probability of a mixup/cutmix batch (from scratch)")
     distill: str | None = Field(None, description="teacher bundle for knowledge distillation")
-    distill_alpha: float = Field(0.7, ge=0, le=1)
-    distill_t: float = Field(3.0, gt=0)
+    distill_alpha: float = Field(0.7, ge=0, le=1, description="weight of the teacher's term in the loss")
+    distill_t: float = Field(2.0, gt=0, description="distillation temperature")
     run_dir: Path | None = None
     tensorboard: bool = True
     progress: bool = True

@@ -317,6 +317,8 @@ def fit(data: str | Path, cfg: TrainConfig, user_model: nn.Module | None = None,
         console.print(f"linear probe: val acc {acc:.4f}  loss {loss:.4f}  ({time.perf_counter() - t0:.1f}s)")
 
     epochs = 0 if cfg.linear_probe else cfg.epochs
+    mix_rng = np.random.default_rng([cfg.seed, 7])
+    teacher = Teacher(cfg.distill, splits.classes, device, cfg.distill_t) if cfg.distill else None
     if epochs and start_epoch <= epochs:
         train_loader = make_loader(train_ds, cfg.batch_size, True, workers, cfg.seed, drop_last=len(train_ds) > cfg.batch_size)
         steps_per_epoch = max(1, len(train_loader))
@@ -368,12 +370,20 @@ def fit(data: str | Path, cfg: TrainConfig, user_model: nn.Module | None = None,
                         if epoch == start_epoch and bi == 0 and logger.tb:
                             logger.tb.add_image("inputs/augmented", _grid(x[:32]), epoch, dataformats="HWC")
                         lr = set_lr(step)
+                        y_b, lam = y, 1.0
+                        if cfg.mixup and mix_rng.random() < cfg.mixup:
+                            x, y_b, lam = _cutmix(x, y, mix_rng)
                         xin = to_input(x, contract, device, channels_last)
-                        y = y.to(device, non_blocking=True)
+                        y, y_b = y.to(device, non_blocking=True), y_b.to(device, non_blocking=True)
                         ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
                         with ctx:
                             logits = model(xin)
                         loss = F.cross_entropy(logits.float(), y, weight=weights, label_smoothing=label_smoothing)
+                        if lam < 1.0:
+                            loss = lam * loss + (1 - lam) * F.cross_entropy(
+                                logits.float(), y_b, weight=weights, label_smoothing=label_smoothing)
+                        if teacher is not None:
+                            loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * teacher.loss(x, logits)
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
                         optimizer.step()
@@ -436,6 +446,43 @@ def fit(data: str | Path, cfg: TrainConfig, user_model: nn.Module | None = None,
                      val_probs=probs, val_labels=y_val, val_paths=[s.path for s in val_samples],
                      best_epoch=best_epoch, seconds=time.perf_counter() - t_start, run_dir=run_dir,
                      problems=problems)
+
+
+def _cutmix(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator):
+    """CutMix (Yun et al. 2019) on the uint8 batch: a box from another image, labels mixed by area.
+
+    Done on raw pixels so a distillation teacher sees exactly the student's mixed input.
+    """
+    n, h, w, _ = x.shape
+    perm = torch.from_numpy(rng.permutation(n))
+    lam = rng.beta(1.0, 1.0)
+    bh, bw = int(h * np.sqrt(1 - lam)), int(w * np.sqrt(1 - lam))
+    cy, cx = rng.integers(0, h), rng.integers(0, w)
+    y0, y1, x0, x1 = max(cy - bh // 2, 0), min(cy + bh // 2, h), max(cx - bw // 2, 0), min(cx + bw // 2, w)
+    x = x.clone()
+    x[:, y0:y1, x0:x1] = x[perm, y0:y1, x0:x1]
+    return x, y[perm], 1 - (y1 - y0) * (x1 - x0) / (h * w)
+
+
+class Teacher:
+    """Knowledge distillation (Hinton et al. 2015): a trained bundle's softened outputs on the *same
+    augmented pixels* guide the student; its own contract normalises them, so the two may differ."""
+
+    def __init__(self, path: str, classes: list[str], device: torch.device, temperature: float):
+        from ..api import load
+        b = load(path)
+        if b.labels != classes:
+            raise PocketVisionError(f"{path}: teacher labels {b.labels} differ from the data's classes {classes}.")
+        self.model = b.model.to(device).eval().to(memory_format=torch.channels_last)
+        self.contract, self.device, self.t = b.contract, device, temperature
+
+    @torch.no_grad()
+    def probs(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(to_input(x, self.contract, self.device, True)).float() / self.t, dim=1)
+
+    def loss(self, x: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+        log_p = F.log_softmax(student_logits.float() / self.t, dim=1)
+        return F.kl_div(log_p, self.probs(x), reduction="batchmean") * self.t**2
 
 
 def _fitted_train(samples, cache, contract: Contract) -> np.ndarray:

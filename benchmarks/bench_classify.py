@@ -1,0 +1,180 @@
+"""Classification benchmarks for issue 2, with the peer measured in the same run.
+
+    python benchmarks/bench_classify.py --parts train,export,e2e,cli,ultralytics [--data DIR] [--out DIR]
+
+Prints a markdown table per part with the machine and the command, and writes benchmarks/out/*.json.
+Parts:
+  train        efficientnet_lite0 (default fine-tune and --linear-probe), deepdog alpha=0.5 from
+               scratch and distilled from the efficientnet bundle: wall time, val accuracy, img/s
+  export       exported-ONNX latency p50 at batch 1, 1 thread: deepdog alpha 0.5/1 (ELU and ReLU)
+  e2e          JPEG bytes -> label on the ~500 px val photos and the 12 MP photos-fullres
+  cli          `pocketvision predict model.onnx photo.jpg` wall time from process start (median of 5)
+  ultralytics  yolo11n-cls from scratch, 15 epochs, in its own venv (created on first use:
+               torch==2.14.1 torchvision==0.29.1 ultralytics), its ONNX latency and predict API time
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = Path(os.environ.get("POCKETVISION_DATA", HERE.parents[1] / "shared" / "data"))
+UL_VENV = Path(os.environ.get("PV_ULTRALYTICS_VENV", "/opt/pv-peers/ultralytics"))
+
+
+def sh(cmd: list[str], **kw) -> tuple[float, subprocess.CompletedProcess]:
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{r.stderr[-3000:]}")
+    return time.perf_counter() - t, r
+
+
+def pv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pocketvision.cli", *args]
+
+
+def table(title: str, header: list[str], rows: list[list]) -> str:
+    from pocketvision.runtime.bench import machine
+    lines = [f"### {title}", "", f"machine: {machine()}", "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def part_train(data: Path, out: Path) -> str:
+    rows, res = [], {}
+    runs = {
+        "efficientnet_lite0 (probe + top fine-tune)": ["--arch", "efficientnet_lite0"],
+        "efficientnet_lite0 --linear-probe": ["--arch", "efficientnet_lite0", "--linear-probe"],
+        "deepdog a=0.5 from scratch, 160 px, 40 ep": ["--arch", "deepdog", "--arch-args", "alpha=0.5", "--size", "160",
+                                                      "--epochs", "40"],
+        "deepdog a=0.5 random init + distilled, 160 px, 30 ep": [
+            "--arch", "deepdog", "--arch-args", "alpha=0.5", "--size", "160", "--epochs", "30",
+            "--distill", str(out / "efficientnet_lite0.pvb")],
+    }
+    for name, args in runs.items():
+        key = name.split(" ")[0] + ("_probe" if "probe" in name and "linear" in name else "") + \
+            ("_distill" if "distill" in name else "")
+        bundle = out / f"{key}.pvb"
+        secs, r = sh(pv("train", str(data), "--out", str(bundle), "--run-dir", str(out / f"run-{key}"),
+                        "--no-tensorboard", "--json", *args))
+        m = json.loads(r.stdout)["metrics"]
+        res[name] = {"seconds": secs, "val_accuracy": m["accuracy"], "log_loss": m["log_loss"],
+                     "best_epoch": m["best_epoch"]}
+        ips = _img_per_s(out / f"run-{key}" / "log.csv")
+        rows.append([name, f"{secs:.0f} s", f"{m['accuracy'] * 100:.1f}%", f"{m['log_loss']:.4f}", ips])
+    (out / "train.json").write_text(json.dumps(res, indent=2))
+    return table("Training on hotdog (1101 train / 187 val), wall time incl. start-up",
+                 ["run", "time", "val acc", "val log-loss", "train img/s (median epoch)"], rows)
+
+
+def _img_per_s(csv_path: Path) -> str:
+    import csv
+    vals = [float(r["img_per_s"]) for r in csv.DictReader(csv_path.open()) if r["phase"] in ("train", "top")]
+    return f"{statistics.median(vals):.0f}" if vals else "-"
+
+
+def part_export(out: Path) -> str:
+    import numpy as np
+    import torch  # noqa: F401 - build the models
+
+    from pocketvision.contract import Contract
+    from pocketvision.export.onnx import export_onnx
+    from pocketvision.models import build_model
+    from pocketvision.runtime.bench import latency
+    rows, res = [], {}
+    c = Contract(size=(224, 224), mean=(127.5,) * 3, std=(127.5,) * 3)
+    for alpha in (0.5, 1.0):
+        for act in ("elu", "relu"):
+            m = build_model({"name": "deepdog", "args": {"alpha": alpha, "act": act, "num_classes": 2}})
+            p = export_onnx(m, c, {"labels": ["hotdog", "not_hotdog"], "contract": c.to_dict()},
+                            out / f"deepdog_{alpha}_{act}.onnx")
+            lat = latency(p, threads=1, runs=200)
+            res[f"deepdog_{alpha}_{act}"] = lat
+            rows.append([f"deepdog alpha={alpha} {act}", f"{lat['p50_ms']:.2f}", f"{lat['p90_ms']:.2f}",
+                         f"{p.stat().st_size / 1e6:.2f} MB"])
+    (out / "export.json").write_text(json.dumps(res, indent=2))
+    return table("Exported ONNX, onnxruntime, 224 px, batch 1, 1 thread",
+                 ["model", "p50 ms", "p90 ms", "size"], rows)
+
+
+def part_e2e(data: Path, out: Path) -> str:
+    from pocketvision.runtime.bench import end_to_end
+    rows, res = [], {}
+    photos = sorted((data / "hotdog" / "val").rglob("*.jpg"))[:100]
+    large = sorted((data / "photos-fullres").glob("*.jpg"))
+    for name in ("deepdog.pvb", "efficientnet_lite0.pvb", "deepdog_distill.pvb"):
+        b = out / name
+        if not b.exists():
+            continue
+        onnx_path = out / name.replace(".pvb", ".onnx")
+        sh(pv("export", str(b), "--out", str(onnx_path), "--no-verify"))
+        small, big = end_to_end(onnx_path, photos, threads=1), end_to_end(onnx_path, large, threads=1, runs=5)
+        res[name] = {"val_photos": small, "fullres": big}
+        rows.append([name, f"{small['p50_ms']:.2f}", f"{big['p50_ms']:.2f}"])
+    (out / "e2e.json").write_text(json.dumps(res, indent=2))
+    return table("End to end, JPEG bytes -> label, 1 thread (p50)",
+                 ["model", "~500 px val photos, ms", "12 MP photos-fullres, ms"], rows)
+
+
+def part_cli(data: Path, out: Path) -> str:
+    onnx_path = out / "deepdog.onnx"
+    photo = sorted((data / "hotdog" / "val" / "hotdog").glob("*.jpg"))[0]
+    times = [sh(pv("predict", str(onnx_path), str(photo)))[0] for _ in range(5)]
+    (out / "cli.json").write_text(json.dumps({"seconds": times}))
+    return table("`pocketvision predict model.onnx photo.jpg`, process start to printed label",
+                 ["median", "min", "max"], [[f"{statistics.median(times):.2f} s", f"{min(times):.2f} s",
+                                             f"{max(times):.2f} s"]])
+
+
+def part_ultralytics(data: Path, out: Path, epochs: int = 15) -> str:
+    py = UL_VENV / "bin" / "python"
+    if not py.exists():
+        sh([sys.executable, "-m", "venv", str(UL_VENV)])
+        sh([str(py), "-m", "pip", "install", "-q", "torch==2.14.1", "torchvision==0.29.1", "ultralytics", "onnx",
+            "onnxruntime", "onnxslim"])
+    _, r = sh([str(py), str(HERE / "ultralytics_peer.py"), str(data / "hotdog"), str(out / "ultralytics"),
+               str(epochs), str(data / "hotdog" / "val" / "hotdog")], cwd=out)
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    (out / "ultralytics.json").write_text(json.dumps(res, indent=2))
+    ips = 1101 * epochs / res["train_seconds"]
+    return table(f"Peer: Ultralytics yolo11n-cls from scratch, {epochs} epochs, 224 px, batch 32",
+                 ["train time", "val top-1", "train img/s (incl. val)", "ONNX p50 1 thread", "predict API e2e p50"],
+                 [[f"{res['train_seconds']:.0f} s", f"{res['val_top1'] * 100:.1f}%", f"{ips:.0f}",
+                   f"{res['onnx_p50_ms_1thread']:.2f} ms", f"{res['predict_e2e_p50_ms']:.2f} ms"]])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", default="train,export,e2e,cli,ultralytics")
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--out", default=str(HERE / "out"))
+    a = ap.parse_args()
+    data, out = Path(a.data), Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"command: python benchmarks/bench_classify.py --parts {a.parts}\n")
+    for part in a.parts.split(","):
+        if part == "train":
+            print(part_train(data / "hotdog", out), flush=True)
+        elif part == "export":
+            print(part_export(out), flush=True)
+        elif part == "e2e":
+            print(part_e2e(data, out), flush=True)
+        elif part == "cli":
+            print(part_cli(data, out), flush=True)
+        elif part == "ultralytics":
+            print(part_ultralytics(data, out), flush=True)
+        else:
+            raise SystemExit(f"unknown part {part!r}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Training modes on real photos: transfer learning, distillation, CutMix, LR range test."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import pocketvision as pv
+from conftest import run_cli
+
+pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
+
+
+def test_pretrained_probe_then_top_finetune(hotdog_small, tmp_path):
+    """ImageNet features make this easy: well above chance even on 240 photos at 128 px."""
+    b = pv.train(hotdog_small, out=tmp_path / "eff.pvb", arch="efficientnet_lite0", size=128, epochs=2,
+                 run_dir=tmp_path / "run", progress=False, tensorboard=False)
+    hist = b.meta["history"]
+    assert hist[0]["phase"] == "probe" and [h["phase"] for h in hist[1:]] == ["top", "top"]
+    assert b.metrics["accuracy"] >= 0.85, b.metrics["accuracy"]
+    # the kept epoch is the best on validation, so fine-tuning never ends below the probe
+    assert b.metrics["accuracy"] >= hist[0]["val_acc"] - 1e-9
+    assert (tmp_path / "run" / "report" / "report.html").exists()
+    assert (tmp_path / "run" / "log.csv").read_text().count("\n") == 4
+
+
+def test_linear_probe_only(hotdog_small, tmp_path):
+    r = run_cli("train", str(hotdog_small), "--arch", "efficientnet_lite0", "--size", "128", "--linear-probe",
+                "--out", str(tmp_path / "p.pvb"), "--run-dir", str(tmp_path / "run"), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["metrics"]["best_epoch"] == 0 and out["metrics"]["accuracy"] >= 0.85
+
+
+def test_distillation_and_cutmix_run(trained_bundle, hotdog_small, tmp_path):
+    b = pv.train(hotdog_small, out=tmp_path / "s.pvb", arch="deepdog", arch_args={"alpha": 0.25}, size=64,
+                 epochs=2, mixup=1.0, distill=str(trained_bundle), run_dir=tmp_path / "run", progress=False,
+                 tensorboard=True, workers=0)
+    assert b.meta["train_config"]["distill"] == str(trained_bundle)
+    assert all(h["train_loss"] > 0 for h in b.meta["history"])
+    assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))  # TensorBoard wrote something
+
+
+def test_teacher_with_other_labels_is_refused(trained_bundle, tmp_path):
+    from PIL import Image
+    for c in ("cat", "dog"):
+        (tmp_path / "d" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (64, 64), (i * 40, 10, 10)).save(tmp_path / "d" / c / f"{i}.png")
+    r = run_cli("train", str(tmp_path / "d"), "--arch", "deepdog", "--size", "64", "--epochs", "1", "--distill",
+                str(trained_bundle), "--out", str(tmp_path / "x.pvb"), "--run-dir", str(tmp_path / "run"))
+    assert r.returncode == 2 and "teacher labels" in r.stderr
+
+
+def test_find_lr_writes_a_plot(hotdog_small, tmp_path):
+    r = run_cli("train", str(hotdog_small), "--arch", "deepdog", "--arch-args", "alpha=0.25", "--size", "64",
+                "--find-lr", "--run-dir", str(tmp_path / "lr"), "--workers", "0", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert 1e-6 <= out["suggested_lr"] <= 1.0
+    assert (tmp_path / "lr" / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
