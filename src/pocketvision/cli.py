@@ -241,22 +241,22 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 def cmd_info(a: argparse.Namespace) -> int:
     from .models import list_models, model_info
-    if not a.arch:
-        names = list_models(a.pattern or "*")
-        rows = [model_info(n, (a.size, a.size) if a.size else None, **a.arch_args) for n in names] if a.size or True else []
-    else:
-        rows = [model_info(a.arch, (a.size, a.size) if a.size else None, **a.arch_args)]
+    size = {"size": (a.size, a.size)} if a.size else {}
+    names = [a.arch] if a.arch else list_models(a.pattern or "*")
+    rows = [model_info(n, **size, **(a.arch_args if a.arch else {})) for n in names]
     if a.json:
-        _print_json(rows if not a.arch else rows[0])
+        _print_json(rows[0] if a.arch else rows)
         return 0
     from rich.console import Console
     from rich.table import Table
     t = Table(title="pocketvision models")
-    for col in ("arch", "input", "params", "MACs", "weights (fp32)", "pretrained"):
-        t.add_column(col, justify="right" if col not in ("arch",) else "left")
+    for col in ("arch", "args", "input", "params", "MACs", "weights (fp32)", "ImageNet weights"):
+        t.add_column(col, justify="left" if col in ("arch", "args") else "right")
     for r in rows:
-        t.add_row(r["name"], "x".join(map(str, r["size"])), f"{r['params'] / 1e6:.2f} M", f"{r['macs'] / 1e6:.0f} M",
-                  f"{r['weight_bytes'] / 1e6:.2f} MB", "yes" if r.get("pretrained") else "no")
+        shown = ", ".join(f"{k}={v}" for k, v in a.arch_args.items()) if a.arch else ""
+        t.add_row(r["name"], shown or "defaults", "x".join(map(str, r["size"])),
+                  f"{r['params'] / 1e6:.2f} M", f"{r['macs'] / 1e6:.0f} M", f"{r['weight_mb']:.2f} MB",
+                  "yes" if r.get("pretrained") else "no")
     Console().print(t)
     return 0
 
