@@ -32,7 +32,9 @@ def evaluate_folder(predict_pixels: Callable[[np.ndarray], np.ndarray], labels: 
     probs = batched(predict_pixels, pixels)
     thr = threshold if threshold is not None else (bundle_threshold or {}).get("value")
     metrics = classification_metrics(y, probs, labels, threshold=thr)
-    metrics.update(data=str(data), split=used, skipped_unreadable=len(samples) - len(kept))
+    metrics.update(data=str(data), split=used, skipped_unreadable=len(samples) - len(kept),
+                   # the headline uses the bundle's decision rule (its threshold); argmax for comparison
+                   argmax_accuracy=float((probs.argmax(1) == y).mean()))
     if report_dir is not None:
         from ..evaluate import write_report
         metrics["report"] = str(write_report(Path(report_dir), metrics, y, probs, labels,

@@ -285,8 +285,8 @@ def fit(data: str | Path, cfg: TrainConfig, user_model: nn.Module | None = None,
                        np.stack(val_cache), y_val, contract, epochs=0 if cfg.linear_probe else cfg.epochs,
                        lr=cfg.lr or 3e-5, weight_decay=cfg.weight_decay, label_smoothing=label_smoothing,
                        class_weights=weights, seed=cfg.seed,
-                       probe=lambda f, y: classify.fit_probe(f, y, num_classes, balanced=cfg.class_weights == "auto"),
-                       log=log)
+                       probe=(lambda f, y: classify.fit_probe(f, y, num_classes, balanced=cfg.class_weights == "auto"))
+                       if (cfg.probe_init or cfg.linear_probe) else None, log=log)
         logger.close()
         model = model.cpu().to(memory_format=torch.contiguous_format).eval()
         return FitResult(model=model, spec=spec, contract=contract, splits=splits, history=history,
@@ -294,7 +294,6 @@ def fit(data: str | Path, cfg: TrainConfig, user_model: nn.Module | None = None,
                          best_epoch=res["best_epoch"], seconds=time.perf_counter() - t_start, run_dir=run_dir,
                          problems=problems)
 
-    # --- linear probe: the frozen-feature baseline, and the head's starting point --------------------
     # --- linear probe: the frozen-feature baseline, and the head's starting point --------------------
     if resume is None and is_pretrained and (cfg.linear_probe or cfg.probe_init):
         t0 = time.perf_counter()
