@@ -398,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = verb("demo", "Build a small synthetic two-class photo set, then train, evaluate, export, verify, bench.",
              cmd_demo)
     s.add_argument("--out", default="pv-demo", help="folder for the data, bundle, exports and report")
-    s.add_argument("--epochs", type=int, default=12, help="training epochs")
+    s.add_argument("--epochs", type=int, default=15, help="training epochs")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
 

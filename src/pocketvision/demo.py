@@ -78,7 +78,7 @@ def make_image(label: int, rng: np.random.Generator, size: int = 160) -> Image.I
     return im
 
 
-def make_dataset(root: Path, n_train: int = 160, n_val: int = 40, size: int = 160, seed: int = 0) -> Path:
+def make_dataset(root: Path, n_train: int = 500, n_val: int = 100, size: int = 160, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     for split, n in (("train", n_train), ("val", n_val)):
         for label, name in enumerate(CLASSES):
@@ -89,7 +89,7 @@ def make_dataset(root: Path, n_train: int = 160, n_val: int = 40, size: int = 16
     return root
 
 
-def run_demo(out: Path, epochs: int = 12, quiet: bool = False) -> dict[str, Any]:
+def run_demo(out: Path, epochs: int = 15, quiet: bool = False) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
 
@@ -128,7 +128,7 @@ def run_demo(out: Path, epochs: int = 12, quiet: bool = False) -> dict[str, Any]
     t.add_row("validation accuracy", f"{m['accuracy']:.3f} (AUC {m.get('roc_auc') or float('nan'):.3f})")
     t.add_row("bundle", str(b.path))
     t.add_row("ONNX export", f"{ex.path} ({ex.size_bytes / 1e6:.2f} MB)")
-    t.add_row("parity on real val images", f"max |dp| {v.get('max_abs_diff', float('nan')):.1e}, top-1 agreement "
+    t.add_row("parity on held-out images", f"max |dp| {v.get('max_abs_diff', float('nan')):.1e}, top-1 agreement "
               f"{v.get('top1_agreement', float('nan')):.3f} -> {'verified' if v.get('passed') else 'FAILED'}")
     t.add_row("latency (1 thread, p50)", f"{summary['latency_p50_ms_1thread']:.2f} ms")
     t.add_row("JPEG bytes -> label (p50)", f"{summary['end_to_end_p50_ms']:.2f} ms")
