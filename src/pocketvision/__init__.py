@@ -8,10 +8,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["train", "load", "Bundle", "Contract", "PocketVisionError", "__version__"]
+__all__ = ["train", "find_lr", "load", "Bundle", "Contract", "PocketVisionError", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import train
+    from .api import find_lr, train
     from .api import Bundle
     from .contract import Contract
     from .errors import PocketVisionError
@@ -21,6 +21,9 @@ def __getattr__(name: str) -> Any:
     if name == "train":
         from .api import train
         return train
+    if name == "find_lr":
+        from .api import find_lr
+        return find_lr
     if name == "load":
         from .api import load
         return load

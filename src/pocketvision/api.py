@@ -153,7 +153,7 @@ def load(path: str | Path, model: nn.Module | None = None) -> Bundle:
 
 
 def train(data: str | Path, out: str | Path | None = None, *, model: nn.Module | None = None,
-          resume: str | Path | None = None, find_lr: bool = False, console=None, **options: Any) -> Bundle:
+          resume: str | Path | None = None, console=None, **options: Any) -> Bundle:
     """Train a classifier on an image folder and return (and write, with ``out``) its bundle.
 
     ``options`` are :class:`pocketvision.training.config.TrainConfig` fields (arch, epochs, lr, ...).
@@ -168,11 +168,6 @@ def train(data: str | Path, out: str | Path | None = None, *, model: nn.Module |
         saved = meta.get("config", {})
         options = {**saved, **{k: v for k, v in options.items() if k in ("progress", "tensorboard", "workers")}}
     cfg = make_config(**options)
-    if find_lr:
-        from .training.find_lr import find_lr as _find_lr
-        run_dir = Path(cfg.run_dir or "runs/find-lr")
-        res = _find_lr(data, cfg, run_dir / "lr_find.png")
-        raise _FindLRDone(res)
     result = fit(data, cfg, user_model=model, resume=Path(resume) if resume else None, console=console)
     if result.interrupted:
         raise KeyboardInterrupt
@@ -192,8 +187,6 @@ def train(data: str | Path, out: str | Path | None = None, *, model: nn.Module |
               "counts": result.splits.counts(), "explicit_splits": result.splits.explicit,
               "val_fraction": cfg.val_fraction, "seed": cfg.seed, "skipped": result.problems})
     b = Bundle(meta, result.model)
-    if out is not None:
-        b.save(out)
     if result.run_dir is not None:
         from .evaluate import write_report
         meta["report"] = str(write_report(result.run_dir / "report", metrics, result.val_labels, result.val_probs,
@@ -201,15 +194,20 @@ def train(data: str | Path, out: str | Path | None = None, *, model: nn.Module |
                                           extra={"training": {k: v for k, v in cfg.model_dump(mode='json').items()
                                                               if v not in (None, {}, [])}}))
         _tb_confusion(result.run_dir, metrics, labels)
+    if out is not None:
+        b.save(out)
     return b
 
 
-class _FindLRDone(Exception):
-    """Carries the LR range test result out of ``train(find_lr=True)``."""
+def find_lr(data: str | Path, **options: Any) -> dict[str, Any]:
+    """LR range test with the same options as :func:`train`; saves ``RUN_DIR/lr_find.png``.
 
-    def __init__(self, result: dict):
-        super().__init__("lr range test done")
-        self.result = result
+    -> ``{"suggested_lr", "plot", "lrs", "losses"}``.
+    """
+    from .training.config import make_config
+    from .training.find_lr import find_lr as _find_lr
+    cfg = make_config(**options)
+    return _find_lr(data, cfg, Path(cfg.run_dir or "runs/find-lr") / "lr_find.png")
 
 
 def _tb_confusion(run_dir: Path, metrics: dict, labels: list[str]) -> None:

@@ -54,7 +54,6 @@ def _kv(s: str) -> dict[str, Any]:
 # -- verbs -------------------------------------------------------------------------------------------
 def cmd_train(a: argparse.Namespace) -> int:
     import pocketvision as pv
-    from .api import _FindLRDone
     from .evaluate import render_table
 
     opts: dict[str, Any] = {k: v for k, v in dict(
@@ -67,16 +66,16 @@ def cmd_train(a: argparse.Namespace) -> int:
         distill_alpha=a.distill_alpha, distill_t=a.distill_t, amp=a.amp, channels_last=a.channels_last, device=a.device,
         workers=a.workers, seed=a.seed, val_fraction=a.val_fraction, target_precision=a.target_precision,
         run_dir=a.run_dir, tensorboard=not a.no_tensorboard, progress=not a.json).items()}
-    console = _console()
-    try:
-        b = pv.train(a.data, out=a.out, resume=a.resume, find_lr=a.find_lr, console=console, **opts)
-    except _FindLRDone as done:
-        r = done.result
+    if a.find_lr:
+        from .api import find_lr
+        r = find_lr(a.data, **opts)
         if a.json:
             _print_json({k: r[k] for k in ("suggested_lr", "plot")})
         else:
             print(f"suggested lr: {r['suggested_lr']:.2e}  (plot: {r['plot']})")
         return 0
+    try:
+        b = pv.train(a.data, out=a.out, resume=a.resume, console=_console(), **opts)
     except KeyboardInterrupt:
         return 130
     if a.json:
