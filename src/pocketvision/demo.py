@@ -89,7 +89,7 @@ def make_dataset(root: Path, n_train: int = 500, n_val: int = 100, size: int = 1
     return root
 
 
-def run_demo(out: Path, epochs: int = 15, quiet: bool = False) -> dict[str, Any]:
+def run_demo(out: Path, epochs: int = 15, quiet: bool = False, n_train: int = 500, n_val: int = 100) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
 
@@ -102,7 +102,7 @@ def run_demo(out: Path, epochs: int = 15, quiet: bool = False) -> dict[str, Any]
     data = out / "data"
     if not (data / "val").is_dir():
         console.print(f"[bold]1/5 data[/]: drawing a two-class photo set in {data}")
-        make_dataset(data)
+        make_dataset(data, n_train=n_train, n_val=n_val)
     console.print("[bold]2/5 train[/]: deepdog alpha=0.5 at 128 px, from scratch")
     b = pv.train(data, out=out / "demo.pvb", arch="deepdog", arch_args={"alpha": 0.5}, size=128, epochs=epochs,
                  lr=4e-3, batch_size=32, run_dir=out / "run", console=console, progress=not quiet)
