@@ -102,9 +102,6 @@ def part_throughput(data: Path, out: Path) -> str:
 
 
 def part_export(out: Path) -> str:
-    import numpy as np
-    import torch  # noqa: F401 - build the models
-
     from pocketvision.contract import Contract
     from pocketvision.export.onnx import export_onnx
     from pocketvision.models import build_model

@@ -8,7 +8,6 @@ the linear-probe baseline.
 
 from __future__ import annotations
 
-import copy
 import csv
 import math
 import signal

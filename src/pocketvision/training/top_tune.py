@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..contract import Contract
+from ..tasks.classify import final_linear
 
 
 def supports_top_tune(model: nn.Module, blocks: int) -> bool:
@@ -89,7 +90,7 @@ def top_tune(model: nn.Module, blocks: int, train_px: np.ndarray, train_y: np.nd
     history, best, best_state, best_epoch, best_probs = [], None, None, 0, None
     if probe is not None:
         W, b = probe(run(acts[: len(train_px)], features=True), train_y)
-        head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+        head = final_linear(model)
         with torch.no_grad():
             head.weight.copy_(W)
             head.bias.copy_(b)
