@@ -31,6 +31,8 @@ class ExportResult:
     verification: dict[str, Any] | None = None
     size_bytes: int = 0
     notes: list[str] = field(default_factory=list)
+    precision: str = "fp32"
+    compression: dict[str, Any] = field(default_factory=dict)
 
 
 class Bundle:
@@ -111,38 +113,156 @@ class Bundle:
         return scan(root, val_fraction=d.get("val_fraction", 0.15), seed=d.get("seed", 0), classes=self.labels).val
 
     def export(self, out: str | Path | None = None, to: str = "onnx", verify: bool = True,
-               data: str | Path | None = None, opset: int | None = None) -> ExportResult:
-        from .export import FORMATS
-        if to not in FORMATS:
-            from .errors import unknown_choice
-            raise unknown_choice("format", to, FORMATS)
-        out = Path(out) if out else (self.path or Path("model")).with_suffix(FORMATS[to])
-        from .export.onnx import DEFAULT_OPSET, export_onnx
-        meta = {"task": self.task, "labels": self.labels, "contract": self.meta["contract"],
-                "threshold": self.threshold, "arch": self.meta["arch"],
-                "bundle_weights_sha256": self.meta.get("weights_sha256")}
-        path = export_onnx(self.model, self.contract, meta, out, opset or DEFAULT_OPSET)
-        result = ExportResult(path=path, format=to, size_bytes=path.stat().st_size)
+               data: str | Path | None = None, opset: int | None = None, *, precision: str = "fp32",
+               bits: int | None = None, max_drop: float = 1.0, log=lambda s: None) -> ExportResult:
+        """Export to one target (``onnx``, ``web``), optionally compressed, and verify it on real images.
+
+        ``precision="int8"``: static int8 calibrated on training images, worst layers kept float until
+        the held-out accuracy drop is within ``max_drop`` points. ``bits``: palettise first (see
+        :meth:`palettize`). Parity is checked against the model that was exported; for int8 the pass
+        criterion is the accuracy budget (probabilities move by design).
+        """
+        from .export import FORMATS, PRECISIONS, check_request
+        check_request(to, precision, bits)
+        source, notes, compression = self, [], {}
+        if bits:
+            source, rep = self.palettize(bits, data, max_drop=max_drop, log=log)
+            compression["palettize"] = {k: rep[k] for k in ("bits", "base_accuracy", "accuracy", "float_bytes",
+                                                             "palette_bytes")}
+            notes += rep["notes"]
+        out = Path(out) if out else (self.path or Path("model")).with_name(
+            (self.path or Path("model")).stem + ("" if precision == "fp32" else f"-{precision}")
+            + (f"-{bits}bit" if bits else "") + FORMATS[to])
+        meta = source._export_meta()
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_path = out if to == "onnx" else Path(tmp) / "model.onnx"
+            self._export_onnx(source, onnx_path, meta, opset, precision, data, max_drop, compression, log, tmp)
+            if to == "web":
+                from .export.web import export_web
+                export_web(onnx_path, {**meta, "precision": precision}, out)
+        from .export.web import folder_size
+        result = ExportResult(path=out, format=to, size_bytes=folder_size(out), notes=notes,
+                              precision=precision, compression=compression)
         if verify:
             samples = self.validation_samples(data)
             if samples:
-                result.verification = self.verify(path, samples=samples)
+                tol = 1.0 if precision == "int8" else None
+                v = source.verify(out, samples=samples, tolerance=tol)
+                if precision == "int8":
+                    v["passed"] = bool(v["n"] and -100 * v["accuracy_change"] <= max_drop + 1e-9)
+                    v["criterion"] = f"int8: accuracy drop <= {max_drop} points"
+                result.verification = v
             else:
                 result.notes.append("not verified: no images (pass data=DIR / --data DIR)")
         return result
 
+    def _export_meta(self) -> dict[str, Any]:
+        return {"task": self.task, "labels": self.labels, "contract": self.meta["contract"],
+                "threshold": self.threshold, "arch": self.meta["arch"],
+                "bundle_weights_sha256": self.meta.get("weights_sha256"),
+                "lineage": self.meta.get("lineage", [])}
+
+    def _export_onnx(self, source: Bundle, out: Path, meta: dict, opset: int | None, precision: str,
+                     data, max_drop: float, compression: dict, log, tmp: str) -> None:
+        from .export.onnx import DEFAULT_OPSET, export_onnx
+        if precision != "int8":
+            export_onnx(source.model, source.contract, meta, out, opset or DEFAULT_OPSET)
+            return
+        from .compress.data import held_out, training_pixels
+        from .compress.quantize import quantize_within_budget
+        from .runtime.onnx_predictor import OnnxPredictor
+        fp32 = export_onnx(source.model, source.contract, meta, Path(tmp) / "fp32.onnx", opset or DEFAULT_OPSET)
+        calibration = training_pixels(source, data, limit=256)
+        pixels, y = held_out(source, data)
+
+        def accuracy(path: Path) -> float:
+            return float((OnnxPredictor(path).run_pixels(pixels).argmax(1) == y).mean())
+        staged = Path(tmp) / "int8.onnx"
+        rep = quantize_within_budget(fp32, staged, calibration, accuracy, accuracy(fp32), max_drop, log=log)
+        compression["int8"] = rep
+        import shutil
+        shutil.move(str(staged), str(out) + ".tmp")
+        Path(str(out) + ".tmp").replace(out)
+
+    def palettize(self, bits: int = 4, data: str | Path | None = None, *, max_drop: float | None = 1.0,
+                  finetune_steps: int = 100, min_size: int = 1024, group_channels: int = 0,
+                  layer_bits: dict[str, int] | None = None, log=lambda s: None) -> tuple[Bundle, dict[str, Any]]:
+        """Round every weight of each layer to one of 2^bits shared values -> (new bundle, report).
+
+        Measured on held-out images (the bundle's val split or ``data``); palette values are fine-tuned
+        on training images (``finetune_steps``, distilled from this model); layers are raised to 8 bits,
+        most sensitive first, until the accuracy drop is within ``max_drop`` points.
+        """
+        from .compress.data import held_out, training_pixels
+        from .compress.palettize import PaletteConfig, finetune_centroids, palettize
+
+        cfg = PaletteConfig(bits=bits, min_size=min_size, group_channels=group_channels,
+                            layer_bits=layer_bits or {}, max_drop=max_drop, finetune_steps=finetune_steps)
+        pixels, y = held_out(self, data)
+        x_val = torch.from_numpy(self.contract.normalize(pixels))
+
+        @torch.no_grad()
+        def evaluate(m: nn.Module) -> tuple[float, np.ndarray]:
+            p = torch.cat([torch.softmax(m(x_val[i:i + 64]), 1) for i in range(0, len(x_val), 64)]).numpy()
+            return float((p.argmax(1) == y).mean()), p
+
+        refine, notes = None, []
+        if finetune_steps:
+            try:
+                train_px = training_pixels(self, data)
+            except PocketVisionError as e:
+                train_px = None
+                notes.append(f"palette fine-tuning skipped: {e}")
+            if train_px is not None:
+                contract, teacher = self.contract, self.model
+
+                def refine(m: nn.Module) -> nn.Module:
+                    rng = np.random.default_rng(0)
+
+                    def batch(step: int):
+                        x = train_px[rng.integers(0, len(train_px), 32)].copy()
+                        flip = rng.random(len(x)) < 0.5
+                        x[flip] = x[flip, :, ::-1]
+                        return torch.from_numpy(contract.normalize(x)), None
+                    return finetune_centroids(m, batch, finetune_steps, teacher, lr=1e-3)
+        model, report = palettize(self.model, cfg, evaluate, log=log, refine=refine)
+        out = report.to_dict()
+        out.update(bits=bits, notes=notes, n_images=len(y),
+                   accuracy_change=None if report.accuracy is None else report.accuracy - report.base_accuracy)
+        return self._derived(model, "palettize", {"bits": bits, "max_drop": max_drop,
+                                                  "finetune_steps": finetune_steps, "min_size": min_size,
+                                                  "group_channels": group_channels,
+                                                  "accuracy_before": report.base_accuracy,
+                                                  "accuracy_after": report.accuracy,
+                                                  "layer_bits": {la.name: la.bits for la in report.layers}}), out
+
+    def _derived(self, model: nn.Module, stage: str, record: dict[str, Any]) -> Bundle:
+        """A new bundle made from this one by ``stage``, with its lineage."""
+        import copy
+        meta = copy.deepcopy(self.meta)
+        meta["lineage"] = list(meta.get("lineage", [])) + [
+            {"stage": stage, "parent": str(self.path) if self.path else None,
+             "parent_weights_sha256": self.meta.get("weights_sha256"), **record}]
+        meta.setdefault("compression", {})[stage] = record
+        return Bundle(meta, model)
+
     def verify(self, exported: str | Path, data: str | Path | None = None, samples=None,
                tolerance: float | None = None) -> dict[str, Any]:
         from .export.verify import PROB_TOLERANCE, verify
-        from .runtime.onnx_predictor import OnnxPredictor
+        from .runtime.artifact import open_predictor
         samples = samples if samples is not None else self.validation_samples(data)
         if not samples:
             raise PocketVisionError("verify needs real images: pass --data DIR (a labelled folder).")
-        cand = OnnxPredictor(exported)
-        if cand.labels != self.labels:
-            raise PocketVisionError(f"{exported}: labels {cand.labels} differ from the bundle's {self.labels}.")
-        report = verify(self.predict_pixels, cand.run_pixels, [s.path for s in samples], self.contract,
-                        [s.label for s in samples], tolerance=PROB_TOLERANCE if tolerance is None else tolerance)
+        cand = open_predictor(exported)
+        try:
+            if cand.labels != self.labels:
+                raise PocketVisionError(f"{exported}: labels {cand.labels} differ from the bundle's {self.labels}.")
+            report = verify(self.predict_pixels, cand.run_pixels, [s.path for s in samples], self.contract,
+                            [s.label for s in samples],
+                            tolerance=PROB_TOLERANCE if tolerance is None else tolerance)
+        finally:
+            getattr(cand, "close", lambda: None)()
         report["file"] = str(exported)
         return report
 

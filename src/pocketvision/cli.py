@@ -62,7 +62,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         clr_cycle_epochs=a.clr_cycle_epochs, label_smoothing=a.label_smoothing,
         class_weights=a.class_weights if a.class_weights in ("auto", "none") else _csv_floats(a.class_weights),
         linear_probe=a.linear_probe, finetune=a.finetune, top_blocks=a.top_blocks, freeze_epochs=a.freeze_epochs, backbone_lr_mult=a.backbone_lr_mult,
-        early_stopping=a.early_stopping, augment=a.augment, mixup=a.mixup, distill=a.distill,
+        early_stopping=a.early_stopping, augment=a.augment, mixup=a.mixup, ema=a.ema, distill=a.distill,
         distill_alpha=a.distill_alpha, distill_t=a.distill_t, amp=a.amp, channels_last=a.channels_last, device=a.device,
         workers=a.workers, seed=a.seed, val_fraction=a.val_fraction, target_precision=a.target_precision,
         run_dir=a.run_dir, tensorboard=not a.no_tensorboard, progress=not a.json).items()}
@@ -100,9 +100,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 def _load_any(path: str):
     """A bundle, or an exported .onnx wrapped to offer the same evaluate/predict surface."""
-    if str(path).endswith(".onnx"):
-        from .runtime.artifact import OnnxArtifact
-        return OnnxArtifact(path)
+    from .runtime.artifact import Artifact, is_artifact
+    if is_artifact(path):
+        return Artifact(path)
     import pocketvision as pv
     return pv.load(path)
 
@@ -145,19 +145,41 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 def cmd_export(a: argparse.Namespace) -> int:
     import pocketvision as pv
+    from .export import FORMATS, check_request
+    targets = [t.strip() for t in a.to.split(",") if t.strip()]
+    precision = "int8" if a.int8 else ("fp16" if a.fp16 else "fp32")
+    for t in targets:  # every request is checked before any work starts
+        check_request(t, precision, a.bits)
+    if a.out and len(targets) > 1:
+        raise PocketVisionError("--out names one file; with several --to targets use --out-dir.")
     b = pv.load(a.bundle)
-    res = b.export(a.out, to=a.to, verify=not a.no_verify, data=a.data, opset=a.opset)
-    v = res.verification
+    log = (lambda s: None) if a.json else (lambda s: print(s, file=sys.stderr))
+    results, ok = [], True
+    for t in targets:
+        out = a.out or (Path(a.out_dir) / (Path(a.bundle).stem + _variant(precision, a.bits) + FORMATS[t])
+                        if a.out_dir else None)
+        res = b.export(out, to=t, verify=not a.no_verify, data=a.data, opset=a.opset, precision=precision,
+                       bits=a.bits, max_drop=a.max_drop, log=log)
+        v = res.verification
+        ok = ok and (v is None or v["passed"])
+        results.append({"path": str(res.path), "format": res.format, "precision": res.precision, "bits": a.bits,
+                        "size_bytes": res.size_bytes, "verification": v, "notes": res.notes,
+                        "compression": {k: {kk: vv for kk, vv in c.items() if kk != "layer_errors"}
+                                        for k, c in res.compression.items()}})
+        if not a.json:
+            print(f"exported {res.format} ({res.precision}{f', {a.bits}-bit palette' if a.bits else ''}): "
+                  f"{res.path} ({res.size_bytes / 1e6:.2f} MB)")
+            for n in res.notes:
+                print(f"note: {n}")
+            if v:
+                _print_parity(v)
     if a.json:
-        _print_json({"path": str(res.path), "format": res.format, "size_bytes": res.size_bytes,
-                     "verification": v, "notes": res.notes})
-    else:
-        print(f"exported {res.format}: {res.path} ({res.size_bytes / 1e6:.2f} MB)")
-        for n in res.notes:
-            print(f"note: {n}")
-        if v:
-            _print_parity(v)
-    return 0 if (v is None or v["passed"]) else 1
+        _print_json(results if len(results) > 1 else results[0])
+    return 0 if ok else 1
+
+
+def _variant(precision: str, bits: int | None) -> str:
+    return ("" if precision == "fp32" else f"-{precision}") + (f"-{bits}bit" if bits else "")
 
 
 def _print_parity(v: dict) -> None:
@@ -165,6 +187,38 @@ def _print_parity(v: dict) -> None:
     extra = f", accuracy {v['reference_accuracy']:.4f} -> {v['candidate_accuracy']:.4f}" if "candidate_accuracy" in v else ""
     print(f"verify {status}: {v['n']} real images, max |dp| {v['max_abs_diff']:.2e} (tol {v['tolerance']:.0e}), "
           f"top-1 agreement {v['top1_agreement']:.4f}{extra}")
+
+
+def cmd_compress(a: argparse.Namespace) -> int:
+    import pocketvision as pv
+    b = pv.load(a.bundle)
+    log = (lambda s: None) if a.json else (lambda s: print(s, file=sys.stderr))
+    small, rep = b.palettize(a.bits, a.data, max_drop=None if a.max_drop < 0 else a.max_drop,
+                             finetune_steps=a.finetune_steps, min_size=a.min_size,
+                             group_channels=a.group_channels, layer_bits=a.layer_bits, log=log)
+    out = Path(a.out or Path(a.bundle).with_name(Path(a.bundle).stem + f"-{a.bits}bit.pvb"))
+    small.save(out)
+    rep["path"] = str(out)
+    if a.json:
+        _print_json(rep)
+        return 0
+    for n in rep["notes"]:
+        print(f"note: {n}")
+    mixed = sorted({la["bits"] for la in rep["layers"]})
+    print(f"palettised {len(rep['layers'])} layers to {'/'.join(map(str, mixed))} bits: "
+          f"{rep['float_bytes'] / 1e6:.2f} MB of fp32 weights -> {rep['palette_bytes'] / 1e6:.2f} MB "
+          f"(indices + tables)")
+    print(f"held-out accuracy ({rep['n_images']} images): {rep['base_accuracy']:.4f} -> {rep['accuracy']:.4f} "
+          f"({100 * rep['accuracy_change']:+.2f} points)")
+    print(f"bundle: {out}   (export it: pocketvision export {out} --to onnx)")
+    return 0
+
+
+def cmd_fetch_web_runtime(a: argparse.Namespace) -> int:
+    from .export.web import ORT_WEB_VERSION, fetch_runtime
+    path = fetch_runtime(a.version or ORT_WEB_VERSION)
+    print(f"onnxruntime-web {a.version or ORT_WEB_VERSION}: {path}")
+    return 0
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
@@ -313,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "improvement")
     s.add_argument("--augment", type=_kv, default={}, help="augmentation overrides, e.g. "
                    "'scale=[0.08,1],glare=0.3,moire=0' (see pocketvision.data.augment.AugmentConfig)")
+    s.add_argument("--ema", type=float, default=0.0, help="evaluate and keep an exponential moving average of "
+                   "the weights with this decay (0 = off; 0.998 steadies short from-scratch runs)")
     s.add_argument("--mixup", type=float, default=0.0, help="probability of a CutMix batch (regularises "
                    "small from-scratch runs)")
     s.add_argument("--distill", default=None, metavar="BUNDLE", help="teacher bundle for knowledge distillation "
@@ -336,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the result as JSON (no progress bar)")
 
     s = verb("eval", "Evaluate a bundle or .onnx on any labelled image folder.", cmd_eval)
-    s.add_argument("model", help="bundle (.pvb) or exported .onnx")
+    s.add_argument("model", help="bundle (.pvb), exported .onnx, or web folder (run in Chromium)")
     s.add_argument("data", help="labelled image folder")
     s.add_argument("--split", default="auto", help="auto (test/, else val/, else all), all, train, val, test")
     s.add_argument("--threshold", type=float, default=None, help="binary decision threshold (default: the bundle's)")
@@ -345,23 +401,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = verb("predict", "Classify images with a bundle or an exported .onnx (the .onnx path needs no torch).",
              cmd_predict)
-    s.add_argument("model", help="bundle (.pvb) or exported .onnx")
+    s.add_argument("model", help="bundle (.pvb), exported .onnx, or web folder (run in Chromium)")
     s.add_argument("images", nargs="+", help="image files or folders")
     s.add_argument("--json", action="store_true", help="print results as JSON")
 
     s = verb("export", "Export a bundle (ONNX: uint8 RGB in, probabilities out) and verify parity.", cmd_export)
     s.add_argument("bundle", help="bundle (.pvb)")
-    s.add_argument("--to", default="onnx", help="target format (onnx)")
-    s.add_argument("--out", default=None, help="output file (default: bundle name + suffix)")
+    s.add_argument("--to", default="onnx", help="target format(s), comma-separated: onnx, web")
+    s.add_argument("--out", default=None, help="output file/folder (default: bundle name + variant + suffix)")
+    s.add_argument("--out-dir", default=None, help="folder for the outputs when exporting several targets")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--int8", action="store_true", help="static int8, calibrated on training images; worst "
+                   "layers stay float until the accuracy drop is within --max-drop")
+    g.add_argument("--fp16", action="store_true", help="half-precision weights (targets that support it)")
+    s.add_argument("--bits", type=int, default=None, help="palettise first: 2^bits shared values per layer "
+                   "(see `pocketvision compress`)")
+    s.add_argument("--max-drop", type=float, default=1.0, help="accuracy budget in points for --int8/--bits")
     s.add_argument("--data", default=None, help="labelled images for verification (default: the bundle's val split)")
     s.add_argument("--no-verify", action="store_true", help="skip the parity check")
     s.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    s = verb("compress", "Palettise a bundle: each layer's weights become 2^bits shared values (k-means), "
+             "measured on held-out images, mixed bits within an accuracy budget.", cmd_compress)
+    s.add_argument("bundle", help="bundle (.pvb)")
+    s.add_argument("--bits", type=int, default=4, help="bits per weight (2-8): a palette of 2^bits values per layer")
+    s.add_argument("--data", default=None, help="labelled images (default: the bundle's own train/val split)")
+    s.add_argument("--max-drop", type=float, default=1.0, help="accuracy budget in points: the most sensitive "
+                   "layers go to 8 bits until the drop is within it (-1: no budget)")
+    s.add_argument("--finetune-steps", type=int, default=100, help="steps fine-tuning the palette values on "
+                   "training images (0 = off)")
+    s.add_argument("--min-size", type=int, default=1024, help="layers with fewer weights stay float")
+    s.add_argument("--group-channels", type=int, default=0, help="one palette per N output channels (0: per layer)")
+    s.add_argument("--layer-bits", type=_kv, default={}, help="per-layer bits, e.g. 'features.0.conv=8,classifier=0'")
+    s.add_argument("--out", default=None, help="bundle to write (default: NAME-<bits>bit.pvb)")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    s = verb("fetch-web-runtime", "Download the onnxruntime-web runtime files (npm package) that `export --to web` "
+             "copies into each web folder; the only command that downloads.", cmd_fetch_web_runtime)
+    s.add_argument("--version", default=None, help="onnxruntime-web version (default: the tested one)")
+
     s = verb("verify", "Run the same real images through a bundle and its export; non-zero exit above tolerance.",
              cmd_verify)
     s.add_argument("bundle", help="bundle (.pvb)")
-    s.add_argument("exported", help="exported model (.onnx)")
+    s.add_argument("exported", help="exported model (.onnx or web folder)")
     s.add_argument("--data", default=None, help="labelled image folder (default: the bundle's val split)")
     s.add_argument("--tolerance", type=float, default=None, help="max |probability difference| (default 1e-3)")
     s.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -98,6 +98,10 @@ def export_onnx(model: nn.Module, contract: Contract, metadata: dict[str, Any], 
         entry = proto.metadata_props.add()
         entry.key, entry.value = META_PREFIX + k, json.dumps(v)
     proto.producer_name = "pocketvision"
+    # A palettised bundle (few distinct values per weight) ships as packed indices + look-up tables;
+    # a float one has no such weights and is left as it is.
+    from .onnx_palette import palettize_onnx
+    palettize_onnx(proto)
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
     return atomic_write_bytes(out, data)

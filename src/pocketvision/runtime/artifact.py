@@ -42,12 +42,30 @@ def evaluate_folder(predict_pixels: Callable[[np.ndarray], np.ndarray], labels: 
     return metrics
 
 
-class OnnxArtifact:
-    """An exported .onnx with the same evaluate/predict surface as a Bundle."""
+def open_predictor(path: str | Path, threads: int | None = None):
+    """An exported artifact's predictor: ``.onnx`` (onnxruntime) or a web folder (the page in Chromium)."""
+    from .web_predictor import WebPredictor, is_web_folder
+    p = Path(path)
+    if is_web_folder(p):
+        return WebPredictor(p, threads)
+    if p.suffix == ".onnx":
+        from .onnx_predictor import OnnxPredictor
+        return OnnxPredictor(p, threads)
+    if not p.exists():
+        raise PocketVisionError(f"{p}: no such file or folder.")
+    raise PocketVisionError(f"{p}: not an exported model pocketvision can run here (.onnx or a web folder).")
+
+
+def is_artifact(path: str | Path) -> bool:
+    from .web_predictor import is_web_folder
+    return Path(path).suffix == ".onnx" or is_web_folder(path)
+
+
+class Artifact:
+    """An exported model (.onnx or web folder) with the same evaluate/predict surface as a Bundle."""
 
     def __init__(self, path: str | Path, threads: int | None = None):
-        from .onnx_predictor import OnnxPredictor
-        self.predictor = OnnxPredictor(path, threads)
+        self.predictor = open_predictor(path, threads)
         self.path = Path(path)
 
     def predict(self, images: list) -> list[dict[str, Any]]:
@@ -57,3 +75,7 @@ class OnnxArtifact:
         p = self.predictor
         return evaluate_folder(p.run_pixels, p.labels, p.contract, p.threshold, data, split, report_dir, threshold,
                                title=str(self.path))
+
+    def close(self) -> None:
+        getattr(self.predictor, "close", lambda: None)()
+

@@ -52,6 +52,8 @@ class TrainConfig(BaseModel):
     target_precision: float = Field(0.9, gt=0, le=1)
     augment: dict[str, Any] = Field(default_factory=dict, description="AugmentConfig overrides")
     mixup: float = Field(0.0, ge=0, le=1, description="probability of a mixup/cutmix batch (from scratch)")
+    ema: float = Field(0.0, ge=0, lt=1, description="decay of an exponential moving average of the weights "
+                       "that is evaluated and kept instead of the raw weights (0 = off; e.g. 0.998)")
     distill: str | None = Field(None, description="teacher bundle for knowledge distillation")
     distill_alpha: float = Field(0.7, ge=0, le=1, description="weight of the teacher's term in the loss")
     distill_t: float = Field(2.0, gt=0, description="distillation temperature")

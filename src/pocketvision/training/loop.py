@@ -248,8 +248,8 @@ def fit(data: str | Path, cfg: TrainConfig, user_model: nn.Module | None = None,
     is_pretrained = cfg.pretrained and spec["name"] != "custom" and _has_pretrained(spec["name"])
     freeze_bn = cfg.freeze_bn if cfg.freeze_bn is not None else is_pretrained
 
-    def evaluate() -> tuple[np.ndarray, float, float]:
-        logits, y, _ = run_model(model, val_loader, contract, device, channels_last, amp_dtype=amp_dtype)
+    def evaluate(net: nn.Module | None = None) -> tuple[np.ndarray, float, float]:
+        logits, y, _ = run_model(net or model, val_loader, contract, device, channels_last, amp_dtype=amp_dtype)
         probs = _softmax(logits)
         acc, loss = _val_score(probs, y)
         return probs, acc, loss
@@ -333,6 +333,8 @@ def fit(data: str | Path, cfg: TrainConfig, user_model: nn.Module | None = None,
         optimizer = _make_optimizer(cfg, groups)
         if opt_state:
             optimizer.load_state_dict(opt_state)
+        ema = _make_ema(model, cfg.ema, run_dir if resume is not None else None)
+        scored = ema.module if ema is not None else model  # what is evaluated and kept
         sched_fn = make_schedule(cfg.schedule, epochs * steps_per_epoch, steps_per_epoch, cfg.clr_cycle_epochs)
         step = (start_epoch - 1) * steps_per_epoch
 
@@ -385,6 +387,8 @@ def fit(data: str | Path, cfg: TrainConfig, user_model: nn.Module | None = None,
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
                         optimizer.step()
+                        if ema is not None:
+                            ema.update_parameters(model)
                         step += 1
                         seen += len(y)
                         loss_sum += float(loss.detach()) * len(y)
@@ -393,7 +397,7 @@ def fit(data: str | Path, cfg: TrainConfig, user_model: nn.Module | None = None,
                         ips = seen / (time.perf_counter() - t_ep)
                         progress.update(task, advance=1, info=f"loss {loss_sum / seen:.4f}  lr {lr:.2e}  {ips:.0f} img/s")
                     train_time = time.perf_counter() - t_ep
-                    probs, acc, vloss = evaluate()
+                    probs, acc, vloss = evaluate(scored)
                     progress.remove_task(task)
                     row = {"epoch": epoch, "phase": "frozen" if frozen else "train", "train_loss": loss_sum / max(1, seen),
                            "val_loss": vloss, "val_acc": acc, "lr": lr, "img_per_s": seen / train_time,
@@ -404,7 +408,7 @@ def fit(data: str | Path, cfg: TrainConfig, user_model: nn.Module | None = None,
                     improved = best is None or score > best
                     if improved:
                         best, best_epoch, best_probs, stale = score, epoch, probs, 0
-                        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                        best_state = {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}
                         from safetensors.torch import save as st_save
 
                         from ..bundle import atomic_write_bytes
@@ -415,6 +419,8 @@ def fit(data: str | Path, cfg: TrainConfig, user_model: nn.Module | None = None,
                     console.print(f"epoch {epoch}/{epochs}  train loss {row['train_loss']:.4f}  val loss {vloss:.4f}  "
                                   f"val acc {acc:.4f}  {row['img_per_s']:.0f} img/s  {train_time:.0f}s"
                                   f"{'  *best' if improved else ''}")
+                    if ema is not None:
+                        _save_ema(run_dir, ema)
                     save_checkpoint(run_dir, model, optimizer, {"next_epoch": epoch + 1, "best": best,
                                                                 "best_epoch": best_epoch, "history": history,
                                                                 "config": cfg.model_dump(mode="json"), "spec": spec})
@@ -444,6 +450,40 @@ def fit(data: str | Path, cfg: TrainConfig, user_model: nn.Module | None = None,
                      val_probs=probs, val_labels=y_val, val_paths=[s.path for s in val_samples],
                      best_epoch=best_epoch, seconds=time.perf_counter() - t_start, run_dir=run_dir,
                      problems=problems)
+
+
+EMA_FILE = "ema.safetensors"
+
+
+def _make_ema(model: nn.Module, decay: float, resume_dir: Path | None):
+    """Exponential moving average of the weights (and BN statistics). The decay ramps up as
+    (1+n)/(10+n) so the first epochs are not dominated by the random initialisation."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel
+
+    def avg(avg_p: torch.Tensor, p: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        if not avg_p.is_floating_point():
+            return p  # e.g. BN's num_batches_tracked
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        return avg_p + (p - avg_p) * (1.0 - d)
+
+    ema = AveragedModel(model, avg_fn=avg, use_buffers=True)
+    if resume_dir is not None and (resume_dir / EMA_FILE).exists():
+        from safetensors.torch import load_file
+        state = load_file(str(resume_dir / EMA_FILE))
+        ema.n_averaged.fill_(int(state.pop("__n_averaged__")))
+        ema.module.load_state_dict(state)
+    return ema
+
+
+def _save_ema(run_dir: Path, ema) -> None:
+    from safetensors.torch import save as st_save
+
+    from ..bundle import atomic_write_bytes
+    state = {k: v.detach().cpu().contiguous() for k, v in ema.module.state_dict().items()}
+    state["__n_averaged__"] = ema.n_averaged.detach().cpu().reshape(1)
+    atomic_write_bytes(run_dir / EMA_FILE, st_save(state))
 
 
 def _cutmix(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator):

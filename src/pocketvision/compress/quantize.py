@@ -1,0 +1,133 @@
+"""Int8 post-training static quantisation of an exported ONNX model (onnxruntime.quantization).
+
+QDQ format, per-channel int8 weights, uint8 activations whose ranges are calibrated on the user's own
+training images. ``layer_errors`` compares every quantised layer's output with the float model's
+(signal-to-quantisation-noise ratio, via ``qdq_loss_debug``), and ``quantize_within_budget`` keeps
+the worst layers in float, one at a time, until the held-out accuracy drop fits the budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import PocketVisionError
+
+# Activations are quantised only around these ops; ELU's Exp/Min/Max stay float (onnxruntime has no
+# int8 kernels for them, so wrapping them in Q/DQ pairs would only add work).
+QUANT_OPS = ["Conv", "Gemm", "MatMul", "Relu", "Clip", "Add", "Mul", "GlobalAveragePool", "ReduceMean"]
+MAX_FALLBACK = 12
+
+
+def _Reader(input_name: str, pixels: np.ndarray, batch: int = 16):
+    """onnxruntime's CalibrationDataReader over uint8 NHWC pixels (imported lazily: the extra is heavy)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = [{input_name: pixels[i:i + batch]} for i in range(0, len(pixels), batch)]
+            self.i = 0
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            if self.i >= len(self.batches):
+                return None
+            self.i += 1
+            return self.batches[self.i - 1]
+
+        def rewind(self) -> None:
+            self.i = 0
+
+    return Reader()
+
+
+@contextlib.contextmanager
+def _quiet():
+    # The quantizer logs and prints per-node chatter; the user gets our one-line summary instead.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def _input_name(path: Path) -> str:
+    import onnx
+    return onnx.load(str(path), load_external_data=False).graph.input[0].name
+
+
+def preprocess(fp32: Path, out: Path) -> Path:
+    """``quant_pre_process``: constant folding and shape inference so the quantizer sees every tensor."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    with _quiet():
+        # Symbolic shape inference does not understand every dynamo-exported op; ONNX's own is enough.
+        quant_pre_process(str(fp32), str(out), skip_symbolic_shape=True)
+    return out
+
+
+def quantize(fp32: Path, out: Path, calibration: np.ndarray, exclude: list[str] | None = None,
+             per_channel: bool = True) -> Path:
+    """fp32 ONNX -> int8 QDQ ONNX at ``out`` (written atomically by the caller's temp folder)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = preprocess(fp32, Path(tmp) / "pre.onnx")
+        with _quiet():
+            quantize_static(str(pre), str(out), _Reader(_input_name(pre), calibration), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=QUANT_OPS, per_channel=per_channel,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=exclude or [], calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    return out
+
+
+def layer_errors(fp32: Path, qdq: Path, pixels: np.ndarray) -> list[dict[str, Any]]:
+    """Per quantised layer (node producing a Conv/Gemm output): SQNR in dB of its output in the
+    int8 model vs the float model on the same images (higher is better). Worst first."""
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_activation_error,
+                                                         create_activation_matching,
+                                                         modify_model_output_intermediate_tensors)
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        fa, qa = Path(tmp) / "f.onnx", Path(tmp) / "q.onnx"
+        modify_model_output_intermediate_tensors(str(fp32), str(fa), op_types_for_saving=["Conv", "Gemm"])
+        modify_model_output_intermediate_tensors(str(qdq), str(qa), op_types_for_saving=["Conv", "Gemm"])
+        name = _input_name(fp32)
+        f_act = collect_activations(str(fa), _Reader(name, pixels, 8))
+        q_act = collect_activations(str(qa), _Reader(name, pixels, 8))
+        errors = compute_activation_error(create_activation_matching(q_act, f_act))
+    producer = {o: n.name for n in onnx.load(str(fp32)).graph.node for o in n.output}
+    rows = [{"tensor": t, "node": producer.get(t, t), "sqnr_db": float(e.get("xmodel_err", float("nan")))}
+            for t, e in errors.items() if "xmodel_err" in e and np.isfinite(e.get("xmodel_err", np.nan))]
+    return sorted(rows, key=lambda r: r["sqnr_db"])
+
+
+def quantize_within_budget(fp32: Path, out: Path, calibration: np.ndarray, evaluate: Callable[[Path], float],
+                           base_accuracy: float, max_drop: float = 1.0,
+                           log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Quantise; while the accuracy drop exceeds ``max_drop`` points, keep the worst layer (lowest
+    SQNR) in float and try again. -> report with the per-layer errors and the float fallbacks."""
+    if len(calibration) == 0:
+        raise PocketVisionError("int8 calibration needs training images; none were found.")
+    exclude: list[str] = []
+    quantize(fp32, out, calibration)
+    acc = evaluate(out)
+    errors = layer_errors(fp32, out, calibration[:64])
+    order = [r["node"] for r in errors]
+    log(f"int8: held-out accuracy {base_accuracy:.4f} -> {acc:.4f}")
+    while 100 * (base_accuracy - acc) > max_drop + 1e-9 and order and len(exclude) < MAX_FALLBACK:
+        exclude.append(order.pop(0))
+        quantize(fp32, out, calibration, exclude)
+        acc = evaluate(out)
+        log(f"  {exclude[-1]} kept float: accuracy {acc:.4f}")
+    within = 100 * (base_accuracy - acc) <= max_drop + 1e-9
+    return {"accuracy_before": base_accuracy, "accuracy_after": acc, "max_drop": max_drop, "within_budget": within,
+            "float_fallback": exclude, "layer_errors": errors, "calibration_images": int(len(calibration))}

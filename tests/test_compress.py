@@ -1,0 +1,128 @@
+"""Compression: palettisation (k-means, BN folding, ONNX look-up-table carrier) and int8, on real photos."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import pocketvision as pv
+from pocketvision.compress.palettize import fold_batchnorm_, kmeans_1d, palettize_tensor
+from pocketvision.errors import PocketVisionError
+from pocketvision.models import build_model
+
+from conftest import run_cli
+
+
+def test_kmeans_1d_palette_and_exactness():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=5000).astype(np.float32)
+    c, idx = kmeans_1d(w, 16)
+    assert len(c) == 16 and np.all(np.diff(c) > 0) and idx.max() == 15
+    err16 = np.abs(c[idx] - w).mean()
+    c4, idx4 = kmeans_1d(w, 4)
+    assert err16 < np.abs(c4[idx4] - w).mean() / 3  # more values, much closer
+    few = np.array([0.5, -1.0, 0.5, 2.0], np.float32)
+    c, idx = kmeans_1d(few, 16)  # already a palette: reproduced exactly
+    assert np.array_equal(c[idx], few)
+
+
+def test_palettize_tensor_per_group_has_few_values():
+    w = torch.randn(32, 16, 3, 3)
+    layer = palettize_tensor(w, 3)
+    assert len(torch.unique(layer)) <= 8
+    grouped = palettize_tensor(w, 3, group_channels=8)
+    for g in range(4):
+        assert len(torch.unique(grouped[g * 8:(g + 1) * 8])) <= 8
+    assert (grouped - w).abs().mean() < (layer - w).abs().mean()  # finer palettes fit better
+
+
+def test_fold_batchnorm_keeps_outputs_and_architecture():
+    torch.manual_seed(0)
+    m = build_model({"name": "deepdog", "args": {"alpha": 0.25, "num_classes": 2}}).eval()
+    for mod in m.modules():  # non-trivial statistics, as after training
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-1, 1)
+            mod.running_var.uniform_(0.5, 2)
+            mod.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 64, 64)
+    before = m(x)
+    keys = set(m.state_dict())
+    folded = fold_batchnorm_(m)
+    assert len(folded) >= 14  # the stem and every pointwise conv of DeepDog
+    assert torch.allclose(before, m(x), atol=1e-4)
+    assert set(m.state_dict()) == keys  # still loads into the same architecture
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_palettised_bundle_exports_small_and_exact(trained_bundle, tmp_path):
+    b = pv.load(trained_bundle)
+    small, rep = b.palettize(4, max_drop=1.0, finetune_steps=30)
+    assert rep["n_images"] == 80
+    assert -100 * rep["accuracy_change"] <= 1.0 + 1e-9  # the budget holds on real held-out photos
+    assert {la["bits"] for la in rep["layers"]} <= {4, 8}
+    assert small.meta["lineage"][-1]["stage"] == "palettize"
+    path = small.save(tmp_path / "p4.pvb")
+    reloaded = pv.load(path)  # the same architecture loads the palettised weights
+    fp32 = b.export(tmp_path / "fp32.onnx", verify=False).path
+    res = reloaded.export(tmp_path / "p4.onnx")
+    assert res.verification["passed"] and res.verification["max_abs_diff"] < 1e-4
+    graph = onnx.load(str(res.path)).graph
+    assert any(n.op_type == "Gather" and n.input[0].endswith("__pal_lut") for n in graph.node)
+    gz = lambda p: len(gzip.compress(p.read_bytes()))  # noqa: E731
+    four_bit = sum(1 for la in rep["layers"] if la["bits"] == 4)
+    if four_bit == len(rep["layers"]):
+        assert gz(fp32) / gz(res.path) > 5
+    assert gz(fp32) / gz(res.path) > 2
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_int8_export_within_budget_with_layer_report(trained_bundle, tmp_path):
+    b = pv.load(trained_bundle)
+    res = b.export(tmp_path / "q.onnx", precision="int8", max_drop=1.0)
+    graph = onnx.load(str(res.path)).graph
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 5
+    rep = res.compression["int8"]
+    assert rep["calibration_images"] >= 32 and rep["layer_errors"]
+    assert all(np.isfinite(r["sqnr_db"]) for r in rep["layer_errors"])
+    v = res.verification
+    assert v["passed"] and -100 * v["accuracy_change"] <= 1.0 + 1e-9
+    ort.InferenceSession(str(res.path))  # loads in the real runtime
+    # The CLI prints the same and names the file.
+    r = run_cli("export", str(trained_bundle), "--to", "onnx", "--int8", "--out", str(tmp_path / "c.onnx"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["precision"] == "int8"
+
+
+def test_export_requests_are_checked_before_work(tmp_path):
+    r = run_cli("export", "missing.pvb", "--to", "onnx,tflight")
+    assert r.returncode == 2 and "tflight" in r.stderr and "onnx" in r.stderr and "web" in r.stderr
+    r = run_cli("export", "missing.pvb", "--int8", "--bits", "4")
+    assert r.returncode == 2 and "not both" in r.stderr
+    r = run_cli("export", "missing.pvb", "--bits", "12")
+    assert r.returncode == 2 and "between 2 and 8" in r.stderr
+
+
+@pytest.mark.shared_data
+def test_calibration_too_small_says_how_many(trained_bundle, hotdog_small, tmp_path):
+    from pocketvision.compress.data import training_pixels
+    b = pv.load(trained_bundle)
+    b.meta["data"] = {}  # the training folder is gone: only --data is left
+    tiny = tmp_path / "tiny"
+    for split in ("train", "val"):
+        for cls in b.labels:
+            (tiny / split / cls).mkdir(parents=True)
+            for p in sorted((hotdog_small / split / cls).iterdir())[:5]:
+                (tiny / split / cls / p.name).symlink_to(p.resolve())
+    with pytest.raises(PocketVisionError, match="at least 32 training images; found 10"):
+        training_pixels(b, tiny)
+    with pytest.raises(PocketVisionError, match="calibration needs at least 32"):
+        b.export(tmp_path / "q.onnx", precision="int8", data=tiny)
+    assert not (tmp_path / "q.onnx").exists()  # nothing half-written
