@@ -126,3 +126,20 @@ def test_calibration_too_small_says_how_many(trained_bundle, hotdog_small, tmp_p
     with pytest.raises(PocketVisionError, match="calibration needs at least 32"):
         b.export(tmp_path / "q.onnx", precision="int8", data=tiny)
     assert not (tmp_path / "q.onnx").exists()  # nothing half-written
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_bench_all_prints_one_table_and_a_plot(trained_bundle, tmp_path):
+    r = run_cli("bench", str(trained_bundle), "--all", "--variants", "onnx,onnx:int8,onnx:fp32:4",
+                "--out-dir", str(tmp_path / "v"), "--runs", "5", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    rows = {row["name"]: row for row in rep["variants"]}
+    assert set(rows) == {"bundle (torch) fp32", "onnx fp32", "onnx int8", "onnx fp32 4-bit palette"}
+    assert all(row["status"] == "verified" for row in rows.values())
+    assert rows["onnx fp32"]["max_abs_diff"] < 1e-3 and rows["onnx fp32"]["agreement"] >= 0.995
+    assert rows["onnx int8"]["size_bytes"] < rows["onnx fp32"]["size_bytes"] / 2.5
+    assert rows["onnx fp32 4-bit palette"]["gzip_bytes"] < rows["onnx fp32"]["gzip_bytes"] / 2
+    assert all(row["p50_1t_ms"] > 0 for n, row in rows.items() if n.startswith("onnx"))
+    assert (tmp_path / "v" / "pareto.png").stat().st_size > 10_000

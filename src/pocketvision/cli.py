@@ -231,6 +231,8 @@ def cmd_verify(a: argparse.Namespace) -> int:
 def cmd_bench(a: argparse.Namespace) -> int:
     import tempfile
     from .runtime.bench import bench
+    if a.all:
+        return _bench_all(a)
     path = Path(a.model)
     tmp = None
     if path.suffix != ".onnx":
@@ -246,6 +248,36 @@ def cmd_bench(a: argparse.Namespace) -> int:
     else:
         _print_bench(r)
     return 0
+
+
+def _bench_all(a: argparse.Namespace) -> int:
+    import pocketvision as pv
+    from .export import check_request
+    from .runtime import variants as V
+    from .runtime.bench import machine
+    chosen = V.DEFAULT_VARIANTS
+    if a.variants:
+        chosen = []
+        for item in a.variants.split(","):
+            parts = item.strip().split(":")  # target[:precision[:bits]]
+            target, precision = parts[0], parts[1] if len(parts) > 1 else "fp32"
+            bits = int(parts[2]) if len(parts) > 2 else None
+            check_request(target, precision, bits)
+            chosen.append((target, precision, bits))
+    b = pv.load(a.model)
+    out_dir = Path(a.out_dir or Path(a.model).with_suffix("").name + "-variants")
+    log = (lambda s: None) if a.json else (lambda s: print(s, file=sys.stderr))
+    rows = V.bench_variants(b, a.data, out_dir, chosen, max_drop=a.max_drop, runs=a.runs, log=log)
+    plot = V.pareto_plot(rows, out_dir / "pareto.png")
+    report = {"machine": machine(), "command": "pocketvision " + " ".join(sys.argv[1:]), "plot": str(plot),
+              "variants": V.to_json(rows)}
+    (out_dir / "variants.json").write_text(json.dumps(report, indent=2))
+    if a.json:
+        _print_json(report)
+    else:
+        V.render(rows, f"{a.model} on {a.data or 'its validation images'}  ({report['machine']})")
+        print(f"pareto plot: {plot}\nexports and variants.json: {out_dir}")
+    return 0 if all(r.status != V.FAILED for r in rows) else 1
 
 
 def _print_bench(r: dict) -> None:
@@ -452,6 +484,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = verb("bench", "Latency p50/p90/p99 (1 thread, all threads), throughput, memory, size, end to end.",
              cmd_bench)
     s.add_argument("model", help="exported .onnx or a bundle (exported to a temp .onnx first)")
+    s.add_argument("--all", action="store_true", help="bundle: export every target x compression, run each in its "
+                   "real runtime on --data, and print one table (size, gzip, accuracy, parity, latency, status) "
+                   "plus a Pareto plot")
+    s.add_argument("--variants", default=None, help="with --all: target[:precision[:bits]],... e.g. "
+                   "'onnx,onnx:int8,onnx:fp32:4,web' (default: onnx fp32/int8/4-bit, web fp32/int8)")
+    s.add_argument("--out-dir", default=None, help="with --all: where the exports, table JSON and plot go")
+    s.add_argument("--max-drop", type=float, default=1.0, help="with --all: accuracy budget (points) for "
+                   "compressed variants")
     s.add_argument("--data", default=None, help="real photos for the end-to-end (JPEG bytes -> label) timing")
     s.add_argument("--large", default=None, help="large photos (e.g. 12 MP) for a second end-to-end timing")
     s.add_argument("--max-images", type=int, default=50, help="photos used for end-to-end timing")

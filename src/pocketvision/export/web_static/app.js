@@ -119,8 +119,9 @@ async function main() {
   const runtime = meta.runtime[backend];
   const ort = await import(`./ort/${runtime.module}`);
   ort.env.wasm.wasmPaths = new URL('./ort/', location.href).href;
+  // Half the cores, at most 4: on a 2-core machine a second WASM thread costs more than it gains.
   const threads = params.has('threads') ? +params.get('threads')
-    : (self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1);
+    : (self.crossOriginIsolated ? Math.max(1, Math.min(4, Math.floor((navigator.hardwareConcurrency || 1) / 2))) : 1);
   ort.env.wasm.numThreads = threads;
 
   // Everything to download, with one progress bar: runtime binary, graph, weight chunks (in parallel).

@@ -1,0 +1,186 @@
+"""One table for every target x compression of a bundle (``pocketvision bench BUNDLE --all``).
+
+Each variant is exported, run in its real runtime on the same held-out images, and reported with:
+size raw / gzip (model bytes only: the web runtime is shared by every model and cached), accuracy,
+parity with the bundle (max |dp|, top-1 agreement), latency p50 at 1 thread and at all threads, and a
+status: verified / exported but not verifiable here / failed, with the reason. ``pareto_plot`` draws
+accuracy against size and against latency.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import PocketVisionError
+
+VERIFIED, UNVERIFIABLE, FAILED = "verified", "exported, not verifiable here", "failed"
+ICONS = {VERIFIED: "✅", UNVERIFIABLE: "❎", FAILED: "❌"}
+# (target, precision, bits): the default sweep
+DEFAULT_VARIANTS = [("onnx", "fp32", None), ("onnx", "int8", None), ("onnx", "fp32", 4),
+                    ("web", "fp32", None), ("web", "int8", None), ("web", "fp32", 4)]
+
+
+@dataclass
+class Variant:
+    target: str
+    precision: str
+    bits: int | None = None
+    path: str | None = None
+    status: str = FAILED
+    reason: str = ""
+    size_bytes: int | None = None
+    gzip_bytes: int | None = None
+    accuracy: float | None = None
+    max_abs_diff: float | None = None
+    agreement: float | None = None
+    p50_1t_ms: float | None = None
+    p50_all_ms: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.target} {self.precision}" + (f" {self.bits}-bit palette" if self.bits else "")
+
+
+def model_files(path: Path) -> list[Path]:
+    """The files that make up the model itself (a web folder's runtime is not the model)."""
+    if path.is_dir() and (path / "model.json").exists():
+        meta = json.loads((path / "model.json").read_text())
+        return [path / meta["model"]["path"]] + [path / c["path"] for c in meta["model"]["external_data"]]
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    return [path]
+
+
+def sizes(path: Path) -> tuple[int, int]:
+    files = model_files(path)
+    raw = b"".join(f.read_bytes() for f in files)
+    return len(raw), len(gzip.compress(raw, 9))
+
+
+def _latency(pred, threads_all: int, runs: int) -> tuple[float, float]:
+    from .bench import latency
+    if hasattr(pred, "latency_ms"):  # measured inside the page
+        one = pred.latency_ms(runs)["p50_ms"]
+        pred.url = pred.url.split("?")[0] + f"?threads={threads_all}"
+        pred.visit()
+        return one, pred.latency_ms(runs)["p50_ms"]
+    return latency(pred.path, 1, runs=runs)["p50_ms"], latency(pred.path, threads_all, runs=runs)["p50_ms"]
+
+
+def bench_variants(bundle, data: str | Path | None, out_dir: str | Path,
+                   variants: list[tuple[str, str, int | None]] | None = None, max_drop: float = 1.0,
+                   runs: int = 50, log: Callable[[str], None] = lambda s: None) -> list[Variant]:
+    from ..export import FORMATS
+    from ..export.verify import compare, load_pixels
+    from .artifact import open_predictor
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    samples = bundle.validation_samples(data)
+    if not samples:
+        raise PocketVisionError("bench --all measures on real images: pass --data DIR (a labelled folder).")
+    pixels, kept = load_pixels([s.path for s in samples], bundle.contract)
+    y = np.array([samples[i].label for i in kept])
+    ref = bundle.predict_pixels(pixels)
+    cores = os.cpu_count() or 1
+    rows = [Variant("bundle (torch)", "fp32", accuracy=float((ref.argmax(1) == y).mean()), status=VERIFIED,
+                    reason="reference")]
+    stem = Path(bundle.path or "model").stem
+    for target, precision, bits in variants or DEFAULT_VARIANTS:
+        v = Variant(target, precision, bits)
+        rows.append(v)
+        name = stem + ("" if precision == "fp32" else f"-{precision}") + (f"-{bits}bit" if bits else "")
+        t0 = time.perf_counter()
+        log(f"{v.name}: exporting")
+        try:
+            res = bundle.export(out_dir / (name + FORMATS[target]), to=target, verify=False, data=data,
+                                precision=precision, bits=bits, max_drop=max_drop)
+        except PocketVisionError as e:
+            v.reason = str(e)
+            continue
+        v.path = str(res.path)
+        v.size_bytes, v.gzip_bytes = sizes(res.path)
+        v.extra["export_s"] = round(time.perf_counter() - t0, 1)
+        try:
+            pred = open_predictor(res.path, threads=1)
+        except PocketVisionError as e:
+            v.status, v.reason = UNVERIFIABLE, str(e)
+            continue
+        try:
+            probs = pred.run_pixels(pixels)
+            c = compare(ref, probs, y)
+            v.accuracy, v.max_abs_diff, v.agreement = c["candidate_accuracy"], c["max_abs_diff"], c["top1_agreement"]
+            if precision == "fp32" and not bits:
+                ok, why = c["passed"], f"max |dp| {c['max_abs_diff']:.1e}, agreement {c['top1_agreement']:.4f}"
+            else:  # compressed: judged by the accuracy budget against the float bundle
+                drop = 100 * (rows[0].accuracy - v.accuracy)
+                ok, why = drop <= max_drop + 1e-9, f"accuracy drop {drop:.2f} points (budget {max_drop})"
+            v.status, v.reason = (VERIFIED if ok else FAILED), why
+            if hasattr(pred, "page_info"):  # navigation -> ready (model loaded, session warm), first visit
+                v.extra["page_ready_s"] = round(pred.page_info["ready_s"], 3)
+            v.p50_1t_ms, v.p50_all_ms = _latency(pred, cores, runs)
+        except Exception as e:  # noqa: BLE001 - one broken variant must not hide the others
+            v.status, v.reason = FAILED, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        finally:
+            getattr(pred, "close", lambda: None)()
+    return rows
+
+
+def render(rows: list[Variant], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title=title)
+    for col, j in [("format", "left"), ("precision", "left"), ("size", "right"), ("gzip", "right"),
+                   ("accuracy", "right"), ("max |dp|", "right"), ("agree", "right"), ("p50 1 thr", "right"),
+                   ("p50 all thr", "right"), ("status", "left")]:
+        t.add_column(col, justify=j)
+    f = lambda x, fmt: "-" if x is None else format(x, fmt)  # noqa: E731
+    for r in rows:
+        t.add_row(r.target, r.precision + (f" {r.bits}-bit" if r.bits else ""),
+                  "-" if r.size_bytes is None else f"{r.size_bytes / 1e6:.2f} MB",
+                  "-" if r.gzip_bytes is None else f"{r.gzip_bytes / 1e6:.2f} MB", f(r.accuracy, ".4f"),
+                  f(r.max_abs_diff, ".1e"), f(r.agreement, ".4f"),
+                  "-" if r.p50_1t_ms is None else f"{r.p50_1t_ms:.2f} ms",
+                  "-" if r.p50_all_ms is None else f"{r.p50_all_ms:.2f} ms",
+                  f"{ICONS[r.status]} {r.reason}")
+    Console(width=200).print(t)
+
+
+def pareto_plot(rows: list[Variant], path: str | Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    pts = [r for r in rows if r.accuracy is not None and r.size_bytes]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in ((axes[0], "gzip_bytes", "download size, gzip (MB)"),
+                           (axes[1], "p50_1t_ms", "latency p50, 1 thread (ms)")):
+        for r in pts:
+            x = getattr(r, key)
+            if x is None:
+                continue
+            x = x / 1e6 if key == "gzip_bytes" else x
+            ax.scatter(x, 100 * r.accuracy, marker="o" if r.status == VERIFIED else "x")
+            ax.annotate(r.name, (x, 100 * r.accuracy), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel(label)
+        ax.set_ylabel("held-out accuracy (%)")
+        ax.grid(alpha=0.3)
+    fig.suptitle("accuracy vs size and latency (x: not verified)")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def to_json(rows: list[Variant]) -> list[dict[str, Any]]:
+    return [asdict(r) | {"name": r.name} for r in rows]
