@@ -136,22 +136,37 @@ class Bundle:
         meta = source._export_meta()
         import tempfile
         with tempfile.TemporaryDirectory() as tmp:
-            onnx_path = out if to == "onnx" else Path(tmp) / "model.onnx"
-            self._export_onnx(source, onnx_path, meta, opset, precision, data, max_drop, compression, log, tmp)
-            if to == "web":
-                from .export.web import export_web
-                export_web(onnx_path, {**meta, "precision": precision}, out)
+            if to in ("onnx", "web"):
+                onnx_path = out if to == "onnx" else Path(tmp) / "model.onnx"
+                self._export_onnx(source, onnx_path, meta, opset, precision, data, max_drop, compression, log, tmp)
+                if to == "web":
+                    from .export.web import export_web
+                    export_web(onnx_path, {**meta, "precision": precision}, out)
+            elif to == "tflite":
+                from .compress.data import training_pixels
+                from .export.litert import export_tflite
+                calibration = training_pixels(source, data, limit=128) if precision == "int8" else None
+                export_tflite(source.model, source.contract, meta, out, precision, calibration)
+            else:
+                from .export.coreml import export_coreml
+                export_coreml(source.model, source.contract, meta, out, precision, palettised_bits=bits)
         from .export.web import folder_size
         result = ExportResult(path=out, format=to, size_bytes=folder_size(out), notes=notes,
                               precision=precision, compression=compression)
-        if verify:
+        if verify and to == "coreml":
+            from .export.coreml import inspect
+            rep = inspect(out, self.labels)
+            result.verification = {"n": 0, "passed": rep["passed"], "numeric": rep["numeric"],
+                                   "structure": rep["checks"], "criterion": rep["reason"]}
+            result.notes.append(rep["reason"])
+        elif verify:
             samples = self.validation_samples(data)
             if samples:
-                tol = 1.0 if precision == "int8" else None
-                v = source.verify(out, samples=samples, tolerance=tol)
-                if precision == "int8":
+                approx = precision in ("int8", "fp16")
+                v = source.verify(out, samples=samples, tolerance=1.0 if approx else None)
+                if approx:  # probabilities move by design: judged by the accuracy budget
                     v["passed"] = bool(v["n"] and -100 * v["accuracy_change"] <= max_drop + 1e-9)
-                    v["criterion"] = f"int8: accuracy drop <= {max_drop} points"
+                    v["criterion"] = f"{precision}: accuracy drop <= {max_drop} points"
                 result.verification = v
             else:
                 result.notes.append("not verified: no images (pass data=DIR / --data DIR)")

@@ -5,8 +5,9 @@ FORMATS maps a target to its output suffix; PRECISIONS lists what each target ca
 
 from ..errors import PocketVisionError, unknown_choice
 
-FORMATS = {"onnx": ".onnx", "web": ".web"}
-PRECISIONS = {"onnx": ("fp32", "int8"), "web": ("fp32", "int8")}
+FORMATS = {"onnx": ".onnx", "web": ".web", "tflite": ".tflite", "coreml": ".mlpackage"}
+PRECISIONS = {"onnx": ("fp32", "int8"), "web": ("fp32", "int8"), "tflite": ("fp32", "int8", "fp16"),
+              "coreml": ("fp32", "fp16", "int8")}
 
 
 def check_request(to: str, precision: str = "fp32", bits: int | None = None) -> None:

@@ -43,7 +43,8 @@ def evaluate_folder(predict_pixels: Callable[[np.ndarray], np.ndarray], labels: 
 
 
 def open_predictor(path: str | Path, threads: int | None = None):
-    """An exported artifact's predictor: ``.onnx`` (onnxruntime) or a web folder (the page in Chromium)."""
+    """An exported artifact's predictor: ``.onnx`` (onnxruntime), ``.tflite`` (LiteRT interpreter) or a web
+    folder (the page in Chromium)."""
     from .web_predictor import WebPredictor, is_web_folder
     p = Path(path)
     if is_web_folder(p):
@@ -51,14 +52,20 @@ def open_predictor(path: str | Path, threads: int | None = None):
     if p.suffix == ".onnx":
         from .onnx_predictor import OnnxPredictor
         return OnnxPredictor(p, threads)
+    if p.suffix == ".tflite":
+        from .litert_predictor import LiteRTPredictor
+        return LiteRTPredictor(p, threads)
+    if p.suffix == ".mlpackage" and p.exists():
+        raise PocketVisionError(f"{p}: Core ML models run only on Apple platforms (coremltools on macOS); "
+                                "here they are checked structurally by `pocketvision export`.")
     if not p.exists():
         raise PocketVisionError(f"{p}: no such file or folder.")
-    raise PocketVisionError(f"{p}: not an exported model pocketvision can run here (.onnx or a web folder).")
+    raise PocketVisionError(f"{p}: not an exported model pocketvision can run here (.onnx, .tflite or a web folder).")
 
 
 def is_artifact(path: str | Path) -> bool:
     from .web_predictor import is_web_folder
-    return Path(path).suffix == ".onnx" or is_web_folder(path)
+    return Path(path).suffix in (".onnx", ".tflite", ".mlpackage") or is_web_folder(path)
 
 
 class Artifact:

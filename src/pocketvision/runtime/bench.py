@@ -38,7 +38,8 @@ def _time(fn, runs: int, warmup: int) -> list[float]:
 
 
 def latency(path: Path, threads: int, batch: int = 1, runs: int = 100, warmup: int = 10) -> dict[str, float]:
-    p = OnnxPredictor(path, threads=threads)
+    from .artifact import open_predictor  # .onnx (onnxruntime) or .tflite (LiteRT interpreter)
+    p = open_predictor(path, threads=threads)
     h, w = p.contract.size
     x = np.random.default_rng(0).integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
     return _percentiles(_time(lambda: p.run_pixels(x), runs, warmup))

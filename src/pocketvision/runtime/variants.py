@@ -26,6 +26,8 @@ VERIFIED, UNVERIFIABLE, FAILED = "verified", "exported, not verifiable here", "f
 ICONS = {VERIFIED: "✅", UNVERIFIABLE: "❎", FAILED: "❌"}
 # (target, precision, bits): the default sweep
 DEFAULT_VARIANTS = [("onnx", "fp32", None), ("onnx", "int8", None), ("onnx", "fp32", 4),
+                    ("tflite", "fp32", None), ("tflite", "int8", None), ("tflite", "fp16", None),
+                    ("coreml", "fp32", None), ("coreml", "fp32", 4),
                     ("web", "fp32", None), ("web", "int8", None), ("web", "fp32", 4)]
 
 
@@ -111,6 +113,13 @@ def bench_variants(bundle, data: str | Path | None, out_dir: str | Path,
         v.path = str(res.path)
         v.size_bytes, v.gzip_bytes = sizes(res.path)
         v.extra["export_s"] = round(time.perf_counter() - t0, 1)
+        if target == "coreml":
+            from ..export.coreml import inspect
+            rep = inspect(res.path, bundle.labels)
+            v.status = UNVERIFIABLE if rep["passed"] else FAILED
+            v.reason = rep["reason"] + (f"; {rep['checks']['palettised_weights']} palettised weights"
+                                        if rep["checks"]["palettised_weights"] else "")
+            continue
         try:
             pred = open_predictor(res.path, threads=1)
         except PocketVisionError as e:

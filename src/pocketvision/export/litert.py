@@ -1,0 +1,136 @@
+"""Bundle -> LiteRT ``.tflite`` via litert-torch (extra ``[litert]``), run by the ai-edge-litert interpreter.
+
+Input ``uint8 [1, H, W, 3]`` RGB pixels, output probabilities ``[1, C]``: cast and normalisation are in
+the graph, as in every pocketvision export. Labels, contract and threshold are stored as flatbuffer
+metadata entries named ``pocketvision.<key>`` (JSON). int8 is full-integer post-training
+quantisation (PT2E, per-channel weights) calibrated on the user's training images; fp16 stores
+half-precision weights (ai-edge-quantizer). Reload with
+``pocketvision.runtime.litert_predictor.LiteRTPredictor(path)`` or ``pocketvision predict model.tflite``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..bundle import atomic_write_bytes
+from ..contract import Contract
+from ..errors import PocketVisionError
+from ..runtime.onnx_predictor import META_PREFIX
+from ..tasks.classify import ExportWrapper
+
+INSTALL = "pip install 'pocketvision[litert]'"
+
+
+class _ProbsOnly(nn.Module):
+    def __init__(self, wrapper: nn.Module):
+        super().__init__()
+        self.wrapper = wrapper
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.wrapper(image)[0]
+
+
+@contextlib.contextmanager
+def _quiet():
+    # litert-torch, torchao and absl print pages of notices; users get our one line.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            logging.getLogger().setLevel(level)
+
+
+def require() -> None:
+    try:
+        with _quiet():
+            import ai_edge_litert  # noqa: F401
+            import litert_torch  # noqa: F401
+    except ImportError:
+        raise PocketVisionError(f"the tflite target needs litert-torch and ai-edge-litert: {INSTALL}") from None
+
+
+def add_metadata(model_bytes: bytes, metadata: dict[str, Any]) -> bytes:
+    """Append ``pocketvision.*`` metadata entries (JSON) to a .tflite flatbuffer."""
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.tools import flatbuffer_utils as fbu
+
+    model = fbu.convert_bytearray_to_object(bytearray(model_bytes))
+    model.metadata = model.metadata or []
+    for k, v in metadata.items():
+        buf = fb.BufferT()
+        buf.data = np.frombuffer(json.dumps(v).encode(), dtype=np.uint8)
+        model.buffers.append(buf)
+        md = fb.MetadataT()
+        md.name = META_PREFIX + k
+        md.buffer = len(model.buffers) - 1
+        model.metadata.append(md)
+    return bytes(fbu.convert_object_to_bytearray(model))
+
+
+def export_tflite(model: nn.Module, contract: Contract, metadata: dict[str, Any], out: str | Path,
+                  precision: str = "fp32", calibration: np.ndarray | None = None) -> Path:
+    require()
+    from .onnx import fold_batchnorm
+    h, w = contract.size
+    net = _ProbsOnly(ExportWrapper(fold_batchnorm(model.eval()), contract)).eval()
+    sample = torch.randint(0, 256, (1, h, w, 3), dtype=torch.uint8)
+    try:
+        with _quiet():
+            import litert_torch
+            if precision == "int8":
+                if calibration is None or not len(calibration):
+                    raise PocketVisionError("tflite int8 needs calibration images.")
+                from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+                from litert_torch.quantize.quant_config import QuantConfig
+                from torchao.quantization.pt2e import move_exported_model_to_eval
+                from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+                gm = torch.export.export(net, (sample,)).module()
+                quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+                gm = prepare_pt2e(gm, quantizer)
+                with torch.no_grad():
+                    for x in calibration:
+                        gm(torch.from_numpy(np.ascontiguousarray(x[None])))
+                gm = convert_pt2e(gm, fold_quantize=False)
+                move_exported_model_to_eval(gm)
+                edge = litert_torch.convert(gm, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+                data = edge.model_content()
+            else:
+                data = litert_torch.convert(net, (sample,)).model_content()
+                if precision == "fp16":
+                    data = _fp16_weights(data)
+    except PocketVisionError:
+        raise
+    except Exception as e:  # noqa: BLE001 - converter errors are long; the first line names the op
+        raise PocketVisionError(f"tflite export failed: {str(e).strip().splitlines()[0][:300]}") from e
+    return atomic_write_bytes(out, add_metadata(bytes(data), {**metadata, "precision": precision}))
+
+
+def _fp16_weights(data: bytes) -> bytes:
+    from ai_edge_quantizer import quantizer as aeq
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+    from ai_edge_quantizer.qtyping import TFLOperationName
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "f32.tflite", Path(tmp) / "f16.tflite"
+        src.write_bytes(data)
+        q = aeq.Quantizer(str(src))
+        q.add_weight_only_config(regex=".*", operation_name=TFLOperationName.ALL_SUPPORTED, num_bits=16,
+                                 algorithm_key=AlgorithmName.FLOAT_CASTING)
+        q.quantize().export_model(str(dst), overwrite=True)
+        return dst.read_bytes()

@@ -1,0 +1,75 @@
+"""Run an exported ``.tflite`` with the ai-edge-litert interpreter (no torch import).
+
+Labels, contract and threshold come from the file's own ``pocketvision.*`` metadata entries.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..contract import Contract
+from ..errors import PocketVisionError
+from .decision import decide
+
+META_PREFIX = "pocketvision."
+
+
+def read_metadata(data: bytes) -> dict[str, Any]:
+    from ai_edge_litert import schema_py_generated as fb
+    m = fb.Model.GetRootAs(data, 0)
+    out = {}
+    for i in range(m.MetadataLength()):
+        md = m.Metadata(i)
+        name = md.Name().decode()
+        if not name.startswith(META_PREFIX):
+            continue
+        buf = m.Buffers(md.Buffer())
+        raw = buf.DataAsNumpy().tobytes() if buf.DataLength() else data[buf.Offset():buf.Offset() + buf.Size()]
+        out[name[len(META_PREFIX):]] = json.loads(raw)
+    return out
+
+
+class LiteRTPredictor:
+    def __init__(self, path: str | Path, threads: int | None = None):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise PocketVisionError(f"{self.path}: model file not found.")
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            raise PocketVisionError("running a .tflite needs ai-edge-litert: pip install 'pocketvision[litert]'") from None
+        data = self.path.read_bytes()
+        try:
+            self.meta = read_metadata(data)
+            self.interpreter = Interpreter(model_content=data, num_threads=threads or 1)
+            self.interpreter.allocate_tensors()
+        except Exception as e:  # noqa: BLE001 - flatbuffer/interpreter errors for a bad file
+            raise PocketVisionError(f"{self.path}: LiteRT cannot load this model ({str(e).splitlines()[0]}).") from None
+        if "contract" not in self.meta or "labels" not in self.meta:
+            raise PocketVisionError(f"{self.path}: no pocketvision metadata; export it with `pocketvision export`.")
+        self.contract = Contract.from_dict(self.meta["contract"])
+        self.labels: list[str] = self.meta["labels"]
+        self.threshold = self.meta.get("threshold")
+        self._in = self.interpreter.get_input_details()[0]
+        self._out = self.interpreter.get_output_details()[0]
+
+    def run_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 NHWC -> probabilities; the graph has batch 1, so images run one by one."""
+        rows = []
+        for x in np.ascontiguousarray(pixels, dtype=np.uint8):
+            self.interpreter.set_tensor(self._in["index"], x[None])
+            self.interpreter.invoke()
+            y = self.interpreter.get_tensor(self._out["index"])
+            if y.dtype != np.float32:  # int8 output: dequantise
+                scale, zero = self._out["quantization"]
+                y = (y.astype(np.float32) - zero) * scale
+            rows.append(y[0])
+        return np.stack(rows) if rows else np.zeros((0, len(self.labels)), np.float32)
+
+    def predict(self, sources: list) -> list[dict[str, Any]]:
+        pixels = np.stack([self.contract.load(s) for s in sources])
+        return decide(self.run_pixels(pixels), self.labels, self.threshold)

@@ -1,0 +1,56 @@
+"""LiteRT and Core ML targets with their real tools: the .tflite runs in the ai-edge-litert interpreter;
+the .mlpackage is checked structurally (Core ML cannot run off Apple platforms) and says so."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import pocketvision as pv
+from pocketvision.runtime.litert_predictor import LiteRTPredictor
+
+from conftest import run_cli
+
+pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
+
+
+def test_tflite_fp32_matches_the_bundle_and_carries_metadata(trained_bundle, tmp_path):
+    b = pv.load(trained_bundle)
+    res = b.export(tmp_path / "m.tflite", to="tflite")
+    v = res.verification
+    assert v["passed"] and v["n"] == 80 and v["max_abs_diff"] < 1e-3 and v["top1_agreement"] >= 0.995
+    p = LiteRTPredictor(res.path)
+    assert p.labels == b.labels and p.contract.size == b.contract.size
+    assert p.meta["threshold"] == b.threshold
+    img = sorted((b.validation_samples()[0].path.parent).iterdir())[0]
+    r = run_cli("predict", str(res.path), str(img), "--json")  # the CLI runs it, torch-free path
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)[0]["label"] in b.labels
+
+
+def test_tflite_int8_is_full_integer_and_within_budget(trained_bundle, tmp_path):
+    b = pv.load(trained_bundle)
+    fp32 = b.export(tmp_path / "f.tflite", to="tflite", verify=False).path
+    # 80 val photos: one photo is 1.25 points, so the budget here allows two flips.
+    res = b.export(tmp_path / "q.tflite", to="tflite", precision="int8", max_drop=2.5)
+    assert res.verification["passed"], res.verification
+    assert res.path.stat().st_size < fp32.stat().st_size / 2
+    from ai_edge_litert.interpreter import Interpreter
+    it = Interpreter(model_path=str(res.path))
+    kinds = {d["dtype"] for d in it.get_tensor_details()}
+    assert np.int8 in kinds  # quantised tensors, not a float model
+
+
+def test_coreml_is_structurally_verified_and_says_not_numerically(trained_bundle, tmp_path):
+    r = run_cli("export", str(trained_bundle), "--to", "coreml", "--bits", "4", "--out", str(tmp_path / "m.mlpackage"),
+                "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    v = out["verification"]
+    assert v["passed"] and not v["numeric"] and "not verified numerically" in v["criterion"]
+    assert v["structure"]["image_input"] and v["structure"]["classifier_outputs"]
+    assert v["structure"]["palettised_weights"] >= 5  # Core ML's own look-up tables
+    r = run_cli("eval", str(tmp_path / "m.mlpackage"), "x")
+    assert r.returncode == 2 and "Apple" in r.stderr
