@@ -22,7 +22,7 @@ from ..errors import PocketVisionError
 
 # Activations are quantised only around these ops; ELU's Exp/Min/Max stay float (onnxruntime has no
 # int8 kernels for them, so wrapping them in Q/DQ pairs would only add work).
-QUANT_OPS = ["Conv", "Gemm", "MatMul", "Relu", "Clip", "Add", "Mul", "GlobalAveragePool", "ReduceMean"]
+QUANT_OPS = ["Conv", "Gemm", "MatMul", "Relu", "Clip", "Add", "GlobalAveragePool", "ReduceMean"]
 MAX_FALLBACK = 12
 
 

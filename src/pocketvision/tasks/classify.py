@@ -56,8 +56,15 @@ class ExportWrapper(nn.Module):
     def __init__(self, model: nn.Module, contract: Contract):
         super().__init__()
         self.model = model
-        self.register_buffer("mean", torch.tensor(contract.mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("inv_std", (1.0 / torch.tensor(contract.std, dtype=torch.float32)).view(1, 3, 1, 1))
+        # Scalars when the channels agree (most contracts): a per-channel [1,3,1,1] constant makes
+        # onnxruntime broadcast over a 3-wide axis once int8 kernels move the tensor to NHWC, which
+        # cost 1.5 ms of an 8 ms EfficientNet-Lite0.
+        same = len(set(contract.mean)) == 1 and len(set(contract.std)) == 1
+        shape = () if same else (1, 3, 1, 1)
+        mean = torch.tensor(contract.mean[:1] if same else contract.mean, dtype=torch.float32).view(shape)
+        std = torch.tensor(contract.std[:1] if same else contract.std, dtype=torch.float32).view(shape)
+        self.register_buffer("mean", mean)
+        self.register_buffer("inv_std", 1.0 / std)
 
     def forward(self, image: torch.Tensor):
         x = image.permute(0, 3, 1, 2).float()
