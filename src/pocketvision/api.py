@@ -252,6 +252,63 @@ class Bundle:
                                                   "accuracy_after": report.accuracy,
                                                   "layer_bits": {la.name: la.bits for la in report.layers}}), out
 
+    def prune(self, ratio: float = 0.3, data: str | Path | None = None, *, epochs: int = 10, lr: float = 0.01,
+              log=lambda s: None, **train_options: Any) -> tuple[Bundle, dict[str, Any]]:
+        """Remove ``ratio`` of the channels of every layer (structured), rebuild the smaller net and
+        fine-tune it on the training data -> (new bundle, report). ``train_options`` go to :func:`train`."""
+        import tempfile
+        from .compress.prune import prune_separable
+        from .compress.data import held_out
+        pixels, y = held_out(self, data)
+        base = float((self.predict_pixels(pixels).argmax(1) == y).mean())
+        small, spec, rep = prune_separable(self.model, self.meta["arch"], ratio)
+        pruned = Bundle({**self.meta, "arch": spec}, small)
+        before_ft = float((pruned.predict_pixels(pixels).argmax(1) == y).mean())
+        log(f"pruned {rep.params_before:,} -> {rep.params_after:,} parameters; accuracy {base:.4f} -> "
+            f"{before_ft:.4f} before fine-tuning")
+        root = data or self.meta.get("data", {}).get("root")
+        if not root or not Path(root).is_dir():
+            raise PocketVisionError("pruning fine-tunes on the training images: pass --data DIR.")
+        cfg = self.meta.get("train_config", {})
+        with tempfile.TemporaryDirectory() as tmp:
+            init = pruned.save(Path(tmp) / "pruned.pvb")
+            options = {"arch": spec["name"], "arch_args": {k: v for k, v in spec["args"].items() if k != "num_classes"},
+                       "size": self.contract.size[0], "pretrained": False, "epochs": epochs, "lr": lr,
+                       "optimizer": "sgd", "weight_decay": 5e-4, "schedule": "cosine", "label_smoothing": 0.0,
+                       "augment": cfg.get("augment", {}), "val_fraction": self.meta.get("data", {}).get("val_fraction", 0.15),
+                       "seed": self.meta.get("data", {}).get("seed", 0), "run_dir": Path(tmp) / "run",
+                       "tensorboard": False, "init_from": str(init), **train_options}
+            tuned = train(root, **options)
+        after = float((tuned.predict_pixels(pixels).argmax(1) == y).mean())
+        report = {"ratio": ratio, "channels_before": rep.channels_before, "channels_after": rep.channels_after,
+                  "params_before": rep.params_before, "params_after": rep.params_after,
+                  "accuracy_before": base, "accuracy_pruned": before_ft, "accuracy_after": after,
+                  "accuracy_change": after - base, "finetune_epochs": epochs}
+        out = self._derived(tuned.model, "prune", report)
+        out.meta["arch"] = spec
+        return out, report
+
+    def auto_compress(self, data: str | Path | None = None, max_drop: float = 1.0, candidates=(2, 3, 4, 6, 8),
+                      finetune_steps: int = 100, log=lambda s: None) -> tuple[Bundle, dict[str, Any]]:
+        """Try palettes of each size in ``candidates`` (mixed bits within the budget) and keep the
+        smallest result whose held-out accuracy drop is within ``max_drop`` points."""
+        tried, best = [], None
+        for bits in candidates:
+            log(f"auto: trying {bits}-bit palettes")
+            small, rep = self.palettize(bits, data, max_drop=max_drop, finetune_steps=finetune_steps)
+            within = -100 * rep["accuracy_change"] <= max_drop + 1e-9
+            tried.append({"bits": bits, "palette_bytes": rep["palette_bytes"], "accuracy": rep["accuracy"],
+                          "within_budget": within})
+            if within and (best is None or rep["palette_bytes"] < best[1]["palette_bytes"]):
+                best = (small, rep)
+        if best is None:
+            raise PocketVisionError(f"no palette size kept the accuracy drop within {max_drop} points "
+                                    f"({tried}); raise --max-drop or keep the float model.")
+        small, rep = best
+        rep["auto"] = tried
+        small.meta["lineage"][-1]["auto"] = {"max_drop": max_drop, "tried": tried}
+        return small, rep
+
     def _derived(self, model: nn.Module, stage: str, record: dict[str, Any]) -> Bundle:
         """A new bundle made from this one by ``stage``, with its lineage."""
         import copy

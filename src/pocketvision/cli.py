@@ -198,10 +198,27 @@ def cmd_compress(a: argparse.Namespace) -> int:
     import pocketvision as pv
     b = pv.load(a.bundle)
     log = (lambda s: None) if a.json else (lambda s: print(s, file=sys.stderr))
-    small, rep = b.palettize(a.bits, a.data, max_drop=None if a.max_drop < 0 else a.max_drop,
-                             finetune_steps=a.finetune_steps, min_size=a.min_size,
-                             group_channels=a.group_channels, layer_bits=a.layer_bits, log=log)
-    out = Path(a.out or Path(a.bundle).with_name(Path(a.bundle).stem + f"-{a.bits}bit.pvb"))
+    if a.prune:
+        small, rep = b.prune(a.prune, a.data, epochs=a.epochs, log=log, progress=not a.json)
+        out = Path(a.out or Path(a.bundle).with_name(Path(a.bundle).stem + f"-pruned{int(100 * a.prune)}.pvb"))
+        small.save(out)
+        rep["path"] = str(out)
+        if a.json:
+            _print_json(rep)
+        else:
+            print(f"pruned {100 * a.prune:.0f}% of the channels: {rep['params_before']:,} -> {rep['params_after']:,} "
+                  f"parameters; held-out accuracy {rep['accuracy_before']:.4f} -> {rep['accuracy_after']:.4f} "
+                  f"after {rep['finetune_epochs']} fine-tuning epochs")
+            print(f"bundle: {out}")
+        return 0
+    if a.auto:
+        small, rep = b.auto_compress(a.data, max_drop=max(a.max_drop, 0), finetune_steps=a.finetune_steps, log=log)
+    else:
+        small, rep = b.palettize(a.bits, a.data, max_drop=None if a.max_drop < 0 else a.max_drop,
+                                 finetune_steps=a.finetune_steps, min_size=a.min_size,
+                                 group_channels=a.group_channels, layer_bits=a.layer_bits, log=log)
+    out = Path(a.out or Path(a.bundle).with_name(Path(a.bundle).stem + f"-{'auto' if a.auto else a.bits}"
+                                                 f"{'' if a.auto else 'bit'}.pvb"))
     small.save(out)
     rep["path"] = str(out)
     if a.json:
@@ -209,6 +226,9 @@ def cmd_compress(a: argparse.Namespace) -> int:
         return 0
     for n in rep["notes"]:
         print(f"note: {n}")
+    for t in rep.get("auto", []):
+        print(f"  {t['bits']}-bit palettes: {t['palette_bytes'] / 1e6:.3f} MB, accuracy {t['accuracy']:.4f}"
+              f"{'' if t['within_budget'] else '  (over budget)'}")
     mixed = sorted({la["bits"] for la in rep["layers"]})
     print(f"palettised {len(rep['layers'])} layers to {'/'.join(map(str, mixed))} bits: "
           f"{rep['float_bytes'] / 1e6:.2f} MB of fp32 weights -> {rep['palette_bytes'] / 1e6:.2f} MB "
@@ -468,6 +488,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "layers go to 8 bits until the drop is within it (-1: no budget)")
     s.add_argument("--finetune-steps", type=int, default=100, help="steps fine-tuning the palette values on "
                    "training images (0 = off)")
+    s.add_argument("--prune", type=float, default=None, help="structured pruning instead: remove this share of "
+                   "every layer's channels (deepdog, mobilenet_v1), rebuild the smaller net and fine-tune it")
+    s.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs after --prune")
+    s.add_argument("--auto", action="store_true", help="try 2/3/4/6/8-bit palettes and keep the smallest "
+                   "within --max-drop (written as a new bundle with its lineage)")
     s.add_argument("--min-size", type=int, default=1024, help="layers with fewer weights stay float")
     s.add_argument("--group-channels", type=int, default=0, help="one palette per N output channels (0: per layer)")
     s.add_argument("--layer-bits", type=_kv, default={}, help="per-layer bits, e.g. 'features.0.conv=8,classifier=0'")

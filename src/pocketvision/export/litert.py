@@ -119,6 +119,8 @@ def export_tflite(model: nn.Module, contract: Contract, metadata: dict[str, Any]
         raise
     except Exception as e:  # noqa: BLE001 - converter errors are long; the first line names the op
         raise PocketVisionError(f"tflite export failed: {str(e).strip().splitlines()[0][:300]}") from e
+    from .compat import check_tflite, raise_if_incompatible
+    raise_if_incompatible(check_tflite(bytes(data)))
     return atomic_write_bytes(out, add_metadata(bytes(data), {**metadata, "precision": precision}))
 
 

@@ -103,5 +103,8 @@ def export_onnx(model: nn.Module, contract: Contract, metadata: dict[str, Any], 
     from .onnx_palette import palettize_onnx
     palettize_onnx(proto)
     onnx.checker.check_model(proto)
+    # Before anything is written: every op must have an onnxruntime (native and web) kernel.
+    from .compat import check_onnx, raise_if_incompatible
+    raise_if_incompatible(check_onnx(proto))
     data = proto.SerializeToString()
     return atomic_write_bytes(out, data)

@@ -14,7 +14,7 @@ from torch import nn
 
 from ._base import ACTIVATIONS, ClassifierNet, ConvBnAct, check_range, make_divisible
 from .registry import register_model
-from ..errors import unknown_choice
+from ..errors import PocketVisionError, unknown_choice
 
 DEEPDOG_WIDTHS = (32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024)
 SEPARABLE_STRIDES = (1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1)  # shared with MobileNetV1
@@ -38,8 +38,14 @@ class SeparableNet(ClassifierNet):
     """Stem + a stack of separable convs: DeepDog and MobileNetV1 differ only in widths/act/dw_bn."""
 
     def __init__(self, widths: Sequence[int], strides: Sequence[int], *, stem: int = 32, alpha: float = 1.0,
-                 act: str = "elu", dw_bn: bool = False, num_classes: int = 1000, dropout: float = 0.0) -> None:
-        w = [make_divisible(c * alpha, 8) for c in (stem, *widths)]
+                 act: str = "elu", dw_bn: bool = False, num_classes: int = 1000, dropout: float = 0.0,
+                 channels: Sequence[int] | None = None) -> None:
+        # ``channels`` (stem + one per separable conv) overrides the alpha-scaled widths: what structured
+        # pruning writes into the bundle's spec so the smaller net rebuilds from its name and arguments.
+        w = list(channels) if channels else [make_divisible(c * alpha, 8) for c in (stem, *widths)]
+        if len(w) != len(widths) + 1 or min(w) < 1:
+            raise PocketVisionError(f"channels must list {len(widths) + 1} positive widths (stem + "
+                                    f"{len(widths)} separable convs); got {list(w)}.")
         layers = [ConvBnAct(3, w[0], 3, 2, act=act)]
         layers += [SeparableConv(cin, cout, s, act, dw_bn) for cin, cout, s in zip(w[:-1], w[1:], strides)]
         super().__init__(nn.Sequential(*layers), w[-1], num_classes, dropout)
@@ -56,7 +62,7 @@ def validate_common(model: str, *, alpha: float, act: str, dropout: float) -> No
                 # Keras-style -1..1 inputs, squashed (no crop): the original app fed whole camera frames.
                 default_contract=dict(size=(224, 224), resize="squash", mean=(127.5,) * 3, std=(127.5,) * 3))
 def deepdog(*, num_classes: int = 2, alpha: float = 1.0, act: str = "elu", dw_bn: bool = False,
-            dropout: float = 0.0) -> SeparableNet:
+            dropout: float = 0.0, channels: list[int] | None = None) -> SeparableNet:
     """Not Hotdog's DeepDog: 13 depthwise-separable convs, ELU, width multiplier ``alpha``.
 
     ``act``: ELU is the published choice but dominates exported latency (ReLU runs ~3x faster on
@@ -64,4 +70,4 @@ def deepdog(*, num_classes: int = 2, alpha: float = 1.0, act: str = "elu", dw_bn
     """
     validate_common("deepdog", alpha=alpha, act=act, dropout=dropout)
     return SeparableNet(DEEPDOG_WIDTHS, SEPARABLE_STRIDES, alpha=alpha, act=act, dw_bn=dw_bn,
-                        num_classes=num_classes, dropout=dropout)
+                        num_classes=num_classes, dropout=dropout, channels=channels)

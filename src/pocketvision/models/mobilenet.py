@@ -16,11 +16,12 @@ MOBILENET_V1_WIDTHS = (64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 102
 
 
 @register_model("mobilenet_v1", min_size=32, default_contract=IMAGENET_CONTRACT)
-def mobilenet_v1(*, num_classes: int = 1000, alpha: float = 1.0, dropout: float = 0.0) -> SeparableNet:
+def mobilenet_v1(*, num_classes: int = 1000, alpha: float = 1.0, dropout: float = 0.0,
+                 channels: list[int] | None = None) -> SeparableNet:
     """MobileNetV1 (Howard et al. 2017): 13 separable convs with BN+ReLU after depthwise and pointwise."""
     validate_common("mobilenet_v1", alpha=alpha, act="relu", dropout=dropout)
     return SeparableNet(MOBILENET_V1_WIDTHS, SEPARABLE_STRIDES, alpha=alpha, act="relu", dw_bn=True,
-                        num_classes=num_classes, dropout=dropout)
+                        num_classes=num_classes, dropout=dropout, channels=channels)
 
 
 # (expansion t, channels c, repeats n, first stride s) from the MobileNetV2 paper, table 2.

@@ -54,6 +54,8 @@ class TrainConfig(BaseModel):
     mixup: float = Field(0.0, ge=0, le=1, description="probability of a mixup/cutmix batch (from scratch)")
     ema: float = Field(0.0, ge=0, lt=1, description="decay of an exponential moving average of the weights "
                        "that is evaluated and kept instead of the raw weights (0 = off; e.g. 0.998)")
+    init_from: str | None = Field(None, description="bundle whose weights (and contract) start the run; "
+                                  "its architecture spec must match (fine-tuning a pruned bundle, retraining)")
     distill: str | None = Field(None, description="teacher bundle for knowledge distillation")
     distill_alpha: float = Field(0.7, ge=0, le=1, description="weight of the teacher's term in the loss")
     distill_t: float = Field(2.0, gt=0, description="distillation temperature")

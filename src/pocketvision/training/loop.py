@@ -74,6 +74,13 @@ def build(cfg: TrainConfig, num_classes: int, user_model: nn.Module | None) -> t
     base = Contract.from_dict(entry.default_contract)
     size = (cfg.size, cfg.size) if cfg.size else base.size
     check_input_size(cfg.arch, size, spec["args"])
+    if cfg.init_from:  # start from a bundle's weights and keep its preprocessing contract
+        from ..api import load
+        parent = load(cfg.init_from)
+        if parent.meta["arch"].get("args", {}) != spec["args"] or parent.meta["arch"].get("name") != spec["name"]:
+            raise PocketVisionError(f"{cfg.init_from}: its architecture {parent.meta['arch']} differs from the "
+                                    f"requested {spec}; train with the same --arch and --arch-args.")
+        return parent.model, spec, parent.contract
     model = build_model(spec, pretrained=cfg.pretrained and entry.pretrained)
     return model, spec, Contract.from_dict({**base.to_dict(), "size": list(size)})
 
