@@ -54,3 +54,13 @@ def test_coreml_is_structurally_verified_and_says_not_numerically(trained_bundle
     assert v["structure"]["palettised_weights"] >= 5  # Core ML's own look-up tables
     r = run_cli("eval", str(tmp_path / "m.mlpackage"), "x")
     assert r.returncode == 2 and "Apple" in r.stderr
+
+
+def test_tflite_fp16_halves_the_file_and_keeps_answers(trained_bundle, tmp_path):
+    b = pv.load(trained_bundle)
+    fp32 = b.export(tmp_path / "f.tflite", to="tflite", verify=False).path
+    res = b.export(tmp_path / "h.tflite", to="tflite", precision="fp16")
+    v = res.verification
+    assert v["passed"] and v["max_abs_diff"] < 1e-2 and v["top1_agreement"] >= 0.98
+    assert res.path.stat().st_size < 0.6 * fp32.stat().st_size
+    assert LiteRTPredictor(res.path).meta["precision"] == "fp16"  # metadata survives the quantizer

@@ -113,15 +113,19 @@ def export_tflite(model: nn.Module, contract: Contract, metadata: dict[str, Any]
                 data = edge.model_content()
             else:
                 data = litert_torch.convert(net, (sample,)).model_content()
-                if precision == "fp16":
-                    data = _fp16_weights(data)
     except PocketVisionError:
         raise
     except Exception as e:  # noqa: BLE001 - converter errors are long; the first line names the op
         raise PocketVisionError(f"tflite export failed: {str(e).strip().splitlines()[0][:300]}") from e
     from .compat import check_tflite, raise_if_incompatible
     raise_if_incompatible(check_tflite(bytes(data)))
-    return atomic_write_bytes(out, add_metadata(bytes(data), {**metadata, "precision": precision}))
+    data = add_metadata(bytes(data), {**metadata, "precision": precision})
+    if precision == "fp16":
+        # After the metadata: the quantizer keeps metadata, while rewriting its output through the
+        # flatbuffer object API would drop the weight buffers it stores past the flatbuffer.
+        with _quiet():
+            data = _fp16_weights(data)
+    return atomic_write_bytes(out, data)
 
 
 def _fp16_weights(data: bytes) -> bytes:
