@@ -149,7 +149,9 @@ class Bundle:
                 export_tflite(source.model, source.contract, meta, out, precision, calibration)
             else:
                 from .export.coreml import export_coreml
-                export_coreml(source.model, source.contract, meta, out, precision, palettised_bits=bits)
+                # A palettised bundle (now or earlier: its lineage says so) is stored as Core ML palettes.
+                pal_bits = bits or source.meta.get("compression", {}).get("palettize", {}).get("bits")
+                export_coreml(source.model, source.contract, meta, out, precision, palettised_bits=pal_bits)
         from .export.web import folder_size
         result = ExportResult(path=out, format=to, size_bytes=folder_size(out), notes=notes,
                               precision=precision, compression=compression)
@@ -201,7 +203,7 @@ class Bundle:
         Path(str(out) + ".tmp").replace(out)
 
     def palettize(self, bits: int = 4, data: str | Path | None = None, *, max_drop: float | None = 1.0,
-                  finetune_steps: int = 100, min_size: int = 1024, group_channels: int = 0,
+                  finetune_steps: int | None = None, min_size: int = 1024, group_channels: int = 0,
                   layer_bits: dict[str, int] | None = None, log=lambda s: None) -> tuple[Bundle, dict[str, Any]]:
         """Round every weight of each layer to one of 2^bits shared values -> (new bundle, report).
 
@@ -212,6 +214,9 @@ class Bundle:
         from .compress.data import held_out, training_pixels
         from .compress.palettize import PaletteConfig, finetune_centroids, palettize
 
+        if finetune_steps is None:  # auto: 100 steps up to ~1M parameters, fewer (>= 20) for bigger nets
+            n_params = sum(p.numel() for p in self.model.parameters())
+            finetune_steps = min(100, max(20, int(100 * 1e6 / max(n_params, 1))))
         cfg = PaletteConfig(bits=bits, min_size=min_size, group_channels=group_channels,
                             layer_bits=layer_bits or {}, max_drop=max_drop, finetune_steps=finetune_steps)
         pixels, y = held_out(self, data)
@@ -221,6 +226,7 @@ class Bundle:
         def evaluate(m: nn.Module) -> tuple[float, np.ndarray]:
             p = torch.cat([torch.softmax(m(x_val[i:i + 64]), 1) for i in range(0, len(x_val), 64)]).numpy()
             return float((p.argmax(1) == y).mean()), p
+
 
         refine, notes = None, []
         if finetune_steps:
@@ -289,7 +295,7 @@ class Bundle:
         return out, report
 
     def auto_compress(self, data: str | Path | None = None, max_drop: float = 1.0, candidates=(2, 3, 4, 6, 8),
-                      finetune_steps: int = 100, log=lambda s: None) -> tuple[Bundle, dict[str, Any]]:
+                      finetune_steps: int | None = None, log=lambda s: None) -> tuple[Bundle, dict[str, Any]]:
         """Try palettes of each size in ``candidates`` (mixed bits within the budget) and keep the
         smallest result whose held-out accuracy drop is within ``max_drop`` points."""
         tried, best = [], None

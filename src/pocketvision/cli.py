@@ -486,8 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default=None, help="labelled images (default: the bundle's own train/val split)")
     s.add_argument("--max-drop", type=float, default=1.0, help="accuracy budget in points: the most sensitive "
                    "layers go to 8 bits until the drop is within it (-1: no budget)")
-    s.add_argument("--finetune-steps", type=int, default=100, help="steps fine-tuning the palette values on "
-                   "training images (0 = off)")
+    s.add_argument("--finetune-steps", type=int, default=None, help="steps fine-tuning the palette values on "
+                   "training images (0 = off; default: 100 up to ~1M parameters, fewer for bigger nets)")
     s.add_argument("--prune", type=float, default=None, help="structured pruning instead: remove this share of "
                    "every layer's channels (deepdog, mobilenet_v1), rebuild the smaller net and fine-tune it")
     s.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs after --prune")

@@ -225,10 +225,13 @@ def palettize(model: nn.Module, cfg: PaletteConfig, evaluate: EvalFn | None = No
         acc = evaluate(result)[0]
         # Most sensitive first: largest accuracy loss, then largest probability change.
         order = sorted(sens, key=lambda n: (sens[n][0], -sens[n][1]))
+        step = 1  # layers raised per round doubles: log(n) rounds of (re-cluster + fine-tune), not n
         while cfg.max_drop is not None and 100 * (report.base_accuracy - acc) > cfg.max_drop + 1e-9 and order:
-            name = order.pop(0)
-            bits[name] = 8
-            log(f"  {name}: 8 bits (drop {100 * (report.base_accuracy - acc):.2f} > {cfg.max_drop} points)")
+            raised, order = order[:step], order[step:]
+            step *= 2
+            for name in raised:
+                bits[name] = 8
+            log(f"  drop {100 * (report.base_accuracy - acc):.2f} > {cfg.max_drop} points: 8 bits for {raised}")
             result = refine(apply_bits(work, bits, cfg.group_channels))
             acc = evaluate(result)[0]
         report.accuracy = acc

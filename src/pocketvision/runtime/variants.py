@@ -98,6 +98,7 @@ def bench_variants(bundle, data: str | Path | None, out_dir: str | Path,
     rows = [Variant("bundle (torch)", "fp32", accuracy=float((ref.argmax(1) == y).mean()), status=VERIFIED,
                     reason="reference")]
     stem = Path(bundle.path or "model").stem
+    palettised: dict[int, Any] = {}
     for target, precision, bits in variants or DEFAULT_VARIANTS:
         v = Variant(target, precision, bits)
         rows.append(v)
@@ -105,8 +106,13 @@ def bench_variants(bundle, data: str | Path | None, out_dir: str | Path,
         t0 = time.perf_counter()
         log(f"{v.name}: exporting")
         try:
-            res = bundle.export(out_dir / (name + FORMATS[target]), to=target, verify=False, data=data,
-                                precision=precision, bits=bits, max_drop=max_drop)
+            source = bundle
+            if bits:  # palettise once per size, shared by every target
+                if bits not in palettised:
+                    palettised[bits] = bundle.palettize(bits, data, max_drop=max_drop)[0]
+                source = palettised[bits]
+            res = source.export(out_dir / (name + FORMATS[target]), to=target, verify=False, data=data,
+                                precision=precision, max_drop=max_drop)
         except PocketVisionError as e:
             v.reason = str(e)
             continue
