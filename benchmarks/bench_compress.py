@@ -47,6 +47,26 @@ def interleaved(paths: dict[str, Path], rounds: int = 7, runs: int = 30) -> dict
     return {k: statistics.median(v) for k, v in per.items()}
 
 
+def print_variants(path: Path) -> None:
+    if not path.exists():
+        return
+    d = json.loads(path.read_text())
+    print(f"\n`{d['command']}` ({d['machine']})\n")
+    print("| format | precision | size | gzip | accuracy | max abs dp | agreement | p50 1 thread | p50 all threads | "
+          "status |\n|---|---|---|---|---|---|---|---|---|---|")
+    f = lambda x, fmt, k=1.0: "-" if x is None else format(x / k, fmt)  # noqa: E731
+    icon = {"verified": "✅", "failed": "❌"}
+    for r in d["variants"]:
+        print(f"| {r['target']} | {r['precision']}{' ' + str(r['bits']) + '-bit palette' if r['bits'] else ''} | "
+              f"{f(r['size_bytes'], '.2f', 1e6)} MB | {f(r['gzip_bytes'], '.2f', 1e6)} MB | {f(r['accuracy'], '.4f')} | "
+              f"{f(r['max_abs_diff'], '.1e')} | {f(r['agreement'], '.4f')} | {f(r['p50_1t_ms'], '.2f')} ms | "
+              f"{f(r['p50_all_ms'], '.2f')} ms | {icon.get(r['status'], '❎')} {r['reason']} |")
+    ready = [r["extra"]["page_ready_s"] for r in d["variants"] if "page_ready_s" in r["extra"]]
+    if ready:
+        print(f"\nweb: navigation -> ready (model downloaded, session created, warm-up run) {min(ready):.2f}-"
+              f"{max(ready):.2f} s on the first visit")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bundles", default=f"{OUT}/deepdog.pvb,{OUT}/efficientnet_lite0.pvb")
@@ -62,6 +82,7 @@ def main() -> None:
         vdir = OUT / f"variants-{name}"
         if not a.skip_variants:
             subprocess.run(["pocketvision", "bench", b, "--all", "--out-dir", str(vdir)], check=False)
+        print_variants(vdir / "variants.json")
         files = {"onnx fp32": vdir / f"{name}.onnx", "onnx int8": vdir / f"{name}-int8.onnx",
                  "tflite fp32": vdir / f"{name}.tflite", "tflite int8": vdir / f"{name}-int8.tflite"}
         lat = interleaved({k: p for k, p in files.items() if p.exists()})

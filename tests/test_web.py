@@ -72,3 +72,14 @@ def test_cli_predict_and_eval_accept_the_web_folder(web_folder, hotdog_small):
     r = run_cli("eval", str(web_folder), str(hotdog_small), "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["argmax_accuracy"] > 0.55  # above chance on real photos, in the browser
+
+
+def test_webcam_frames_are_classified_live(web_folder):
+    # Chromium's synthetic camera stands in for a real one; the page's own loop classifies its frames.
+    fake_camera = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+    with WebPredictor(web_folder, browser_args=fake_camera) as web:
+        web.page.click("#camera")
+        web.page.wait_for_function("window.pv.last && window.pv.frames > 3", timeout=30_000)
+        last = web.page.evaluate("window.pv.last")
+        assert last["label"] in ("hotdog", "not_hotdog") and last["ms"] > 0
+        assert web.page.evaluate("document.getElementById('video').videoWidth") > 0

@@ -122,8 +122,11 @@ class Bundle:
         :meth:`palettize`). Parity is checked against the model that was exported; for int8 the pass
         criterion is the accuracy budget (probabilities move by design).
         """
-        from .export import FORMATS, PRECISIONS, check_request
+        from .export import FORMATS, check_request
         check_request(to, precision, bits)
+        if self.task != "classify":
+            raise PocketVisionError(f"{self.path or 'bundle'}: task {self.task!r} cannot be exported here yet "
+                                    "(this version exports classification bundles).")
         source, notes, compression = self, [], {}
         if bits:
             source, rep = self.palettize(bits, data, max_drop=max_drop, log=log)

@@ -75,7 +75,8 @@ def is_web_folder(path: str | Path) -> bool:
 class WebPredictor:
     """Same surface as OnnxPredictor (labels, contract, threshold, run_pixels, predict), in Chromium."""
 
-    def __init__(self, folder: str | Path, threads: int | None = None, timeout_s: float = 120.0):
+    def __init__(self, folder: str | Path, threads: int | None = None, timeout_s: float = 120.0,
+                 browser_args: list[str] | None = None):
         self.path = Path(folder)
         if not is_web_folder(self.path):
             raise PocketVisionError(f"{self.path}: not a pocketvision web export (no model.json); "
@@ -93,7 +94,8 @@ class WebPredictor:
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/" + (f"?threads={threads}" if threads else "")
         self._pw = sync_playwright().start()
         try:
-            self._browser = self._pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+            self._browser = self._pw.chromium.launch(executable_path=chromium_path(),
+                                                     args=CHROMIUM_ARGS + list(browser_args or []))
             self.context = self._browser.new_context()
             self.visit(timeout_s)
         except Exception:

@@ -207,8 +207,12 @@ $('camera').addEventListener('click', async () => {
   video.style.display = 'block';
   $('view').style.display = 'none';
   await video.play();
+  pv.frames = 0;
   const loop = async () => {
-    if (video.readyState >= 2) await pv.classifySource(video);
+    if (video.readyState >= 2) {
+      await pv.classifySource(video);
+      pv.frames += 1;
+    }
     requestAnimationFrame(loop);
   };
   loop();
