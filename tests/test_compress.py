@@ -189,3 +189,20 @@ def test_structured_pruning_rebuilds_a_smaller_faster_net(trained_bundle, hotdog
     arch = pv.load(trained_bundle).meta["arch"]
     full = model_info(arch["name"], 96, **arch["args"])["macs"]
     assert model_info("deepdog", 96, **small.meta["arch"]["args"])["macs"] < 0.6 * full  # fewer MACs everywhere
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_quantisation_aware_finetuning_then_int8(trained_bundle, tmp_path):
+    import torch
+
+    from pocketvision.compress.qat import qat_finetune
+    b = pv.load(trained_bundle)
+    x = torch.from_numpy(b.contract.normalize(np.stack([b.contract.load(s.path) for s in b.validation_samples()[:16]])))
+    tuned = qat_finetune(b.model, lambda step: x, steps=3)
+    assert not any("parametrizations" in k for k in tuned.state_dict())  # fake quantisers removed
+    with torch.no_grad():  # still the same function, roughly: a fine-tune, not a new model
+        agree = (tuned(x).argmax(1) == b.model(x).argmax(1)).float().mean()
+    assert agree >= 0.8
+    res = b.export(tmp_path / "qat.onnx", precision="int8", qat_steps=5, max_drop=2.5)
+    assert res.compression["int8"]["qat_steps"] == 5 and res.verification["passed"]

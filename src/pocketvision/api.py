@@ -114,11 +114,13 @@ class Bundle:
 
     def export(self, out: str | Path | None = None, to: str = "onnx", verify: bool = True,
                data: str | Path | None = None, opset: int | None = None, *, precision: str = "fp32",
-               bits: int | None = None, max_drop: float = 1.0, log=lambda s: None) -> ExportResult:
+               bits: int | None = None, max_drop: float = 1.0, qat_steps: int = 0,
+               log=lambda s: None) -> ExportResult:
         """Export to one target (``onnx``, ``web``), optionally compressed, and verify it on real images.
 
         ``precision="int8"``: static int8 calibrated on training images, worst layers kept float until
-        the held-out accuracy drop is within ``max_drop`` points. ``bits``: palettise first (see
+        the held-out accuracy drop is within ``max_drop`` points (``qat_steps``: quantisation-aware
+        fine-tuning on training photos first, onnx/web). ``bits``: palettise first (see
         :meth:`palettize`). Parity is checked against the model that was exported; for int8 the pass
         criterion is the accuracy budget (probabilities move by design).
         """
@@ -141,7 +143,8 @@ class Bundle:
         with tempfile.TemporaryDirectory() as tmp:
             if to in ("onnx", "web"):
                 onnx_path = out if to == "onnx" else Path(tmp) / "model.onnx"
-                self._export_onnx(source, onnx_path, meta, opset, precision, data, max_drop, compression, log, tmp)
+                self._export_onnx(source, onnx_path, meta, opset, precision, data, max_drop, compression, log, tmp,
+                                  qat_steps)
                 if to == "web":
                     from .export.web import export_web
                     export_web(onnx_path, {**meta, "precision": precision}, out)
@@ -184,7 +187,7 @@ class Bundle:
                 "lineage": self.meta.get("lineage", [])}
 
     def _export_onnx(self, source: Bundle, out: Path, meta: dict, opset: int | None, precision: str,
-                     data, max_drop: float, compression: dict, log, tmp: str) -> None:
+                     data, max_drop: float, compression: dict, log, tmp: str, qat_steps: int = 0) -> None:
         from .export.onnx import DEFAULT_OPSET, export_onnx
         if precision != "int8":
             export_onnx(source.model, source.contract, meta, out, opset or DEFAULT_OPSET)
@@ -198,8 +201,23 @@ class Bundle:
 
         def accuracy(path: Path) -> float:
             return float((OnnxPredictor(path).run_pixels(pixels).argmax(1) == y).mean())
+        base = accuracy(fp32)  # the float model's accuracy is the reference, with or without QAT
+        if qat_steps:
+            from .compress.qat import qat_finetune
+            rng = np.random.default_rng(0)
+            contract = source.contract
+
+            def batch(step: int) -> torch.Tensor:
+                x = calibration[rng.integers(0, len(calibration), 32)].copy()
+                flip = rng.random(len(x)) < 0.5
+                x[flip] = x[flip, :, ::-1]
+                return torch.from_numpy(contract.normalize(x))
+            log(f"int8: quantisation-aware fine-tuning, {qat_steps} steps")
+            tuned = qat_finetune(source.model, batch, qat_steps)
+            fp32 = export_onnx(tuned, source.contract, meta, Path(tmp) / "qat_fp32.onnx", opset or DEFAULT_OPSET)
         staged = Path(tmp) / "int8.onnx"
-        rep = quantize_within_budget(fp32, staged, calibration, accuracy, accuracy(fp32), max_drop, log=log)
+        rep = quantize_within_budget(fp32, staged, calibration, accuracy, base, max_drop, log=log)
+        rep["qat_steps"] = qat_steps
         compression["int8"] = rep
         import shutil
         shutil.move(str(staged), str(out) + ".tmp")

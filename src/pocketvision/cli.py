@@ -159,7 +159,7 @@ def cmd_export(a: argparse.Namespace) -> int:
         out = a.out or (Path(a.out_dir) / (Path(a.bundle).stem + _variant(precision, a.bits) + FORMATS[t])
                         if a.out_dir else None)
         res = b.export(out, to=t, verify=not a.no_verify, data=a.data, opset=a.opset, precision=precision,
-                       bits=a.bits, max_drop=a.max_drop, log=log)
+                       bits=a.bits, max_drop=a.max_drop, qat_steps=a.qat_steps, log=log)
         v = res.verification
         ok = ok and (v is None or v["passed"])
         results.append({"path": str(res.path), "format": res.format, "precision": res.precision, "bits": a.bits,
@@ -474,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bits", type=int, default=None, help="palettise first: 2^bits shared values per layer "
                    "(see `pocketvision compress`)")
     s.add_argument("--max-drop", type=float, default=1.0, help="accuracy budget in points for --int8/--bits")
+    s.add_argument("--qat-steps", type=int, default=0, help="with --int8 (onnx, web): quantisation-aware "
+                   "fine-tuning steps on training photos before calibration (0 = post-training only)")
     s.add_argument("--data", default=None, help="labelled images for verification (default: the bundle's val split)")
     s.add_argument("--no-verify", action="store_true", help="skip the parity check")
     s.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
