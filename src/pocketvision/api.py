@@ -116,7 +116,8 @@ class Bundle:
                data: str | Path | None = None, opset: int | None = None, *, precision: str = "fp32",
                bits: int | None = None, max_drop: float = 1.0, qat_steps: int = 0,
                log=lambda s: None) -> ExportResult:
-        """Export to one target (``onnx``, ``web``), optionally compressed, and verify it on real images.
+        """Export to one target (``onnx``, ``tflite``, ``coreml``, ``web``), optionally compressed, and verify
+        it on real images (Core ML off macOS: structure only, reported as not verified numerically).
 
         ``precision="int8"``: static int8 calibrated on training images, worst layers kept float until
         the held-out accuracy drop is within ``max_drop`` points (``qat_steps``: quantisation-aware
