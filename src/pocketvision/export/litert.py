@@ -44,11 +44,14 @@ class _ProbsOnly(nn.Module):
 
 @contextlib.contextmanager
 def _quiet():
-    # litert-torch, torchao and absl print pages of notices; users get our one line.
+    # litert-torch, torchao and absl print pages of notices, some from C++ straight to file descriptor 2,
+    # so the descriptor itself is pointed at /dev/null meanwhile; users get our one line (errors are
+    # raised as exceptions, not lost).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     level = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+    from ..runtime.litert_predictor import silence_fd2
+    with silence_fd2(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
             contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         try:

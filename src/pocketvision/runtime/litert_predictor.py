@@ -5,7 +5,9 @@ Labels, contract and threshold come from the file's own ``pocketvision.*`` metad
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,20 @@ from ..errors import PocketVisionError
 from .decision import decide
 
 META_PREFIX = "pocketvision."
+
+
+@contextlib.contextmanager
+def silence_fd2():
+    """Point file descriptor 2 at /dev/null: LiteRT's C++ logs ("Created TensorFlow Lite XNNPACK
+    delegate", absl notices) bypass Python's sys.stderr. Errors still arrive as exceptions."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def read_metadata(data: bytes) -> dict[str, Any]:
@@ -45,8 +61,9 @@ class LiteRTPredictor:
         data = self.path.read_bytes()
         try:
             self.meta = read_metadata(data)
-            self.interpreter = Interpreter(model_content=data, num_threads=threads or 1)
-            self.interpreter.allocate_tensors()
+            with silence_fd2():
+                self.interpreter = Interpreter(model_content=data, num_threads=threads or 1)
+                self.interpreter.allocate_tensors()
         except Exception as e:  # noqa: BLE001 - flatbuffer/interpreter errors for a bad file
             raise PocketVisionError(f"{self.path}: LiteRT cannot load this model ({str(e).splitlines()[0]}).") from None
         if "contract" not in self.meta or "labels" not in self.meta:
