@@ -6,11 +6,8 @@ Random-init nets whose BatchNorm statistics come from real photos (so int8 range
 not depend on the weights. Rounds alternate between the four files so machine noise hits them alike.
 """
 
-import statistics
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import pocketvision as pv
@@ -18,21 +15,11 @@ from pocketvision.api import Bundle
 from pocketvision.compress.data import training_pixels
 from pocketvision.contract import Contract
 from pocketvision.models import build_model
-from pocketvision.runtime.artifact import open_predictor
+
+from bench_compress import interleaved  # same folder: rounds alternate between the files
 
 OUT = Path(__file__).resolve().parent / "out"
 CASES = [(0.5, "relu", 160), (1.0, "elu", 224), (1.0, "relu", 224)]
-
-
-def median_ms(pred, x, rounds_out: list, runs: int = 20) -> None:
-    for _ in range(3):
-        pred.run_pixels(x)
-    t = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        pred.run_pixels(x)
-        t.append((time.perf_counter() - t0) * 1e3)
-    rounds_out.append(statistics.median(t))
 
 
 def main() -> None:
@@ -54,13 +41,7 @@ def main() -> None:
         files = {f"{to} {prec}": bundle.export(out / f"{tag}-{prec}.{'onnx' if to == 'onnx' else 'tflite'}", to=to,
                                                 precision=prec, verify=False, max_drop=100).path
                  for to, prec in [("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "int8")]}
-        preds = {k: open_predictor(p, threads=1) for k, p in files.items()}
-        rounds: dict[str, list] = {k: [] for k in files}
-        x = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
-        for _ in range(5):
-            for k, p in preds.items():
-                median_ms(p, x, rounds[k])
-        med = {k: statistics.median(v) for k, v in rounds.items()}
+        med = interleaved(files, rounds=5, runs=20)
         print(tag, {k: round(v, 2) for k, v in med.items()},
               f"onnx int8/fp32 {med['onnx int8'] / med['onnx fp32']:.2f}",
               f"tflite int8/fp32 {med['tflite int8'] / med['tflite fp32']:.2f}", flush=True)

@@ -8,9 +8,6 @@ the worst layers in float, one at a time, until the held-out accuracy drop fits 
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PocketVisionError
+from ..quiet import quiet
 
 # Activations are quantised only around these ops; ELU's Exp/Min/Max stay float (onnxruntime has no
 # int8 kernels for them, so wrapping them in Q/DQ pairs would only add work).
@@ -47,19 +45,6 @@ def _Reader(input_name: str, pixels: np.ndarray, batch: int = 16):
     return Reader()
 
 
-@contextlib.contextmanager
-def _quiet():
-    # The quantizer logs and prints per-node chatter; the user gets our one-line summary instead.
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
-
-
 def _input_name(path: Path) -> str:
     import onnx
     return onnx.load(str(path), load_external_data=False).graph.input[0].name
@@ -68,7 +53,7 @@ def _input_name(path: Path) -> str:
 def preprocess(fp32: Path, out: Path) -> Path:
     """``quant_pre_process``: constant folding and shape inference so the quantizer sees every tensor."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
-    with _quiet():
+    with quiet():
         # Symbolic shape inference does not understand every dynamo-exported op; ONNX's own is enough.
         quant_pre_process(str(fp32), str(out), skip_symbolic_shape=True)
     return out
@@ -80,7 +65,7 @@ def quantize(fp32: Path, out: Path, calibration: np.ndarray, exclude: list[str] 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     with tempfile.TemporaryDirectory() as tmp:
         pre = preprocess(fp32, Path(tmp) / "pre.onnx")
-        with _quiet():
+        with quiet():
             quantize_static(str(pre), str(out), _Reader(_input_name(pre), calibration), quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=QUANT_OPS, per_channel=per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -96,7 +81,7 @@ def layer_errors(fp32: Path, qdq: Path, pixels: np.ndarray) -> list[dict[str, An
     from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_activation_error,
                                                          create_activation_matching,
                                                          modify_model_output_intermediate_tensors)
-    with tempfile.TemporaryDirectory() as tmp, _quiet():
+    with tempfile.TemporaryDirectory() as tmp, quiet():
         fa, qa = Path(tmp) / "f.onnx", Path(tmp) / "q.onnx"
         modify_model_output_intermediate_tensors(str(fp32), str(fa), op_types_for_saving=["Conv", "Gemm"])
         modify_model_output_intermediate_tensors(str(qdq), str(qa), op_types_for_saving=["Conv", "Gemm"])

@@ -14,14 +14,10 @@ result is reported as "not verified numerically on this platform". Reload on mac
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import shutil
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,27 +26,15 @@ from torch import nn
 
 from ..contract import Contract
 from ..errors import PocketVisionError
+from ..quiet import quiet
 from ..runtime.onnx_predictor import META_PREFIX
 
 INSTALL = "pip install 'pocketvision[coreml]'"
 
 
-@contextlib.contextmanager
-def _quiet():
-    level = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        try:
-            yield
-        finally:
-            logging.getLogger().setLevel(level)
-
-
 def _ct():
     try:
-        with _quiet():
+        with quiet():
             import coremltools as ct
     except ImportError:
         raise PocketVisionError(f"the coreml target needs coremltools: {INSTALL}") from None
@@ -87,7 +71,7 @@ def export_coreml(model: nn.Module, contract: Contract, metadata: dict[str, Any]
         scale, bias = 1.0 / 255.0, [0.0, 0.0, 0.0]
         net = _Normalised(net, contract, scale, bias)
     try:
-        with _quiet():
+        with quiet():
             traced = torch.jit.trace(net.eval(), torch.rand(1, 3, h, w))
             ml = ct.convert(traced, inputs=[ct.ImageType(name="image", shape=(1, 3, h, w), scale=scale, bias=bias,
                                                          color_layout=ct.colorlayout.RGB)],
@@ -116,7 +100,7 @@ def export_coreml(model: nn.Module, contract: Contract, metadata: dict[str, Any]
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
     try:
         staged = tmp / out.name
-        with _quiet():
+        with quiet():
             ml.save(str(staged))
         if out.exists():
             shutil.rmtree(out)
@@ -134,7 +118,7 @@ def inspect(path: str | Path, labels: list[str] | None = None) -> dict[str, Any]
     """
     ct = _ct()
     path = Path(path)
-    with _quiet():
+    with quiet():
         spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
     desc = spec.description
     meta = {k[len(META_PREFIX):]: json.loads(v) for k, v in desc.metadata.userDefined.items()

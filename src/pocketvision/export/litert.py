@@ -10,13 +10,9 @@ stores half-precision weights. Reload with
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import os
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +23,7 @@ from torch import nn
 from ..bundle import atomic_write_bytes
 from ..contract import Contract
 from ..errors import PocketVisionError
+from ..quiet import quiet
 from ..runtime.onnx_predictor import META_PREFIX
 from ..tasks.classify import ExportWrapper
 
@@ -42,22 +39,10 @@ class _ProbsOnly(nn.Module):
         return self.wrapper(image)[0]
 
 
-@contextlib.contextmanager
 def _quiet():
-    # litert-torch, torchao and absl print pages of notices, some from C++ straight to file descriptor 2,
-    # so the descriptor itself is pointed at /dev/null meanwhile; users get our one line (errors are
-    # raised as exceptions, not lost).
+    # litert-torch, torchao and absl print pages of notices, some from C++ straight to fd 2.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    level = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)
-    from ..runtime.litert_predictor import silence_fd2
-    with silence_fd2(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        try:
-            yield
-        finally:
-            logging.getLogger().setLevel(level)
+    return quiet(fd2=True)
 
 
 def require() -> None:

@@ -5,9 +5,7 @@ Labels, contract and threshold come from the file's own ``pocketvision.*`` metad
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +13,10 @@ import numpy as np
 
 from ..contract import Contract
 from ..errors import PocketVisionError
+from ..quiet import silence_fd2
 from .decision import decide
 
 META_PREFIX = "pocketvision."
-
-
-@contextlib.contextmanager
-def silence_fd2():
-    """Point file descriptor 2 at /dev/null: LiteRT's C++ logs ("Created TensorFlow Lite XNNPACK
-    delegate", absl notices) bypass Python's sys.stderr. Errors still arrive as exceptions."""
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def read_metadata(data: bytes) -> dict[str, Any]:
