@@ -11,7 +11,7 @@ Parts:
   e2e          JPEG bytes -> label on the ~500 px val photos and the 12 MP photos-fullres
   cli          `pocketvision predict model.onnx photo.jpg` wall time from process start (median of 5)
   ultralytics  yolo11n-cls from scratch, 15 epochs, in its own venv (created on first use:
-               torch==2.14.1 torchvision==0.29.1 ultralytics), its ONNX latency and predict API time
+               torch==2.14.1 torchvision==0.29.1 ultralytics litert-torch), its ONNX latency and predict API time
 """
 
 from __future__ import annotations
@@ -156,7 +156,9 @@ def part_ultralytics(data: Path, out: Path, epochs: int = 15) -> str:
     if not py.exists():
         sh([sys.executable, "-m", "venv", str(UL_VENV)])
         sh([str(py), "-m", "pip", "install", "-q", "torch==2.14.1", "torchvision==0.29.1", "ultralytics", "onnx",
-            "onnxruntime", "onnxslim"])
+            "onnxruntime", "onnxslim",
+            # its tflite export (bench_compress.py) would otherwise try to pip-install these mid-export
+            "litert-torch==0.10.0", "ai-edge-litert==2.3.0"])
     _, r = sh([str(py), str(HERE / "ultralytics_peer.py"), str(data / "hotdog"), str(out / "ultralytics"),
                str(epochs), str(data / "hotdog" / "val" / "hotdog")], cwd=out)
     res = json.loads(r.stdout.strip().splitlines()[-1])

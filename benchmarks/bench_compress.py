@@ -25,7 +25,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
-PEER_PY = Path("/opt/pv-peers/ultralytics/bin/python")
+from bench_classify import UL_VENV  # noqa: E402 - the peer venv bench_classify.py --parts ultralytics makes
+
+PEER_PY = UL_VENV / "bin" / "python"
 
 
 def interleaved(paths: dict[str, Path], rounds: int = 7, runs: int = 30) -> dict[str, float]:
@@ -92,7 +94,10 @@ def main() -> None:
         for k, v in lat.items():
             ref = lat.get(k.split()[0] + " fp32")
             print(f"| {k} | {v:.2f} | {v / ref:.2f}x |" if ref else f"| {k} | {v:.2f} | - |")
-    if PEER_PY.exists() and Path(a.peer_weights).exists():
+    if not (PEER_PY.exists() and Path(a.peer_weights).exists()):
+        print(f"\nUltralytics peer skipped: needs {PEER_PY} and {a.peer_weights}; make both with "
+              "`python benchmarks/bench_classify.py --parts ultralytics`.")
+    else:
         r = subprocess.run([str(PEER_PY), str(HERE / "ultralytics_exports.py"), a.peer_weights, a.val],
                            capture_output=True, text=True)
         peer = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 and r.stdout.strip() else {
