@@ -50,7 +50,7 @@ def test_coreml_is_structurally_verified_and_says_not_numerically(trained_bundle
     out = json.loads(r.stdout)
     v = out["verification"]
     assert v["passed"] and not v["numeric"] and "not verified numerically" in v["criterion"]
-    assert v["structure"]["image_input"] and v["structure"]["classifier_outputs"]
+    assert v["structure"]["image_input"] and v["structure"]["outputs"]
     assert v["structure"]["palettised_weights"] >= 5  # Core ML's own look-up tables
     r = run_cli("eval", str(tmp_path / "m.mlpackage"), "x")
     assert r.returncode == 2 and "Apple" in r.stderr

@@ -62,6 +62,9 @@ class Bundle:
             if model is None:
                 raise BundleError(f"{path}: was trained with a custom torch.nn.Module ({arch.get('class')}); "
                                   "pass it: pocketvision.load(path, model=MyModel()).")
+        elif model is None and data.task == "keypoints":
+            from .tasks.keypoints import build_keypoint_model
+            model = build_keypoint_model(arch, data.contract.size)
         elif model is None:
             from .models import build_model
             model = build_model(arch, pretrained=False)
@@ -83,26 +86,62 @@ class Bundle:
     # -- inference ----------------------------------------------------------------------------------
     @torch.no_grad()
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 NHWC at the contract's size -> probabilities (same maths as the exported graph)."""
+        """uint8 NHWC at the contract's size -> probabilities (classify) or keypoints (N, K, 3) in
+        model-input pixels (keypoints): the same maths as the exported graph."""
         x = torch.from_numpy(self.contract.normalize(pixels))
+        if self.task == "keypoints":
+            return self.model(x).numpy()
         return torch.softmax(self.model(x), dim=1).numpy()
+
+    def quality(self, outputs: np.ndarray, truth: np.ndarray) -> float:
+        """One higher-is-better number in [0, 1] for compression budgets: accuracy (classify) or
+        1 - NME (keypoints; ``truth`` in the same model-input pixels)."""
+        if self.task == "keypoints":
+            from .evaluate.keypoint_metrics import keypoint_metrics
+            kp = self.meta.get("keypoints", {})
+            h, w = self.contract.size
+            return 1.0 - keypoint_metrics(truth, outputs, self.labels, kp.get("normalize"),
+                                          np.tile([w, h], (len(truth), 1)))["nme"]
+        return float((outputs.argmax(1) == truth).mean())
 
     def predict(self, images: list[str | Path | bytes] | str | Path) -> list[dict[str, Any]]:
         if isinstance(images, str | Path):
             images = [images]
+        if self.task == "keypoints":
+            from .runtime.keypoint_runtime import predict_keypoints
+            return predict_keypoints(self.predict_pixels, self.contract, self.labels, images)
         c = self.contract
         pixels = np.stack([c.load(s) for s in images])
         return decide(self.predict_pixels(pixels), self.labels, self.threshold)
 
     # -- stages -------------------------------------------------------------------------------------
     def evaluate(self, data: str | Path, split: str = "auto", report_dir: str | Path | None = None,
-                 threshold: float | None = None) -> dict[str, Any]:
+                 threshold: float | None = None, exclude: set[str] | None = None) -> dict[str, Any]:
+        """Metrics on a labelled folder (classify) or keypoint annotations (``exclude``: image names or
+        paths to leave out, e.g. suspect labels)."""
+        if self.task == "keypoints":
+            from .runtime.keypoint_runtime import evaluate_keypoints
+            return evaluate_keypoints(self.predict_pixels, self.contract, self.meta, data, split, report_dir,
+                                      title=f"{self.meta['arch'].get('name')} ({self.path or 'bundle'})",
+                                      exclude=exclude)
         from .runtime.artifact import evaluate_folder
         return evaluate_folder(self.predict_pixels, self.labels, self.contract, self.threshold, data, split,
                                report_dir, threshold, f"{self.meta['arch'].get('name')} ({self.path or 'bundle'})")
 
     def validation_samples(self, data: str | Path | None = None):
         """The images the bundle was validated on (or ``data``'s eval split) for export checks."""
+        if self.task == "keypoints":
+            from .runtime.keypoint_runtime import labelled_keypoints
+            if data is not None:
+                return labelled_keypoints(data, "auto", flip_pairs="none")[1]
+            from .data.keypoints import _drop
+            d = self.meta.get("data", {})
+            if not d.get("root") or not Path(d["root"]).exists():
+                return []
+            # The images training left out (suspect labels) stay out of every measurement too.
+            if d.get("explicit_splits"):
+                return _drop(labelled_keypoints(d["root"], "val", flip_pairs="none")[1], set(d.get("excluded", ())))
+            return _drop(self._kp_split(d["root"], "val"), set(d.get("excluded", ())))
         from .data.folder import labelled_samples, scan
         if data is not None:
             return labelled_samples(data, self.labels)[0]
@@ -111,6 +150,28 @@ class Bundle:
         if not root or not Path(root).is_dir():
             return []
         return scan(root, val_fraction=d.get("val_fraction", 0.15), seed=d.get("seed", 0), classes=self.labels).val
+
+    def _model_frame(self, samples, kept: list[int]) -> np.ndarray:
+        """Labelled points of ``samples[kept]`` mapped into model-input pixels (the contract's resize)."""
+        from PIL import Image
+
+        from .data.kp_augment import contract_matrix, transform_points
+        out = []
+        for i in kept:
+            s = samples[i]
+            if s.size:
+                w, h = s.size
+            else:
+                with Image.open(s.path) as im:
+                    w, h = im.size
+            out.append(transform_points(s.points, contract_matrix(w, h, self.contract), (0, 0), None, True))
+        return np.stack(out)
+
+    def _kp_split(self, root, split: str):
+        from .data.keypoints import load_keypoints
+        d = self.meta.get("data", {})
+        ks = load_keypoints(root, val_fraction=d.get("val_fraction", 0.1), seed=d.get("seed", 0), flip_pairs="none")
+        return getattr(ks, split)
 
     def export(self, out: str | Path | None = None, to: str = "onnx", verify: bool = True,
                data: str | Path | None = None, opset: int | None = None, *, precision: str = "fp32",
@@ -127,9 +188,9 @@ class Bundle:
         """
         from .export import FORMATS, check_request
         check_request(to, precision, bits)
-        if self.task != "classify":
-            raise PocketVisionError(f"{self.path or 'bundle'}: task {self.task!r} cannot be exported here yet "
-                                    "(this version exports classification bundles).")
+        if self.task == "keypoints" and (bits or qat_steps):
+            raise PocketVisionError("palettised export (--bits) and --qat-steps are for classification bundles in "
+                                    "this version; use --int8 for a small keypoint model.")
         source, notes, compression = self, [], {}
         if bits:
             source, rep = self.palettize(bits, data, max_drop=max_drop, log=log)
@@ -175,14 +236,16 @@ class Bundle:
                 v = source.verify(out, samples=samples, tolerance=1.0 if approx else None)
                 if approx:  # probabilities move by design: judged by the accuracy budget
                     v["passed"] = bool(v["n"] and -100 * v["accuracy_change"] <= max_drop + 1e-9)
-                    v["criterion"] = f"{precision}: accuracy drop <= {max_drop} points"
+                    v["criterion"] = (f"{precision}: NME rise <= {max_drop} points" if self.task == "keypoints"
+                                      else f"{precision}: accuracy drop <= {max_drop} points")
                 result.verification = v
             else:
                 result.notes.append("not verified: no images (pass data=DIR / --data DIR)")
         return result
 
     def _export_meta(self) -> dict[str, Any]:
-        return {"task": self.task, "labels": self.labels, "contract": self.meta["contract"],
+        extra = {"keypoints": self.meta["keypoints"]} if self.task == "keypoints" else {}
+        return {**extra, "task": self.task, "labels": self.labels, "contract": self.meta["contract"],
                 "threshold": self.threshold, "arch": self.meta["arch"],
                 "bundle_weights_sha256": self.meta.get("weights_sha256"),
                 "lineage": self.meta.get("lineage", [])}
@@ -201,7 +264,7 @@ class Bundle:
         pixels, y = held_out(source, data)
 
         def accuracy(path: Path) -> float:
-            return float((OnnxPredictor(path).run_pixels(pixels).argmax(1) == y).mean())
+            return source.quality(OnnxPredictor(path).run_pixels(pixels), y)
         base = accuracy(fp32)  # the float model's accuracy is the reference, with or without QAT
         if qat_steps:
             from .compress.qat import qat_finetune
@@ -233,6 +296,7 @@ class Bundle:
         on training images (``finetune_steps``, distilled from this model); layers are raised to 8 bits,
         most sensitive first, until the accuracy drop is within ``max_drop`` points.
         """
+        self._classify_only("palettisation")
         from .compress.data import held_out, training_pixels
         from .compress.palettize import PaletteConfig, finetune_centroids, palettize
 
@@ -284,6 +348,7 @@ class Bundle:
               log=lambda s: None, **train_options: Any) -> tuple[Bundle, dict[str, Any]]:
         """Remove ``ratio`` of the channels of every layer (structured), rebuild the smaller net and
         fine-tune it on the training data -> (new bundle, report). ``train_options`` go to :func:`train`."""
+        self._classify_only("pruning")
         import tempfile
         from .compress.prune import prune_separable
         from .compress.data import held_out
@@ -337,6 +402,11 @@ class Bundle:
         small.meta["lineage"][-1]["auto"] = {"max_drop": max_drop, "tried": tried}
         return small, rep
 
+    def _classify_only(self, what: str) -> None:
+        if self.task != "classify":
+            raise PocketVisionError(f"{what} works on classification bundles in this version; for a {self.task} "
+                                    "bundle use `pocketvision export BUNDLE --int8` (budgeted on held-out images).")
+
     def _derived(self, model: nn.Module, stage: str, record: dict[str, Any]) -> Bundle:
         """A new bundle made from this one by ``stage``, with its lineage."""
         import copy
@@ -358,9 +428,15 @@ class Bundle:
         try:
             if cand.labels != self.labels:
                 raise PocketVisionError(f"{exported}: labels {cand.labels} differ from the bundle's {self.labels}.")
-            report = verify(self.predict_pixels, cand.run_pixels, [s.path for s in samples], self.contract,
-                            [s.label for s in samples],
-                            tolerance=PROB_TOLERANCE if tolerance is None else tolerance)
+            if self.task == "keypoints":
+                from .export.verify import KP_TOLERANCE_PX, verify_keypoints
+                report = verify_keypoints(self.predict_pixels, cand.run_pixels, [s.path for s in samples],
+                                          self.contract, KP_TOLERANCE_PX if tolerance is None else tolerance,
+                                          quality=lambda out, i: self.quality(out, self._model_frame(samples, i)))
+            else:
+                report = verify(self.predict_pixels, cand.run_pixels, [s.path for s in samples], self.contract,
+                                [s.label for s in samples],
+                                tolerance=PROB_TOLERANCE if tolerance is None else tolerance)
         finally:
             getattr(cand, "close", lambda: None)()
         report["file"] = str(exported)
@@ -388,6 +464,12 @@ def train(data: str | Path, out: str | Path | None = None, *, model: nn.Module |
         saved = meta.get("config", {})
         options = {**saved, **{k: v for k, v in options.items() if k in ("progress", "tensorboard", "workers")}}
     cfg = make_config(**options)
+    from .data.keypoints import is_keypoint_source
+    if cfg.task == "keypoints" or (cfg.task == "auto" and is_keypoint_source(data)):
+        if model is not None:
+            raise PocketVisionError("bring-your-own model is for classification; keypoint models are a registry "
+                                    "backbone + head (--arch, --head).")
+        return _train_keypoints(data, out, cfg.model_copy(update={"task": "keypoints"}), resume, console)
     result = fit(data, cfg, user_model=model, resume=Path(resume) if resume else None, console=console)
     if result.interrupted:
         raise KeyboardInterrupt
@@ -414,6 +496,37 @@ def train(data: str | Path, out: str | Path | None = None, *, model: nn.Module |
                                           extra={"training": {k: v for k, v in cfg.model_dump(mode='json').items()
                                                               if v not in (None, {}, [])}}))
         _tb_confusion(result.run_dir, metrics, labels)
+    if out is not None:
+        b.save(out)
+    return b
+
+
+def _train_keypoints(data, out, cfg, resume, console) -> Bundle:
+    from .training.kp_loop import fit_keypoints, resolve_normalize
+    from .evaluate.keypoint_metrics import default_normalizer
+    result = fit_keypoints(data, cfg, resume=Path(resume) if resume else None, console=console)
+    if result.interrupted:
+        raise KeyboardInterrupt
+    from .evaluate.keypoint_metrics import keypoint_metrics
+    schema = result.data.schema
+    normalize = resolve_normalize(cfg.normalize) or default_normalizer(schema.names)
+    metrics = keypoint_metrics(result.val_gt, result.val_pred, schema.names, normalize, result.val_sizes)
+    metrics.update(best_epoch=result.best_epoch, train_seconds=round(result.seconds, 1), task="keypoints")
+    ds = result.data
+    meta = bundle_io.new_meta(
+        "keypoints", result.spec, list(schema.names), result.contract, metrics=metrics,
+        keypoints={**schema.to_dict(), "normalize": normalize},
+        train_config=cfg.model_dump(mode="json"), history=result.history,
+        data={"root": str(Path(data).resolve()), "fingerprint": ds.fingerprint(), "explicit_splits": ds.explicit,
+              "counts": {"train": len(ds.train), "val": len(ds.val)}, "excluded": ds.excluded,
+              "val_fraction": cfg.val_fraction,
+              "seed": cfg.seed, "skipped": result.problems})
+    b = Bundle(meta, result.model)
+    if result.run_dir is not None:
+        from .evaluate.keypoint_report import write_keypoint_report
+        meta["report"] = str(write_keypoint_report(result.run_dir / "report", metrics, result.val_gt, result.val_pred,
+                                                   result.val_paths, schema.names, schema.skeleton,
+                                                   title=f"Training: {result.spec['name']} + {result.spec['head']['type']}"))
     if out is not None:
         b.save(out)
     return b

@@ -26,7 +26,7 @@ from .errors import BundleError
 SCHEMA_VERSION = 1
 FORMAT = "pocketvision-bundle"
 META_NAME, WEIGHTS_NAME = "bundle.json", "weights.safetensors"
-TASKS = ("classify",)
+TASKS = ("classify", "keypoints")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

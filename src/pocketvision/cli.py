@@ -54,7 +54,6 @@ def _kv(s: str) -> dict[str, Any]:
 # -- verbs -------------------------------------------------------------------------------------------
 def cmd_train(a: argparse.Namespace) -> int:
     import pocketvision as pv
-    from .evaluate import render_table
 
     opts: dict[str, Any] = {k: v for k, v in dict(
         arch=a.arch, arch_args=a.arch_args, pretrained=not a.scratch, size=a.size, epochs=a.epochs,
@@ -65,7 +64,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         early_stopping=a.early_stopping, augment=a.augment, mixup=a.mixup, ema=a.ema, distill=a.distill,
         distill_alpha=a.distill_alpha, distill_t=a.distill_t, amp=a.amp, channels_last=a.channels_last, device=a.device,
         workers=a.workers, seed=a.seed, val_fraction=a.val_fraction, target_precision=a.target_precision,
-        run_dir=a.run_dir, tensorboard=not a.no_tensorboard, progress=not a.json).items()}
+        run_dir=a.run_dir, tensorboard=not a.no_tensorboard, progress=not a.json, task=a.task, head=a.head,
+        kp_loss=a.kp_loss, head_args=a.head_args, exclude=a.exclude, output_stride=a.output_stride, flip_pairs=a.flip_pairs, normalize=a.normalize).items()}
     if a.find_lr:
         from .api import find_lr
         r = find_lr(a.data, **opts)
@@ -79,20 +79,35 @@ def cmd_train(a: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     if a.json:
-        _print_json({"bundle": str(b.path), "metrics": b.metrics, "report": b.meta.get("report")})
+        _print_json({"bundle": str(b.path), "metrics": _brief(b.metrics), "report": b.meta.get("report")})
     else:
-        render_table(b.metrics)
+        _render(b.metrics)
         print(f"bundle: {b.path}\nreport: {b.meta.get('report')}")
     return 0
 
 
-def cmd_eval(a: argparse.Namespace) -> int:
-    from .evaluate import render_table
-    m = _load_any(a.model).evaluate(a.data, split=a.split, report_dir=a.report, threshold=a.threshold)
-    if a.json:
-        _print_json(m)
+def _brief(m: dict) -> dict:
+    """Keypoint metrics without the per-image lists (they stay in the bundle and the report)."""
+    return {k: v for k, v in m.items() if k not in ("per_image_nme", "image_index")}
+
+
+def _render(m: dict) -> None:
+    if m.get("task") == "keypoints":
+        from .evaluate.keypoint_report import render_keypoint_table
+        render_keypoint_table(m, _console())
     else:
+        from .evaluate import render_table
         render_table(m)
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from .data.keypoints import read_exclude
+    extra = {"exclude": read_exclude(a.exclude)} if a.exclude else {}
+    m = _load_any(a.model).evaluate(a.data, split=a.split, report_dir=a.report, threshold=a.threshold, **extra)
+    if a.json:
+        _print_json(_brief(m))
+    else:
+        _render(m)
         if m.get("report"):
             print(f"report: {m['report']}")
     return 0
@@ -136,7 +151,10 @@ def cmd_predict(a: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             continue
         rows.append({"image": str(p), **r})
-        if not a.json:
+        if not a.json and "keypoints" in r:
+            pts = "  ".join(f"{n} ({v['x']:.1f}, {v['y']:.1f})" for n, v in r["keypoints"].items())
+            print(f"{p}\t{pts}")
+        elif not a.json:
             print(f"{p}\t{r['label']}\t{r['confidence']:.4f}")
     if a.json:
         _print_json(rows)
@@ -187,6 +205,12 @@ def _print_parity(v: dict) -> None:
     if "structure" in v:  # Core ML off macOS: structure only
         print(f"verify {'structure OK' if v['passed'] else 'structure FAILED'}: {v['criterion']} "
               f"({', '.join(f'{k}={val}' for k, val in v['structure'].items())})")
+        return
+    if "max_coord_diff_px" in v:  # keypoints
+        extra = f", NME {v['reference_nme']:.4f} -> {v['candidate_nme']:.4f}" if "candidate_nme" in v else ""
+        crit = f" ({v['criterion']})" if v.get("criterion") else f" (tol {v['tolerance_px']} px)"
+        print(f"verify {status}: {v['n']} real images, max coordinate difference {v['max_coord_diff_px']:.2e} px, "
+              f"mean {v['mean_coord_diff_px']:.2e} px{crit}{extra}")
         return
     extra = f", accuracy {v['reference_accuracy']:.4f} -> {v['candidate_accuracy']:.4f}" if "candidate_accuracy" in v else ""
     crit = f" ({v['criterion']})" if v.get("criterion") else f" (tol {v['tolerance']:.0e})"
@@ -327,6 +351,9 @@ def _print_bench(r: dict) -> None:
 
 
 def cmd_check(a: argparse.Namespace) -> int:
+    from .data.keypoints import is_keypoint_source
+    if is_keypoint_source(a.data):
+        return _check_keypoints(a)
     from .data.check import check_dataset, render_check, write_preview
     rep = check_dataset(a.data, val_fraction=a.val_fraction, seed=a.seed, tiny=a.tiny)
     if a.preview:
@@ -346,6 +373,40 @@ def cmd_check(a: argparse.Namespace) -> int:
         render_check(rep, Console())
         if a.preview:
             print(f"preview: {a.preview}")
+    return 0
+
+
+def _check_keypoints(a: argparse.Namespace) -> int:
+    from .data.keypoints import load_keypoints
+    from .data.kp_check import check_keypoints, render_keypoint_check, write_keypoint_preview
+    rep = check_keypoints(a.data, seed=a.seed)
+    if a.suspects_out:
+        from .bundle import atomic_write_bytes
+        lines = [x["image"] for s in rep["splits"].values() for x in s["suspect_labels"]]
+        atomic_write_bytes(a.suspects_out, ("\n".join(lines) + "\n").encode())
+        rep["suspects_out"] = str(a.suspects_out)
+    if a.preview:
+        write_keypoint_preview(load_keypoints(a.data, seed=a.seed), a.preview, size=a.size, n=a.preview_n, seed=a.seed)
+        rep["preview"] = str(a.preview)
+    if a.json:
+        _print_json(rep)
+    else:
+        render_keypoint_check(rep, _console())
+        if a.preview:
+            print(f"preview: {a.preview}")
+    return 0
+
+
+def cmd_filter(a: argparse.Namespace) -> int:
+    from .sprite_filter import run_filter
+    stats = run_filter(a.model, a.video, a.out, sprite=a.sprite, anchor=a.anchor, sprite_anchors=a.sprite_anchors,
+                       smoothing=a.smoothing, min_score=a.min_score, draw_points=a.draw_points)
+    if a.json:
+        _print_json(stats)
+    else:
+        print(f"{stats['output']}: {stats['frames']} frames {stats['size'][0]}x{stats['size'][1]}, "
+              f"{stats['fps']} fps end to end (ms/frame: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in stats["ms_per_frame"].items()) + ")")
     return 0
 
 
@@ -392,10 +453,16 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(fn=fn)
         return s
 
-    s = verb("train", "Train a classifier on an image folder (class = sub-folder) and write a bundle.", cmd_train)
-    s.add_argument("data", help="image folder: DATA/<class>/*.jpg, or DATA/{train,val[,test]}/<class>/")
+    s = verb("train", "Train a classifier on an image folder (class = sub-folder), or a keypoint model on a COCO "
+             "keypoints JSON / CSV, and write a bundle.", cmd_train)
+    s.add_argument("data", help="image folder: DATA/<class>/*.jpg, or DATA/{train,val[,test]}/<class>/; keypoints: "
+                   "a COCO keypoints .json, a .csv (image,<name>_x,<name>_y,...), or a folder with train.json "
+                   "(+ val.json)")
     s.add_argument("--out", default="model.pvb", help="bundle to write")
-    s.add_argument("--arch", default="efficientnet_lite0", help="architecture (see `pocketvision info`)")
+    s.add_argument("--task", choices=("auto", "classify", "keypoints"), default="auto", help="auto: keypoints for "
+                   "annotation files, classify for image folders")
+    s.add_argument("--arch", default=None, help="architecture (see `pocketvision info`; default efficientnet_lite0 "
+                   "for classify, deepdog alpha=0.5 for keypoints)")
     s.add_argument("--arch-args", type=_kv, default={}, help="architecture arguments, e.g. alpha=0.5,act=relu")
     s.add_argument("--scratch", action="store_true", help="random init even when ImageNet weights exist")
     s.add_argument("--size", type=int, default=None, help="input side in px (default: the architecture's)")
@@ -444,19 +511,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run-dir", default=None, help="where checkpoints, logs, TensorBoard and the report go "
                    "(default runs/train-TIMESTAMP)")
     s.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    s.add_argument("--head", choices=("heatmap", "simcc", "regression"), default="heatmap", help="keypoints: simcc (sub-pixel "
+                   "coordinate bins, usually more accurate) or regression (direct x, y)")
+    s.add_argument("--exclude", default=None, metavar="TXT", help="keypoints: leave out the images listed "
+                   "(one path or file name per line), e.g. from `check --suspects-out`")
+    s.add_argument("--head-args", type=_kv, default={}, help="keypoints: head arguments, e.g. hidden=128,sigma=1.5")
+    s.add_argument("--kp-loss", choices=("auto", "mse", "l1", "kl"), default="auto", help="keypoints: loss "
+                   "(auto: kl for simcc, mse for regression)")
+    s.add_argument("--output-stride", type=int, default=16, help="keypoints: stride of the backbone's last "
+                   "feature map (later stride-2 convs become stride 1)")
+    s.add_argument("--flip-pairs", default=None, help="keypoints: override the flip pairs inferred from the "
+                   "names, e.g. 'left_eye:right_eye,left_mouth:right_mouth', or 'none'")
+    s.add_argument("--normalize", default=None, help="keypoints: NME normaliser: two point names 'a,b' or 'bbox' "
+                   "(default: the two eye points, else bbox)")
     s.add_argument("--find-lr", action="store_true", help="run an LR range test, save the plot, and exit")
     s.add_argument("--no-tensorboard", action="store_true", help="CSV log only")
     s.add_argument("--json", action="store_true", help="print the result as JSON (no progress bar)")
 
-    s = verb("eval", "Evaluate a bundle or .onnx on any labelled image folder.", cmd_eval)
-    s.add_argument("model", help="bundle (.pvb), exported .onnx, or web folder (run in Chromium)")
-    s.add_argument("data", help="labelled image folder")
+    s = verb("eval", "Evaluate a bundle or exported model on any labelled image folder (classify) or keypoint "
+             "annotations (NME, PCK, failure rate, per point).", cmd_eval)
+    s.add_argument("model", help="bundle (.pvb), exported .onnx/.tflite, or web folder (run in Chromium)")
+    s.add_argument("data", help="labelled image folder; keypoints: COCO .json, .csv, or a folder with val.json")
     s.add_argument("--split", default="auto", help="auto (test/, else val/, else all), all, train, val, test")
     s.add_argument("--threshold", type=float, default=None, help="binary decision threshold (default: the bundle's)")
     s.add_argument("--report", default=None, metavar="DIR", help="write an HTML report with plots and mistakes")
+    s.add_argument("--exclude", default=None, metavar="TXT", help="keypoints: leave out the images listed "
+                   "(e.g. suspect labels from `check --suspects-out`)")
     s.add_argument("--json", action="store_true", help="print metrics as JSON")
 
-    s = verb("predict", "Classify images with a bundle or an exported .onnx (the .onnx path needs no torch).",
+    s = verb("predict", "Classify images, or find their keypoints, with a bundle or an exported model (the .onnx "
+             "path needs no torch).",
              cmd_predict)
     s.add_argument("model", help="bundle (.pvb), exported .onnx, or web folder (run in Chromium)")
     s.add_argument("images", nargs="+", help="image files or folders")
@@ -531,16 +615,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=int, default=32, help="batch size for the throughput measurement")
     s.add_argument("--json", action="store_true", help="print the results as JSON")
 
-    s = verb("check", "Check an image folder: counts, imbalance, duplicates/leakage, tiny and unreadable files.",
-             cmd_check)
-    s.add_argument("data", help="image folder")
+    s = verb("check", "Check an image folder (counts, imbalance, duplicates/leakage, tiny and unreadable files) or "
+             "keypoint annotations (per-point visibility, points outside the image, unreadable images).", cmd_check)
+    s.add_argument("data", help="image folder, or a COCO keypoints .json / keypoints .csv / folder with train.json")
     s.add_argument("--preview", default=None, metavar="PNG", help="write a grid of augmented training samples")
     s.add_argument("--preview-n", type=int, default=24, help="samples in the preview grid")
     s.add_argument("--size", type=int, default=224, help="sample size in the preview")
     s.add_argument("--tiny", type=int, default=64, help="report images whose short side is below this (px)")
+    s.add_argument("--suspects-out", default=None, metavar="TXT", help="keypoints: write the images with suspect "
+                   "labels, one per line (review them, or pass the file to `train --exclude`)")
     s.add_argument("--val-fraction", type=float, default=0.15, help="validation share when DATA has no val/")
     s.add_argument("--seed", type=int, default=0, help="split seed")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    s = verb("filter", "Stick a sprite on two keypoints in every frame of a video (smoothed, scaled, rotated).",
+             cmd_filter)
+    s.add_argument("model", help="keypoint bundle, .onnx or .tflite")
+    s.add_argument("video", help="input video (anything OpenCV decodes: mp4, avi, mov...)")
+    s.add_argument("--out", default="filtered.mp4", help="output video (mp4)")
+    s.add_argument("--sprite", default="glasses", help="built-in sprite (glasses, mustache, crown) or an RGBA PNG")
+    s.add_argument("--anchor", default="left_eye,right_eye", help="the two keypoints the sprite's anchors follow")
+    s.add_argument("--sprite-anchors", default=None, metavar="X1,Y1,X2,Y2", help="anchor positions on a PNG "
+                   "sprite, in its pixels (default: 30%% and 70%% of its width at mid-height)")
+    s.add_argument("--smoothing", type=float, default=1.0, help="One Euro min cutoff in Hz (lower = steadier, "
+                   "more lag)")
+    s.add_argument("--min-score", type=float, default=0.2, help="hide the sprite when an anchor's score is lower")
+    s.add_argument("--draw-points", action="store_true", help="also draw every predicted point")
+    s.add_argument("--json", action="store_true", help="print the stats as JSON")
 
     s = verb("info", "List architectures, or show one: parameters, MACs at a size, weight bytes.", cmd_info)
     s.add_argument("arch", nargs="?", default=None, help="architecture name (omit to list all)")

@@ -19,6 +19,9 @@ MIN_CALIBRATION = 32  # fewer images give unstable activation ranges
 def held_out(bundle, data: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """-> (uint8 NHWC pixels, labels) of the held-out images."""
     samples = bundle.validation_samples(data)
+    if samples and bundle.task == "keypoints":
+        pixels, kept = load_pixels([s.path for s in samples], bundle.contract)
+        return pixels, bundle._model_frame(samples, kept)
     if not samples:
         raise PocketVisionError("compression is measured on real held-out images: pass --data DIR (a labelled "
                                 "folder; its test/ or val/ split is used) — the bundle's training data "
@@ -38,7 +41,12 @@ def training_pixels(bundle, data: str | Path | None = None, limit: int = 512, ne
 
     root = None
     d = bundle.meta.get("data", {})
-    if d.get("root") and Path(d["root"]).is_dir():
+    if bundle.task == "keypoints":
+        from ..data.keypoints import load_keypoints
+        root = d.get("root") if d.get("root") and Path(d["root"]).exists() else data
+        samples = (load_keypoints(root, val_fraction=d.get("val_fraction", 0.1), seed=d.get("seed", 0),
+                                  flip_pairs="none", exclude=set(d.get("excluded", ()))).train if root else [])
+    elif d.get("root") and Path(d["root"]).is_dir():
         root = Path(d["root"])
         samples = scan(root, val_fraction=d.get("val_fraction", 0.15), seed=d.get("seed", 0),
                        classes=bundle.labels).train

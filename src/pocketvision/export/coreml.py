@@ -73,9 +73,12 @@ def export_coreml(model: nn.Module, contract: Contract, metadata: dict[str, Any]
     try:
         with quiet():
             traced = torch.jit.trace(net.eval(), torch.rand(1, 3, h, w))
+            keypoints = metadata.get("task") == "keypoints"
             ml = ct.convert(traced, inputs=[ct.ImageType(name="image", shape=(1, 3, h, w), scale=scale, bias=bias,
                                                          color_layout=ct.colorlayout.RGB)],
-                            classifier_config=ct.ClassifierConfig(list(metadata["labels"])),
+                            # keypoints: one tensor (1, K, 3) = x, y, score in input pixels
+                            outputs=[ct.TensorType(name="keypoints")] if keypoints else None,
+                            classifier_config=None if keypoints else ct.ClassifierConfig(list(metadata["labels"])),
                             convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
                             compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32)
             from coremltools.optimize.coreml import (OpLinearQuantizerConfig, OpPalettizerConfig,
@@ -93,7 +96,8 @@ def export_coreml(model: nn.Module, contract: Contract, metadata: dict[str, Any]
     except Exception as e:  # noqa: BLE001 - converter errors are long; the first line names the op
         raise PocketVisionError(f"coreml export failed: {str(e).strip().splitlines()[0][:300]}") from e
     ml.author = "pocketvision"
-    ml.short_description = f"pocketvision classifier: {', '.join(metadata['labels'])}"
+    what = "keypoints" if metadata.get("task") == "keypoints" else "classifier"
+    ml.short_description = f"pocketvision {what}: {', '.join(metadata['labels'])}"
     for k, v in {**metadata, "precision": precision}.items():
         ml.user_defined_metadata[META_PREFIX + k] = json.dumps(v)
     # An .mlpackage is a folder: build it beside the target, then swap it in.
@@ -134,7 +138,8 @@ def inspect(path: str | Path, labels: list[str] | None = None) -> dict[str, Any]
         "ml_program": spec.WhichOneof("Type") == "mlProgram",
         "image_input": inp.name == "image" and inp.type.WhichOneof("Type") == "imageType"
         and [inp.type.imageType.height, inp.type.imageType.width] == list(contract.get("size", [])),
-        "classifier_outputs": {o.name for o in desc.output} >= {"classLabel", "classLabel_probs"},
+        "outputs": ({o.name for o in desc.output} == {"keypoints"} if meta.get("task") == "keypoints"
+                    else {o.name for o in desc.output} >= {"classLabel", "classLabel_probs"}),
         "labels_metadata": meta.get("labels") == labels if labels is not None else "labels" in meta,
         "contract_metadata": bool(contract),
         "palettised_weights": ops.get("constexpr_lut_to_dense", 0),

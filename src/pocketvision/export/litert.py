@@ -25,7 +25,6 @@ from ..contract import Contract
 from ..errors import PocketVisionError
 from ..quiet import quiet
 from ..runtime.onnx_predictor import META_PREFIX
-from ..tasks.classify import ExportWrapper
 
 INSTALL = "pip install 'pocketvision[litert]'"
 
@@ -77,7 +76,8 @@ def export_tflite(model: nn.Module, contract: Contract, metadata: dict[str, Any]
     require()
     from .onnx import fold_batchnorm
     h, w = contract.size
-    net = _ProbsOnly(ExportWrapper(fold_batchnorm(model.eval()), contract)).eval()
+    from ..tasks import export_wrapper
+    net = _ProbsOnly(export_wrapper(metadata.get("task", "classify"), fold_batchnorm(model.eval()), contract)[0]).eval()
     sample = torch.randint(0, 256, (1, h, w, 3), dtype=torch.uint8)
     try:
         with _quiet():

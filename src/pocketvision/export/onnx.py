@@ -1,7 +1,8 @@
 """Bundle -> one self-contained ``.onnx`` with the preprocessing contract inside the graph.
 
 Input ``image``: uint8 RGB NHWC at the contract's size, dynamic batch. The graph casts, normalises and
-transposes; outputs ``probabilities`` and ``logits``. BatchNorm is folded into the convolutions before
+transposes; outputs ``probabilities`` and ``logits`` (classify) or ``keypoints`` (N, K, 3: x, y, score in
+input pixels). BatchNorm is folded into the convolutions before
 capture. Labels, contract and threshold go into ``metadata_props`` so the file alone can be used.
 Reload with ``onnxruntime.InferenceSession(path)`` or ``pocketvision predict model.onnx IMAGE``.
 """
@@ -23,7 +24,6 @@ from ..bundle import atomic_write_bytes
 from ..contract import Contract
 from ..errors import PocketVisionError
 from ..runtime.onnx_predictor import META_PREFIX
-from ..tasks.classify import ExportWrapper
 
 DEFAULT_OPSET = 18
 
@@ -67,7 +67,8 @@ def export_onnx(model: nn.Module, contract: Contract, metadata: dict[str, Any], 
     out = Path(out)
     if opset < 17:
         raise PocketVisionError(f"opset {opset} is too old; use >= 17.")
-    wrapper = ExportWrapper(fold_batchnorm(model.eval()), contract).eval()
+    from ..tasks import export_wrapper
+    wrapper, output_names = export_wrapper(metadata.get("task", "classify"), fold_batchnorm(model.eval()), contract)
     h, w = contract.size
     example = torch.randint(0, 256, (2, h, w, 3), dtype=torch.uint8)
     # The exporter chats on stdout, warnings and logging (e.g. "torchvision is not installed"); users
@@ -79,7 +80,7 @@ def export_onnx(model: nn.Module, contract: Contract, metadata: dict[str, Any], 
         warnings.simplefilter("ignore")
         try:
             prog = torch.onnx.export(
-                wrapper, (example,), dynamo=True, input_names=["image"], output_names=["probabilities", "logits"],
+                wrapper, (example,), dynamo=True, input_names=["image"], output_names=output_names,
                 dynamic_shapes={"image": {0: torch.export.Dim.DYNAMIC}}, opset_version=opset,
                 external_data=False, optimize=True, verbose=False)
         except Exception as e:  # noqa: BLE001 - surface the first line; the full trace is noise to users

@@ -12,6 +12,7 @@ from ..contract import Contract
 from ..errors import ImageDecodeError
 
 PROB_TOLERANCE = 1e-3
+KP_TOLERANCE_PX = 0.05  # float exports: max coordinate difference, in model-input pixels
 MIN_AGREEMENT = 0.995
 
 
@@ -55,3 +56,25 @@ def verify(reference: Callable[[np.ndarray], np.ndarray], candidate: Callable[[n
     ref = batched(reference, pixels)
     cand = batched(candidate, pixels)
     return compare(ref, cand, y, tolerance, min_agreement)
+
+
+def verify_keypoints(reference: Callable[[np.ndarray], np.ndarray], candidate: Callable[[np.ndarray], np.ndarray],
+                     paths: Sequence[Path], contract: Contract, tolerance: float = KP_TOLERANCE_PX,
+                     quality: Callable[[np.ndarray, list[int]], float] | None = None) -> dict[str, Any]:
+    """Keypoint parity: max/mean coordinate difference in model-input pixels, and (with ``quality``,
+    1 - NME on the labels) the metric change."""
+    pixels, kept = load_pixels(paths, contract)
+    ref = batched(reference, pixels)
+    cand = batched(candidate, pixels)
+    d = np.linalg.norm(ref[..., :2].astype(np.float64) - cand[..., :2].astype(np.float64), axis=-1)
+    out: dict[str, Any] = {"n": int(len(ref)), "max_coord_diff_px": float(d.max()) if d.size else 0.0,
+                           "mean_coord_diff_px": float(d.mean()) if d.size else 0.0,
+                           "max_score_diff": float(np.abs(ref[..., 2] - cand[..., 2]).max()) if d.size else 0.0,
+                           "tolerance_px": tolerance}
+    if quality is not None and len(ref):
+        rq, cq = quality(ref, kept), quality(cand, kept)
+        out.update(reference_nme=1 - rq, candidate_nme=1 - cq, nme_change=rq - cq,
+                   # the classification fields the CLI's parity table and budgets read
+                   reference_accuracy=rq, candidate_accuracy=cq, accuracy_change=cq - rq)
+    out["passed"] = bool(out["n"] > 0 and out["max_coord_diff_px"] <= tolerance)
+    return out

@@ -78,8 +78,13 @@ class Artifact:
     def predict(self, images: list) -> list[dict[str, Any]]:
         return self.predictor.predict(images)
 
-    def evaluate(self, data, split: str = "auto", report_dir=None, threshold: float | None = None) -> dict[str, Any]:
+    def evaluate(self, data, split: str = "auto", report_dir=None, threshold: float | None = None,
+                 exclude: set[str] | None = None) -> dict[str, Any]:
         p = self.predictor
+        if p.meta.get("task") == "keypoints":
+            from .keypoint_runtime import evaluate_keypoints
+            return evaluate_keypoints(p.run_pixels, p.contract, p.meta, data, split, report_dir, title=str(self.path),
+                                      exclude=exclude)
         return evaluate_folder(p.run_pixels, p.labels, p.contract, p.threshold, data, split, report_dir, threshold,
                                title=str(self.path))
 

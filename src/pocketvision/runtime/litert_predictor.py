@@ -70,8 +70,11 @@ class LiteRTPredictor:
                 scale, zero = self._out["quantization"]
                 y = (y.astype(np.float32) - zero) * scale
             rows.append(y[0])
-        return np.stack(rows) if rows else np.zeros((0, len(self.labels)), np.float32)
+        return np.stack(rows) if rows else np.zeros((0, *self._out["shape"][1:]), np.float32)
 
     def predict(self, sources: list) -> list[dict[str, Any]]:
+        if self.meta.get("task") == "keypoints":
+            from .keypoint_runtime import predict_keypoints
+            return predict_keypoints(self.run_pixels, self.contract, self.labels, sources)
         pixels = np.stack([self.contract.load(s) for s in sources])
         return decide(self.run_pixels(pixels), self.labels, self.threshold)

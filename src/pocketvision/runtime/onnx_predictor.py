@@ -55,9 +55,12 @@ class OnnxPredictor:
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 NHWC at the contract's size -> probabilities (N, C)."""
-        return self.session.run(["probabilities"], {self.input_name: np.ascontiguousarray(pixels, dtype=np.uint8)})[0]
+        """uint8 NHWC at the contract's size -> probabilities (N, C) or keypoints (N, K, 3)."""
+        return self.session.run(self.output_names[:1], {self.input_name: np.ascontiguousarray(pixels, dtype=np.uint8)})[0]
 
     def predict(self, sources: list[str | os.PathLike | bytes]) -> list[dict[str, Any]]:
+        if self.meta.get("task") == "keypoints":
+            from .keypoint_runtime import predict_keypoints
+            return predict_keypoints(self.run_pixels, self.contract, self.labels, sources)
         pixels = np.stack([self.contract.load(s) for s in sources])
         return decide(self.run_pixels(pixels), self.labels, self.threshold)

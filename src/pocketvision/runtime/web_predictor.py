@@ -144,8 +144,9 @@ class WebPredictor:
             b64 = base64.b64encode(chunk.tobytes()).decode()
             res = self.page.evaluate("async ([b64, n]) => { const s = atob(b64); const a = new Uint8Array(s.length);"
                                      " for (let i = 0; i < s.length; i++) a[i] = s.charCodeAt(i);"
-                                     " return await pv.classifyPixels(a, n); }", [b64, len(chunk)])
-            out.append(np.asarray(res["probabilities"], dtype=np.float32))
+                                     " return await pv.runPixels(a, n); }", [b64, len(chunk)])
+            rows = np.asarray(res["rows"], dtype=np.float32)
+            out.append(rows.reshape(len(chunk), -1, 3) if self.meta.get("task") == "keypoints" else rows)
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
 
     def latency_ms(self, runs: int = 50, warmup: int = 5) -> dict[str, float]:
@@ -158,6 +159,9 @@ class WebPredictor:
         return {"p50_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90))}
 
     def predict(self, sources: list) -> list[dict[str, Any]]:
+        if self.meta.get("task") == "keypoints":
+            from .keypoint_runtime import predict_keypoints
+            return predict_keypoints(self.run_pixels, self.contract, self.labels, sources)
         pixels = np.stack([self.contract.load(s) for s in sources])
         return decide(self.run_pixels(pixels), self.labels, self.threshold)
 

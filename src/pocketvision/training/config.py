@@ -17,7 +17,11 @@ OPTIMIZERS = ("adamw", "sgd", "rmsprop")
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    arch: str = Field("efficientnet_lite0", description="architecture from the registry (pocketvision info)")
+    task: Literal["auto", "classify", "keypoints"] = Field(
+        "auto", description="auto: keypoints for a COCO keypoints JSON / CSV (or a folder with train.json), "
+                            "else classify (image folders)")
+    arch: str | None = Field(None, description="architecture from the registry (pocketvision info); default "
+                             "efficientnet_lite0 for classify, deepdog alpha=0.5 for keypoints")
     arch_args: dict[str, Any] = Field(default_factory=dict, description="architecture arguments, e.g. alpha")
     pretrained: bool = Field(True, description="start from ImageNet weights when the architecture has them")
     size: int | None = Field(None, ge=16, le=1024, description="input side in px (default: the architecture's)")
@@ -59,6 +63,20 @@ class TrainConfig(BaseModel):
     distill: str | None = Field(None, description="teacher bundle for knowledge distillation")
     distill_alpha: float = Field(0.7, ge=0, le=1, description="weight of the teacher's term in the loss")
     distill_t: float = Field(2.0, gt=0, description="distillation temperature")
+    head: Literal["heatmap", "simcc", "regression"] = Field(
+        "heatmap", description="keypoints: heatmap (stride-4 heatmaps, integral decoding), simcc (sub-pixel "
+                               "coordinate bins) or regression (direct x, y)")
+    head_args: dict[str, Any] = Field(default_factory=dict, description="keypoints: head arguments, e.g. "
+                                      "hidden=128,ratio=2,sigma=1.5 (simcc)")
+    exclude: str | None = Field(None, description="keypoints: text file of images to leave out "
+                                "(`pocketvision check --suspects-out`)")
+    kp_loss: Literal["auto", "mse", "l1", "kl"] = Field("auto", description="keypoints: regression loss (mse, l1); "
+                                                       "simcc uses kl")
+    output_stride: int = Field(16, ge=4, le=32, description="keypoints: stride of the last feature map")
+    flip_pairs: str | None = Field(None, description="keypoints: override inferred flip pairs "
+                                   "('left_eye:right_eye,...' or 'none')")
+    normalize: str | None = Field(None, description="keypoints: NME normaliser, two point names 'a,b' or 'bbox' "
+                                  "(default: the two eye points, else bbox)")
     run_dir: Path | None = None
     tensorboard: bool = True
     progress: bool = True

@@ -87,12 +87,13 @@ class ImageDataset(torch.utils.data.Dataset):
         except ImageDecodeError:
             return None  # reported by the scan; the collate drops it, never a crash mid-epoch
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
         src = self._source(i)
         if src is None:
             return None
         if self.augment is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, i])
+            rng = np.random.default_rng([self.seed, epoch, i])
             out = self.augment(Image.fromarray(src), rng)
         elif self.fitted:
             out = src
@@ -114,15 +115,35 @@ def collate(batch):
     return x, y, idx
 
 
-def make_loader(ds: ImageDataset, batch_size: int, shuffle: bool, workers: int, seed: int,
-                drop_last: bool = False) -> torch.utils.data.DataLoader:
-    g = torch.Generator()
-    g.manual_seed(seed)
-    kw = dict(num_workers=workers, collate_fn=collate, generator=g, drop_last=drop_last,
-              pin_memory=torch.cuda.is_available())
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields ``(epoch, index)`` keys, shuffled per epoch from ``(seed, epoch)``.
+
+    Persistent worker processes hold a copy of the dataset made when they started, so an epoch set on
+    the dataset in the main process never reaches them (every epoch would replay the same
+    augmentation). The sampler runs in the main process, so passing the epoch inside each key is what
+    makes each epoch's augmentation new, and the order reproducible on resume.
+    """
+
+    def __init__(self, ds, shuffle: bool, seed: int):
+        self.ds, self.shuffle, self.seed = ds, shuffle, seed
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __iter__(self):
+        epoch = self.ds.epoch
+        order = (np.random.default_rng([self.seed, epoch]).permutation(len(self.ds)) if self.shuffle
+                 else np.arange(len(self.ds)))
+        return iter([(epoch, int(i)) for i in order])
+
+
+def make_loader(ds, batch_size: int, shuffle: bool, workers: int, seed: int, drop_last: bool = False,
+                collate_fn=collate) -> torch.utils.data.DataLoader:
+    """Datasets take ``(epoch, index)`` keys and have ``epoch``/``set_epoch`` (see :class:`EpochSampler`)."""
+    kw = dict(num_workers=workers, collate_fn=collate_fn, drop_last=drop_last, pin_memory=torch.cuda.is_available())
     if workers > 0:
         kw.update(persistent_workers=True, prefetch_factor=4)
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, **kw)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=EpochSampler(ds, shuffle, seed), **kw)
 
 
 def to_input(x: torch.Tensor, contract: Contract, device: torch.device, channels_last: bool,

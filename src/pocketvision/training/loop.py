@@ -69,11 +69,12 @@ def build(cfg: TrainConfig, num_classes: int, user_model: nn.Module | None) -> t
         size = cfg.size or 224
         return user_model, {"name": "custom", "class": type(user_model).__qualname__,
                             "args": {"num_classes": num_classes}}, Contract(size=(size, size), resize="squash")
-    entry = model_entry(cfg.arch)
-    spec = {"name": cfg.arch, "args": {**cfg.arch_args, "num_classes": num_classes}}
+    arch = cfg.arch or "efficientnet_lite0"
+    entry = model_entry(arch)
+    spec = {"name": arch, "args": {**cfg.arch_args, "num_classes": num_classes}}
     base = Contract.from_dict(entry.default_contract)
     size = (cfg.size, cfg.size) if cfg.size else base.size
-    check_input_size(cfg.arch, size, spec["args"])
+    check_input_size(arch, size, spec["args"])
     if cfg.init_from:  # start from a bundle's weights and keep its preprocessing contract
         from ..api import load
         parent = load(cfg.init_from)

@@ -1,0 +1,176 @@
+"""Keypoint augmentation: one homography moves the pixels *and* the points, so they cannot disagree.
+
+Every geometric step (the contract's resize, flip, rotation, scale, translation, crop = zoom + shift,
+perspective) is a 3x3 matrix in continuous pixel coordinates (pixel i spans [i, i+1)); they are
+multiplied into one matrix, the image is warped once (one resampling, PIL ``PERSPECTIVE``, which
+samples at pixel centres like this convention) and the points are mapped by the same matrix. Points
+that leave the frame become invisible (v=0); a mirrored image also swaps its flip pairs (left eye
+becomes right eye), the bug that cost the dog-face developer days.
+
+numpy + Pillow only, so data-loading workers do not need torch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..contract import Contract
+from .augment import AugmentConfig, Augmenter, _config_error
+
+
+class KeypointAugmentConfig(BaseModel):
+    """Geometric + photometric augmentation for keypoints. Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    hflip: float = Field(0.5, ge=0.0, le=1.0)  # probability; swaps the flip pairs
+    rotate: float = Field(15.0, ge=0.0, le=180.0)  # max degrees either way
+    scale: tuple[float, float] = (0.9, 1.1)  # zoom factor (>1 = crop in, <1 = zoom out with border)
+    translate: float = Field(0.06, ge=0.0, le=0.5)  # max shift as a fraction of the side
+    perspective: float = Field(0.02, ge=0.0, le=0.25)  # max corner displacement, fraction of the side
+    brightness: float = Field(0.3, ge=0.0, le=1.0)
+    contrast: float = Field(0.3, ge=0.0, le=1.0)
+    saturation: float = Field(0.3, ge=0.0, le=1.0)
+    hue: float = Field(0.02, ge=0.0, le=0.5)
+    grayscale: float = Field(0.05, ge=0.0, le=1.0)  # probability (some data sets mix in grey photos)
+    glare: float = Field(0.0, ge=0.0, le=1.0)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise _config_error(e) from None
+
+
+def contract_matrix(src_w: int, src_h: int, contract: Contract) -> np.ndarray:
+    """The contract's resize (squash / centre crop / letterbox) as a 3x3 map from source pixels to model
+    input pixels, with the same rounding as :meth:`Contract.fit`."""
+    h, w = contract.size
+    if contract.resize == "squash":
+        return np.diag([w / src_w, h / src_h, 1.0])
+    if contract.resize == "center_crop":
+        scale = max(h, w) / contract.crop_pct / min(src_w, src_h)
+        nw, nh = max(w, round(src_w * scale)), max(h, round(src_h * scale))
+        left, top = (nw - w) // 2, (nh - h) // 2
+        return np.array([[nw / src_w, 0, -left], [0, nh / src_h, -top], [0, 0, 1.0]])
+    # letterbox (ImageOps.pad): fit inside, centred
+    ratio = min(w / src_w, h / src_h)
+    nw, nh = round(src_w * ratio), round(src_h * ratio)
+    nw, nh = (w, nh) if src_w / src_h > w / h else (nw, h)
+    nw, nh = min(nw, w), min(nh, h)
+    return np.array([[nw / src_w, 0, (w - nw) // 2], [0, nh / src_h, (h - nh) // 2], [0, 0, 1.0]])
+
+
+def apply_matrix(m: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Map (N, 2) points by a 3x3 homography."""
+    p = np.concatenate([xy, np.ones((len(xy), 1))], axis=1) @ m.T
+    return p[:, :2] / p[:, 2:3]
+
+
+def points_to_source(points: np.ndarray, sizes, contract: Contract) -> np.ndarray:
+    """(N, K, >=2) model-input pixel coordinates -> each original image's pixels (the inverse of the
+    contract's resize; ``sizes`` = (w, h) per image). Extra columns (scores) pass through."""
+    out = np.array(points, np.float64, copy=True)
+    for i, (w, h) in enumerate(sizes):
+        inv = np.linalg.inv(contract_matrix(int(w), int(h), contract))
+        out[i, :, :2] = apply_matrix(inv, out[i, :, :2])
+    return out
+
+
+def hflip_matrix(w: int) -> np.ndarray:
+    return np.array([[-1.0, 0, w], [0, 1, 0], [0, 0, 1]])
+
+
+def random_matrix(rng: np.random.Generator, cfg: KeypointAugmentConfig, w: int, h: int) -> tuple[np.ndarray, bool]:
+    """A random geometric transform of the model-input frame -> (3x3, mirrored?)."""
+    cx, cy = w / 2, h / 2
+    ang = math.radians(rng.uniform(-cfg.rotate, cfg.rotate))
+    s = math.exp(rng.uniform(math.log(cfg.scale[0]), math.log(cfg.scale[1])))
+    tx, ty = rng.uniform(-cfg.translate, cfg.translate, 2) * (w, h)
+    c, si = math.cos(ang) * s, math.sin(ang) * s
+    # rotate + scale about the centre, then shift
+    m = np.array([[c, -si, cx - c * cx + si * cy + tx], [si, c, cy - si * cx - c * cy + ty], [0, 0, 1.0]])
+    flipped = rng.random() < cfg.hflip
+    if flipped:
+        m = hflip_matrix(w) @ m
+    if cfg.perspective:
+        src = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float64)
+        dst = src + rng.uniform(-cfg.perspective, cfg.perspective, (4, 2)) * (w, h)
+        m = homography(src, dst) @ m
+    return m, flipped
+
+
+def homography(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The 3x3 matrix taking 4 points ``src`` to ``dst`` (direct linear transform)."""
+    a, b = [], []
+    for (x, y), (u, v) in zip(src, dst):
+        a.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+        b.append(u)
+        a.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+        b.append(v)
+    h = np.linalg.solve(np.asarray(a, np.float64), np.asarray(b, np.float64))
+    return np.append(h, 1.0).reshape(3, 3)
+
+
+def warp_image(img: Image.Image, m: np.ndarray, size: tuple[int, int], resample=Image.Resampling.BILINEAR) -> Image.Image:
+    """Warp ``img`` by ``m`` (source -> output pixels) into an image of ``size`` = (w, h)."""
+    inv = np.linalg.inv(m)
+    inv = inv / inv[2, 2]
+    # Outside the source: mid grey, the same fill as letterbox, so borders carry no colour cue.
+    return img.transform(size, Image.Transform.PERSPECTIVE, tuple(inv.ravel()[:8]), resample=resample,
+                         fillcolor=(114, 114, 114))
+
+
+def transform_points(points: np.ndarray, m: np.ndarray, size: tuple[int, int], flip_perm: np.ndarray | None,
+                     keep_outside: bool = False) -> np.ndarray:
+    """Map (K, 3) x, y, v by ``m``; points leaving the (w, h) frame become v=0 (unless ``keep_outside``);
+    ``flip_perm`` (the schema's permutation) relabels a mirrored image's points."""
+    out = points.astype(np.float32).copy()
+    out[:, :2] = apply_matrix(m, points[:, :2].astype(np.float64))
+    if not keep_outside:
+        w, h = size
+        inside = (out[:, 0] >= 0) & (out[:, 0] < w) & (out[:, 1] >= 0) & (out[:, 1] < h)
+        out[~inside, 2] = 0.0
+    if flip_perm is not None:
+        out = out[flip_perm]
+    return out
+
+
+class KeypointAugmenter:
+    """``(pil_rgb, points (K,3), rng) -> (uint8 HxWx3 at the contract size, points (K,3))``."""
+
+    def __init__(self, cfg: KeypointAugmentConfig | dict | None, contract: Contract, flip_perm: np.ndarray):
+        self.cfg = KeypointAugmentConfig(**cfg) if isinstance(cfg, dict) else (cfg or KeypointAugmentConfig())
+        self.contract, self.flip_perm = contract, np.asarray(flip_perm)
+        h, w = contract.size
+        self.size = (w, h)
+        self._photo = Augmenter(AugmentConfig(brightness=self.cfg.brightness, contrast=self.cfg.contrast,
+                                              saturation=self.cfg.saturation, hue=self.cfg.hue, glare=self.cfg.glare,
+                                              moire=0.0, hflip=0.0), contract)
+        self._resample = Image.Resampling[contract.interpolation.upper()]
+
+    def __call__(self, img: Image.Image, points: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(rng)
+        base = contract_matrix(img.width, img.height, self.contract)
+        if not self.cfg.enabled:
+            return np.array(warp_image(img, base, self.size, self._resample)), transform_points(points, base, self.size, None, True)
+        m, flipped = random_matrix(rng, self.cfg, *self.size)
+        total = m @ base
+        out = np.array(warp_image(img, total, self.size, self._resample))
+        pts = transform_points(points, total, self.size, self.flip_perm if flipped else None)
+        x = out.astype(np.float32)
+        c = self.cfg
+        if c.brightness or c.contrast or c.saturation or c.hue:
+            x = self._photo._jitter(x, rng)
+        if c.glare and rng.random() < c.glare:
+            self._photo._glare(x, rng)
+        if c.grayscale and rng.random() < c.grayscale:
+            x[:] = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+        x += 0.5
+        return np.clip(x, 0, 255, out=x).astype(np.uint8), pts

@@ -1,0 +1,91 @@
+"""Landmark metrics (numpy only, shared by bundles and exported files).
+
+- NME: mean point-to-point error of an image divided by a normaliser: by default the inter-ocular
+  distance (the distance between the two eye points; any named pair can be chosen) or the diagonal of
+  the object's box (the image when there is none), then averaged over images.
+- per-point error (normalised and in pixels), PCK@0.05/0.1 (fraction of points within that fraction of
+  the normaliser), failure rate (images with NME > 10%), the cumulative error distribution and its AUC.
+
+Only labelled points (v > 0) count; an image with no labelled point or a zero normaliser is left out
+and counted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import PocketVisionError
+
+FAILURE_NME = 0.10
+
+
+def default_normalizer(names: list[str] | tuple[str, ...]) -> list[str] | str:
+    """The two eye points when the names have them (inter-ocular), else the box diagonal."""
+    eyes = [n for n in names if "eye" in n.lower()]
+    if len(eyes) == 2:
+        return eyes
+    return "bbox"
+
+
+def normalizers(gt: np.ndarray, names, normalize: list[str] | str, sizes: np.ndarray) -> np.ndarray:
+    """(N,) normalising distances. ``sizes`` (N, 2) = (w, h) of each image's frame."""
+    if normalize == "bbox":
+        return np.hypot(sizes[:, 0], sizes[:, 1]).astype(np.float64)
+    if not isinstance(normalize, list | tuple) or len(normalize) != 2:
+        raise PocketVisionError(f"normalize must be 'bbox' or two point names; got {normalize!r}.")
+    idx = []
+    for n in normalize:
+        if n not in names:
+            raise PocketVisionError(f"normalize: no point named {n!r} (points: {list(names)}).")
+        idx.append(list(names).index(n))
+    a, b = gt[:, idx[0], :2], gt[:, idx[1], :2]
+    d = np.linalg.norm(a - b, axis=1).astype(np.float64)
+    d[(gt[:, idx[0], 2] <= 0) | (gt[:, idx[1], 2] <= 0)] = 0.0  # unknown when either point is unlabelled
+    return d
+
+
+def keypoint_metrics(gt: np.ndarray, pred: np.ndarray, names, normalize: list[str] | str | None = None,
+                     sizes: np.ndarray | None = None) -> dict[str, Any]:
+    """``gt`` (N, K, 3) x,y,v and ``pred`` (N, K, >=2) in the same pixel frame -> metrics dict."""
+    gt, pred = np.asarray(gt, np.float64), np.asarray(pred, np.float64)
+    if gt.shape[:2] != pred.shape[:2]:
+        raise PocketVisionError(f"predictions {pred.shape[:2]} and labels {gt.shape[:2]} differ in shape.")
+    normalize = normalize or default_normalizer(names)
+    sizes = np.ones((len(gt), 2)) if sizes is None else np.asarray(sizes, np.float64)
+    norm = normalizers(gt, names, normalize, sizes)
+    lab = gt[..., 2] > 0
+    err = np.linalg.norm(pred[..., :2] - gt[..., :2], axis=-1)  # (N, K) pixels
+    ok = (lab.sum(1) > 0) & (norm > 0)
+    if not ok.any():
+        raise PocketVisionError("no image has labelled points and a non-zero normaliser; check the labels "
+                                f"(normalize={normalize!r}).")
+    e, lab_ok, n = err[ok], lab[ok], norm[ok]
+    nerr = e / n[:, None]
+    nme_img = (nerr * lab_ok).sum(1) / lab_ok.sum(1)
+    per_point = {}
+    for k, name in enumerate(names):
+        m = lab_ok[:, k]
+        per_point[name] = {"nme": float(nerr[m, k].mean()) if m.any() else None,
+                           "px": float(e[m, k].mean()) if m.any() else None, "n": int(m.sum())}
+    flat = nerr[lab_ok]
+    xs = np.linspace(0, FAILURE_NME, 101)
+    ced = [(float(x), float((nme_img <= x).mean())) for x in xs]
+    auc = float(np.trapezoid([c for _, c in ced], xs) / FAILURE_NME)
+    return {
+        "nme": float(nme_img.mean()),
+        "nme_median": float(np.median(nme_img)),
+        "normalize": normalize,
+        "mean_error_px": float(e[lab_ok].mean()),
+        "pck@0.05": float((flat <= 0.05).mean()),
+        "pck@0.1": float((flat <= 0.10).mean()),
+        "failure_rate": float((nme_img > FAILURE_NME).mean()),
+        "auc@0.1": auc,
+        "per_point": per_point,
+        "n_images": int(ok.sum()),
+        "n_excluded": int((~ok).sum()),
+        "ced": ced,
+        "per_image_nme": nme_img.tolist(),
+        "image_index": np.flatnonzero(ok).tolist(),
+    }
