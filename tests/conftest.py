@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -56,3 +57,50 @@ def trained_bundle(hotdog_small, tmp_path_factory) -> Path:
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pocketvision.cli", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def faces5(shared_data):
+    root = shared_data / "faces5"
+    if not (root / "train.json").exists():
+        pytest.fail(f"faces5 keypoint data missing at {root}")
+    return root
+
+
+def _coco_subset(src, out, n: int):
+    """A COCO file with ``n`` of ``src``'s images spread over the whole file (both of MTFL's sources: aligned
+    LFW faces and varied web faces), referenced in place by absolute path."""
+    d = json.loads(src.read_text())
+    step = max(1, len(d["images"]) // n)
+    imgs = d["images"][::step][:n]
+    ids = {im["id"] for im in imgs}
+    for im in imgs:
+        im["file_name"] = str((src.parent / im["file_name"]).resolve())
+    d["images"], d["annotations"] = imgs, [a for a in d["annotations"] if a["image_id"] in ids]
+    out.write_text(json.dumps(d))
+    return out
+
+
+@pytest.fixture(scope="session")
+def faces_small(faces5, tmp_path_factory):
+    root = tmp_path_factory.mktemp("faces_small")
+    _coco_subset(faces5 / "train.json", root / "train.json", 3000)
+    _coco_subset(faces5 / "val.json", root / "val.json", 150)
+    return root
+
+
+@pytest.fixture(scope="session")
+def kp_bundle(faces_small, tmp_path_factory):
+    """A real keypoint model trained once per session on real faces (heatmap head, deepdog alpha 0.5)."""
+    import pocketvision as pv
+    from pocketvision.data.kp_check import suspect_labels
+    out = tmp_path_factory.mktemp("kp_bundle")
+    from pocketvision.data.keypoints import load_keypoints
+    ks = load_keypoints(faces_small)
+    # faces5 has web faces whose labels are all shifted onto the hair; check finds them, training leaves them out.
+    (out / "suspects.txt").write_text("\n".join(x["image"] for x in suspect_labels(ks.train) + suspect_labels(ks.val)))
+    return pv.train(faces_small, out=out / "faces.pvb", arch="deepdog", arch_args={"alpha": 0.5}, head="heatmap",
+                    epochs=5, lr=3e-3, batch_size=64, weight_decay=1e-4, run_dir=out / "run", progress=False,
+                    tensorboard=False, workers=0, exclude=str(out / "suspects.txt"))
+
+

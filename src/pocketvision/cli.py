@@ -410,6 +410,14 @@ def cmd_filter(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label(a: argparse.Namespace) -> int:
+    from .label.server import run
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
+    run(a.dir, split(a.keypoints), split(a.classes), out=a.out, host=a.host, port=a.port,
+        open_browser=not a.no_browser, model=a.model, order=a.order, folders=a.folders)
+    return 0
+
+
 def cmd_info(a: argparse.Namespace) -> int:
     from .models import list_models, model_info
     size = {"size": (a.size, a.size)} if a.size else {}
@@ -642,6 +650,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-score", type=float, default=0.2, help="hide the sprite when an anchor's score is lower")
     s.add_argument("--draw-points", action="store_true", help="also draw every predicted point")
     s.add_argument("--json", action="store_true", help="print the stats as JSON")
+
+    s = verb("label", "Label images by hand in the browser: keypoints (one click per point) or classes (number keys); "
+             "saved after every image.", cmd_label)
+    s.add_argument("dir", help="folder of images to label (only files under it are served)")
+    s.add_argument("--keypoints", default=None, help="point names in click order, e.g. left_eye,right_eye,nose "
+                   "(names added to an existing labels file are asked for on every image)")
+    s.add_argument("--classes", default=None, help="class names; number keys 1..9 assign them")
+    s.add_argument("--out", default=None, help="labels file: COCO keypoints .json (default DIR/labels.json) or "
+                   "classes .csv (default DIR/labels.csv); an existing file is resumed/edited")
+    s.add_argument("--folders", default=None, metavar="OUT_DIR", help="classes: also keep OUT_DIR/<class>/ links "
+                   "(the layout `pocketvision train` reads)")
+    s.add_argument("--model", default=None, help="bundle or exported model that pre-places points / pre-selects "
+                   "the class; Enter accepts")
+    s.add_argument("--order", choices=("name", "uncertain"), default="name", help="image order; uncertain = the "
+                   "model's least sure first (needs --model)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    s.add_argument("--port", type=int, default=8765, help="port (0 = any free one)")
+    s.add_argument("--no-browser", action="store_true", help="do not open a browser (remote boxes, scripts)")
 
     s = verb("info", "List architectures, or show one: parameters, MACs at a size, weight bytes.", cmd_info)
     s.add_argument("arch", nargs="?", default=None, help="architecture name (omit to list all)")

@@ -1,0 +1,190 @@
+"""``pocketvision label``: the local web app. A small stdlib HTTP server on 127.0.0.1 by default.
+
+Routes (nothing else is served; no URL maps to a file path):
+  GET  /                  the page          GET /label.js      its script
+  GET  /api/state         names, images, labels so far, where to start
+  GET  /api/image/<n>     the n-th image under DIR (by index: a path in the URL is never opened)
+  GET  /api/suggest/<n>   the model's points or class for image n (``--model``)
+  POST /api/label         one image's labels, validated against the schema, then saved atomically
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import mimetypes
+import threading
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+
+from ..errors import PocketVisionError
+from .store import LabelStore, SchemaError
+
+MAX_BODY = 1 << 20
+
+
+class Suggester:
+    """Model-assisted labelling: pre-placed points / a pre-chosen class, and an uncertainty per image."""
+
+    def __init__(self, model: str, store: LabelStore):
+        from ..runtime.artifact import is_artifact, open_predictor
+        if is_artifact(model):
+            p = open_predictor(model, threads=1)
+            self.predict, self.task, self.labels = p.predict, p.meta.get("task", "classify"), list(p.labels)
+        else:
+            import pocketvision as pv
+            b = pv.load(model)
+            self.predict, self.task, self.labels = b.predict, b.task, list(b.labels)
+        want = "keypoints" if store.mode == "keypoints" else "classify"
+        if self.task != want:
+            raise PocketVisionError(f"{model}: a {self.task} model cannot suggest {store.mode}.")
+        if want == "classify" and sorted(self.labels) != sorted(store.names):
+            raise PocketVisionError(f"{model}: its classes {self.labels} differ from --classes {store.names}.")
+        self.store, self.cache, self.lock = store, {}, threading.Lock()
+
+    def suggest(self, image: str) -> dict[str, Any]:
+        with self.lock:
+            if image not in self.cache:
+                r = self.predict([self.store.path(image)])[0]
+                if self.task == "keypoints":
+                    kp = r["keypoints"]
+                    pts = [[kp[n]["x"], kp[n]["y"], kp[n]["score"]] if n in kp else None for n in self.store.names]
+                    scores = [p[2] for p in pts if p]
+                    self.cache[image] = {"points": pts, "uncertainty": 1.0 - float(np.mean(scores)) if scores else 1.0}
+                else:
+                    self.cache[image] = {"class": r["label"], "confidence": r["confidence"],
+                                         "uncertainty": 1.0 - float(r["confidence"])}
+            return self.cache[image]
+
+    def order(self, images: list[str], log=lambda s: None) -> list[str]:
+        """Least sure first (labelled images last, in their order)."""
+        todo = [i for i in images if not self.store.complete(i)]
+        log(f"ranking {len(todo)} images by model uncertainty...")
+        u = {i: self.suggest(i)["uncertainty"] for i in todo}
+        return sorted(todo, key=lambda i: -u[i]) + [i for i in images if i not in u]
+
+
+def _static(name: str) -> bytes:
+    return (resources.files("pocketvision.label") / "static" / name).read_bytes()
+
+
+def make_handler(store: LabelStore, suggester: Suggester | None, order: list[str]):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        server_version = "pocketvision-label"
+
+        def log_message(self, *args: Any) -> None:  # quiet: the page shows progress
+            pass
+
+        def _send(self, code: int, body: bytes, ctype: str = "application/json", cache: bool = False) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "max-age=3600" if cache else "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, code: int, obj: Any) -> None:
+            self._send(code, json.dumps(obj).encode())
+
+        def _index(self, part: str) -> int | None:
+            if not part.isdigit():
+                return None
+            n = int(part)
+            return n if 0 <= n < len(store.images) else None
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            path = unquote(urlparse(self.path).path)
+            if path == "/":
+                return self._send(200, _static("label.html"), "text/html; charset=utf-8")
+            if path == "/label.js":
+                return self._send(200, _static("label.js"), "text/javascript; charset=utf-8")
+            if path == "/api/state":
+                st = store.state()
+                st["order"] = [store.images.index(i) for i in order]
+                st["start"] = store.first_open(order)
+                st["suggest"] = suggester is not None
+                st["sizes"] = {}
+                return self._json(200, st)
+            parts = path.strip("/").split("/")
+            if len(parts) == 3 and parts[:2] == ["api", "image"]:
+                n = self._index(parts[2])
+                if n is None:
+                    return self._json(404, {"error": "no such image"})
+                p = store.path(store.images[n])
+                try:  # defence in depth: the listed file must still resolve inside DIR
+                    p.resolve().relative_to(store.root.resolve())
+                except ValueError:
+                    return self._json(403, {"error": "outside the labelled folder"})
+                ctype = mimetypes.guess_type(p.name)[0] or "application/octet-stream"
+                return self._send(200, p.read_bytes(), ctype, cache=True)
+            if len(parts) == 3 and parts[:2] == ["api", "suggest"]:
+                n = self._index(parts[2])
+                if n is None or suggester is None:
+                    return self._json(404, {"error": "no suggestion"})
+                try:
+                    return self._json(200, suggester.suggest(store.images[n]))
+                except PocketVisionError as e:
+                    return self._json(422, {"error": str(e)})
+            return self._json(404, {"error": "not found"})
+
+        def do_POST(self) -> None:  # noqa: N802
+            if unquote(urlparse(self.path).path) != "/api/label":
+                return self._json(404, {"error": "not found"})
+            n = int(self.headers.get("Content-Length") or 0)
+            if n <= 0 or n > MAX_BODY:
+                return self._json(413 if n > MAX_BODY else 400, {"error": "body size"})
+            try:
+                body = json.loads(self.rfile.read(n))
+                return self._json(200, store.put(body))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                return self._json(400, {"error": "not JSON"})
+            except SchemaError as e:
+                return self._json(400, {"error": str(e)})
+
+    return Handler
+
+
+def start(store: LabelStore, host: str = "127.0.0.1", port: int = 0, suggester: Suggester | None = None,
+          order: str = "name", log=lambda s: None) -> http.server.ThreadingHTTPServer:
+    """Serve in a background thread; ``server.server_address`` has the port."""
+    seq = suggester.order(store.images, log) if (suggester and order == "uncertain") else list(store.images)
+    srv = http.server.ThreadingHTTPServer((host, port), make_handler(store, suggester, seq))
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def url_of(srv) -> str:
+    host, port = srv.server_address[:2]
+    return f"http://{host}:{port}/"
+
+
+def run(root: str | Path, keypoints: list[str] | None, classes: list[str] | None, out: str | None = None,
+        host: str = "127.0.0.1", port: int = 8765, open_browser: bool = True, model: str | None = None,
+        order: str = "name", folders: str | None = None, log=print) -> None:
+    if bool(keypoints) == bool(classes):
+        raise PocketVisionError("label: pass exactly one of --keypoints a,b,c or --classes x,y.")
+    if order == "uncertain" and not model:
+        raise PocketVisionError("--order uncertain needs --model BUNDLE (the model says what it is unsure of).")
+    store = LabelStore.open(root, out, "keypoints" if keypoints else "classes", keypoints or classes, folders)
+    suggester = Suggester(model, store) if model else None
+    try:
+        srv = start(store, host, port, suggester, order, log)
+    except OSError as e:
+        raise PocketVisionError(f"cannot listen on {host}:{port} ({e.strerror}); pick another --port.") from None
+    url = url_of(srv)
+    done = sum(store.complete(i) for i in store.images)
+    log(f"labelling {len(store.images)} images in {store.root} ({done} done) -> {store.out}\nopen {url}  (Ctrl-C to stop;"
+        " every image is saved as you go)")
+    if open_browser:
+        import webbrowser
+        webbrowser.open(url)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        srv.shutdown()
