@@ -280,7 +280,9 @@ class Bundle:
             tuned = qat_finetune(source.model, batch, qat_steps)
             fp32 = export_onnx(tuned, source.contract, meta, Path(tmp) / "qat_fp32.onnx", opset or DEFAULT_OPSET)
         staged = Path(tmp) / "int8.onnx"
-        rep = quantize_within_budget(fp32, staged, calibration, accuracy, base, max_drop, log=log)
+        from .compress.quantize import output_layers
+        keep = output_layers(fp32) if self.task == "keypoints" else None
+        rep = quantize_within_budget(fp32, staged, calibration, accuracy, base, max_drop, log=log, keep_float=keep)
         rep["qat_steps"] = qat_steps
         compression["int8"] = rep
         import shutil

@@ -95,24 +95,39 @@ def layer_errors(fp32: Path, qdq: Path, pixels: np.ndarray) -> list[dict[str, An
     return sorted(rows, key=lambda r: r["sqnr_db"])
 
 
+def output_layers(fp32: Path, max_weights: int = 65536) -> list[str]:
+    """Small dense layers and decoding MatMuls after the last convolution: the ones that *are* the
+    coordinates of a keypoint model. One uint8 scale over x, y (pixels) and a score would cost pixels of
+    accuracy for a few KB saved, so they stay float."""
+    import onnx
+    from onnx import numpy_helper
+    g = onnx.load(str(fp32), load_external_data=False).graph
+    sizes = {i.name: int(np.prod(numpy_helper.to_array(i).shape)) for i in g.initializer}
+    last_conv = max((k for k, n in enumerate(g.node) if n.op_type == "Conv"), default=-1)
+    return [n.name for n in g.node[last_conv + 1:]
+            if n.op_type == "MatMul" or (n.op_type == "Gemm" and sizes.get(n.input[1], 0) <= max_weights)]
+
+
 def quantize_within_budget(fp32: Path, out: Path, calibration: np.ndarray, evaluate: Callable[[Path], float],
                            base_accuracy: float, max_drop: float = 1.0,
-                           log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+                           log: Callable[[str], None] = lambda s: None,
+                           keep_float: list[str] | None = None) -> dict[str, Any]:
     """Quantise; while the accuracy drop exceeds ``max_drop`` points, keep the worst layer (lowest
     SQNR) in float and try again. -> report with the per-layer errors and the float fallbacks."""
     if len(calibration) == 0:
         raise PocketVisionError("int8 calibration needs training images; none were found.")
-    exclude: list[str] = []
-    quantize(fp32, out, calibration)
+    exclude: list[str] = list(keep_float or [])
+    quantize(fp32, out, calibration, exclude)
     acc = evaluate(out)
     errors = layer_errors(fp32, out, calibration[:64])
     order = [r["node"] for r in errors]
     log(f"int8: held-out accuracy {base_accuracy:.4f} -> {acc:.4f}")
-    while 100 * (base_accuracy - acc) > max_drop + 1e-9 and order and len(exclude) < MAX_FALLBACK:
+    order = [n for n in order if n not in exclude]
+    while 100 * (base_accuracy - acc) > max_drop + 1e-9 and order and len(exclude) < MAX_FALLBACK + len(keep_float or []):
         exclude.append(order.pop(0))
         quantize(fp32, out, calibration, exclude)
         acc = evaluate(out)
         log(f"  {exclude[-1]} kept float: accuracy {acc:.4f}")
     within = 100 * (base_accuracy - acc) <= max_drop + 1e-9
     return {"accuracy_before": base_accuracy, "accuracy_after": acc, "max_drop": max_drop, "within_budget": within,
-            "float_fallback": exclude, "layer_errors": errors, "calibration_images": int(len(calibration))}
+            "float_fallback": exclude, "kept_float_by_design": list(keep_float or []), "layer_errors": errors, "calibration_images": int(len(calibration))}
