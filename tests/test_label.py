@@ -20,11 +20,15 @@ POINTS = ["left_eye", "right_eye", "nose"]
 
 @pytest.fixture
 def photos(shared_data, tmp_path):
-    """Six real face photos in a folder of their own (the server may only serve what is under it)."""
+    """Six real photos in a folder of their own (the server may only serve what is under it): the three
+    full-size phone photos (up to 3456 px, 1-3 MB) between ~500 px ones, so the switch time is measured
+    on what people really label."""
     d = tmp_path / "photos"
     d.mkdir()
-    for p in sorted((shared_data / "faces5" / "images").glob("lfw_*.jpg"))[:6]:
-        shutil.copy(p, d / p.name)
+    big = sorted((shared_data / "photos-fullres").glob("*.jpg"))
+    small = sorted((shared_data / "hotdog" / "val" / "not_hotdog").glob("*.jpg"))[:3]
+    for i, p in enumerate([small[0], big[0], small[1], big[1], small[2], big[2]]):
+        shutil.copy(p, d / f"{i:02d}_{p.name}")
     (tmp_path / "secret.txt").write_text("not for the browser")
     (d / "escape.jpg").symlink_to(tmp_path / "secret.txt")  # a link out of the folder: never listed or served
     return d
@@ -48,9 +52,17 @@ def _open(browser, srv):
     return page
 
 
-def _click(page, x, y):
+def _at(page, fx, fy):
+    """A position given as fractions of the current image -> its full-size pixel coordinates."""
+    w, h = page.evaluate("pv.current().size")
+    return fx * w, fy * h
+
+
+def _click(page, fx, fy):
+    x, y = _at(page, fx, fy)
     sx, sy = page.evaluate("([x, y]) => pv.toScreen(x, y)", [x, y])
     page.mouse.click(sx, sy)
+    return x, y
 
 
 def _saved(out):
@@ -63,6 +75,23 @@ def _wait_saved(page, n):
     page.wait_for_function(f"window.pv.saved >= {n}")
 
 
+FACE = [(0.38, 0.40), (0.62, 0.40), (0.50, 0.60)]  # where to click, as fractions of each image
+
+
+def _tol(page):
+    """One screen pixel, in image pixels (a 3456 px photo shown in 800 px: ~4 image px)."""
+    return 1.5 / page.evaluate("pv.toScreen(1, 0)[0] - pv.toScreen(0, 0)[0]")
+
+
+def _label(page, n_saved, clicks=FACE):
+    """Label the current image like a person (look, then click), wait until it is saved -> (name, points)."""
+    name = page.evaluate("pv.current().image")
+    page.wait_for_timeout(600)
+    pts = [_click(page, fx, fy) for fx, fy in clicks]
+    _wait_saved(page, n_saved)
+    return name, pts
+
+
 def test_three_clicks_label_an_image_and_the_next_one_is_instant(browser, photos, tmp_path):
     out = tmp_path / "labels.json"
     srv = start(LabelStore.open(photos, out, "keypoints", POINTS))
@@ -70,28 +99,25 @@ def test_three_clicks_label_an_image_and_the_next_one_is_instant(browser, photos
         page = _open(browser, srv)
         state = page.evaluate("pv.state")
         assert "escape.jpg" not in state["images"] and len(state["images"]) == 6
-        first = page.evaluate("pv.current().image")
-        for i, (x, y) in enumerate([(30.5, 35.25), (50, 35), (40, 48)]):
-            assert page.evaluate("pv.current().needed[0]") == POINTS[i]
-            _click(page, x, y)
-        # exactly 3 clicks, no key: saved, and the next image is on screen
-        _wait_saved(page, 1)
-        assert page.evaluate("pv.current().image") != first
+        assert page.evaluate("pv.current().needed[0]") == POINTS[0]
+        tol = _tol(page)
+        first, pts = _label(page, 1)  # exactly 3 clicks, no key
+        page.wait_for_function(f"pv.current().image !== {json.dumps(first)}", timeout=2000)
         saved, doc = _saved(out)
-        np.testing.assert_allclose(saved[first][:, :2], [[30.5, 35.25], [50, 35], [40, 48]], atol=0.6)
+        np.testing.assert_allclose(saved[first][:, :2], pts, atol=tol)
         assert saved[first][:, 2].tolist() == [2, 2, 2]
         assert doc["categories"][0]["keypoints"] == POINTS
-        # label two more images; every switch is measured in the page
-        for _ in range(2):
-            for x, y in [(30, 35), (50, 35), (40, 48)]:
-                _click(page, x, y)
-        _wait_saved(page, 3)
+        # two more (a full-size phone photo among them): every switch is measured in the page, from the
+        # last click to the frame after the next image is drawn
+        for k in range(2):
+            _label(page, 2 + k)
         switch = page.evaluate("pv.switchMs")
         assert len(switch) == 3 and max(switch) <= 100, switch
-        # the file trains: COCO keypoints our own reader accepts
+        # the file trains: COCO keypoints our own reader accepts, in full-size pixels
         from pocketvision.data.keypoints import read_coco
         schema, samples, _ = read_coco(out)
         assert list(schema.names) == POINTS and len(samples) == 3 and schema.flip_pairs == ((0, 1),)
+        assert max(s.size[0] for s in samples) > 2000  # the phone photo kept its full-size coordinates
     finally:
         srv.shutdown()
 
@@ -101,19 +127,21 @@ def test_undo_not_visible_skip_and_drag(browser, photos, tmp_path):
     srv = start(LabelStore.open(photos, out, "keypoints", POINTS))
     try:
         page = _open(browser, srv)
+        tol = _tol(page)
         first = page.evaluate("pv.current().image")
-        _click(page, 10, 10)
+        _click(page, 0.1, 0.1)
         page.keyboard.press("Backspace")  # undo the misplaced eye
         assert page.evaluate("pv.current().needed[0]") == "left_eye"
-        _click(page, 31, 36)
+        _click(page, 0.3, 0.35)
         page.keyboard.press("Control+z")
-        _click(page, 32, 37)
+        eye = _click(page, 0.36, 0.41)
         page.keyboard.press("v")  # right eye not visible
-        _click(page, 40, 48)
+        _click(page, 0.5, 0.6)
         _wait_saved(page, 1)
         saved, _ = _saved(out)
-        assert saved[first][0].tolist() == pytest.approx([32, 37, 2], abs=0.6)
+        assert saved[first][0][:2].tolist() == pytest.approx(eye, abs=tol) and saved[first][0][2] == 2
         assert saved[first][1].tolist() == [0, 0, 0]  # not visible: not placed, but answered
+        page.wait_for_function(f"pv.current().image !== {json.dumps(first)}")
         second = page.evaluate("pv.current().image")
         page.keyboard.press("s")
         _wait_saved(page, 2)
@@ -124,15 +152,16 @@ def test_undo_not_visible_skip_and_drag(browser, photos, tmp_path):
         page.keyboard.press("ArrowLeft")
         page.keyboard.press("ArrowLeft")
         page.wait_for_function(f"pv.current().image === {json.dumps(first)}")
-        sx, sy = page.evaluate("pv.toScreen(32, 37)")
-        tx, ty = page.evaluate("pv.toScreen(28, 39)")
+        to = _at(page, 0.3, 0.45)
+        sx, sy = page.evaluate("([x, y]) => pv.toScreen(x, y)", list(eye))
+        tx, ty = page.evaluate("([x, y]) => pv.toScreen(x, y)", list(to))
         page.mouse.move(sx, sy)
         page.mouse.down()
         page.mouse.move(tx, ty, steps=5)
         page.mouse.up()
         _wait_saved(page, 3)
         saved, _ = _saved(out)
-        assert saved[first][0][:2].tolist() == pytest.approx([28, 39], abs=0.6)
+        assert saved[first][0][:2].tolist() == pytest.approx(to, abs=tol)
     finally:
         srv.shutdown()
 
@@ -141,13 +170,9 @@ def test_kill_and_restart_loses_nothing_then_add_a_point(browser, photos, tmp_pa
     out = tmp_path / "labels.json"
     srv = start(LabelStore.open(photos, out, "keypoints", POINTS))
     page = _open(browser, srv)
-    done = []
-    for _ in range(2):
-        done.append(page.evaluate("pv.current().image"))
-        for x, y in [(30, 35), (50, 35), (40, 48)]:
-            _click(page, x, y)
-    _wait_saved(page, 2)
-    _click(page, 31, 36)  # half of the third image, then the server dies
+    done = [_label(page, 1)[0], _label(page, 2)[0]]
+    page.wait_for_function(f"pv.current().image !== {json.dumps(done[1])}")
+    _click(page, 0.4, 0.4)  # half of the third image, then the server dies
     srv.shutdown()
     srv.server_close()
     before, _ = _saved(out)
@@ -167,12 +192,12 @@ def test_kill_and_restart_loses_nothing_then_add_a_point(browser, photos, tmp_pa
         page = _open(browser, srv)
         assert page.evaluate("pv.current().image") == done[0]
         assert page.evaluate("pv.current().needed") == ["mouth"]
-        _click(page, 41, 55)  # one click finishes the image
-        _wait_saved(page, 1)
+        tol = _tol(page)
+        _, (mouth,) = _label(page, 1, [(0.5, 0.7)])  # one click finishes the image
         after, doc = _saved(out)
         assert doc["categories"][0]["keypoints"] == POINTS + ["mouth"]
         np.testing.assert_allclose(after[done[0]][:3], before[done[0]])
-        assert after[done[0]][3].tolist() == pytest.approx([41, 55, 2], abs=0.6)
+        assert after[done[0]][3][:2].tolist() == pytest.approx(mouth, abs=tol) and after[done[0]][3][2] == 2
         assert after[done[1]][3].tolist() == [0, 0, 0]  # not asked yet
     finally:
         srv.shutdown()
@@ -219,6 +244,7 @@ def test_classes_with_number_keys_csv_and_folders(browser, photos, tmp_path):
         page = _open(browser, srv)
         a = page.evaluate("pv.current().image")
         page.keyboard.press("1")
+        page.wait_for_function(f"pv.current().image !== {json.dumps(a)}")
         b = page.evaluate("pv.current().image")
         page.keyboard.press("2")
         _wait_saved(page, 2)

@@ -201,12 +201,14 @@ def run_filter(model: str, video: str | os.PathLike, out: str | os.PathLike, spr
     video, out = Path(video), Path(out)
     if not video.exists():
         raise PocketVisionError(f"{video}: video not found.")
-    cap = cv2.VideoCapture(str(video))
+    from .quiet import silence_fd2
+    with silence_fd2():  # FFmpeg prints its own complaint to fd 2; the user gets our one line
+        cap = cv2.VideoCapture(str(video))
+        ok, frame = cap.read() if cap.isOpened() else (False, None)
     if not cap.isOpened():
         raise PocketVisionError(f"{video}: cannot open this video (not a video file, or a codec OpenCV lacks).")
     fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
     fps = fps if 1 <= fps <= 240 else 30.0
-    ok, frame = cap.read()
     if not ok:
         cap.release()
         raise PocketVisionError(f"{video}: cannot decode any frame.")

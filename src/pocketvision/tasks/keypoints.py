@@ -100,7 +100,17 @@ class RegressionHead(nn.Module):
         return coord * (100.0 if kind == "mse" else 10.0) + 0.1 * vis
 
 
-class SimCCHead(nn.Module):
+class _DerivedCoords:
+    """The bin/cell centres are computed from the configuration, not weights: not saved, and ignored
+    when a bundle written before they became non-persistent still carries them."""
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for k in ("cx", "cy"):
+            state_dict.pop(prefix + k, None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class SimCCHead(_DerivedCoords, nn.Module):
     def __init__(self, cin: int, k: int, hw: tuple[int, int], size: tuple[int, int], ratio: float = 2.0,
                  channels: int = 16, hidden: int = 256, sigma: float = 1.5):
         super().__init__()
@@ -111,18 +121,18 @@ class SimCCHead(nn.Module):
         self.mx, self.my = round(BIN_MARGIN * w), round(BIN_MARGIN * h)
         nx, ny = round((w + 2 * self.mx) * ratio), round((h + 2 * self.my) * ratio)
         self.fx, self.fy = nn.Linear(hidden, nx), nn.Linear(hidden, ny)
-        self.register_buffer("cx", (torch.arange(nx, dtype=torch.float32) + 0.5) / ratio - self.mx)
-        self.register_buffer("cy", (torch.arange(ny, dtype=torch.float32) + 0.5) / ratio - self.my)
+        self.register_buffer("cx", (torch.arange(nx, dtype=torch.float32) + 0.5) / ratio - self.mx, persistent=False)
+        self.register_buffer("cy", (torch.arange(ny, dtype=torch.float32) + 0.5) / ratio - self.my, persistent=False)
 
     def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.reduce(f)
-        z = z.reshape(z.shape[0], self.k, -1)  # per point: its channels x the feature map
+        # per point: its channels x the feature map (chunk, not reshape: no shape arithmetic in the graph)
+        z = torch.stack(self.reduce(f).chunk(self.k, dim=1), dim=1).flatten(2)
         z = self.mlp(z)
         return self.fx(z), self.fy(z)
 
     def decode(self, z: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         px, py = torch.softmax(z[0], -1), torch.softmax(z[1], -1)
-        x, y = px @ self.cx, py @ self.cy
+        x, y = (px * self.cx).sum(-1), (py * self.cy).sum(-1)  # not @ a vector: Core ML's matmul wants 2-D
         # Peak probability relative to a perfectly sharp Gaussian of the training width: ~1 when the
         # model is as sure as its labels, lower when the distribution spreads or splits.
         peak = 1.0 / (self.sigma * 2.5066283)
@@ -144,7 +154,7 @@ class SimCCHead(nn.Module):
         return total
 
 
-class HeatmapHead(nn.Module):
+class HeatmapHead(_DerivedCoords, nn.Module):
     """Upsample the backbone's last map to stride 4, one heatmap per point, decoded by integral
     regression (Sun et al. 2018: the softmax-weighted mean position, sub-pixel and differentiable).
 
@@ -166,37 +176,35 @@ class HeatmapHead(nn.Module):
         h, w = size
         mh, mw = hw[0] * 2**ups, hw[1] * 2**ups
         sy, sx = h / mh, w / mw  # input pixels per heatmap cell
-        self.register_buffer("cx", (torch.arange(mw, dtype=torch.float32) + 0.5) * sx)
-        self.register_buffer("cy", (torch.arange(mh, dtype=torch.float32) + 0.5) * sy)
+        # Cell centres for the *flattened* heatmap (index = row * mw + col), so decoding is softmax + two
+        # weighted sums: no reshape of the heatmaps, which Core ML's converter cannot trace.
+        cols = (torch.arange(mw, dtype=torch.float32) + 0.5) * sx
+        rows = (torch.arange(mh, dtype=torch.float32) + 0.5) * sy
+        self.register_buffer("cx", cols.repeat(mh), persistent=False)
+        self.register_buffer("cy", rows.repeat_interleave(mw), persistent=False)
         self.cell = (sx, sy)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return self.out(self.up(f))  # (N, K, h, w) logits
 
-    def _probs(self, z: torch.Tensor) -> torch.Tensor:
-        n, k, h, w = z.shape
-        return torch.softmax(z.reshape(n, k, h * w).float(), -1).reshape(n, k, h, w)
-
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        p = self._probs(z)
-        x = p.sum(2) @ self.cx
-        y = p.sum(3) @ self.cy
+        p = torch.softmax(z.flatten(2).float(), -1)
+        x, y = (p * self.cx).sum(-1), (p * self.cy).sum(-1)
         # Peak relative to a Gaussian of the training width: ~1 when as sure as the labels.
         peak = 1.0 / (2 * 3.14159265 * self.sigma**2)
-        score = torch.clamp(p.flatten(2).amax(-1) / peak, max=1.0)
+        score = torch.clamp(p.amax(-1) / peak, max=1.0)
         return torch.stack([x, y, score], dim=-1)
 
     def loss(self, z: torch.Tensor, target: torch.Tensor, kind: str = "kl") -> torch.Tensor:
         lab = (target[..., 2] > 0).float()
-        n, k, h, w = z.shape
-        logp = F.log_softmax(z.reshape(n, k, h * w).float(), -1)
-        dx = (self.cx.view(1, 1, 1, -1) - target[..., 0, None, None]) / self.cell[0]
-        dy = (self.cy.view(1, 1, -1, 1) - target[..., 1, None, None]) / self.cell[1]
-        q = torch.exp(-0.5 * (dx**2 + dy**2) / self.sigma**2).reshape(n, k, h * w)
+        logp = F.log_softmax(z.flatten(2).float(), -1)
+        dx = (self.cx - target[..., 0:1]) / self.cell[0]
+        dy = (self.cy - target[..., 1:2]) / self.cell[1]
+        q = torch.exp(-0.5 * (dx**2 + dy**2) / self.sigma**2)
         q = q / q.sum(-1, keepdim=True).clamp(min=1e-12)
         ce = -(q * logp).sum(-1)
-        p = logp.exp().reshape(n, k, h, w)
-        xy = torch.stack([p.sum(2) @ self.cx, p.sum(3) @ self.cy], -1)
+        p = logp.exp()
+        xy = torch.stack([(p * self.cx).sum(-1), (p * self.cy).sum(-1)], -1)
         l1 = F.smooth_l1_loss(xy, target[..., :2], reduction="none", beta=1.0).sum(-1)
         return ((ce + 0.5 * l1) * lab).sum() / lab.sum().clamp(min=1)
 

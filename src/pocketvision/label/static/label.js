@@ -38,8 +38,8 @@ function needed() {  // names still to answer on this image, in order
 function fit() {
   const r = canvas.getBoundingClientRect();
   canvas.width = r.width; canvas.height = r.height;
-  const s = Math.min(r.width / cur.img.naturalWidth, r.height / cur.img.naturalHeight);
-  view = { scale: s, ox: (r.width - cur.img.naturalWidth * s) / 2, oy: (r.height - cur.img.naturalHeight * s) / 2 };
+  const s = Math.min(r.width / cur.W, r.height / cur.H);
+  view = { scale: s, ox: (r.width - cur.W * s) / 2, oy: (r.height - cur.H * s) / 2 };
 }
 function toImage(cx, cy) {
   const r = canvas.getBoundingClientRect();
@@ -55,7 +55,9 @@ function draw() {
   g.fillStyle = '#1d1f21';
   g.fillRect(0, 0, canvas.width, canvas.height);
   g.imageSmoothingEnabled = view.scale < 4;
-  g.drawImage(cur.img, view.ox, view.oy, cur.img.naturalWidth * view.scale, cur.img.naturalHeight * view.scale);
+  // Large photos arrive downscaled for display; drawing at the full size keeps every coordinate in
+  // full-size pixels.
+  g.drawImage(cur.img, view.ox, view.oy, cur.W * view.scale, cur.H * view.scale);
   if (S.mode === 'keypoints') {
     cur.points.forEach((p, k) => {
       if (!p) return;
@@ -88,7 +90,8 @@ async function show(p, t0) {
   const n = S.order[pos], name = S.images[n];
   const img = await load(n);
   const lab = S.labels[name];
-  cur = { n, name, img, history: [], suggested: null,
+  const [W, H] = S.sizes[n];
+  cur = { n, name, img, W, H, history: [], suggested: null,
     points: lab && lab.points ? lab.points.map((q) => (q ? [...q] : null)) : S.names.map(() => null),
     asked: lab && lab.asked ? [...lab.asked] : [] };
   if (S.mode === 'keypoints' && lab && lab.status === 'skipped') cur.asked = [];
@@ -157,7 +160,7 @@ canvas.addEventListener('mousedown', (e) => {
     drag = { point: k };
     return;
   }
-  if (x < 0 || y < 0 || x > cur.img.naturalWidth || y > cur.img.naturalHeight) return;
+  if (x < 0 || y < 0 || x > cur.W || y > cur.H) return;
   place(x, y, 2, t0);
 });
 window.addEventListener('mousemove', (e) => {
@@ -168,7 +171,7 @@ window.addEventListener('mousemove', (e) => {
   } else {
     const [x, y] = toImage(e.clientX, e.clientY);
     const p = cur.points[drag.point];
-    p[0] = Math.min(Math.max(0, x), cur.img.naturalWidth); p[1] = Math.min(Math.max(0, y), cur.img.naturalHeight);
+    p[0] = Math.min(Math.max(0, x), cur.W); p[1] = Math.min(Math.max(0, y), cur.H);
     drag.moved = true;
   }
   draw();
@@ -233,5 +236,5 @@ async function main() {
   await show(S.order.indexOf(S.start));
   pv.ready = true;
 }
-pv.current = () => cur && { image: cur.name, points: cur.points, asked: cur.asked, needed: needed() };
+pv.current = () => cur && { image: cur.name, points: cur.points, asked: cur.asked, needed: needed(), size: [cur.W, cur.H] };
 main().catch((e) => { $('error').textContent = String(e); });
