@@ -276,3 +276,51 @@ def test_model_suggestions_least_sure_first(browser, photos, tmp_path, kp_bundle
         assert saved[first][0][:2].tolist() == pytest.approx([pred["left_eye"]["x"], pred["left_eye"]["y"]], abs=0.01)
     finally:
         srv.shutdown()
+
+
+def test_cli_server_killed_with_sigkill_loses_nothing(photos, tmp_path):
+    """The real `pocketvision label` process, killed -9 between two saves: every saved image survives."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "labels.json"
+
+    def launch():
+        p = subprocess.Popen([sys.executable, "-m", "pocketvision.cli", "label", str(photos), "--keypoints",
+                              ",".join(POINTS), "--out", str(out), "--no-browser", "--port", "0"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        t0 = time.time()
+        for line in p.stdout:
+            if line.startswith("open http://127.0.0.1:"):
+                return p, int(line.split(":")[2].split("/")[0])
+            if time.time() - t0 > 60:
+                break
+        p.kill()
+        raise AssertionError(p.stderr.read())
+
+    proc, port = launch()
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        c.request("GET", "/api/state")
+        state = json.loads(c.getresponse().read())
+        for i, name in enumerate(state["images"][:3]):
+            body = json.dumps({"image": name, "points": [[10 + i, 20, 2], [30, 20, 2], None], "asked": POINTS})
+            c.request("POST", "/api/label", body=body, headers={"Content-Type": "application/json"})
+            assert c.getresponse().status == 200
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    saved, _ = _saved(out)
+    assert len(saved) == 3 and saved[state["images"][2].rsplit("/", 1)[-1]][0].tolist() == [12, 20, 2]
+    proc, port = launch()  # restarted: resumes after the three saved images
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        c.request("GET", "/api/state")
+        again = json.loads(c.getresponse().read())
+        assert again["done"] == 3 and again["start"] == 3
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -414,7 +414,8 @@ def cmd_label(a: argparse.Namespace) -> int:
     from .label.server import run
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
     run(a.dir, split(a.keypoints), split(a.classes), out=a.out, host=a.host, port=a.port,
-        open_browser=not a.no_browser, model=a.model, order=a.order, folders=a.folders)
+        open_browser=not a.no_browser, model=a.model, order=a.order, folders=a.folders,
+        log=lambda m: print(m, flush=True))  # flushed: scripts read the URL from a pipe
     return 0
 
 
