@@ -134,14 +134,14 @@ class Bundle:
             from .runtime.keypoint_runtime import labelled_keypoints
             if data is not None:
                 return labelled_keypoints(data, "auto", flip_pairs="none")[1]
-            from .data.keypoints import _drop
+            from .data.keypoints import drop_images
             d = self.meta.get("data", {})
             if not d.get("root") or not Path(d["root"]).exists():
                 return []
             # The images training left out (suspect labels) stay out of every measurement too.
             if d.get("explicit_splits"):
-                return _drop(labelled_keypoints(d["root"], "val", flip_pairs="none")[1], set(d.get("excluded", ())))
-            return _drop(self._kp_split(d["root"], "val"), set(d.get("excluded", ())))
+                return drop_images(labelled_keypoints(d["root"], "val", flip_pairs="none")[1], set(d.get("excluded", ())))
+            return drop_images(self._kp_split(d["root"], "val"), set(d.get("excluded", ())))
         from .data.folder import labelled_samples, scan
         if data is not None:
             return labelled_samples(data, self.labels)[0]

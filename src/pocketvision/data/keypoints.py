@@ -358,7 +358,8 @@ def read_csv(path: str | Path, flip_pairs: str | list | None = None) -> tuple[Ke
     return schema, samples, []
 
 
-def _read_any(p: Path, flip_pairs) -> tuple[KeypointSchema, list[KpSample], list[str]]:
+def read_annotations(p: Path, flip_pairs) -> tuple[KeypointSchema, list[KpSample], list[str]]:
+    """One annotation file, COCO JSON or CSV by its suffix -> (schema, samples, notes)."""
     if p.suffix.lower() == ".csv":
         return read_csv(p, flip_pairs)
     return read_coco(p, flip_pairs)
@@ -383,7 +384,8 @@ def read_exclude(path: str | Path | None) -> set[str]:
     return {ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")}
 
 
-def _drop(samples: list[KpSample], exclude: set[str]) -> list[KpSample]:
+def drop_images(samples: list[KpSample], exclude: set[str]) -> list[KpSample]:
+    """``samples`` without the images named in ``exclude`` (by file name or full path)."""
     return [s for s in samples if s.path.name not in exclude and str(s.path) not in exclude]
 
 
@@ -394,7 +396,7 @@ def load_keypoints(path: str | Path, *, val_fraction: float = 0.1, seed: int = 0
     ks = _load_keypoints(path, val_fraction=val_fraction, seed=seed, flip_pairs=flip_pairs)
     if exclude:
         before = ks.train + ks.val
-        ks.train, ks.val = _drop(ks.train, exclude), _drop(ks.val, exclude)
+        ks.train, ks.val = drop_images(ks.train, exclude), drop_images(ks.val, exclude)
         kept = {s.path for s in ks.train + ks.val}
         ks.excluded = sorted(s.path.name for s in before if s.path not in kept)
         ks.notes.append(f"{len(ks.excluded)} images left out by the exclude list")
@@ -411,16 +413,16 @@ def _load_keypoints(path: str | Path, *, val_fraction: float, seed: int, flip_pa
         for suf in (".json", ".csv"):
             tr, va = p / f"train{suf}", p / f"val{suf}"
             if tr.exists():
-                schema, train, notes = _read_any(tr, flip_pairs)
+                schema, train, notes = read_annotations(tr, flip_pairs)
                 if va.exists():
-                    vschema, val, vnotes = _read_any(va, flip_pairs)
+                    vschema, val, vnotes = read_annotations(va, flip_pairs)
                     if vschema.names != schema.names:
                         raise PocketVisionError(f"{va}: points {list(vschema.names)} differ from {tr}'s "
                                                 f"{list(schema.names)}.")
                     return KeypointSet(p, schema, train, val, True, notes + vnotes)
                 return _split(p, schema, train, notes, val_fraction, seed)
         raise PocketVisionError(f"{p}: no train.json or train.csv inside (or pass the annotation file itself).")
-    schema, samples, notes = _read_any(p, flip_pairs)
+    schema, samples, notes = read_annotations(p, flip_pairs)
     return _split(p, schema, samples, notes, val_fraction, seed)
 
 

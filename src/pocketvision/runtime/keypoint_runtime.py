@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..contract import Contract, load_rgb
-from ..data.keypoints import KeypointSchema, KpSample, _read_any
+from ..data.keypoints import KeypointSchema, KpSample, read_annotations
 from ..data.kp_augment import points_to_source
 from ..errors import ImageDecodeError, PocketVisionError
 
@@ -73,12 +73,12 @@ def labelled_keypoints(data: str | Path, split: str = "auto", flip_pairs=None) -
         for suf in (".json", ".csv"):
             f = p / f"{split}{suf}"
             if f.exists():
-                schema, samples, _ = _read_any(f, flip_pairs)
+                schema, samples, _ = read_annotations(f, flip_pairs)
                 return schema, samples, split
         raise PocketVisionError(f"{p}: no {split}.json or {split}.csv inside.")
     if not p.exists():
         raise PocketVisionError(f"{p}: no such file or folder.")
-    schema, samples, _ = _read_any(p, flip_pairs)
+    schema, samples, _ = read_annotations(p, flip_pairs)
     return schema, samples, "all"
 
 
@@ -90,8 +90,8 @@ def evaluate_keypoints(run_pixels: Callable[[np.ndarray], np.ndarray], contract:
     model_schema = schema_of(meta)
     schema, samples, used = labelled_keypoints(data, split, flip_pairs="none")
     if exclude:
-        from ..data.keypoints import _drop
-        samples = _drop(samples, exclude)
+        from ..data.keypoints import drop_images
+        samples = drop_images(samples, exclude)
     if tuple(schema.names) != tuple(model_schema.names):
         raise PocketVisionError(f"{data}: points {list(schema.names)} differ from the model's "
                                 f"{list(model_schema.names)}.")
