@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,24 +33,11 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def per_second(paths: dict[str, Path], rounds: int = 7, runs: int = 200) -> dict[str, float]:
-    """Single-thread predictions/s at batch 1, interleaved so noise hits every model alike."""
-    from pocketvision.runtime.artifact import open_predictor
-    preds = {k: open_predictor(p, threads=1) for k, p in paths.items()}
-    per = {k: [] for k in paths}
-    for _ in range(rounds):
-        for k, p in preds.items():
-            h, w = p.contract.size
-            x = np.random.default_rng(0).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
-            for _ in range(10):
-                p.run_pixels(x)
-            t = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                p.run_pixels(x)
-                t.append(time.perf_counter() - t0)
-            per[k].append(statistics.median(t))
-    return {k: 1.0 / statistics.median(v) for k, v in per.items()}
+def per_second(paths: dict[str, Path]) -> dict[str, float]:
+    """Single-thread predictions/s at batch 1: bench_compress's interleaved rounds (noise hits every
+    model alike), as a rate."""
+    from bench_compress import interleaved
+    return {k: 1000.0 / ms for k, ms in interleaved(paths, rounds=7, runs=200).items()}
 
 
 def main() -> None:

@@ -29,7 +29,9 @@ from ..runtime.onnx_predictor import META_PREFIX
 INSTALL = "pip install 'pocketvision[litert]'"
 
 
-class _ProbsOnly(nn.Module):
+class _FirstOutput(nn.Module):
+    """The task's primary output only (probabilities, or keypoints): one output tensor per .tflite."""
+
     def __init__(self, wrapper: nn.Module):
         super().__init__()
         self.wrapper = wrapper
@@ -77,7 +79,7 @@ def export_tflite(model: nn.Module, contract: Contract, metadata: dict[str, Any]
     from .onnx import fold_batchnorm
     h, w = contract.size
     from ..tasks import export_wrapper
-    net = _ProbsOnly(export_wrapper(metadata.get("task", "classify"), fold_batchnorm(model.eval()), contract)[0]).eval()
+    net = _FirstOutput(export_wrapper(metadata.get("task", "classify"), fold_batchnorm(model.eval()), contract)[0]).eval()
     sample = torch.randint(0, 256, (1, h, w, 3), dtype=torch.uint8)
     try:
         with _quiet():
