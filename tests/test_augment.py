@@ -64,6 +64,17 @@ def test_crop_respects_scale():
     assert aug(img, rng).shape == (32, 32, 3)
 
 
+def test_full_size_crop_never_leaves_the_image():
+    """Regression: for a 25x29 image the centred fallback crop's top was -1.8e-15, and PIL's resize refused
+    the box ("box offset can't be negative") in a worker, which ended a training run at epoch 74."""
+    aug = Augmenter(AugmentConfig(**{**OFF, "scale": (1.0, 1.0), "ratio": (3 / 4, 4 / 3)}), Contract(size=(16, 16)))
+    rng = np.random.default_rng(0)
+    for w, h in [(25, 29), (25, 31), (29, 31)] + [(w, h) for w in range(20, 60, 3) for h in range(20, 60, 2)]:
+        x0, y0, x1, y1 = aug._crop_box(w, h, rng)
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h, (w, h)
+    assert aug(Image.new("RGB", (25, 29)), rng).shape == (16, 16, 3)
+
+
 def test_glare_brightens():
     img, contract = photo(128, 128), Contract(size=(96, 96))  # square: the full-image crop == eval
     base = eval_transform(contract)(img).astype(int)

@@ -86,3 +86,22 @@ def test_bring_your_own_module(hotdog_small, tmp_path):
     b2 = pv.load(tmp_path / "byo.pvb", model=Tiny())
     res = b2.export(tmp_path / "byo.onnx", data=hotdog_small)
     assert res.verification["passed"]
+
+
+def test_user_module_that_views_its_feature_map_trains_in_nchw(hotdog_small, tmp_path):
+    """channels_last is on by default for registry models, also on CPU (faster there), but a user's module
+    stays NCHW: its `.view()` of a feature map would fail on channels_last strides."""
+    from torch import nn
+
+    class ViewsFeatureMap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.pool, self.fc = nn.Conv2d(3, 8, 3, 2, 1), nn.AdaptiveAvgPool2d(4), nn.Linear(128, 2)
+
+        def forward(self, x):
+            f = self.pool(self.conv(x))
+            return self.fc(f.view(f.size(0), -1))  # a channels_last f raises "view size is not compatible"
+
+    b = pv.train(hotdog_small, out=tmp_path / "v.pvb", model=ViewsFeatureMap(), size=64, epochs=1,
+                 run_dir=tmp_path / "run", progress=False, tensorboard=False, workers=0)
+    assert b.meta["arch"]["name"] == "custom"

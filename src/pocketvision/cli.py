@@ -510,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--distill-t", type=float, default=2.0, help="distillation temperature")
     s.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="mixed precision (auto: on CUDA)")
     s.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto", help="channels_last memory "
-                   "format (auto: on CUDA)")
+                   "format (auto: on, except a user module on CPU)")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     s.add_argument("--workers", type=int, default=None, help="data worker processes (default: cores - 1)")
     s.add_argument("--seed", type=int, default=0, help="random seed (split, init, augmentation)")

@@ -82,6 +82,12 @@ def _hue_matrix(theta: float) -> np.ndarray:
     return math.cos(theta) * np.eye(3) + math.sin(theta) * kx + (1 - math.cos(theta)) * np.outer(k, k)
 
 
+def _inside(x0: float, y0: float, x1: float, y1: float, width: int, height: int) -> tuple[float, float, float, float]:
+    """Clamp a crop box to the image: rounding can put a full-height crop's top at -1.8e-15 (e.g. a 25x29 photo),
+    and PIL refuses any box outside the image, which killed a training run mid-epoch."""
+    return max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1)
+
+
 class Augmenter:
     """``Augmenter(cfg, contract)(pil_rgb_image, rng) -> uint8 HxWx3`` at ``contract.size``."""
 
@@ -144,12 +150,12 @@ class Augmenter:
             cw, ch = math.sqrt(a * r), math.sqrt(a / r)
             if cw <= width and ch <= height:
                 x0, y0 = rng.uniform(0, width - cw), rng.uniform(0, height - ch)
-                return x0, y0, x0 + cw, y0 + ch
+                return _inside(x0, y0, x0 + cw, y0 + ch, width, height)
         # Extreme aspect or scale near 1: the largest centred crop with an allowed aspect.
         r = min(max(width / height, math.exp(self._log_ratio[0])), math.exp(self._log_ratio[1]))
         cw, ch = (height * r, height) if width / height > r else (width, width / r)
         x0, y0 = (width - cw) / 2, (height - ch) / 2
-        return x0, y0, x0 + cw, y0 + ch
+        return _inside(x0, y0, x0 + cw, y0 + ch, width, height)
 
     def _jitter(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Brightness -> contrast -> saturation -> hue, all affine in RGB, so one 3x3 matmul + offset."""
