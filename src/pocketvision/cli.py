@@ -363,14 +363,18 @@ def cmd_check(a: argparse.Namespace) -> int:
         contract = Contract(size=(a.size, a.size))
         write_preview(scan(a.data, val_fraction=a.val_fraction, seed=a.seed), a.preview,
                       Augmenter(AugmentConfig(), contract), n=a.preview_n, seed=a.seed)
+    return _emit_check(a, rep.to_dict(), lambda console: render_check(rep, console))
+
+
+def _emit_check(a: argparse.Namespace, report: dict, render) -> int:
+    """Either task's check report: JSON, or the rendered tables on stdout, plus where the preview went."""
+    if a.preview:
+        report["preview"] = str(a.preview)
     if a.json:
-        d = rep.to_dict()
-        if a.preview:
-            d["preview"] = str(a.preview)
-        _print_json(d)
+        _print_json(report)
     else:
         from rich.console import Console
-        render_check(rep, Console())
+        render(Console())
         if a.preview:
             print(f"preview: {a.preview}")
     return 0
@@ -387,14 +391,7 @@ def _check_keypoints(a: argparse.Namespace) -> int:
         rep["suspects_out"] = str(a.suspects_out)
     if a.preview:
         write_keypoint_preview(load_keypoints(a.data, seed=a.seed), a.preview, size=a.size, n=a.preview_n, seed=a.seed)
-        rep["preview"] = str(a.preview)
-    if a.json:
-        _print_json(rep)
-    else:
-        render_keypoint_check(rep, _console())
-        if a.preview:
-            print(f"preview: {a.preview}")
-    return 0
+    return _emit_check(a, rep, lambda console: render_keypoint_check(rep, console))
 
 
 def cmd_filter(a: argparse.Namespace) -> int:

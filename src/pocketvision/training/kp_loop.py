@@ -11,14 +11,13 @@ from __future__ import annotations
 import math
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 
 from ..contract import Contract, load_rgb
 from ..data.keypoints import KeypointSet, KpSample, load_keypoints, read_exclude
@@ -29,28 +28,18 @@ from ..tasks.keypoints import build_keypoint_model, keypoint_spec
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .loader import SOURCE_MARGIN, default_workers, make_loader, to_input
-from .loop import _Logger, _make_optimizer, pick_device
+from .loop import RunResult, _Logger, _make_optimizer, pick_device
 from .schedules import make_schedule
 
 DEFAULT_ARCH, DEFAULT_ARCH_ARGS = "deepdog", {"alpha": 0.5}
 
 
-@dataclass
-class KpFitResult:
-    model: nn.Module
-    spec: dict[str, Any]
-    contract: Contract
+@dataclass(kw_only=True)
+class KpFitResult(RunResult):
     data: KeypointSet
-    history: list[dict[str, Any]] = field(default_factory=list)
     val_pred: np.ndarray | None = None  # (N, K, 3) in source-image pixels
     val_gt: np.ndarray | None = None
     val_sizes: np.ndarray | None = None
-    val_paths: list[Path] = field(default_factory=list)
-    best_epoch: int = 0
-    seconds: float = 0.0
-    run_dir: Path | None = None
-    problems: list[str] = field(default_factory=list)
-    interrupted: bool = False
 
 
 def decode_sample(s: KpSample, contract: Contract) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:

@@ -34,21 +34,26 @@ from .schedules import make_schedule
 from .top_tune import supports_top_tune, top_tune
 
 
-@dataclass
-class FitResult:
+@dataclass(kw_only=True)
+class RunResult:
+    """What every task's training loop returns besides its data and its validation predictions."""
     model: nn.Module
     spec: dict[str, Any]
     contract: Contract
-    splits: Splits
     history: list[dict[str, Any]] = field(default_factory=list)
-    val_probs: np.ndarray | None = None
-    val_labels: np.ndarray | None = None
     val_paths: list[Path] = field(default_factory=list)
     best_epoch: int = 0
     seconds: float = 0.0
     run_dir: Path | None = None
     problems: list[str] = field(default_factory=list)
     interrupted: bool = False
+
+
+@dataclass(kw_only=True)
+class FitResult(RunResult):
+    splits: Splits
+    val_probs: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
 
 
 def pick_device(name: str) -> torch.device:
