@@ -1,7 +1,7 @@
 """The Ultralytics peer, run inside its own venv (it needs another torch): train yolo11n-cls from
 scratch offline, export ONNX, time its ONNX and its predict API. Prints one JSON line.
 
-Usage (from bench_classify.py): VENV/bin/python ultralytics_peer.py DATA OUT_DIR EPOCHS PHOTOS_DIR
+Usage (from bench_classify.py): VENV/bin/python ultralytics_peer.py DATA OUT_DIR EPOCHS PHOTOS_DIR [DEVICE]
 """
 
 import json
@@ -13,14 +13,30 @@ from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 data, out, epochs, photos = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+arg = sys.argv[5] if len(sys.argv) > 5 else "cpu"
+device = {"auto": None, "cuda": 0}.get(arg, arg)
+try:
+    import polars  # noqa: F401
+except ImportError:
+    # The GPU machine has no polars (its wheel, 54 MB, is more than can be carried there). Ultralytics imports it
+    # only to read its results.csv back into the checkpoint, inside a try that then stores {}: an empty module
+    # keeps training and timing untouched.
+    import types
+    sys.modules["polars"] = types.ModuleType("polars")
 from ultralytics import YOLO  # noqa: E402
+
+if device not in (None, "cpu"):
+    # Ultralytics' AMP self-test first downloads yolo26n.pt, which offline can raise an error it doesn't catch.
+    # Passing the test turns AMP on, so skip it and keep AMP on.
+    import ultralytics.engine.trainer as _trainer
+    _trainer.check_amp = lambda model: True
 
 t = time.perf_counter()
 model = YOLO("yolo11n-cls.yaml")
-model.train(data=data, imgsz=224, epochs=epochs, batch=32, pretrained=False, plots=False, device="cpu",
+model.train(data=data, imgsz=224, epochs=epochs, batch=32, pretrained=False, plots=False, device=device,
             project=str(out), name="train", exist_ok=True, verbose=False)
 train_s = time.perf_counter() - t
-metrics = model.val(data=data, imgsz=224, batch=32, device="cpu", plots=False, verbose=False)
+metrics = model.val(data=data, imgsz=224, batch=32, device=device, plots=False, verbose=False)
 onnx_path = model.export(format="onnx", imgsz=224)
 
 import numpy as np  # noqa: E402

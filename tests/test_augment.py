@@ -75,6 +75,14 @@ def test_full_size_crop_never_leaves_the_image():
     assert aug(Image.new("RGB", (25, 29)), rng).shape == (16, 16, 3)
 
 
+def test_size_override_for_progressive_resizing():
+    aug = Augmenter(AugmentConfig(glare=1.0, moire=1.0), Contract(size=(96, 128)))
+    img = photo(200, 150)
+    assert aug(img, 0).shape == (96, 128, 3)
+    assert aug(img, 0, size=(48, 64)).shape == (48, 64, 3)
+    assert aug(img, 0).shape == (96, 128, 3)  # the glare/moiré grids are kept per size
+
+
 def test_glare_brightens():
     img, contract = photo(128, 128), Contract(size=(96, 96))  # square: the full-image crop == eval
     base = eval_transform(contract)(img).astype(int)

@@ -68,3 +68,11 @@ def test_help_explains_every_option_with_default():
         assert r.returncode == 0 and "usage: pocketvision " + verb in r.stdout
     r = run_cli("train", "--help")
     assert "(default: onecycle)" in r.stdout and "(default: top)" in r.stdout
+
+
+def test_progressive_start_must_be_below_the_model_size(tmp_path):
+    root = _folder(tmp_path / "d", {"a": 4, "b": 4})
+    r = run_cli("train", str(root), "--arch", "deepdog", "--size", "64", "--progressive", "64", "--out",
+                str(tmp_path / "x.pvb"))
+    _one_line_error(r, "--progressive 64", "below the model's 64 px")
+    assert not (tmp_path / "x.pvb").exists()

@@ -24,3 +24,18 @@ def test_workers_see_each_epoch(shared_data):
         batches.setdefault(epoch, []).append(x[idx.argsort()])
     assert not (batches[1][0] == batches[2][0]).all()  # a new epoch, new augmentation
     assert (batches[1][0] == batches[1][1]).all()  # the same epoch again (resume): the same pixels
+
+
+@pytest.mark.shared_data
+def test_progressive_sizes_reach_persistent_workers(shared_data):
+    # The size schedule is fixed before the workers start; each key carries its epoch, so a worker started in
+    # epoch 1 still makes epoch 3's size.
+    c = Contract(size=(64, 64))
+    sizes = {1: (32, 32), 2: (48, 48), 3: (64, 64)}
+    ds = ImageDataset(scan(shared_data / "hotdog").train[:8], c, Augmenter(AugmentConfig(glare=1, moire=1), c),
+                      seed=0, sizes=sizes)
+    loader = make_loader(ds, 8, True, workers=1, seed=0)
+    for epoch in (1, 2, 3, 1):
+        ds.set_epoch(epoch)
+        x, _, _ = next(iter(loader))
+        assert tuple(x.shape) == (8, *sizes[epoch], 3), (epoch, x.shape)

@@ -28,3 +28,18 @@ def test_cyclical_shapes():
 def test_unknown_schedule():
     with pytest.raises(PocketVisionError, match="Supported"):
         make_schedule("zigzag", 10, 1)
+
+
+def test_progressive_sizes_grow_then_hold_the_model_size():
+    from pocketvision.training.schedules import progressive_sizes
+    s = progressive_sizes(96, (128, 128), 120)
+    sides = [s[e][0] for e in range(1, 121)]
+    assert sides[0] == 96 and sides == sorted(sides) and all(v % 16 == 0 for v in sides)
+    assert sides[90:] == [128] * 30  # the last quarter at the exported size (BatchNorm statistics)
+    assert set(sides[:90]) == {96, 112}
+    # cost relative to 120 full-size epochs: about 3/4
+    assert 0.7 < sum(v * v for v in sides) / (120 * 128 * 128) < 0.8
+    wide = progressive_sizes(64, (96, 160), 8)
+    assert wide[1][1] == 64 and wide[8] == (96, 160)
+    with pytest.raises(ValueError, match="below the model's 128 px"):
+        progressive_sizes(128, (128, 128), 10)

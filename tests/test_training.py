@@ -105,3 +105,20 @@ def test_user_module_that_views_its_feature_map_trains_in_nchw(hotdog_small, tmp
     b = pv.train(hotdog_small, out=tmp_path / "v.pvb", model=ViewsFeatureMap(), size=64, epochs=1,
                  run_dir=tmp_path / "run", progress=False, tensorboard=False, workers=0)
     assert b.meta["arch"]["name"] == "custom"
+
+
+def test_progressive_resizing_trains_small_then_exports_at_the_model_size(hotdog_small, tmp_path):
+    """--progressive: early epochs on smaller crops (cheaper), the last quarter and everything after at the
+    contract's size; a user module (which may not take other sizes) is refused before any decoding."""
+    from torch import nn
+
+    from pocketvision.errors import PocketVisionError
+    b = pv.train(hotdog_small, out=tmp_path / "p.pvb", arch="deepdog", arch_args={"alpha": 0.25}, size=64,
+                 epochs=4, progressive=32, lr=3e-3, run_dir=tmp_path / "run", progress=False, tensorboard=False,
+                 workers=1)
+    assert b.meta["train_config"]["progressive"] == 32 and len(b.meta["history"]) == 4
+    assert b.contract.size == (64, 64)
+    assert b.export(tmp_path / "p.onnx", data=hotdog_small).verification["passed"]
+    with pytest.raises(PocketVisionError, match="registry architecture"):
+        pv.train(hotdog_small, model=nn.Sequential(nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+                 size=64, epochs=1, progressive=32, run_dir=tmp_path / "run2", progress=False, tensorboard=False)

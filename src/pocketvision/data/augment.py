@@ -89,7 +89,7 @@ def _inside(x0: float, y0: float, x1: float, y1: float, width: int, height: int)
 
 
 class Augmenter:
-    """``Augmenter(cfg, contract)(pil_rgb_image, rng) -> uint8 HxWx3`` at ``contract.size``."""
+    """``Augmenter(cfg, contract)(pil_rgb_image, rng[, size]) -> uint8 HxWx3`` at ``size`` (default: the contract's)."""
 
     def __init__(self, cfg: AugmentConfig | None = None, contract: Contract | None = None) -> None:
         if isinstance(cfg, dict):
@@ -102,23 +102,30 @@ class Augmenter:
         self._resample = Image.Resampling[self.contract.interpolation.upper()]
         # ratio=(1, 1) should mean "no distortion" for non-square models too, so shift by the model's aspect.
         self._log_ratio = (math.log(self.cfg.ratio[0] * w / h), math.log(self.cfg.ratio[1] * w / h))
-        self._xx = np.arange(w, dtype=np.float32)[None, :]  # pixel-centre grids for glare/moiré
-        self._yy = np.arange(h, dtype=np.float32)[:, None]
+        self._grid_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
     def decode_hint(self) -> tuple[int, int]:
         """Smallest (w, h) to JPEG-draft-decode to so that even the smallest crop is not upscaled."""
         m = math.ceil(max(self.contract.size) / math.sqrt(self.cfg.scale[0]))
         return m, m
 
-    def __call__(self, img: Image.Image, rng: np.random.Generator | int | None) -> np.ndarray:
-        """A fresh, writable uint8 HxWx3 array (np.asarray of a PIL image is read-only: torch warns)."""
+    def _grids(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel-centre grids for glare/moiré, one pair per output size (progressive resizing uses several)."""
+        if (h, w) not in self._grid_cache:
+            self._grid_cache[h, w] = (np.arange(w, dtype=np.float32)[None, :], np.arange(h, dtype=np.float32)[:, None])
+        return self._grid_cache[h, w]
+
+    def __call__(self, img: Image.Image, rng: np.random.Generator | int | None,
+                 size: tuple[int, int] | None = None) -> np.ndarray:
+        """A fresh, writable uint8 HxWx3 array (np.asarray of a PIL image is read-only: torch warns).
+        ``size`` (h, w) overrides the contract's output size, e.g. for progressive resizing."""
         if not self.cfg.enabled:
             return np.array(self.contract.fit(img))
         cfg = self.cfg
         rng = np.random.default_rng(rng)  # a Generator passes through unchanged
         if img.mode != "RGB":
             img = img.convert("RGB")
-        h, w = self.contract.size
+        h, w = size or self.contract.size
         box = self._crop_box(img.width, img.height, rng)
         small = img.resize((w, h), self._resample, box=box, reducing_gap=None)
         if rng.random() < cfg.hflip:
@@ -176,6 +183,7 @@ class Augmenter:
     def _glare(self, x: np.ndarray, rng: np.random.Generator) -> None:
         """Phone-flash specular highlight: a soft ellipse blown out to white with a faint wide halo."""
         h, w = x.shape[:2]
+        xx, yy = self._grids(h, w)
         s = min(h, w)
         cx, cy = rng.uniform(0.15, 0.85) * w, rng.uniform(0.15, 0.85) * h
         ra = rng.uniform(0.04, 0.14) * s
@@ -185,7 +193,7 @@ class Augmenter:
         hard = np.float32(rng.uniform(0.0, 1.0))  # edge sharpness: wet/glossy surfaces give hard edges
         if rng.random() < 0.5:  # the flash also lifts the whole exposure a little
             x *= np.float32(rng.uniform(1.03, 1.15))
-        dx, dy = self._xx - np.float32(cx), self._yy - np.float32(cy)
+        dx, dy = xx - np.float32(cx), yy - np.float32(cy)
         cos, sin = np.float32(math.cos(ang)), np.float32(math.sin(ang))
         d2 = ((dx * cos + dy * sin) / np.float32(ra)) ** 2 + ((dy * cos - dx * sin) / np.float32(rb)) ** 2
         # Core: a Gaussian-to-super-Gaussian scaled past 1 and clipped = blown-out centre with a soft
@@ -199,6 +207,7 @@ class Augmenter:
         """Photo of a screen: two fine gratings (screen pixels vs. sensor) at a small angle multiply into
         slow beat bands; the R, G, B sub-pixels sit at different phases, hence the rainbow fringes."""
         h, w = x.shape[:2]
+        xx, yy = self._grids(h, w)
         period = rng.uniform(3.0, 6.0)  # in output pixels
         th1 = rng.uniform(0, math.pi)
         th2 = th1 + math.radians(rng.uniform(2.0, 10.0)) * rng.choice((-1.0, 1.0))
@@ -206,7 +215,7 @@ class Augmenter:
         k2 = k1 * rng.uniform(0.94, 1.06)
         # A gently curved second grating: screens are photographed off-axis through a lens.
         curve = rng.uniform(-1.0, 1.0) * math.pi / (h * h + w * w)
-        dx, dy = self._xx - np.float32(w / 2), self._yy - np.float32(h / 2)
+        dx, dy = xx - np.float32(w / 2), yy - np.float32(h / 2)
         a = dx * np.float32(k1 * math.cos(th1)) + dy * np.float32(k1 * math.sin(th1))
         b = dx * np.float32(k2 * math.cos(th2)) + dy * np.float32(k2 * math.sin(th2))
         b += np.float32(curve) * (dx * dx + dy * dy)

@@ -55,6 +55,8 @@ class TrainConfig(BaseModel):
     val_fraction: float = Field(0.15, gt=0, lt=1)
     target_precision: float = Field(0.9, gt=0, le=1)
     augment: dict[str, Any] = Field(default_factory=dict, description="AugmentConfig overrides")
+    progressive: int | None = Field(None, ge=16, le=1024, description="progressive resizing: start training at this "
+                                    "side and grow to the model's size by 3/4 of the epochs (more epochs per minute)")
     mixup: float = Field(0.0, ge=0, le=1, description="probability of a mixup/cutmix batch (from scratch)")
     ema: float = Field(0.0, ge=0, lt=1, description="decay of an exponential moving average of the weights "
                        "that is evaluated and kept instead of the raw weights (0 = off; e.g. 0.998)")

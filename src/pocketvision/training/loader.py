@@ -67,9 +67,13 @@ class ImageDataset(torch.utils.data.Dataset):
     """Samples -> (uint8 HWC tensor, label, index). ``cache`` holds pre-decoded arrays (or None)."""
 
     def __init__(self, samples: Sequence[Sample], contract: Contract, augment: Callable | None = None,
-                 seed: int = 0, cache: list[np.ndarray | None] | None = None, fitted: bool = False):
+                 seed: int = 0, cache: list[np.ndarray | None] | None = None, fitted: bool = False,
+                 sizes: dict[int, tuple[int, int]] | None = None):
         self.samples, self.contract, self.augment = list(samples), contract, augment
         self.seed, self.epoch, self.cache, self.fitted = seed, 0, cache, fitted
+        # epoch -> augmented output (h, w) for progressive resizing. A dict travels to the workers with the
+        # dataset; the epoch comes with each key (EpochSampler), so every worker uses the epoch's size.
+        self.sizes = sizes
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -94,7 +98,8 @@ class ImageDataset(torch.utils.data.Dataset):
             return None
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, epoch, i])
-            out = self.augment(Image.fromarray(src), rng)
+            kw = {"size": self.sizes[epoch]} if self.sizes and epoch in self.sizes else {}
+            out = self.augment(Image.fromarray(src), rng, **kw)
         elif self.fitted:
             out = src
         else:

@@ -30,7 +30,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .loader import (ImageDataset, _decode_source, decode_all, default_workers, estimate_cache_mb, make_loader,
                      to_input)
-from .schedules import make_schedule
+from .schedules import make_schedule, progressive_sizes
 from .top_tune import supports_top_tune, top_tune
 
 
@@ -196,6 +196,8 @@ def fit(data: str | Path, cfg: TrainConfig, user_model: nn.Module | None = None,
     splits = scan(data, val_fraction=cfg.val_fraction, seed=cfg.seed)
     num_classes = len(splits.classes)
     model, spec, contract = build(cfg, num_classes, user_model)
+    # checked before any image is decoded; epoch -> training input size
+    sizes = _progressive(cfg, spec, contract, cfg.epochs) if cfg.progressive and not cfg.linear_probe else None
     device = pick_device(cfg.device)
     cuda = device.type == "cuda"
     # auto = on for our registry models on CPU too: PyTorch's CPU (oneDNN) convolutions also run faster in NHWC
@@ -253,7 +255,7 @@ def fit(data: str | Path, cfg: TrainConfig, user_model: nn.Module | None = None,
     if weights is not None:
         weights = weights.to(device)
 
-    train_ds = ImageDataset(train_samples, contract, augmenter, cfg.seed, train_cache)
+    train_ds = ImageDataset(train_samples, contract, augmenter, cfg.seed, train_cache, sizes=sizes)
     plain_train_ds = ImageDataset(train_samples, contract, None, cfg.seed, train_cache)
     val_ds = ImageDataset(val_samples, contract, None, cfg.seed, val_cache, fitted=True)
     eval_bs = max(cfg.batch_size, 64)
@@ -432,8 +434,9 @@ def fit(data: str | Path, cfg: TrainConfig, user_model: nn.Module | None = None,
                                            st_save({k: v.contiguous() for k, v in best_state.items()}))
                     else:
                         stale += 1
+                    px = f"  {train_ds.sizes[epoch][0]}px" if train_ds.sizes else ""
                     console.print(f"epoch {epoch}/{epochs}  train loss {row['train_loss']:.4f}  val loss {vloss:.4f}  "
-                                  f"val acc {acc:.4f}  {row['img_per_s']:.0f} img/s  {train_time:.0f}s"
+                                  f"val acc {acc:.4f}  {row['img_per_s']:.0f} img/s  {train_time:.0f}s{px}"
                                   f"{'  *best' if improved else ''}")
                     if ema is not None:
                         _save_ema(run_dir, ema)
@@ -516,6 +519,16 @@ def _cutmix(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator):
     x = x.clone()
     x[:, y0:y1, x0:x1] = x[perm, y0:y1, x0:x1]
     return x, y[perm], 1 - (y1 - y0) * (x1 - x0) / (h * w)
+
+
+def _progressive(cfg: TrainConfig, spec: dict, contract: Contract, epochs: int) -> dict[int, tuple[int, int]]:
+    if spec["name"] == "custom":
+        raise PocketVisionError("progressive resizing needs a model that takes any input size: use a registry "
+                                "architecture (pocketvision info), or train your own module without --progressive.")
+    try:
+        return progressive_sizes(cfg.progressive, contract.size, epochs)
+    except ValueError as e:
+        raise PocketVisionError(f"--progressive {cfg.progressive}: {e}.") from None
 
 
 class Teacher:

@@ -1,4 +1,4 @@
-"""Learning-rate schedules as per-step multipliers of the peak LR.
+"""Learning-rate schedules as per-step multipliers of the peak LR, and the input-size schedule of progressive resizing.
 
 Cyclical LRs (Smith 2017: triangular, triangular2, exp_range) are what the Not Hotdog team used; cosine
 and one-cycle are the modern defaults. Each returns ``f(step) -> factor`` for ``LambdaLR``.
@@ -42,3 +42,27 @@ def make_schedule(name: str, total_steps: int, steps_per_epoch: int, cycle_epoch
         return lambda s: base_frac + (1 - base_frac) * tri(s)[0] * gamma ** s
     from ..errors import unknown_choice
     raise unknown_choice("schedule", name, ("onecycle", "cosine", "triangular", "triangular2", "exp_range", "constant"))
+
+
+def progressive_sizes(start: int, final: tuple[int, int], epochs: int, until: float = 0.75,
+                      multiple: int = 16) -> dict[int, tuple[int, int]]:
+    """Progressive resizing (fast.ai; EfficientNetV2's progressive learning): epoch (1-based) -> training (h, w).
+
+    An epoch at ``start`` px costs about (start / final)^2 of a full-size one, so more epochs fit in the same time;
+    from scratch on a small data set more epochs is what raises accuracy. The long side grows linearly from
+    ``start`` to the model's size over the first ``until`` of the run, rounded down to ``multiple`` px, and the rest
+    trains at exactly the model's size, so that BatchNorm's statistics are those of the exported resolution.
+    """
+    h, w = final
+    side = max(h, w)
+    if not multiple <= start < side:
+        raise ValueError(f"progressive start {start} px must be at least {multiple} and below the model's {side} px")
+    ramp = max(1, round(until * epochs))
+    sizes = {}
+    for e in range(1, epochs + 1):
+        if e > ramp:
+            sizes[e] = (h, w)
+            continue
+        f = (start + (side - start) * (e - 1) / ramp) / side
+        sizes[e] = tuple(max(multiple, int(d * f) // multiple * multiple) for d in (h, w))
+    return sizes
