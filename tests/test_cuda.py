@@ -47,7 +47,7 @@ def test_from_scratch_on_cuda_with_amp_and_channels_last(hotdog_small, tmp_path)
 
 
 def test_pretrained_full_finetune_on_cuda(hotdog_small, tmp_path):
-    """On CUDA the 'top' CPU shortcut is off: every layer trains on augmented pixels, in bf16 autocast."""
+    """`--finetune full` on CUDA: every layer trains on augmented pixels in bf16 autocast, after the linear probe."""
     b = pv.train(hotdog_small, out=tmp_path / "eff.pvb", arch="efficientnet_lite0", size=160, epochs=3,
                  finetune="full", device="cuda", run_dir=tmp_path / "run", progress=False, tensorboard=False,
                  workers=4)
