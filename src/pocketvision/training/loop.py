@@ -297,6 +297,8 @@ def fit(data: str | Path, cfg: TrainConfig, user_model: nn.Module | None = None,
             what = "linear probe" if row["phase"] == "probe" else f"top fine-tune {row['epoch']}/{cfg.epochs}"
             console.print(f"{what}: val acc {row['val_acc']:.4f}  val loss {row['val_loss']:.4f}  "
                           f"({row['seconds']:.0f}s){'  *best' if row.get('best') else ''}")
+        if sizes:  # the top blocks train on cached activations of full-size images: nothing to resize
+            console.print("[yellow]--progressive has no effect with --finetune top[/] (use --finetune full)")
         train_px = _fitted_train(train_samples, train_cache, contract)
         res = top_tune(model, cfg.top_blocks, train_px, np.array([s.label for s in train_samples]),
                        np.stack(val_cache), y_val, contract, epochs=0 if cfg.linear_probe else cfg.epochs,
