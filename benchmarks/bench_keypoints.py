@@ -28,11 +28,6 @@ OUT = HERE / "out"
 DATA = Path(os.environ.get("POCKETVISION_DATA", HERE.parent.parent / "shared" / "data")) / "faces5"
 
 
-def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
-
-
 def per_second(paths: dict[str, Path]) -> dict[str, float]:
     """Single-thread predictions/s at batch 1: bench_compress's interleaved rounds (noise hits every
     model alike), as a rate."""
@@ -50,6 +45,7 @@ def main() -> None:
     from pocketvision.data.keypoints import load_keypoints
     from pocketvision.evaluate.keypoint_metrics import keypoint_metrics
     from pocketvision.runtime.artifact import Artifact
+    from pocketvision.runtime.bench import machine
     from pocketvision.sprite_filter import run_filter
     from pocketvision.synthetic_video import make_video
 
@@ -92,7 +88,8 @@ def main() -> None:
     for r in rows:
         stem = Path(r["bundle"]).stem
         r["pred_per_s_1thread"] = {"fp32": speed[f"{stem} fp32"], "int8": speed[f"{stem} int8"]}
-    result = {"machine": machine(), "command": " ".join([Path(sys.executable).name] + sys.argv),
+    result = {"machine": f"{machine()}, Python {platform.python_version()}",
+              "command": " ".join([Path(sys.executable).name] + sys.argv),
               "mean_face_nme": baseline["nme"], "published_cnn_nme": 0.08, "rows": rows}
     (OUT / "bench_keypoints.json").write_text(json.dumps(result, indent=2, default=str))
     print(f"machine: {result['machine']}\ncommand: {result['command']}\n")

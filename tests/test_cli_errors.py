@@ -76,3 +76,7 @@ def test_progressive_start_must_be_below_the_model_size(tmp_path):
                 str(tmp_path / "x.pvb"))
     _one_line_error(r, "--progressive 64", "below the model's 64 px")
     assert not (tmp_path / "x.pvb").exists()
+    # the run must end at the exported size (BatchNorm statistics), so the growth cannot take every epoch
+    r = run_cli("train", str(root), "--arch", "deepdog", "--size", "64", "--progressive", "32", "--progressive-until",
+                "1", "--out", str(tmp_path / "x.pvb"))
+    _one_line_error(r, "progressive_until", "less than 1")

@@ -43,3 +43,5 @@ def test_progressive_sizes_grow_then_hold_the_model_size():
     assert wide[1][1] == 64 and wide[8] == (96, 160)
     with pytest.raises(ValueError, match="below the model's 128 px"):
         progressive_sizes(128, (128, 128), 10)
+    late = [progressive_sizes(96, (128, 128), 120, until=0.9)[e][0] for e in range(1, 121)]
+    assert late[108:] == [128] * 12 and late[107] == 112  # --progressive-until: a shorter full-size tail

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -108,21 +109,24 @@ def test_user_module_that_views_its_feature_map_trains_in_nchw(hotdog_small, tmp
 
 
 def test_progressive_resizing_trains_small_then_exports_at_the_model_size(hotdog_small, tmp_path):
-    """--progressive: early epochs on smaller crops (cheaper), the last quarter and everything after at the
-    contract's size; a user module (which may not take other sizes) is refused before any decoding."""
-    from torch import nn
-
-    from pocketvision.errors import PocketVisionError
-    b = pv.train(hotdog_small, out=tmp_path / "p.pvb", arch="deepdog", arch_args={"alpha": 0.25}, size=64,
-                 epochs=4, progressive=32, lr=3e-3, run_dir=tmp_path / "run", progress=False, tensorboard=False,
-                 workers=1)
-    assert b.meta["train_config"]["progressive"] == 32 and len(b.meta["history"]) == 4
-    assert b.contract.size == (64, 64)
-    assert b.export(tmp_path / "p.onnx", data=hotdog_small).verification["passed"]
-    # the CPU 'top' fine-tune trains on cached full-size activations: it says the option does nothing there
+    """--progressive: early epochs on smaller crops (cheaper); the epochs after --progressive-until, validation and
+    the export at the contract's size. A user module (which may not take other sizes) is refused before decoding."""
     import io
 
     from rich.console import Console
+    from torch import nn
+
+    from pocketvision.errors import PocketVisionError
+    out = io.StringIO()
+    b = pv.train(hotdog_small, out=tmp_path / "p.pvb", arch="deepdog", arch_args={"alpha": 0.25}, size=64,
+                 epochs=4, progressive=32, progressive_until=0.5, lr=3e-3, run_dir=tmp_path / "run", progress=False,
+                 tensorboard=False, workers=1, console=Console(file=out, width=200))
+    assert b.meta["train_config"]["progressive"] == 32 and len(b.meta["history"]) == 4
+    # --progressive-until 0.5: the size grows over the first 2 epochs, the other 2 train at the model's size
+    assert [int(px) for px in re.findall(r"^epoch \d+/4 .* (\d+)px", out.getvalue(), re.M)] == [32, 48, 64, 64]
+    assert b.contract.size == (64, 64)
+    assert b.export(tmp_path / "p.onnx", data=hotdog_small).verification["passed"]
+    # the CPU 'top' fine-tune trains on cached full-size activations: it says the option does nothing there
     out = io.StringIO()
     pv.train(hotdog_small, arch="efficientnet_lite0", size=96, epochs=1, progressive=64, run_dir=tmp_path / "run3",
              progress=False, tensorboard=False, console=Console(file=out, width=200))

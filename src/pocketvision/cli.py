@@ -61,7 +61,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         clr_cycle_epochs=a.clr_cycle_epochs, label_smoothing=a.label_smoothing,
         class_weights=a.class_weights if a.class_weights in ("auto", "none") else _csv_floats(a.class_weights),
         linear_probe=a.linear_probe, finetune=a.finetune, top_blocks=a.top_blocks, freeze_epochs=a.freeze_epochs, backbone_lr_mult=a.backbone_lr_mult,
-        early_stopping=a.early_stopping, augment=a.augment, mixup=a.mixup, ema=a.ema, progressive=a.progressive, distill=a.distill,
+        early_stopping=a.early_stopping, augment=a.augment, mixup=a.mixup, ema=a.ema, progressive=a.progressive, progressive_until=a.progressive_until, distill=a.distill,
         distill_alpha=a.distill_alpha, distill_t=a.distill_t, amp=a.amp, channels_last=a.channels_last, device=a.device,
         workers=a.workers, seed=a.seed, val_fraction=a.val_fraction, target_precision=a.target_precision,
         run_dir=a.run_dir, tensorboard=not a.no_tensorboard, progress=not a.json, task=a.task, head=a.head,
@@ -498,8 +498,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--augment", type=_kv, default={}, help="augmentation overrides, e.g. "
                    "'scale=[0.08,1],glare=0.3,moire=0' (see pocketvision.data.augment.AugmentConfig)")
     s.add_argument("--progressive", type=int, default=None, metavar="PX", help="progressive resizing (from scratch or "
-                   "--finetune full): train the first epochs at PX and grow to --size by 3/4 of the run (more "
-                   "epochs in the same time; default: off)")
+                   "--finetune full): train the first epochs at PX and grow to --size by --progressive-until of "
+                   "the run (more epochs in the same time; default: off)")
+    s.add_argument("--progressive-until", type=float, default=0.75, metavar="F", help="with --progressive: the "
+                   "fraction of the epochs over which the size grows; the rest train at --size")
     s.add_argument("--ema", type=float, default=0.0, help="evaluate and keep an exponential moving average of "
                    "the weights with this decay (0 = off; 0.998 steadies short from-scratch runs)")
     s.add_argument("--mixup", type=float, default=0.0, help="probability of a CutMix batch (regularises "

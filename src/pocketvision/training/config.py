@@ -56,7 +56,10 @@ class TrainConfig(BaseModel):
     target_precision: float = Field(0.9, gt=0, le=1)
     augment: dict[str, Any] = Field(default_factory=dict, description="AugmentConfig overrides")
     progressive: int | None = Field(None, ge=16, le=1024, description="progressive resizing: start training at this "
-                                    "side and grow to the model's size by 3/4 of the epochs (more epochs per minute)")
+                                    "side and grow to the model's size by progressive_until of the epochs (more "
+                                    "epochs per minute)")
+    progressive_until: float = Field(0.75, gt=0, lt=1, description="progressive resizing: fraction of the epochs "
+                                     "that grow the size; the rest train at the model's size (its BN statistics)")
     mixup: float = Field(0.0, ge=0, le=1, description="probability of a mixup/cutmix batch (from scratch)")
     ema: float = Field(0.0, ge=0, lt=1, description="decay of an exponential moving average of the weights "
                        "that is evaluated and kept instead of the raw weights (0 = off; e.g. 0.998)")

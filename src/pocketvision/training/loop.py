@@ -528,7 +528,7 @@ def _progressive(cfg: TrainConfig, spec: dict, contract: Contract, epochs: int) 
         raise PocketVisionError("progressive resizing needs a model that takes any input size: use a registry "
                                 "architecture (pocketvision info), or train your own module without --progressive.")
     try:
-        return progressive_sizes(cfg.progressive, contract.size, epochs)
+        return progressive_sizes(cfg.progressive, contract.size, epochs, until=cfg.progressive_until)
     except ValueError as e:
         raise PocketVisionError(f"--progressive {cfg.progressive}: {e}.") from None
 
