@@ -73,7 +73,7 @@ def table(title: str, header: list[str], rows: list[list]) -> str:
 # kept, and progressive resizing 96 -> 128 px: the first 90% of the epochs train at 96 and 112 px, so 120 epochs take
 # the time 90 took at 128 px. More epochs is what raises accuracy here (a 300-epoch run on a GPU passed 92%).
 # The 128 px tail is short (12 epochs, not 30): with 30 the val accuracy drifted ~2 points down after the switch and
-# one of three seeds stayed at 89.3%; with 12 all three seeds reach 90.4-90.9% (RESULTS.md).
+# one of five seeds stayed at 89.3%; with 12 all five seeds reach 90.4-90.9% (RESULTS.md).
 DEEPDOG_RECIPE = ["--arch", "deepdog", "--arch-args", "alpha=0.5,dw_bn=true", "--size", "128", "--epochs", "120",
                   "--progressive", "96", "--progressive-until", "0.9", "--optimizer", "sgd", "--lr", "0.1",
                   "--weight-decay", "0.0005", "--augment", "scale=[0.4,1]", "--ema", "0.995"]
