@@ -45,3 +45,27 @@ def test_progressive_sizes_grow_then_hold_the_model_size():
         progressive_sizes(128, (128, 128), 10)
     late = [progressive_sizes(96, (128, 128), 120, until=0.9)[e][0] for e in range(1, 121)]
     assert late[108:] == [128] * 12 and late[107] == 112  # --progressive-until: a shorter full-size tail
+
+
+def test_ema_ramps_its_decay_copies_bn_counts_and_resumes(tmp_path):
+    """--ema: the average follows min(decay, (1+n)/(10+n)) per update (so the random start fades fast), BN's integer
+    counter is the model's, and a resumed run continues from the saved average and count."""
+    import torch
+    from torch import nn
+
+    from pocketvision.training.loop import _make_ema, _save_ema
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
+    ema = _make_ema(model, 0.9, None)
+    expected = model[0].weight.detach().clone()
+    for n in range(6):
+        with torch.no_grad():
+            model[0].weight.add_(1.0)
+        model(torch.randn(2, 1, 3, 3))  # train mode: BN counts a batch
+        ema.update_parameters(model)
+        d = min(0.9, (1 + n) / (10 + n))
+        expected = model[0].weight.detach().clone() if n == 0 else expected + (model[0].weight - expected) * (1 - d)
+    assert torch.allclose(ema.module[0].weight, expected, atol=1e-6)
+    assert int(ema.module[1].num_batches_tracked) == int(model[1].num_batches_tracked) == 6
+    _save_ema(tmp_path, ema)
+    again = _make_ema(model, 0.9, tmp_path)
+    assert int(again.n_averaged) == 6 and torch.equal(again.module[0].weight, ema.module[0].weight)

@@ -483,13 +483,16 @@ def _make_ema(model: nn.Module, decay: float, resume_dir: Path | None):
         return None
     from torch.optim.swa_utils import AveragedModel
 
-    def avg(avg_p: torch.Tensor, p: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        if not avg_p.is_floating_point():
-            return p  # e.g. BN's num_batches_tracked
+    def update(avg: list[torch.Tensor], cur: list[torch.Tensor], n: torch.Tensor) -> None:
+        # Called once per (device, dtype) group: one foreach kernel for every tensor, where a per-tensor avg_fn cost
+        # ~7 ms of Python per step on 2 cores (DeepDog alpha=0.5: ~5% of a 96 px epoch).
+        if not avg[0].is_floating_point():
+            torch._foreach_copy_(avg, cur)  # BN's num_batches_tracked: the model's count
+            return
         d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
-        return avg_p + (p - avg_p) * (1.0 - d)
+        torch._foreach_lerp_(avg, cur, 1.0 - d)
 
-    ema = AveragedModel(model, avg_fn=avg, use_buffers=True)
+    ema = AveragedModel(model, multi_avg_fn=update, use_buffers=True)
     if resume_dir is not None and (resume_dir / EMA_FILE).exists():
         from safetensors.torch import load_file
         state = load_file(str(resume_dir / EMA_FILE))
