@@ -231,6 +231,12 @@ def test_filter_bad_input(kp_bundle, trained_bundle, tmp_path):
     assert not (tmp_path / "o.mp4").exists()
 
 
+def test_classification_only_options_are_refused_for_keypoints(faces_small, tmp_path):
+    r = run_cli("train", str(faces_small), "--progressive", "64", "--mixup", "0.5", "--out", str(tmp_path / "k.pvb"))
+    assert r.returncode == 2 and "--progressive, --mixup: classification only" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "k.pvb").exists()
+
+
 def _y4m(frames_bgr, path):
     """A YUV4MPEG2 file: what Chromium's fake camera plays (--use-file-for-fake-video-capture)."""
     import cv2

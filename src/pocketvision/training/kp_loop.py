@@ -108,6 +108,12 @@ def fit_keypoints(data: str | Path, cfg: TrainConfig, resume: Path | None = None
     from ..models import check_input_size, model_entry
 
     console = console or Console(stderr=True)
+    # Options of the classification loop that this loop does not implement: refuse them rather than ignore them.
+    unsupported = [f"--{k.replace('_', '-')}" for k, on in (("progressive", cfg.progressive), ("mixup", cfg.mixup),
+                                                            ("distill", cfg.distill)) if on]
+    if unsupported:
+        raise PocketVisionError(f"{', '.join(unsupported)}: classification only; keypoint training does not use "
+                                "it. Leave it out.")
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     ds = load_keypoints(data, val_fraction=cfg.val_fraction, seed=cfg.seed, flip_pairs=cfg.flip_pairs,
