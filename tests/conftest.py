@@ -59,6 +59,15 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
                           cwd=cwd, timeout=timeout)
 
 
+def one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
+    """Bad input: exit code 2, exactly one `error:` line naming what is wrong, no traceback."""
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
 @pytest.fixture(scope="session")
 def faces5(shared_data):
     root = shared_data / "faces5"
@@ -104,3 +113,15 @@ def kp_bundle(faces_small, tmp_path_factory):
                     tensorboard=False, workers=0, exclude=str(out / "suspects.txt"))
 
 
+
+
+@pytest.fixture(scope="session")
+def style_bundle(hotdog_small, shared_data, tmp_path_factory):
+    """A real (tiny) stylizer trained once per session: stylenet_mobile on real photos at 64 px, starry night."""
+    import pocketvision as pv
+    out = tmp_path_factory.mktemp("style_bundle")
+    b = pv.train(hotdog_small, out=out / "starry.pvb", task="stylize",
+                 style=str(shared_data / "style" / "styles" / "starry_night.jpg"), size=64, epochs=3,
+                 arch_args={"width": 16, "blocks": 2}, report_gatys=1, run_dir=out / "run", progress=False,
+                 tensorboard=False, workers=0)
+    return b.path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -111,6 +112,23 @@ def test_export_requests_are_checked_before_work(tmp_path):
 
 
 @pytest.mark.shared_data
+@pytest.mark.slow
+def test_several_targets_into_a_folder_that_does_not_exist_yet(trained_bundle, tmp_path):
+    """One way to write outputs for every target and precision: the folder is made, nothing half-written."""
+    out = tmp_path / "int8" / "nested"
+    r = run_cli("export", str(trained_bundle), "--to", "onnx,tflite", "--int8", "--max-drop", "3", "--out-dir",
+                str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [Path(x["path"]).name for x in rows] == ["hotdog-int8.onnx", "hotdog-int8.tflite"]
+    assert all(x["verification"]["passed"] and "int8" in x["verification"]["criterion"] for x in rows)
+    assert sorted(p.name for p in out.iterdir()) == ["hotdog-int8.onnx", "hotdog-int8.tflite"]  # no temp leftovers
+    # verify reads the precision from the file: an int8 export is judged by the budget, not the fp32 tolerance
+    r = run_cli("verify", str(trained_bundle), str(out / "hotdog-int8.onnx"), "--max-drop", "3", "--json")
+    assert r.returncode == 0 and "int8" in json.loads(r.stdout)["criterion"], r.stdout + r.stderr
+
+
+@pytest.mark.shared_data
 def test_calibration_too_small_says_how_many(trained_bundle, hotdog_small, tmp_path):
     from pocketvision.compress.data import training_pixels
     b = pv.load(trained_bundle)
@@ -198,7 +216,7 @@ def test_quantisation_aware_finetuning_then_int8(trained_bundle, tmp_path):
 
     from pocketvision.compress.qat import qat_finetune
     b = pv.load(trained_bundle)
-    x = torch.from_numpy(b.contract.normalize(np.stack([b.contract.load(s.path) for s in b.validation_samples()[:16]])))
+    x = torch.from_numpy(b.contract.normalize(b.held_out().pixels[:16]))
     tuned = qat_finetune(b.model, lambda step: x, steps=3)
     assert not any("parametrizations" in k for k in tuned.state_dict())  # fake quantisers removed
     with torch.no_grad():  # still the same function, roughly: a fine-tune, not a new model

@@ -223,7 +223,7 @@ def test_filter_bad_input(kp_bundle, trained_bundle, tmp_path):
         ((str(kp_bundle.path), str(tmp_path / "not_a_video.mp4")), "cannot open this video"),
         ((str(kp_bundle.path), str(tmp_path / "nope.mp4")), "video not found"),
         ((str(kp_bundle.path), str(tmp_path / "not_a_video.mp4"), "--anchor", "left_eye,rigth_eye"), "Did you mean"),
-        ((str(trained_bundle), str(tmp_path / "not_a_video.mp4")), "filter needs a keypoint model"),
+        ((str(trained_bundle), str(tmp_path / "not_a_video.mp4")), "filter needs a keypoints"),
     ]:
         r = run_cli("filter", *args, "--out", str(tmp_path / "o.mp4"))
         assert r.returncode != 0 and msg in r.stderr, r.stderr
@@ -233,7 +233,8 @@ def test_filter_bad_input(kp_bundle, trained_bundle, tmp_path):
 
 def test_classification_only_options_are_refused_for_keypoints(faces_small, tmp_path):
     r = run_cli("train", str(faces_small), "--progressive", "64", "--mixup", "0.5", "--out", str(tmp_path / "k.pvb"))
-    assert r.returncode == 2 and "--progressive, --mixup: classification only" in r.stderr, r.stderr
+    assert r.returncode == 2 and "--progressive, --mixup: a keypoints training does not use them" in r.stderr, r.stderr
+    assert "--mixup is a classify option" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "k.pvb").exists()
 
 
@@ -295,3 +296,22 @@ def test_sprite_placement_and_smoothing():
     assert np.std(np.array(still)[20:], 0).max() < 0.6 * 2
     moved = [f(np.array([160.0, 100.0]) + rng.normal(0, 2, 2), 1 / 30) for _ in range(15)]
     assert abs(moved[-1][0] - 160) < 6
+
+
+def test_a_head_argument_typo_is_one_line(faces_small, tmp_path):
+    r = run_cli("train", str(faces_small), "--head", "heatmap", "--head-args", "chanels=64", "--epochs", "1",
+                "--out", str(tmp_path / "k.pvb"), "--run-dir", str(tmp_path / "run"))
+    assert r.returncode == 2 and "Unrecognized argument 'chanels' for the heatmap head" in r.stderr, r.stderr
+    assert 'Did you mean "channels"' in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_bench_all_measures_a_keypoint_model(kp_bundle, faces_small, tmp_path):
+    """`bench --all` is the task's comparison and quality (1 - NME), not a classifier's argmax."""
+    r = run_cli("bench", str(kp_bundle.path), "--all", "--variants", "onnx,onnx:int8", "--data", str(faces_small),
+                "--out-dir", str(tmp_path / "v"), "--runs", "5", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {f"{v['target']} {v['precision']}": v for v in json.loads(r.stdout)["variants"]}
+    assert rows["onnx fp32"]["status"] == "verified" and "coordinate difference" in rows["onnx fp32"]["reason"]
+    assert rows["onnx int8"]["status"] == "verified" and "NME rise" in rows["onnx int8"]["reason"]
+    assert abs(rows["onnx fp32"]["accuracy"] - rows["bundle (torch)"]["accuracy"]) < 1e-3  # 1 - NME, the same

@@ -29,7 +29,8 @@ def data_root() -> Path:
 
 
 def test_registry_lists_all_families():
-    assert list_models() == ["deepdog", "efficientnet_lite0", "mobilenet_v1", "mobilenet_v2"]
+    assert list_models(kind="classifier") == ["deepdog", "efficientnet_lite0", "mobilenet_v1", "mobilenet_v2"]
+    assert list_models(kind="image") == ["johnson", "stylenet_mobile"]
     assert list_models("mobilenet*") == ["mobilenet_v1", "mobilenet_v2"]
     assert list_models(pretrained=True) == ["efficientnet_lite0"]
     assert Contract.from_dict(model_entry("deepdog").default_contract).mean == (127.5,) * 3

@@ -53,7 +53,7 @@ def test_ema_ramps_its_decay_copies_bn_counts_and_resumes(tmp_path):
     import torch
     from torch import nn
 
-    from pocketvision.training.loop import _make_ema, _save_ema
+    from pocketvision.training.engine import make_ema as _make_ema, save_ema as _save_ema
     model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
     ema = _make_ema(model, 0.9, None)
     expected = model[0].weight.detach().clone()

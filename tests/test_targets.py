@@ -24,7 +24,7 @@ def test_tflite_fp32_matches_the_bundle_and_carries_metadata(trained_bundle, tmp
     p = LiteRTPredictor(res.path)
     assert p.labels == b.labels and p.contract.size == b.contract.size
     assert p.meta["threshold"] == b.threshold
-    img = sorted((b.validation_samples()[0].path.parent).iterdir())[0]
+    img = b.held_out().paths[0]
     r = run_cli("predict", str(res.path), str(img), "--json")  # the CLI runs it, torch-free path
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)[0]["label"] in b.labels

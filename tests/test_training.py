@@ -126,11 +126,10 @@ def test_progressive_resizing_trains_small_then_exports_at_the_model_size(hotdog
     assert [int(px) for px in re.findall(r"^epoch \d+/4 .* (\d+)px", out.getvalue(), re.M)] == [32, 48, 64, 64]
     assert b.contract.size == (64, 64)
     assert b.export(tmp_path / "p.onnx", data=hotdog_small).verification["passed"]
-    # the CPU 'top' fine-tune trains on cached full-size activations: it says the option does nothing there
-    out = io.StringIO()
-    pv.train(hotdog_small, arch="efficientnet_lite0", size=96, epochs=1, progressive=64, run_dir=tmp_path / "run3",
-             progress=False, tensorboard=False, console=Console(file=out, width=200))
-    assert "--progressive has no effect with --finetune top" in out.getvalue()
+    # the CPU 'top' fine-tune trains on cached full-size activations: the option is refused there, not ignored
+    with pytest.raises(PocketVisionError, match="--progressive: not with --finetune top"):
+        pv.train(hotdog_small, arch="efficientnet_lite0", size=96, epochs=1, progressive=64, run_dir=tmp_path / "run3",
+                 progress=False, tensorboard=False)
     with pytest.raises(PocketVisionError, match="registry architecture"):
         pv.train(hotdog_small, model=nn.Sequential(nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
                  size=64, epochs=1, progressive=32, run_dir=tmp_path / "run2", progress=False, tensorboard=False)

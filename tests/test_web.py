@@ -56,7 +56,7 @@ def test_large_models_load_from_lazy_chunks(trained_bundle, tmp_path):
     from pocketvision.export.web import export_web
     b = pv.load(trained_bundle)
     onnx_path = b.export(tmp_path / "m.onnx", verify=False).path
-    folder = export_web(onnx_path, b._export_meta(), tmp_path / "chunked.web", chunk_bytes=64 * 1024)
+    folder = export_web(onnx_path, b.export_meta(), tmp_path / "chunked.web", b.plugin.outputs, chunk_bytes=64 * 1024)
     meta = json.loads((folder / "model.json").read_text())
     assert len(meta["model"]["external_data"]) >= 2
     v = b.verify(folder)

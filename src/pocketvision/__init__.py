@@ -11,29 +11,16 @@ __version__ = "0.1.0"
 __all__ = ["train", "find_lr", "load", "Bundle", "Contract", "PocketVisionError", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import find_lr, train
-    from .api import Bundle
+    from .api import Bundle, find_lr, load, train
     from .contract import Contract
     from .errors import PocketVisionError
 
+_LAZY = {"train": "api", "find_lr": "api", "load": "api", "Bundle": "api", "Contract": "contract",
+         "PocketVisionError": "errors"}
+
 
 def __getattr__(name: str) -> Any:
-    if name == "train":
-        from .api import train
-        return train
-    if name == "find_lr":
-        from .api import find_lr
-        return find_lr
-    if name == "load":
-        from .api import load
-        return load
-    if name == "Bundle":
-        from .api import Bundle
-        return Bundle
-    if name == "Contract":
-        from .contract import Contract
-        return Contract
-    if name == "PocketVisionError":
-        from .errors import PocketVisionError
-        return PocketVisionError
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'pocketvision' has no attribute {name!r}")

@@ -26,7 +26,6 @@ from .errors import BundleError
 SCHEMA_VERSION = 1
 FORMAT = "pocketvision-bundle"
 META_NAME, WEIGHTS_NAME = "bundle.json", "weights.safetensors"
-TASKS = ("classify", "keypoints")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -37,6 +36,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        # mkstemp makes the file private (0600); the result is an ordinary file, readable as the umask allows
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -161,8 +164,6 @@ def read(path: str | Path) -> BundleData:
     for key in ("task", "arch", "labels", "contract"):
         if key not in meta:
             raise BundleError(f"{path}: bundle.json is missing '{key}'.")
-    if meta["task"] not in TASKS:
-        raise BundleError(f"{path}: task {meta['task']!r} is not supported by this version (supported: {TASKS}).")
     try:
         Contract.from_dict(meta["contract"])
     except Exception as e:  # noqa: BLE001 - any contract problem is a bundle problem

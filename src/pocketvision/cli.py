@@ -1,6 +1,9 @@
 """Command line: argument parsing only; every verb calls the Python API.
 
-Imports are local to each verb so ``pocketvision predict model.onnx`` never loads torch.
+Flags are built from the typed option models (the engine's ``TrainConfig`` and each task's ``Options``,
+``EvalOptions``, ``CheckOptions``, ``FilterOptions``), so an option is written once, and a task's own verbs
+(``Task.commands``) are added from the registry. Imports are local to each verb so ``pocketvision predict
+model.onnx`` never loads torch.
 """
 
 from __future__ import annotations
@@ -8,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +34,6 @@ def _console():
     return Console(stderr=True)
 
 
-def _csv_floats(s: str) -> list[float]:
-    try:
-        return [float(x) for x in s.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
-
-
 def _kv(s: str) -> dict[str, Any]:
     """'alpha=0.5,act=relu' -> {'alpha': 0.5, 'act': 'relu'} (JSON values where they parse)."""
     out: dict[str, Any] = {}
@@ -51,24 +49,95 @@ def _kv(s: str) -> dict[str, Any]:
     return out
 
 
+def _word_or_floats(words: tuple[str, ...]):
+    """A choice of words, or comma-separated numbers (``--class-weights auto|none|w1,w2``)."""
+    def parse(s: str):
+        if s in words:
+            return s
+        try:
+            return [float(x) for x in s.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {' or '.join(words)} or comma-separated numbers, got "
+                                             f"{s!r}") from None
+    return parse
+
+
+# -- flags from typed option models ---------------------------------------------------------------------
+def _flag_kwargs(annotation: Any) -> dict[str, Any]:
+    """argparse keywords for a pydantic field's type."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        lits = [a for a in args if typing.get_origin(a) is typing.Literal]
+        lists = [a for a in args if typing.get_origin(a) is list]
+        if lits and lists:
+            return {"type": _word_or_floats(typing.get_args(lits[0])), "metavar": "|".join(typing.get_args(lits[0]))
+                    + "|N,N,..."}
+        if len(args) == 1:
+            return _flag_kwargs(args[0])
+    if origin is typing.Literal:
+        return {"choices": list(typing.get_args(annotation))}
+    if origin is dict or annotation is dict:
+        return {"type": _kv, "metavar": "K=V,..."}
+    if origin is list:
+        return {"action": "append", "metavar": "VALUE"}
+    if annotation in (int, float, str):
+        return {"type": annotation}
+    if annotation is Path:
+        return {"type": str}
+    return {"type": str}
+
+
+def add_option_flags(parser: argparse.ArgumentParser, models: list[tuple[str, Any]], seen: set[str] | None = None,
+                     exclude: tuple[str, ...] = ()) -> None:
+    """One flag per field of each (``owner``, model); ``owner`` prefixes the help (e.g. 'keypoints: '). A field
+    several models share is added once. Unset flags stay out of the namespace (``argparse.SUPPRESS``), so only
+    what the user typed reaches the API, which validates it and refuses what the task cannot use."""
+    seen = set() if seen is None else seen
+    owners: dict[str, list[str]] = {}
+    for owner, model in models:
+        for name in model.model_fields:
+            owners.setdefault(name, []).append(owner)
+    for owner, model in models:
+        for name, f in model.model_fields.items():
+            extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+            if name in seen or name in exclude or extra.get("cli") is False:
+                continue
+            seen.add(name)
+            flag = extra.get("flag") or "--" + name.replace("_", "-")
+            default = f.get_default(call_default_factory=True)
+            who = [o for o in owners[name] if o]
+            prefix = f"{', '.join(dict.fromkeys(who))}: " if who else ""
+            shown = default if default not in (None, {}, []) else None
+            help_ = f"{prefix}{extra.get('flag_help') or f.description or ''}" + (
+                f" (default: {shown})" if shown is not None and not isinstance(default, bool) else "")
+            help_ = help_.replace("%", "%%")
+            if f.annotation is bool or typing.get_args(f.annotation) == (bool, type(None)):
+                kw: dict[str, Any] = {"action": "store_false" if default is True else "store_true"}
+            else:
+                kw = _flag_kwargs(f.annotation)
+            parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=help_, **kw)
+
+
+def _given(a: argparse.Namespace, models: list[Any]) -> dict[str, Any]:
+    names = {n for m in models for n in m.model_fields}
+    return {k: v for k, v in vars(a).items() if k in names}
+
+
+def _task_models(attr: str) -> list[tuple[str, Any]]:
+    from .tasks import all_tasks
+    return [(t.name, getattr(t, attr)) for t in all_tasks() if getattr(t, attr) is not None]
+
+
 # -- verbs -------------------------------------------------------------------------------------------
 def cmd_train(a: argparse.Namespace) -> int:
     import pocketvision as pv
+    from .training.config import TrainConfig
 
-    opts: dict[str, Any] = {k: v for k, v in dict(
-        arch=a.arch, arch_args=a.arch_args, pretrained=not a.scratch, size=a.size, epochs=a.epochs,
-        batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr, weight_decay=a.weight_decay, schedule=a.schedule,
-        clr_cycle_epochs=a.clr_cycle_epochs, label_smoothing=a.label_smoothing,
-        class_weights=a.class_weights if a.class_weights in ("auto", "none") else _csv_floats(a.class_weights),
-        linear_probe=a.linear_probe, finetune=a.finetune, top_blocks=a.top_blocks, freeze_epochs=a.freeze_epochs, backbone_lr_mult=a.backbone_lr_mult,
-        early_stopping=a.early_stopping, augment=a.augment, mixup=a.mixup, ema=a.ema, progressive=a.progressive, progressive_until=a.progressive_until, distill=a.distill,
-        distill_alpha=a.distill_alpha, distill_t=a.distill_t, amp=a.amp, channels_last=a.channels_last, device=a.device,
-        workers=a.workers, seed=a.seed, val_fraction=a.val_fraction, target_precision=a.target_precision,
-        run_dir=a.run_dir, tensorboard=not a.no_tensorboard, progress=not a.json, task=a.task, head=a.head,
-        kp_loss=a.kp_loss, head_args=a.head_args, exclude=a.exclude, output_stride=a.output_stride, flip_pairs=a.flip_pairs, normalize=a.normalize).items()}
+    opts = _given(a, [TrainConfig] + [m for _, m in _task_models("Options")])
+    opts["progress"] = not a.json
     if a.find_lr:
-        from .api import find_lr
-        r = find_lr(a.data, **opts)
+        r = pv.find_lr(a.data, **opts)
         if a.json:
             _print_json({k: r[k] for k in ("suggested_lr", "plot")})
         else:
@@ -79,47 +148,26 @@ def cmd_train(a: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     if a.json:
-        _print_json({"bundle": str(b.path), "metrics": _brief(b.metrics), "report": b.meta.get("report")})
+        _print_json({"bundle": str(b.path), "metrics": b.plugin.brief(b.metrics), "report": b.meta.get("report")})
     else:
-        _render(b.metrics)
+        from rich.console import Console
+        b.plugin.render_metrics(b.metrics, Console())
         print(f"bundle: {b.path}\nreport: {b.meta.get('report')}")
     return 0
 
 
-def _brief(m: dict) -> dict:
-    """Keypoint metrics without the per-image lists (they stay in the bundle and the report)."""
-    return {k: v for k, v in m.items() if k not in ("per_image_nme", "image_index")}
-
-
-def _render(m: dict) -> None:
-    if m.get("task") == "keypoints":
-        from .evaluate.keypoint_report import render_keypoint_table
-        render_keypoint_table(m, _console())
-    else:
-        from .evaluate import render_table
-        render_table(m)
-
-
 def cmd_eval(a: argparse.Namespace) -> int:
-    from .data.keypoints import read_exclude
-    extra = {"exclude": read_exclude(a.exclude)} if a.exclude else {}
-    m = _load_any(a.model).evaluate(a.data, split=a.split, report_dir=a.report, threshold=a.threshold, **extra)
+    from .runtime.artifact import load_any
+    model = load_any(a.model)
+    m = model.evaluate(a.data, split=a.split, report_dir=a.report, **_given(a, [m for _, m in _task_models("EvalOptions")]))
     if a.json:
-        _print_json(_brief(m))
+        _print_json(model.plugin.brief(m))
     else:
-        _render(m)
+        from rich.console import Console
+        model.plugin.render_metrics(m, Console())
         if m.get("report"):
             print(f"report: {m['report']}")
     return 0
-
-
-def _load_any(path: str):
-    """A bundle, or an exported .onnx wrapped to offer the same evaluate/predict surface."""
-    from .runtime.artifact import Artifact, is_artifact
-    if is_artifact(path):
-        return Artifact(path)
-    import pocketvision as pv
-    return pv.load(path)
 
 
 def _image_args(items: list[str]) -> list[Path]:
@@ -139,23 +187,39 @@ def _image_args(items: list[str]) -> list[Path]:
     return out
 
 
+def _save_arrays(record: dict[str, Any], image: Path, out_dir: Path) -> dict[str, Any]:
+    """A record's image-valued fields (a stylised picture...) become PNG files in ``out_dir``."""
+    import numpy as np
+    out = {}
+    for k, v in record.items():
+        if isinstance(v, np.ndarray) and v.ndim == 3:
+            from PIL import Image
+
+            from .bundle import atomic_write_bytes
+            import io
+            buf = io.BytesIO()
+            Image.fromarray(v).save(buf, format="PNG")
+            out[k] = str(atomic_write_bytes(out_dir / f"{image.stem}.{k}.png", buf.getvalue()))
+        else:
+            out[k] = v
+    return out
+
+
 def cmd_predict(a: argparse.Namespace) -> int:
+    from .runtime.artifact import load_any
     from .errors import ImageDecodeError
-    model = _load_any(a.model)
+    model = load_any(a.model)
     rows, failed = [], 0
     for p in _image_args(a.images):
         try:
-            r = model.predict([p])[0]
+            r = _save_arrays(model.predict([p])[0], p, Path(a.out_dir))
         except ImageDecodeError as e:
             failed += 1
             print(f"error: {e}", file=sys.stderr)
             continue
         rows.append({"image": str(p), **r})
-        if not a.json and "keypoints" in r:
-            pts = "  ".join(f"{n} ({v['x']:.1f}, {v['y']:.1f})" for n, v in r["keypoints"].items())
-            print(f"{p}\t{pts}")
-        elif not a.json:
-            print(f"{p}\t{r['label']}\t{r['confidence']:.4f}")
+        if not a.json:
+            print(f"{p}\t{model.plugin.record_line(r)}")
     if a.json:
         _print_json(rows)
     return 1 if failed else 0
@@ -163,20 +227,21 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 def cmd_export(a: argparse.Namespace) -> int:
     import pocketvision as pv
-    from .export import FORMATS, check_request
+    from .export import check_request, get_target, variant_suffix
     targets = [t.strip() for t in a.to.split(",") if t.strip()]
     precision = "int8" if a.int8 else ("fp16" if a.fp16 else "fp32")
-    for t in targets:  # every request is checked before any work starts
-        check_request(t, precision, a.bits)
+    for t in targets:  # the request first, then what the bundle's task allows: all before any work
+        get_target(t).check(None, precision, a.bits, a.qat_steps)
     if a.out and len(targets) > 1:
         raise PocketVisionError("--out names one file; with several --to targets use --out-dir.")
     b = pv.load(a.bundle)
+    chosen = [check_request(b.plugin, t, precision, a.bits, a.qat_steps) for t in targets]  # before any work
     log = (lambda s: None) if a.json else (lambda s: print(s, file=sys.stderr))
     results, ok = [], True
-    for t in targets:
-        out = a.out or (Path(a.out_dir) / (Path(a.bundle).stem + _variant(precision, a.bits) + FORMATS[t])
+    for t in chosen:
+        out = a.out or (Path(a.out_dir) / (Path(a.bundle).stem + variant_suffix(precision, a.bits) + t.suffix)
                         if a.out_dir else None)
-        res = b.export(out, to=t, verify=not a.no_verify, data=a.data, opset=a.opset, precision=precision,
+        res = b.export(out, to=t.name, verify=not a.no_verify, data=a.data, opset=a.opset, precision=precision,
                        bits=a.bits, max_drop=a.max_drop, qat_steps=a.qat_steps, log=log)
         v = res.verification
         ok = ok and (v is None or v["passed"])
@@ -190,32 +255,18 @@ def cmd_export(a: argparse.Namespace) -> int:
             for n in res.notes:
                 print(f"note: {n}")
             if v:
-                _print_parity(v)
+                _print_parity(v, b.plugin)
     if a.json:
         _print_json(results if len(results) > 1 else results[0])
     return 0 if ok else 1
 
 
-def _variant(precision: str, bits: int | None) -> str:
-    return ("" if precision == "fp32" else f"-{precision}") + (f"-{bits}bit" if bits else "")
-
-
-def _print_parity(v: dict) -> None:
-    status = "PASSED" if v["passed"] else "FAILED"
-    if "structure" in v:  # Core ML off macOS: structure only
+def _print_parity(v: dict, plugin) -> None:
+    if "structure" in v:  # a runtime that cannot run here (Core ML off macOS): structure only
         print(f"verify {'structure OK' if v['passed'] else 'structure FAILED'}: {v['criterion']} "
               f"({', '.join(f'{k}={val}' for k, val in v['structure'].items())})")
         return
-    if "max_coord_diff_px" in v:  # keypoints
-        extra = f", NME {v['reference_nme']:.4f} -> {v['candidate_nme']:.4f}" if "candidate_nme" in v else ""
-        crit = f" ({v['criterion']})" if v.get("criterion") else f" (tol {v['tolerance_px']} px)"
-        print(f"verify {status}: {v['n']} real images, max coordinate difference {v['max_coord_diff_px']:.2e} px, "
-              f"mean {v['mean_coord_diff_px']:.2e} px{crit}{extra}")
-        return
-    extra = f", accuracy {v['reference_accuracy']:.4f} -> {v['candidate_accuracy']:.4f}" if "candidate_accuracy" in v else ""
-    crit = f" ({v['criterion']})" if v.get("criterion") else f" (tol {v['tolerance']:.0e})"
-    print(f"verify {status}: {v['n']} real images, max |dp| {v['max_abs_diff']:.2e}{crit}, "
-          f"top-1 agreement {v['top1_agreement']:.4f}{extra}")
+    print(f"verify {'PASSED' if v['passed'] else 'FAILED'}: {plugin.parity_line(v)}")
 
 
 def cmd_compress(a: argparse.Namespace) -> int:
@@ -272,8 +323,9 @@ def cmd_fetch_web_runtime(a: argparse.Namespace) -> int:
 
 def cmd_verify(a: argparse.Namespace) -> int:
     import pocketvision as pv
-    v = pv.load(a.bundle).verify(a.exported, data=a.data, tolerance=a.tolerance)
-    _print_json(v) if a.json else _print_parity(v)
+    b = pv.load(a.bundle)
+    v = b.verify(a.exported, data=a.data, tolerance=a.tolerance, max_drop=a.max_drop)
+    _print_json(v) if a.json else _print_parity(v, b.plugin)
     return 0 if v["passed"] else 1
 
 
@@ -284,7 +336,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
         return _bench_all(a)
     path = Path(a.model)
     tmp = None
-    if path.suffix != ".onnx":
+    from .runtime.artifact import is_artifact
+    if not is_artifact(path):
         import pocketvision as pv
         tmp = tempfile.TemporaryDirectory()
         path = pv.load(path).export(Path(tmp.name) / "model.onnx", verify=False).path
@@ -304,27 +357,28 @@ def _bench_all(a: argparse.Namespace) -> int:
     from .export import check_request
     from .runtime import variants as V
     from .runtime.bench import machine
-    chosen = V.DEFAULT_VARIANTS
+    b = pv.load(a.model)
+    chosen = V.default_variants(b.plugin)
     if a.variants:
         chosen = []
         for item in a.variants.split(","):
             parts = item.strip().split(":")  # target[:precision[:bits]]
             target, precision = parts[0], parts[1] if len(parts) > 1 else "fp32"
             bits = int(parts[2]) if len(parts) > 2 else None
-            check_request(target, precision, bits)
+            check_request(b.plugin, target, precision, bits)
             chosen.append((target, precision, bits))
-    b = pv.load(a.model)
     out_dir = Path(a.out_dir or Path(a.model).with_suffix("").name + "-variants")
     log = (lambda s: None) if a.json else (lambda s: print(s, file=sys.stderr))
     rows = V.bench_variants(b, a.data, out_dir, chosen, max_drop=a.max_drop, runs=a.runs, log=log)
-    plot = V.pareto_plot(rows, out_dir / "pareto.png")
+    plot = V.pareto_plot(rows, out_dir / "pareto.png", b.plugin.outputs.quality)
     report = {"machine": machine(), "command": "pocketvision " + " ".join(sys.argv[1:]), "plot": str(plot),
               "variants": V.to_json(rows)}
     (out_dir / "variants.json").write_text(json.dumps(report, indent=2))
     if a.json:
         _print_json(report)
     else:
-        V.render(rows, f"{a.model} on {a.data or 'its validation images'}  ({report['machine']})")
+        V.render(rows, f"{a.model} on {a.data or 'its validation images'}  ({report['machine']})",
+                 b.plugin.outputs.quality)
         print(f"pareto plot: {plot}\nexports and variants.json: {out_dir}")
     return 0 if all(r.status != V.FAILED for r in rows) else 1
 
@@ -351,59 +405,50 @@ def _print_bench(r: dict) -> None:
 
 
 def cmd_check(a: argparse.Namespace) -> int:
-    from .data.keypoints import is_keypoint_source
-    if is_keypoint_source(a.data):
-        return _check_keypoints(a)
-    from .data.check import check_dataset, render_check, write_preview
-    rep = check_dataset(a.data, val_fraction=a.val_fraction, seed=a.seed, tiny=a.tiny)
-    if a.preview:
-        from .contract import Contract
-        from .data.augment import AugmentConfig, Augmenter
-        from .data.folder import scan
-        contract = Contract(size=(a.size, a.size))
-        write_preview(scan(a.data, val_fraction=a.val_fraction, seed=a.seed), a.preview,
-                      Augmenter(AugmentConfig(), contract), n=a.preview_n, seed=a.seed)
-    return _emit_check(a, rep.to_dict(), lambda console: render_check(rep, console))
-
-
-def _emit_check(a: argparse.Namespace, report: dict, render) -> int:
-    """Either task's check report: JSON, or the rendered tables on stdout, plus where the preview went."""
-    if a.preview:
+    from .tasks import all_tasks, get_task
+    from .tasks.base import parse_options, refuse_foreign
+    task = get_task(a.task) if a.task != "auto" else next(
+        t for t in sorted(all_tasks(), key=lambda t: t.detect_order) if t.detect(a.data))
+    given = _given(a, [m for _, m in _task_models("CheckOptions")])
+    refuse_foreign(task, given, "CheckOptions", "check")
+    report, render = task.check(a.data, parse_options(task.CheckOptions, given, "check"))
+    if getattr(a, "preview", None):
         report["preview"] = str(a.preview)
     if a.json:
         _print_json(report)
     else:
         from rich.console import Console
         render(Console())
-        if a.preview:
+        if getattr(a, "preview", None):
             print(f"preview: {a.preview}")
     return 0
 
 
-def _check_keypoints(a: argparse.Namespace) -> int:
-    from .data.keypoints import load_keypoints
-    from .data.kp_check import check_keypoints, render_keypoint_check, write_keypoint_preview
-    rep = check_keypoints(a.data, seed=a.seed)
-    if a.suspects_out:
-        from .bundle import atomic_write_bytes
-        lines = [x["image"] for s in rep["splits"].values() for x in s["suspect_labels"]]
-        atomic_write_bytes(a.suspects_out, ("\n".join(lines) + "\n").encode())
-        rep["suspects_out"] = str(a.suspects_out)
-    if a.preview:
-        write_keypoint_preview(load_keypoints(a.data, seed=a.seed), a.preview, size=a.size, n=a.preview_n, seed=a.seed)
-    return _emit_check(a, rep, lambda console: render_keypoint_check(rep, console))
-
-
 def cmd_filter(a: argparse.Namespace) -> int:
-    from .sprite_filter import run_filter
-    stats = run_filter(a.model, a.video, a.out, sprite=a.sprite, anchor=a.anchor, sprite_anchors=a.sprite_anchors,
-                       smoothing=a.smoothing, min_score=a.min_score, draw_points=a.draw_points)
+    from .runtime.artifact import load_any
+    from .tasks.base import parse_options, refuse_foreign
+    named = [v for k, v in vars(a).items() if k.startswith("model_flag_") and v]
+    inputs = ([*named, *a.inputs] if named else a.inputs)
+    if len(inputs) != 2:
+        raise PocketVisionError("filter takes a MODEL and a VIDEO (e.g. `pocketvision filter faces.pvb clip.mp4`, "
+                                "or `pocketvision filter --style starry.pvb clip.mp4`).")
+    model = load_any(inputs[0])
+    plugin = model.plugin
+    if plugin.FilterOptions is None:
+        from .tasks import all_tasks
+        able = [t.name for t in all_tasks() if t.FilterOptions is not None]
+        raise PocketVisionError(f"{inputs[0]}: a {plugin.name} model; filter needs a {' or '.join(able)} model.")
+    given = _given(a, [m for _, m in _task_models("FilterOptions")])
+    refuse_foreign(plugin, given, "FilterOptions", "filter")
+    stats = plugin.filter_video(model, inputs[1], a.out, parse_options(plugin.FilterOptions, given, "filter"))
     if a.json:
         _print_json(stats)
     else:
+        extra = plugin.filter_line(stats)
         print(f"{stats['output']}: {stats['frames']} frames {stats['size'][0]}x{stats['size'][1]}, "
               f"{stats['fps']} fps end to end (ms/frame: "
-              + ", ".join(f"{k} {v:.2f}" for k, v in stats["ms_per_frame"].items()) + ")")
+              + ", ".join(f"{k} {v:.2f}" for k, v in stats["ms_per_frame"].items()) + ")"
+              + (f"; {extra}" if extra else ""))
     return 0
 
 
@@ -449,6 +494,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
 # -- parser ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .tasks import all_tasks
+    from .training.config import TrainConfig
     p = argparse.ArgumentParser(prog="pocketvision", description="From a folder of photos to a verified "
                                 "on-device vision model.", epilog=EPILOG, formatter_class=_Fmt)
     p.add_argument("--version", action="version", version=f"pocketvision {__version__}")
@@ -459,116 +506,49 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(fn=fn)
         return s
 
-    s = verb("train", "Train a classifier on an image folder (class = sub-folder), or a keypoint model on a COCO "
-             "keypoints JSON / CSV, and write a bundle.", cmd_train)
-    s.add_argument("data", help="image folder: DATA/<class>/*.jpg, or DATA/{train,val[,test]}/<class>/; keypoints: "
-                   "a COCO keypoints .json, a .csv (image,<name>_x,<name>_y,...), or a folder with train.json "
-                   "(+ val.json)")
+    tasks = ", ".join(f"{t.name} ({t.summary})" for t in all_tasks())
+    s = verb("train", f"Train a model and write a bundle. Tasks: {tasks}.", cmd_train)
+    s.add_argument("data", help="the task's training data: an image folder DATA/<class>/*.jpg or "
+                   "DATA/{train,val[,test]}/<class>/ (classify); a COCO keypoints .json, a .csv or a folder with "
+                   "train.json (keypoints); a folder of content photos (stylize)")
     s.add_argument("--out", default="model.pvb", help="bundle to write")
-    s.add_argument("--task", choices=("auto", "classify", "keypoints"), default="auto", help="auto: keypoints for "
-                   "annotation files, classify for image folders")
-    s.add_argument("--arch", default=None, help="architecture (see `pocketvision info`; default efficientnet_lite0 "
-                   "for classify, deepdog alpha=0.5 for keypoints)")
-    s.add_argument("--arch-args", type=_kv, default={}, help="architecture arguments, e.g. alpha=0.5,act=relu")
-    s.add_argument("--scratch", action="store_true", help="random init even when ImageNet weights exist")
-    s.add_argument("--size", type=int, default=None, help="input side in px (default: the architecture's)")
-    s.add_argument("--epochs", type=int, default=8, help="training epochs (after the linear probe)")
-    s.add_argument("--batch-size", type=int, default=32, help="batch size")
-    s.add_argument("--optimizer", choices=("adamw", "sgd", "rmsprop"), default="adamw", help="optimizer")
-    s.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 3e-3 from scratch, "
-                   "3e-5 top fine-tune, 1e-4 full fine-tune)")
-    s.add_argument("--weight-decay", type=float, default=0.02, help="weight decay")
-    s.add_argument("--schedule", default="onecycle",
-                   choices=("onecycle", "cosine", "triangular", "triangular2", "exp_range", "constant"),
-                   help="LR schedule (triangular* and exp_range are cyclical LRs)")
-    s.add_argument("--clr-cycle-epochs", type=float, default=2.0, help="half-cycle length of cyclical schedules")
-    s.add_argument("--label-smoothing", type=float, default=None, help="label smoothing (default: 0.1 from scratch, "
-                   "0 when fine-tuning)")
-    s.add_argument("--class-weights", default="auto", help="auto (inverse frequency), none, or w1,w2,...")
-    s.add_argument("--linear-probe", action="store_true", help="only fit a logistic-regression head on frozen "
-                   "pretrained features (fast baseline)")
-    s.add_argument("--finetune", choices=("top", "full"), default="top", help="pretrained archs: 'top' trains the "
-                   "last --top-blocks on cached activations (fast on CPU); 'full' trains every layer with pixel "
-                   "augmentation (used on CUDA)")
-    s.add_argument("--top-blocks", type=int, default=3, help="feature blocks trained by --finetune top")
-    s.add_argument("--freeze-epochs", type=int, default=0, help="epochs with a frozen backbone before unfreezing")
-    s.add_argument("--backbone-lr-mult", type=float, default=0.2, help="backbone LR multiplier once unfrozen")
-    s.add_argument("--early-stopping", type=int, default=None, metavar="N", help="stop after N epochs without "
-                   "improvement")
-    s.add_argument("--augment", type=_kv, default={}, help="augmentation overrides, e.g. "
-                   "'scale=[0.08,1],glare=0.3,moire=0' (see pocketvision.data.augment.AugmentConfig)")
-    s.add_argument("--progressive", type=int, default=None, metavar="PX", help="progressive resizing (from scratch or "
-                   "--finetune full): train the first epochs at PX and grow to --size by --progressive-until of "
-                   "the run (more epochs in the same time; default: off)")
-    s.add_argument("--progressive-until", type=float, default=0.75, metavar="F", help="with --progressive: the "
-                   "fraction of the epochs over which the size grows; the rest train at --size")
-    s.add_argument("--ema", type=float, default=0.0, help="evaluate and keep an exponential moving average of "
-                   "the weights with this decay (0 = off; 0.998 steadies short from-scratch runs)")
-    s.add_argument("--mixup", type=float, default=0.0, help="probability of a CutMix batch (regularises "
-                   "small from-scratch runs)")
-    s.add_argument("--distill", default=None, metavar="BUNDLE", help="teacher bundle for knowledge distillation "
-                   "(e.g. a fine-tuned efficientnet_lite0 teaching a small deepdog)")
-    s.add_argument("--distill-alpha", type=float, default=0.7, help="weight of the teacher's term in the loss")
-    s.add_argument("--distill-t", type=float, default=2.0, help="distillation temperature")
-    s.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="mixed precision (auto: on CUDA)")
-    s.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto", help="channels_last memory "
-                   "format (auto: on, except a user module on CPU)")
-    s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    s.add_argument("--workers", type=int, default=None, help="data worker processes (default: cores - 1)")
-    s.add_argument("--seed", type=int, default=0, help="random seed (split, init, augmentation)")
-    s.add_argument("--val-fraction", type=float, default=0.15, help="validation share when DATA has no val/")
-    s.add_argument("--target-precision", type=float, default=0.9, help="binary: choose the decision threshold "
-                   "for this precision on val")
-    s.add_argument("--run-dir", default=None, help="where checkpoints, logs, TensorBoard and the report go "
-                   "(default runs/train-TIMESTAMP)")
     s.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
-    s.add_argument("--head", choices=("heatmap", "simcc", "regression"), default="heatmap", help="keypoints: simcc (sub-pixel "
-                   "coordinate bins, usually more accurate) or regression (direct x, y)")
-    s.add_argument("--exclude", default=None, metavar="TXT", help="keypoints: leave out the images listed "
-                   "(one path or file name per line), e.g. from `check --suspects-out`")
-    s.add_argument("--head-args", type=_kv, default={}, help="keypoints: head arguments, e.g. hidden=128,sigma=1.5")
-    s.add_argument("--kp-loss", choices=("auto", "mse", "l1", "kl"), default="auto", help="keypoints: loss "
-                   "(auto: kl for simcc, mse for regression)")
-    s.add_argument("--output-stride", type=int, default=16, help="keypoints: stride of the backbone's last "
-                   "feature map (later stride-2 convs become stride 1)")
-    s.add_argument("--flip-pairs", default=None, help="keypoints: override the flip pairs inferred from the "
-                   "names, e.g. 'left_eye:right_eye,left_mouth:right_mouth', or 'none'")
-    s.add_argument("--normalize", default=None, help="keypoints: NME normaliser: two point names 'a,b' or 'bbox' "
-                   "(default: the two eye points, else bbox)")
     s.add_argument("--find-lr", action="store_true", help="run an LR range test, save the plot, and exit")
-    s.add_argument("--no-tensorboard", action="store_true", help="CSV log only")
     s.add_argument("--json", action="store_true", help="print the result as JSON (no progress bar)")
+    seen: set[str] = set()
+    add_option_flags(s, [("", TrainConfig)], seen)
+    add_option_flags(s, _task_models("Options"), seen)
 
-    s = verb("eval", "Evaluate a bundle or exported model on any labelled image folder (classify) or keypoint "
-             "annotations (NME, PCK, failure rate, per point).", cmd_eval)
+    s = verb("eval", "Evaluate a bundle or exported model on labelled data of its task (an HTML report with "
+             "--report).", cmd_eval)
     s.add_argument("model", help="bundle (.pvb), exported .onnx/.tflite, or web folder (run in Chromium)")
-    s.add_argument("data", help="labelled image folder; keypoints: COCO .json, .csv, or a folder with val.json")
+    s.add_argument("data", help="labelled data: an image folder (classify); COCO .json, .csv, or a folder with "
+                   "val.json (keypoints); content photos (stylize)")
     s.add_argument("--split", default="auto", help="auto (test/, else val/, else all), all, train, val, test")
-    s.add_argument("--threshold", type=float, default=None, help="binary decision threshold (default: the bundle's)")
     s.add_argument("--report", default=None, metavar="DIR", help="write an HTML report with plots and mistakes")
-    s.add_argument("--exclude", default=None, metavar="TXT", help="keypoints: leave out the images listed "
-                   "(e.g. suspect labels from `check --suspects-out`)")
     s.add_argument("--json", action="store_true", help="print metrics as JSON")
+    add_option_flags(s, _task_models("EvalOptions"))
 
-    s = verb("predict", "Classify images, or find their keypoints, with a bundle or an exported model (the .onnx "
-             "path needs no torch).",
-             cmd_predict)
-    s.add_argument("model", help="bundle (.pvb), exported .onnx, or web folder (run in Chromium)")
+    s = verb("predict", "Run a bundle or an exported model on images (the .onnx path needs no torch).", cmd_predict)
+    s.add_argument("model", help="bundle (.pvb), exported .onnx/.tflite, or web folder (run in Chromium)")
     s.add_argument("images", nargs="+", help="image files or folders")
+    s.add_argument("--out-dir", default="pv-out", help="where image outputs (a stylised picture) are written")
     s.add_argument("--json", action="store_true", help="print results as JSON")
 
-    s = verb("export", "Export a bundle (ONNX: uint8 RGB in, probabilities out) and verify parity.", cmd_export)
+    s = verb("export", "Export a bundle (uint8 RGB in, the task's outputs out) and verify parity on real images.",
+             cmd_export)
     s.add_argument("bundle", help="bundle (.pvb)")
-    s.add_argument("--to", default="onnx", help="target format(s), comma-separated: onnx, web")
+    from .export import target_names
+    s.add_argument("--to", default="onnx", help=f"target format(s), comma-separated: {', '.join(target_names())}")
     s.add_argument("--out", default=None, help="output file/folder (default: bundle name + variant + suffix)")
     s.add_argument("--out-dir", default=None, help="folder for the outputs when exporting several targets")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--int8", action="store_true", help="static int8, calibrated on training images; worst "
-                   "layers stay float until the accuracy drop is within --max-drop")
+                   "layers stay float until the quality drop is within --max-drop")
     g.add_argument("--fp16", action="store_true", help="half-precision weights (targets that support it)")
     s.add_argument("--bits", type=int, default=None, help="palettise first: 2^bits shared values per layer "
                    "(see `pocketvision compress`)")
-    s.add_argument("--max-drop", type=float, default=1.0, help="accuracy budget in points for --int8/--bits")
+    s.add_argument("--max-drop", type=float, default=1.0, help="quality budget in points for --int8/--bits")
     s.add_argument("--qat-steps", type=int, default=0, help="with --int8 (onnx, web): quantisation-aware "
                    "fine-tuning steps on training photos before calibration (0 = post-training only)")
     s.add_argument("--data", default=None, help="labelled images for verification (default: the bundle's val split)")
@@ -605,7 +585,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("bundle", help="bundle (.pvb)")
     s.add_argument("exported", help="exported model (.onnx or web folder)")
     s.add_argument("--data", default=None, help="labelled image folder (default: the bundle's val split)")
-    s.add_argument("--tolerance", type=float, default=None, help="max |probability difference| (default 1e-3)")
+    s.add_argument("--tolerance", type=float, default=None, help="the task's float tolerance (classify: max "
+                   "|probability difference|, default 1e-3; keypoints: pixels; stylize: minimum PSNR in dB); a "
+                   "compressed file (its metadata says int8/fp16) is judged by --max-drop instead")
+    s.add_argument("--max-drop", type=float, default=1.0, help="quality budget in points for a compressed file")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
 
     s = verb("bench", "Latency p50/p90/p99 (1 thread, all threads), throughput, memory, size, end to end.",
@@ -617,7 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--variants", default=None, help="with --all: target[:precision[:bits]],... e.g. "
                    "'onnx,onnx:int8,onnx:fp32:4,web' (default: onnx fp32/int8/4-bit, web fp32/int8)")
     s.add_argument("--out-dir", default=None, help="with --all: where the exports, table JSON and plot go")
-    s.add_argument("--max-drop", type=float, default=1.0, help="with --all: accuracy budget (points) for "
+    s.add_argument("--max-drop", type=float, default=1.0, help="with --all: quality budget (points) for "
                    "compressed variants")
     s.add_argument("--data", default=None, help="real photos for the end-to-end (JPEG bytes -> label) timing")
     s.add_argument("--large", default=None, help="large photos (e.g. 12 MP) for a second end-to-end timing")
@@ -626,33 +609,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=int, default=32, help="batch size for the throughput measurement")
     s.add_argument("--json", action="store_true", help="print the results as JSON")
 
-    s = verb("check", "Check an image folder (counts, imbalance, duplicates/leakage, tiny and unreadable files) or "
-             "keypoint annotations (per-point visibility, points outside the image, unreadable images).", cmd_check)
+    s = verb("check", "Check training data: counts, imbalance, duplicates/leakage, tiny and unreadable files "
+             "(image folders); per-point visibility, points outside the image, suspect labels (keypoints).", cmd_check)
     s.add_argument("data", help="image folder, or a COCO keypoints .json / keypoints .csv / folder with train.json")
-    s.add_argument("--preview", default=None, metavar="PNG", help="write a grid of augmented training samples")
-    s.add_argument("--preview-n", type=int, default=24, help="samples in the preview grid")
-    s.add_argument("--size", type=int, default=224, help="sample size in the preview")
-    s.add_argument("--tiny", type=int, default=64, help="report images whose short side is below this (px)")
-    s.add_argument("--suspects-out", default=None, metavar="TXT", help="keypoints: write the images with suspect "
-                   "labels, one per line (review them, or pass the file to `train --exclude`)")
-    s.add_argument("--val-fraction", type=float, default=0.15, help="validation share when DATA has no val/")
-    s.add_argument("--seed", type=int, default=0, help="split seed")
+    from .training.config import TaskName
+    s.add_argument("--task", choices=typing.get_args(TaskName), default="auto", help="whose check to run "
+                   "(auto: from the data)")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_option_flags(s, _task_models("CheckOptions"))
 
-    s = verb("filter", "Stick a sprite on two keypoints in every frame of a video (smoothed, scaled, rotated).",
-             cmd_filter)
-    s.add_argument("model", help="keypoint bundle, .onnx or .tflite")
-    s.add_argument("video", help="input video (anything OpenCV decodes: mp4, avi, mov...)")
+    able = [t for t in all_tasks() if t.FilterOptions is not None]
+    s = verb("filter", f"Run a {' or '.join(t.name for t in able)} model on every frame of a video and write the "
+             "result (sprites on keypoints, a stylised video).", cmd_filter)
+    s.add_argument("inputs", nargs="+", metavar="MODEL VIDEO", help="the model (bundle, .onnx or .tflite) and the "
+                   "input video (anything OpenCV decodes: mp4, avi, mov...)")
+    for t in able:
+        if t.model_flag:
+            s.add_argument(t.model_flag, dest=f"model_flag_{t.name}", default=None, metavar="MODEL",
+                           help=f"{t.name}: the model, given by name (then only VIDEO is positional)")
     s.add_argument("--out", default="filtered.mp4", help="output video (mp4)")
-    s.add_argument("--sprite", default="glasses", help="built-in sprite (glasses, mustache, crown) or an RGBA PNG")
-    s.add_argument("--anchor", default="left_eye,right_eye", help="the two keypoints the sprite's anchors follow")
-    s.add_argument("--sprite-anchors", default=None, metavar="X1,Y1,X2,Y2", help="anchor positions on a PNG "
-                   "sprite, in its pixels (default: 30%% and 70%% of its width at mid-height)")
-    s.add_argument("--smoothing", type=float, default=1.0, help="One Euro min cutoff in Hz (lower = steadier, "
-                   "more lag)")
-    s.add_argument("--min-score", type=float, default=0.2, help="hide the sprite when an anchor's score is lower")
-    s.add_argument("--draw-points", action="store_true", help="also draw every predicted point")
     s.add_argument("--json", action="store_true", help="print the stats as JSON")
+    add_option_flags(s, _task_models("FilterOptions"))
 
     s = verb("label", "Label images by hand in the browser: keypoints (one click per point) or classes (number keys); "
              "saved after every image.", cmd_label)
@@ -684,7 +661,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="pv-demo", help="folder for the data, bundle, exports and report")
     s.add_argument("--epochs", type=int, default=15, help="training epochs")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    for t in all_tasks():  # verbs a task adds (`pocketvision stylize`)
+        for c in t.commands():
+            s = verb(c.name, c.help, _command(c))
+            c.arguments(s)
+            add_option_flags(s, [("", c.options)])
+            s.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
+
+
+def _command(c):
+    def run(a: argparse.Namespace) -> int:
+        from .tasks.base import parse_options
+        return c.run(a, parse_options(c.options, _given(a, [c.options]), c.name))
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""``pocketvision filter``: stick a sprite on two keypoints in every frame of a video (the dog-face app).
+"""The keypoint task's `pocketvision filter`: stick a sprite on two keypoints in every frame of a video
+(the dog-face app).
 
 Per frame: decode (OpenCV) -> the model's contract resize -> predict (a bundle, ``.onnx`` or ``.tflite``)
 -> points back in frame pixels -> One Euro smoothing (Casiez et al. 2012: heavy smoothing when the
@@ -158,36 +159,15 @@ def blend_sprite(frame: np.ndarray, sprite: Sprite, m: np.ndarray) -> None:
     roi[:] = (roi * (1 - alpha) + patch[..., :3] * alpha + 0.5).astype(np.uint8)
 
 
-def _model(path: str):
-    """-> (run_pixels, contract, names) for a bundle, .onnx or .tflite."""
-    from .runtime.artifact import is_artifact
-    if is_artifact(path):
-        from .runtime.artifact import open_predictor
-        p = open_predictor(path, threads=1)
-        meta = p.meta
-        if meta.get("task") != "keypoints":
-            raise PocketVisionError(f"{path}: a {meta.get('task', 'classify')} model; filter needs a keypoint model.")
-        return p.run_pixels, p.contract, list(p.labels)
-    import pocketvision as pv
-    b = pv.load(path)
-    if b.task != "keypoints":
-        raise PocketVisionError(f"{path}: a {b.task} bundle; filter needs a keypoint model "
-                                "(train one on a COCO keypoints file).")
-    import torch
-    torch.set_num_threads(1)
-    return b.predict_pixels, b.contract, list(b.labels)
-
-
-def run_filter(model: str, video: str | os.PathLike, out: str | os.PathLike, sprite: str = "glasses",
+def run_filter(model, video: str | os.PathLike, out: str | os.PathLike, sprite: str = "glasses",
                anchor: str = "left_eye,right_eye", sprite_anchors: str | None = None, smoothing: float = 1.0,
                min_score: float = 0.2, draw_points: bool = False, max_frames: int | None = None) -> dict[str, Any]:
-    """-> stats: frames, fps end to end, per-stage milliseconds, output path."""
-    try:
-        import cv2
-    except ImportError:
-        raise PocketVisionError("filter needs OpenCV: pip install 'pocketvision[video]'") from None
+    """``model``: a keypoint bundle or predictor (``run_pixels``, ``contract``, ``labels``).
+    -> stats: frames, fps end to end, per-stage milliseconds, output path, frames with the sprite."""
     from .data.kp_augment import points_to_source
-    run_pixels, contract, names = _model(model)
+    from .video import cv2_module, filter_frames
+    cv2 = cv2_module()
+    run_pixels, contract, names = model.run_pixels, model.contract, list(model.labels)
     parts = [p.strip() for p in anchor.split(",")]
     if len(parts) != 2:
         raise PocketVisionError(f"--anchor {anchor!r}: name exactly two points, e.g. left_eye,right_eye.")
@@ -198,71 +178,32 @@ def run_filter(model: str, video: str | os.PathLike, out: str | os.PathLike, spr
             raise PocketVisionError(f"--anchor: the model has no point {p!r} (points: {names}).{did_you_mean(p, names)}")
         idx.append(names.index(p))
     sp = load_sprite(sprite, sprite_anchors)
-    video, out = Path(video), Path(out)
-    if not video.exists():
-        raise PocketVisionError(f"{video}: video not found.")
-    from .quiet import silence_fd2
-    with silence_fd2():  # FFmpeg prints its own complaint to fd 2; the user gets our one line
-        cap = cv2.VideoCapture(str(video))
-        ok, frame = cap.read() if cap.isOpened() else (False, None)
-    if not cap.isOpened():
-        raise PocketVisionError(f"{video}: cannot open this video (not a video file, or a codec OpenCV lacks).")
-    fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
-    fps = fps if 1 <= fps <= 240 else 30.0
-    if not ok:
-        cap.release()
-        raise PocketVisionError(f"{video}: cannot decode any frame.")
-    fh, fw = frame.shape[:2]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.partial{out.suffix or '.mp4'}")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (fw, fh))
-    if not writer.isOpened():
-        cap.release()
-        raise PocketVisionError(f"{out}: cannot write a video here (use an .mp4 name in a writable folder).")
     smooth = OneEuro(min_cutoff=smoothing, beta=0.05)
     h, w = contract.size
-    times = {"decode": 0.0, "predict": 0.0, "draw": 0.0, "encode": 0.0}
-    n, shown, t_start = 0, 0, time.perf_counter()
-    try:
-        while ok:
-            t0 = time.perf_counter()
-            small = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA) if contract.resize == "squash" else None
-            if small is not None:
-                pixels = small[None, ..., ::-1]  # BGR -> RGB
-            else:
-                pixels = contract.fit(Image.fromarray(frame[..., ::-1]))[None]
-            t1 = time.perf_counter()
-            pts = points_to_source(run_pixels(np.ascontiguousarray(pixels)), [(fw, fh)], contract)[0]
-            t2 = time.perf_counter()
-            sel = smooth(pts[idx, :2], 1.0 / fps)
-            if min(pts[idx, 2]) >= min_score and np.linalg.norm(sel[1] - sel[0]) > 1:
-                blend_sprite(frame, sp, similarity(sp.anchors, sel))
-                shown += 1
-            if draw_points:
-                for x, y, _ in pts:
-                    cv2.circle(frame, (int(x), int(y)), 3, (0, 0, 255), -1)
-            t3 = time.perf_counter()
-            writer.write(frame)
-            t4 = time.perf_counter()
-            times["predict"] += t2 - t1
-            times["draw"] += t3 - t2
-            times["encode"] += t4 - t3
-            times["decode"] += t1 - t0  # resize; the read itself is timed below
-            n += 1
-            if max_frames and n >= max_frames:
-                break
-            t5 = time.perf_counter()
-            ok, frame = cap.read()
-            times["decode"] += time.perf_counter() - t5
-        writer.release()
-        cap.release()
-        os.replace(tmp, out)
-    except BaseException:
-        writer.release()
-        cap.release()
-        tmp.unlink(missing_ok=True)
-        raise
-    total = time.perf_counter() - t_start
-    return {"output": str(out), "frames": n, "sprite_shown": shown, "size": [fw, fh], "seconds": round(total, 3),
-            "fps": round(n / total, 1) if total else None,
-            "ms_per_frame": {k: round(1000 * v / max(n, 1), 3) for k, v in times.items()}}
+    shown = 0
+
+    def process(frame: np.ndarray, fps: float, times: dict[str, float]) -> np.ndarray:
+        nonlocal shown
+        fh, fw = frame.shape[:2]
+        t0 = time.perf_counter()
+        small = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA) if contract.resize == "squash" else None
+        if small is not None:
+            pixels = small[None, ..., ::-1]  # BGR -> RGB
+        else:
+            pixels = contract.fit(Image.fromarray(frame[..., ::-1]))[None]
+        t1 = time.perf_counter()
+        pts = points_to_source(run_pixels(np.ascontiguousarray(pixels)), [(fw, fh)], contract)[0]
+        t2 = time.perf_counter()
+        sel = smooth(pts[idx, :2], 1.0 / fps)
+        if min(pts[idx, 2]) >= min_score and np.linalg.norm(sel[1] - sel[0]) > 1:
+            blend_sprite(frame, sp, similarity(sp.anchors, sel))
+            shown += 1
+        if draw_points:
+            for x, y, _ in pts:
+                cv2.circle(frame, (int(x), int(y)), 3, (0, 0, 255), -1)
+        times["decode"] += t1 - t0  # the resize counts with the decode
+        times["predict"] += t2 - t1
+        times["draw"] += time.perf_counter() - t2
+        return frame
+    stats = filter_frames(video, out, process, max_frames, stages=("predict", "draw"))
+    return {**stats, "sprite_shown": shown}

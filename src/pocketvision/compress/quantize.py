@@ -111,9 +111,12 @@ def output_layers(fp32: Path, max_weights: int = 65536) -> list[str]:
 def quantize_within_budget(fp32: Path, out: Path, calibration: np.ndarray, evaluate: Callable[[Path], float],
                            base_accuracy: float, max_drop: float = 1.0,
                            log: Callable[[str], None] = lambda s: None,
-                           keep_float: list[str] | None = None) -> dict[str, Any]:
-    """Quantise; while the accuracy drop exceeds ``max_drop`` points, keep the worst layer (lowest
-    SQNR) in float and try again. -> report with the per-layer errors and the float fallbacks."""
+                           keep_float: list[str] | None = None,
+                           within: Callable[[float], bool] | None = None) -> dict[str, Any]:
+    """Quantise; while the held-out quality is not ``within`` budget (default: the accuracy drop is at most
+    ``max_drop`` points), keep the worst layer (lowest SQNR) in float and try again. -> report with the
+    per-layer errors and the float fallbacks."""
+    within = within or (lambda q: 100 * (base_accuracy - q) <= max_drop + 1e-9)
     if len(calibration) == 0:
         raise PocketVisionError("int8 calibration needs training images; none were found.")
     exclude: list[str] = list(keep_float or [])
@@ -121,13 +124,12 @@ def quantize_within_budget(fp32: Path, out: Path, calibration: np.ndarray, evalu
     acc = evaluate(out)
     errors = layer_errors(fp32, out, calibration[:64])
     order = [r["node"] for r in errors]
-    log(f"int8: held-out accuracy {base_accuracy:.4f} -> {acc:.4f}")
+    log(f"int8: held-out quality {base_accuracy:.4f} -> {acc:.4f}")
     order = [n for n in order if n not in exclude]
-    while 100 * (base_accuracy - acc) > max_drop + 1e-9 and order and len(exclude) < MAX_FALLBACK + len(keep_float or []):
+    while not within(acc) and order and len(exclude) < MAX_FALLBACK + len(keep_float or []):
         exclude.append(order.pop(0))
         quantize(fp32, out, calibration, exclude)
         acc = evaluate(out)
-        log(f"  {exclude[-1]} kept float: accuracy {acc:.4f}")
-    within = 100 * (base_accuracy - acc) <= max_drop + 1e-9
-    return {"accuracy_before": base_accuracy, "accuracy_after": acc, "max_drop": max_drop, "within_budget": within,
+        log(f"  {exclude[-1]} kept float: quality {acc:.4f}")
+    return {"accuracy_before": base_accuracy, "accuracy_after": acc, "max_drop": max_drop, "within_budget": within(acc),
             "float_fallback": exclude, "kept_float_by_design": list(keep_float or []), "layer_errors": errors, "calibration_images": int(len(calibration))}

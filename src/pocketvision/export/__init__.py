@@ -1,22 +1,18 @@
-"""Export targets: one module per format, imported lazily; requests are checked before any work.
+"""Export targets: one module per format behind one protocol (``export/base.py``), registered on import.
 
-FORMATS maps a target to its output suffix; PRECISIONS lists what each target can carry here.
+Importing this package registers onnx, tflite, coreml and web; their converters load only when used.
 """
 
-from ..errors import PocketVisionError, unknown_choice
+from . import coreml, litert, onnx, web  # noqa: F401  (registers the targets)
+from .base import (META_PREFIX, ExportJob, Target, folder_size, get_target, is_exported, model_files, register_target,
+                   staged, target_for_path, target_names, variant_suffix)
 
-FORMATS = {"onnx": ".onnx", "web": ".web", "tflite": ".tflite", "coreml": ".mlpackage"}
-PRECISIONS = {"onnx": ("fp32", "int8"), "web": ("fp32", "int8"), "tflite": ("fp32", "int8", "fp16"),
-              "coreml": ("fp32", "fp16", "int8")}
+__all__ = ["META_PREFIX", "ExportJob", "Target", "check_request", "folder_size", "get_target", "is_exported",
+           "model_files", "register_target", "staged", "target_for_path", "target_names", "variant_suffix"]
 
 
-def check_request(to: str, precision: str = "fp32", bits: int | None = None) -> None:
-    if to not in FORMATS:
-        raise unknown_choice("format", to, FORMATS)
-    if precision not in PRECISIONS[to]:
-        raise PocketVisionError(f"{to} export does not support precision {precision!r}; "
-                                f"choose from {', '.join(PRECISIONS[to])}.")
-    if bits is not None and not 2 <= bits <= 8:
-        raise PocketVisionError(f"bits must be between 2 and 8 (a palette of 2^bits values); got {bits}.")
-    if bits and precision == "int8":
-        raise PocketVisionError("choose one compression: --bits (palettised float weights) or --int8, not both.")
+def check_request(task, to: str, precision: str = "fp32", bits: int | None = None, qat_steps: int = 0) -> Target:
+    """Refuse an export request before any work starts -> the target."""
+    target = get_target(to)
+    target.check(task, precision, bits, qat_steps)
+    return target

@@ -2,8 +2,10 @@
 
 The input is an image (``image``, RGB, the contract's size) whose pixels Core ML scales itself with the
 bundle's scale/bias, so an app hands over a camera pixel buffer (Vision resizes it; the contract's
-resize mode is in the metadata). Outputs come from ``ClassifierConfig``: ``classLabel`` and
-``classLabel_probs``. Labels, contract and threshold are also in the user-defined metadata
+resize mode is in the metadata; a fully convolutional model takes a range of sizes). Outputs are the task's
+Core ML type (``OutputSpec.coreml``): ``ClassifierConfig`` (``classLabel`` and ``classLabel_probs``), a
+MultiArray (keypoints) or an image (a stylised picture, RGB). Labels, contract and threshold are also in the
+user-defined metadata
 (``pocketvision.<key>``, JSON). A palettised bundle is stored palettised (``constexpr_lut_to_dense``
 ops, Core ML's native look-up tables); int8 is weight-only linear quantisation.
 
@@ -15,21 +17,17 @@ result is reported as "not verified numerically on this platform". Reload on mac
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
-from ..contract import Contract
 from ..errors import PocketVisionError
 from ..quiet import quiet
-from ..runtime.onnx_predictor import META_PREFIX
+from .base import META_PREFIX, ExportJob, Target, register_target
 
 INSTALL = "pip install 'pocketvision[coreml]'"
+# A fully convolutional model (``OutputSpec.dynamic_size``) takes any image side in this range.
+FLEXIBLE_SIDES = (64, 2048)
 
 
 def _ct():
@@ -41,54 +39,67 @@ def _ct():
     return ct
 
 
-class _Normalised(nn.Module):
-    """Per-channel normalisation Core ML's single ``scale`` cannot express, done in the graph."""
+def _traced_net(job: ExportJob, scale: float, bias: list[float]):
+    """The model after Core ML's own pixel scaling: any normalisation its single ``scale`` cannot express
+    is done in the graph, then the task's Core ML head."""
+    import torch
+    from torch import nn
 
-    def __init__(self, model: nn.Module, contract: Contract, scale: float, bias: list[float]):
-        super().__init__()
-        self.model = model
-        mean = torch.tensor(contract.mean).view(1, 3, 1, 1)
-        std = torch.tensor(contract.std).view(1, 3, 1, 1)
-        # Core ML gives x*scale + bias; we need (x - mean) / std.
-        b = torch.tensor(bias).view(1, 3, 1, 1)
-        self.register_buffer("a", 1.0 / (std * scale))
-        self.register_buffer("c", -mean / std - b / (std * scale))
+    from .graph import fold_batchnorm
+    contract, head = job.contract, job.task.coreml_head
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x * self.a + self.c)
+    class Net(nn.Module):
+        def __init__(self, model: nn.Module):
+            super().__init__()
+            self.model = model
+            mean = torch.tensor(contract.mean).view(1, 3, 1, 1)
+            std = torch.tensor(contract.std).view(1, 3, 1, 1)
+            # Core ML gives x*scale + bias; the model wants (x - mean) / std.
+            b = torch.tensor(bias).view(1, 3, 1, 1)
+            self.register_buffer("a", 1.0 / (std * scale))
+            self.register_buffer("c", -mean / std - b / (std * scale))
+            self.identity = len(set(contract.std)) == 1
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return head(self.model(x if self.identity else x * self.a + self.c))
+    return Net(fold_batchnorm(job.model.eval())).eval()
 
 
-def export_coreml(model: nn.Module, contract: Contract, metadata: dict[str, Any], out: str | Path,
-                  precision: str = "fp32", palettised_bits: int | None = None) -> Path:
+def export_coreml(job: ExportJob) -> Path:
     ct = _ct()
-    from .onnx import fold_batchnorm
-    out = Path(out)
+    import torch
+    contract, spec = job.contract, job.task.outputs
     h, w = contract.size
-    net = fold_batchnorm(model.eval())
     if len(set(contract.std)) == 1:
         scale, bias = 1.0 / contract.std[0], [-m / contract.std[0] for m in contract.mean]
     else:
         scale, bias = 1.0 / 255.0, [0.0, 0.0, 0.0]
-        net = _Normalised(net, contract, scale, bias)
+    net = _traced_net(job, scale, bias)
+    labels = list(job.meta["labels"])
+    shape: Any = (1, 3, h, w)
+    if spec.dynamic_size:
+        lo, hi = FLEXIBLE_SIDES
+        shape = ct.Shape(shape=(1, 3, ct.RangeDim(lo, hi, default=h), ct.RangeDim(lo, hi, default=w)))
+    name = spec.names[0]
+    outputs = {"classifier": None, "tensor": [ct.TensorType(name=name)],
+               "image": [ct.ImageType(name=name, color_layout=ct.colorlayout.RGB)]}[spec.coreml]
     try:
         with quiet():
-            traced = torch.jit.trace(net.eval(), torch.rand(1, 3, h, w))
-            keypoints = metadata.get("task") == "keypoints"
-            ml = ct.convert(traced, inputs=[ct.ImageType(name="image", shape=(1, 3, h, w), scale=scale, bias=bias,
+            traced = torch.jit.trace(net, torch.rand(1, 3, h, w) * 255)
+            ml = ct.convert(traced, inputs=[ct.ImageType(name="image", shape=shape, scale=scale, bias=bias,
                                                          color_layout=ct.colorlayout.RGB)],
-                            # keypoints: one tensor (1, K, 3) = x, y, score in input pixels
-                            outputs=[ct.TensorType(name="keypoints")] if keypoints else None,
-                            classifier_config=None if keypoints else ct.ClassifierConfig(list(metadata["labels"])),
+                            outputs=outputs,
+                            classifier_config=ct.ClassifierConfig(labels) if spec.coreml == "classifier" else None,
                             convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
-                            compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32)
+                            compute_precision=ct.precision.FLOAT16 if job.precision == "fp16" else ct.precision.FLOAT32)
             from coremltools.optimize.coreml import (OpLinearQuantizerConfig, OpPalettizerConfig,
                                                      OptimizationConfig, linear_quantize_weights,
                                                      palettize_weights)
-            if palettised_bits:
+            if job.palettised_bits:
                 # The weights already hold <= 2^bits distinct values: store them as Core ML look-up tables.
                 ml = palettize_weights(ml, OptimizationConfig(global_config=OpPalettizerConfig(
                     mode="unique", weight_threshold=1024)))
-            elif precision == "int8":
+            elif job.precision == "int8":
                 ml = linear_quantize_weights(ml, OptimizationConfig(global_config=OpLinearQuantizerConfig(
                     mode="linear_symmetric", weight_threshold=1024)))
     except PocketVisionError:
@@ -96,26 +107,39 @@ def export_coreml(model: nn.Module, contract: Contract, metadata: dict[str, Any]
     except Exception as e:  # noqa: BLE001 - converter errors are long; the first line names the op
         raise PocketVisionError(f"coreml export failed: {str(e).strip().splitlines()[0][:300]}") from e
     ml.author = "pocketvision"
-    what = "keypoints" if metadata.get("task") == "keypoints" else "classifier"
-    ml.short_description = f"pocketvision {what}: {', '.join(metadata['labels'])}"
-    for k, v in {**metadata, "precision": precision}.items():
+    ml.short_description = f"pocketvision {job.task.name}: {', '.join(labels)}"
+    for k, v in {**job.meta, "precision": job.precision}.items():
         ml.user_defined_metadata[META_PREFIX + k] = json.dumps(v)
-    # An .mlpackage is a folder: build it beside the target, then swap it in.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
-    try:
-        staged = tmp / out.name
-        with quiet():
-            ml.save(str(staged))
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staged.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    # coremltools names a package by its suffix; the staging path keeps the user's name, whatever it is
+    saved = job.tmp / "model.mlpackage"
+    with quiet():
+        ml.save(str(saved))
+    saved.rename(job.out)
+    return job.out
 
 
-def inspect(path: str | Path, labels: list[str] | None = None) -> dict[str, Any]:
+@register_target
+class CoreMLTarget(Target):
+    name = "coreml"
+    suffix = ".mlpackage"
+    precisions = ("fp32", "fp16", "int8")
+    install = INSTALL
+    description = "ML program with an image input (extra [coreml]); runs on Apple platforms only"
+
+    def export(self, job: ExportJob) -> None:
+        export_coreml(job)
+
+    def open(self, path: str | Path, threads: int | None = None):
+        raise PocketVisionError(f"{path}: Core ML models run only on Apple platforms (coremltools on macOS); "
+                                "here they are checked structurally by `pocketvision export`.")
+
+    def inspect(self, path: str | Path, meta: dict[str, Any], task) -> dict[str, Any] | None:
+        rep = inspect(path, meta.get("labels"), task.outputs)
+        return {"n": 0, "passed": rep["passed"], "numeric": rep["numeric"], "structure": rep["checks"],
+                "criterion": rep["reason"]}
+
+
+def inspect(path: str | Path, labels: list[str] | None, outputs) -> dict[str, Any]:
     """Structural check of an .mlpackage (works on Linux): spec, input/outputs, metadata, palettes.
 
     -> {"passed": structure ok, "numeric": False off macOS, "checks": {...}, "reason": ...}
@@ -137,9 +161,9 @@ def inspect(path: str | Path, labels: list[str] | None = None) -> dict[str, Any]
     checks = {
         "ml_program": spec.WhichOneof("Type") == "mlProgram",
         "image_input": inp.name == "image" and inp.type.WhichOneof("Type") == "imageType"
-        and [inp.type.imageType.height, inp.type.imageType.width] == list(contract.get("size", [])),
-        "outputs": ({o.name for o in desc.output} == {"keypoints"} if meta.get("task") == "keypoints"
-                    else {o.name for o in desc.output} >= {"classLabel", "classLabel_probs"}),
+        and (outputs.dynamic_size or [inp.type.imageType.height, inp.type.imageType.width]
+             == list(contract.get("size", []))),
+        "outputs": _outputs_ok({o.name: o.type.WhichOneof("Type") for o in desc.output}, outputs),
         "labels_metadata": meta.get("labels") == labels if labels is not None else "labels" in meta,
         "contract_metadata": bool(contract),
         "palettised_weights": ops.get("constexpr_lut_to_dense", 0),
@@ -149,3 +173,11 @@ def inspect(path: str | Path, labels: list[str] | None = None) -> dict[str, Any]
     return {"passed": ok, "numeric": numeric, "checks": checks, "ops": ops,
             "reason": ("structure verified; " if ok else "structure check failed; ")
             + ("run numerically with coremltools on macOS" if numeric else "not verified numerically on this platform")}
+
+
+def _outputs_ok(found: dict[str, str], outputs) -> bool:
+    """The package's outputs are what the task's ``OutputSpec`` asked Core ML for."""
+    if outputs.coreml == "classifier":
+        return {"classLabel", "classLabel_probs"} <= set(found)
+    kind = "imageType" if outputs.coreml == "image" else "multiArrayType"
+    return found == {outputs.names[0]: kind}

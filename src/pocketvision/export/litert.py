@@ -1,7 +1,8 @@
 """Bundle -> LiteRT ``.tflite`` via litert-torch (extra ``[litert]``), run by the ai-edge-litert interpreter.
 
-Input ``uint8 [1, H, W, 3]`` RGB pixels, output probabilities ``[1, C]``: cast and normalisation are in
-the graph, as in every pocketvision export. Labels, contract and threshold are stored as flatbuffer
+Input ``uint8 [1, H, W, 3]`` RGB pixels at the contract's size, output the task's first output
+(probabilities ``[1, C]``, keypoints ``[1, K, 3]``, a stylised ``[1, H, W, 3]`` uint8 image): cast and
+normalisation are in the graph, as in every pocketvision export. Labels, contract and threshold are stored as flatbuffer
 metadata entries named ``pocketvision.<key>`` (JSON). int8 is full-integer post-training
 quantisation (ai-edge-quantizer's static int8 recipe) calibrated on the user's training images; fp16
 stores half-precision weights. Reload with
@@ -17,27 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from ..bundle import atomic_write_bytes
-from ..contract import Contract
 from ..errors import PocketVisionError
 from ..quiet import quiet
-from ..runtime.onnx_predictor import META_PREFIX
+from .base import META_PREFIX, ExportJob, Target, register_target
 
 INSTALL = "pip install 'pocketvision[litert]'"
-
-
-class _FirstOutput(nn.Module):
-    """The task's primary output only (probabilities, or keypoints): one output tensor per .tflite."""
-
-    def __init__(self, wrapper: nn.Module):
-        super().__init__()
-        self.wrapper = wrapper
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.wrapper(image)[0]
 
 
 def _quiet():
@@ -73,35 +59,62 @@ def add_metadata(model_bytes: bytes, metadata: dict[str, Any]) -> bytes:
     return bytes(fbu.convert_object_to_bytearray(model))
 
 
-def export_tflite(model: nn.Module, contract: Contract, metadata: dict[str, Any], out: str | Path,
-                  precision: str = "fp32", calibration: np.ndarray | None = None) -> Path:
+def export_tflite(job: ExportJob) -> Path:
     require()
-    from .onnx import fold_batchnorm
-    h, w = contract.size
-    from ..tasks import export_wrapper
-    net = _FirstOutput(export_wrapper(metadata.get("task", "classify"), fold_batchnorm(model.eval()), contract)[0]).eval()
+    import torch
+
+    from .graph import FirstOutput, pixel_graph
+    h, w = job.contract.size
+    net = FirstOutput(pixel_graph(job.model, job.contract, job.task.graph_head)).eval()
+    # LiteRT graphs keep the example's shape: the contract's size, batch 1 (a fully convolutional model
+    # still gets a fixed size here; the interpreter runs other sizes only after a resize + re-allocation).
     sample = torch.randint(0, 256, (1, h, w, 3), dtype=torch.uint8)
+    calibration = job.calibration(128) if job.precision == "int8" else None
+    if job.precision == "int8" and (calibration is None or not len(calibration)):
+        raise PocketVisionError("tflite int8 needs calibration images.")
     try:
         with _quiet():
             import litert_torch
-            if precision == "int8" and (calibration is None or not len(calibration)):
-                raise PocketVisionError("tflite int8 needs calibration images.")
             data = litert_torch.convert(net, (sample,)).model_content()
-    except PocketVisionError:
-        raise
     except Exception as e:  # noqa: BLE001 - converter errors are long; the first line names the op
         raise PocketVisionError(f"tflite export failed: {str(e).strip().splitlines()[0][:300]}") from e
     from .compat import check_tflite, raise_if_incompatible
     raise_if_incompatible(check_tflite(bytes(data)))
-    data = add_metadata(bytes(data), {**metadata, "precision": precision})
+    data = add_metadata(bytes(data), {**job.meta, "precision": job.precision})
     # Quantise after adding the metadata: ai-edge-quantizer keeps it, while rewriting its output through
     # the flatbuffer object API would drop the weight buffers it stores past the flatbuffer.
     with _quiet():
-        if precision == "fp16":
+        if job.precision == "fp16":
             data = _fp16_weights(data)
-        elif precision == "int8":
+        elif job.precision == "int8":
             data = _int8_full_integer(data, calibration)
-    return atomic_write_bytes(out, data)
+    job.out.write_bytes(data)
+    return job.out
+
+
+@register_target
+class LiteRTTarget(Target):
+    name = "tflite"
+    suffix = ".tflite"
+    precisions = ("fp32", "int8", "fp16")
+    install = INSTALL
+    description = "LiteRT flatbuffer via litert-torch, metadata entries pocketvision.* (extra [litert])"
+
+    def export(self, job: ExportJob) -> None:
+        export_tflite(job)
+
+    def open(self, path: str | Path, threads: int | None = None):
+        from ..runtime.litert_predictor import LiteRTPredictor
+        return LiteRTPredictor(path, threads)
+
+    def owns(self, path: Path) -> bool:
+        if path.suffix == self.suffix:
+            return True
+        try:  # a LiteRT flatbuffer by any name: its file identifier
+            with open(path, "rb") as f:
+                return f.read(8)[4:] == b"TFL3"
+        except OSError:
+            return False
 
 
 def _int8_full_integer(data: bytes, calibration: np.ndarray) -> bytes:

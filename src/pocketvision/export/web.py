@@ -3,7 +3,8 @@
 Layout of ``NAME.web/``::
 
     index.html, app.js      the page (same for every model)
-    model.json              labels, preprocessing contract, threshold, file list with SHA-256
+    render/<task>.js        the task's renderer (bars, points on the frame, a stylised canvas...)
+    model.json              labels, preprocessing contract, threshold, renderer, file list with SHA-256
     model.onnx              the graph (+ ``model.data.N`` weight chunks when the model is large)
     ort/                    onnxruntime-web runtime files, copied from its npm package
 
@@ -19,6 +20,7 @@ point ``PV_ORT_WEB_DIR`` at an unpacked ``node_modules/onnxruntime-web/dist``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PocketVisionError
+from .base import ExportJob, Target, register_target
 
 ORT_WEB_VERSION = "1.30.0"
 # backend -> (ES module, its Emscripten glue, its .wasm). One .wasm per backend build; mixing fails.
@@ -131,51 +134,63 @@ def split_external(onnx_path: Path, out_dir: Path, chunk_bytes: int = CHUNK_BYTE
     return chunks
 
 
-def export_web(onnx_path: str | Path, meta: dict[str, Any], out: str | Path, chunk_bytes: int = CHUNK_BYTES,
+def export_web(onnx_path: str | Path, meta: dict[str, Any], out: str | Path, outputs, chunk_bytes: int = CHUNK_BYTES,
                title: str | None = None) -> Path:
-    """Build the web folder from an exported ``.onnx`` (float, int8 or palettised). Atomic: the folder
-    is assembled beside ``out`` and renamed into place."""
+    """Build the web folder ``out`` from an exported ``.onnx`` (float, int8 or palettised). The page's
+    renderer is the task's (``outputs``: its ``OutputSpec``; the renderer is a module from ``tasks/web/``).
+    Callers stage ``out`` (``export.base.staged``) so a half-built folder never replaces a good one."""
     out = Path(out)
     rt = runtime_dir()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        static = resources.files("pocketvision.export") / "web_static"
-        for name in ("index.html", "app.js"):
-            (tmp / name).write_bytes((static / name).read_bytes())
-        (tmp / "_headers").write_text(HEADERS_FILE)
-        (tmp / "ort").mkdir()
-        runtime: dict[str, Any] = {}
-        for backend, (module, glue, wasm) in RUNTIME.items():
-            for f in (module, glue, wasm):
-                shutil.copy2(rt / f, tmp / "ort" / f)
-            runtime[backend] = {"module": module, "wasm": wasm, "wasm_sha256": _sha256(rt / wasm),
-                                "wasm_size": (rt / wasm).stat().st_size}
-        if (rt / "package.json").exists():
-            shutil.copy2(rt / "package.json", tmp / "ort" / "package.json")
-        chunks = split_external(Path(onnx_path), tmp, chunk_bytes)
-        model = {"path": "model.onnx", "sha256": _sha256(tmp / "model.onnx"), "size": (tmp / "model.onnx").stat().st_size,
-                 "external_data": [{"path": c, "sha256": _sha256(tmp / c), "size": (tmp / c).stat().st_size}
-                                   for c in chunks]}
-        doc = {"format": "pocketvision-web", "title": title or f"pocketvision: {' / '.join(meta['labels'])}",
-               "labels": meta["labels"], "contract": meta["contract"], "threshold": meta.get("threshold"),
-               "task": meta.get("task", "classify"), "model": model, "runtime": runtime,
-               "onnxruntime_web": ORT_WEB_VERSION,
-               **{k: v for k, v in meta.items() if k not in ("labels", "contract", "threshold", "task")}}
-        (tmp / "model.json").write_text(json.dumps(doc, indent=2, default=str))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    spec = outputs
+    out.mkdir(parents=True, exist_ok=True)
+    static = resources.files("pocketvision.export") / "web_static"
+    for name in ("index.html", "app.js"):
+        (out / name).write_bytes((static / name).read_bytes())
+    (out / "render").mkdir(exist_ok=True)
+    (out / "render" / spec.web_renderer).write_bytes(
+        (resources.files("pocketvision.tasks") / "web" / spec.web_renderer).read_bytes())
+    (out / "_headers").write_text(HEADERS_FILE)
+    (out / "ort").mkdir(exist_ok=True)
+    runtime: dict[str, Any] = {}
+    for backend, (module, glue, wasm) in RUNTIME.items():
+        for f in (module, glue, wasm):
+            shutil.copy2(rt / f, out / "ort" / f)
+        runtime[backend] = {"module": module, "wasm": wasm, "wasm_sha256": _sha256(rt / wasm),
+                            "wasm_size": (rt / wasm).stat().st_size}
+    if (rt / "package.json").exists():
+        shutil.copy2(rt / "package.json", out / "ort" / "package.json")
+    chunks = split_external(Path(onnx_path), out, chunk_bytes)
+    model = {"path": "model.onnx", "sha256": _sha256(out / "model.onnx"), "size": (out / "model.onnx").stat().st_size,
+             "external_data": [{"path": c, "sha256": _sha256(out / c), "size": (out / c).stat().st_size}
+                               for c in chunks]}
+    doc = {"format": "pocketvision-web", "title": title or f"pocketvision: {' / '.join(meta['labels'])}",
+           "labels": meta["labels"], "contract": meta["contract"], "threshold": meta.get("threshold"),
+           "task": meta["task"], "renderer": f"render/{spec.web_renderer}", "outputs": list(spec.names),
+           "dynamic_size": spec.dynamic_size, "model": model, "runtime": runtime, "onnxruntime_web": ORT_WEB_VERSION,
+           **{k: v for k, v in meta.items() if k not in ("labels", "contract", "threshold", "task")}}
+    (out / "model.json").write_text(json.dumps(doc, indent=2, default=str))
     return out
 
 
-def folder_size(path: Path) -> int:
-    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+@register_target
+class WebTarget(Target):
+    name = "web"
+    suffix = ".web"
+    precisions = ("fp32", "int8")
+    description = "static folder: index.html, app.js, the task's renderer, model.json, model + onnxruntime-web"
+
+    def export(self, job: ExportJob) -> None:
+        from .onnx import OnnxTarget
+        runtime_dir()  # the runtime files are needed: say so before the (slower) graph export
+        onnx_job = dataclasses.replace(job, out=job.tmp / "model.onnx")
+        OnnxTarget().export(onnx_job)
+        job.report.update(onnx_job.report)
+        export_web(onnx_job.out, {**job.meta, "precision": job.precision}, job.out, job.task.outputs)
+
+    def open(self, path: str | Path, threads: int | None = None):
+        from ..runtime.web_predictor import WebPredictor
+        return WebPredictor(path, threads)
+
+    def owns(self, path: Path) -> bool:
+        from ..runtime.web_predictor import is_web_folder
+        return path.suffix == self.suffix or is_web_folder(path)

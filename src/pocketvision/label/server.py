@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-import numpy as np
 
 from ..errors import PocketVisionError
 from .store import LabelStore, SchemaError
@@ -65,33 +64,20 @@ class Suggester:
     """Model-assisted labelling: pre-placed points / a pre-chosen class, and an uncertainty per image."""
 
     def __init__(self, model: str, store: LabelStore):
-        from ..runtime.artifact import is_artifact, open_predictor
-        if is_artifact(model):
-            p = open_predictor(model, threads=1)
-            self.predict, self.task, self.labels = p.predict, p.meta.get("task", "classify"), list(p.labels)
-        else:
-            import pocketvision as pv
-            b = pv.load(model)
-            self.predict, self.task, self.labels = b.predict, b.task, list(b.labels)
-        want = "keypoints" if store.mode == "keypoints" else "classify"
-        if self.task != want:
-            raise PocketVisionError(f"{model}: a {self.task} model cannot suggest {store.mode}.")
-        if want == "classify" and sorted(self.labels) != sorted(store.names):
-            raise PocketVisionError(f"{model}: its classes {self.labels} differ from --classes {store.names}.")
+        from ..runtime.artifact import load_any
+        m = load_any(model)
+        self.predict, self.plugin, self.labels = m.predict, m.plugin, list(m.labels)
+        problem = self.plugin.label_problem(store.mode, self.labels, store.names)
+        if problem:
+            raise PocketVisionError(f"{model}: {problem}")
         self.store, self.cache, self.lock = store, {}, threading.Lock()
 
     def suggest(self, image: str) -> dict[str, Any]:
+        """The task's suggestion for ``image`` (points or a class) with an ``uncertainty`` in [0, 1]."""
         with self.lock:
             if image not in self.cache:
                 r = self.predict([self.store.path(image)])[0]
-                if self.task == "keypoints":
-                    kp = r["keypoints"]
-                    pts = [[kp[n]["x"], kp[n]["y"], kp[n]["score"]] if n in kp else None for n in self.store.names]
-                    scores = [p[2] for p in pts if p]
-                    self.cache[image] = {"points": pts, "uncertainty": 1.0 - float(np.mean(scores)) if scores else 1.0}
-                else:
-                    self.cache[image] = {"class": r["label"], "confidence": r["confidence"],
-                                         "uncertainty": 1.0 - float(r["confidence"])}
+                self.cache[image] = self.plugin.label_suggestion(r, self.store.names)
             return self.cache[image]
 
     def order(self, images: list[str], log=lambda s: None) -> list[str]:

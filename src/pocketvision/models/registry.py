@@ -32,15 +32,23 @@ class ModelEntry:
     pretrained: bool  # whether offline ImageNet weights exist
     default_args: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    # What the network maps an image to: "classifier" (a feature stack + a linear head: classify, and the
+    # backbone of keypoint models) or "image" (image-to-image, e.g. a stylizer). A task names the kinds it builds.
+    kind: str = "classifier"
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
+MODEL_KINDS = ("classifier", "image")
+
+
 def register_model(name: str, *, default_contract: dict[str, Any], min_size: int = 32,
-                   size_multiple: int = 1, pretrained: bool = False) -> Callable:
-    """Decorator over ``builder(*, num_classes=..., ...) -> nn.Module`` (all arguments keyword with
-    defaults; a builder with ``pretrained=True`` also takes ``pretrained: bool``)."""
+                   size_multiple: int = 1, pretrained: bool = False, kind: str = "classifier") -> Callable:
+    """Decorator over ``builder(*, ...) -> nn.Module`` (all arguments keyword with defaults; a classifier
+    takes ``num_classes``; a builder with ``pretrained=True`` also takes ``pretrained: bool``)."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"model kind {kind!r} is not one of {MODEL_KINDS}")
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         # Developer errors (wrong builder shape) -> plain exceptions with tracebacks, not user errors.
@@ -49,23 +57,23 @@ def register_model(name: str, *, default_contract: dict[str, Any], min_size: int
         params = inspect.signature(fn).parameters
         bad = [p.name for p in params.values()
                if p.kind is not p.KEYWORD_ONLY or p.default is inspect.Parameter.empty]
-        if bad or "num_classes" not in params or (pretrained != (_PRETRAINED_KW in params)):
-            raise TypeError(f"builder for {name!r}: arguments must be keyword-only with defaults, include "
-                            f"num_classes, and take 'pretrained' iff pretrained=True (bad: {bad})")
+        if bad or (kind == "classifier" and "num_classes" not in params) or (pretrained != (_PRETRAINED_KW in params)):
+            raise TypeError(f"builder for {name!r}: arguments must be keyword-only with defaults, a classifier's "
+                            f"include num_classes, and take 'pretrained' iff pretrained=True (bad: {bad})")
         defaults = {k: p.default for k, p in params.items() if k != _PRETRAINED_KW}
         doc = (inspect.getdoc(fn) or "").split("\n")[0]
         _REGISTRY[name] = ModelEntry(name, fn, dict(default_contract), min_size, size_multiple,
-                                     pretrained, defaults, doc)
+                                     pretrained, defaults, doc, kind)
         return fn
 
     return deco
 
 
-def list_models(pattern: str = "*", *, pretrained: bool = False) -> list[str]:
+def list_models(pattern: str = "*", *, pretrained: bool = False, kind: str | None = None) -> list[str]:
     """Registered names matching a glob (``list_models("mobilenet*")``); ``pretrained=True`` keeps only
-    those with offline weights."""
+    those with offline weights, ``kind`` only those of that kind."""
     return sorted(n for n, e in _REGISTRY.items()
-                  if fnmatch.fnmatch(n, pattern) and (e.pretrained or not pretrained))
+                  if fnmatch.fnmatch(n, pattern) and (e.pretrained or not pretrained) and kind in (None, e.kind))
 
 
 def model_entry(name: str) -> ModelEntry:

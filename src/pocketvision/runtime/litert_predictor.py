@@ -11,12 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from ..contract import Contract
 from ..errors import PocketVisionError
+from ..export.base import META_PREFIX
 from ..quiet import silence_fd2
-from .decision import decide
-
-META_PREFIX = "pocketvision."
+from .predictor import Predictor
 
 
 def read_metadata(data: bytes) -> dict[str, Any]:
@@ -34,7 +32,7 @@ def read_metadata(data: bytes) -> dict[str, Any]:
     return out
 
 
-class LiteRTPredictor:
+class LiteRTPredictor(Predictor):
     def __init__(self, path: str | Path, threads: int | None = None):
         self.path = Path(path)
         if not self.path.exists():
@@ -45,36 +43,26 @@ class LiteRTPredictor:
             raise PocketVisionError("running a .tflite needs ai-edge-litert: pip install 'pocketvision[litert]'") from None
         data = self.path.read_bytes()
         try:
-            self.meta = read_metadata(data)
+            meta = read_metadata(data)
             with silence_fd2():
                 self.interpreter = Interpreter(model_content=data, num_threads=threads or 1)
                 self.interpreter.allocate_tensors()
         except Exception as e:  # noqa: BLE001 - flatbuffer/interpreter errors for a bad file
             raise PocketVisionError(f"{self.path}: LiteRT cannot load this model ({str(e).splitlines()[0]}).") from None
-        if "contract" not in self.meta or "labels" not in self.meta:
-            raise PocketVisionError(f"{self.path}: no pocketvision metadata; export it with `pocketvision export`.")
-        self.contract = Contract.from_dict(self.meta["contract"])
-        self.labels: list[str] = self.meta["labels"]
-        self.threshold = self.meta.get("threshold")
+        self._read_meta(meta)
         self._in = self.interpreter.get_input_details()[0]
         self._out = self.interpreter.get_output_details()[0]
+        self.input_size = tuple(int(d) for d in self._in["shape"][1:3])
 
     def run_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 NHWC -> probabilities; the graph has batch 1, so images run one by one."""
+        """uint8 NHWC -> the graph's first output; the graph has batch 1, so images run one by one."""
         rows = []
         for x in np.ascontiguousarray(pixels, dtype=np.uint8):
             self.interpreter.set_tensor(self._in["index"], x[None])
             self.interpreter.invoke()
             y = self.interpreter.get_tensor(self._out["index"])
-            if y.dtype != np.float32:  # int8 output: dequantise
-                scale, zero = self._out["quantization"]
+            scale, zero = self._out["quantization"]
+            if scale:  # a full-integer graph's quantised output: dequantise (a uint8 image has no scale)
                 y = (y.astype(np.float32) - zero) * scale
             rows.append(y[0])
         return np.stack(rows) if rows else np.zeros((0, *self._out["shape"][1:]), np.float32)
-
-    def predict(self, sources: list) -> list[dict[str, Any]]:
-        if self.meta.get("task") == "keypoints":
-            from .keypoint_runtime import predict_keypoints
-            return predict_keypoints(self.run_pixels, self.contract, self.labels, sources)
-        pixels = np.stack([self.contract.load(s) for s in sources])
-        return decide(self.run_pixels(pixels), self.labels, self.threshold)

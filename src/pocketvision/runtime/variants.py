@@ -1,16 +1,15 @@
 """One table for every target x compression of a bundle (``pocketvision bench BUNDLE --all``).
 
 Each variant is exported, run in its real runtime on the same held-out images, and reported with:
-size raw / gzip (model bytes only: the web runtime is shared by every model and cached), accuracy,
-parity with the bundle (max |dp|, top-1 agreement), latency p50 at 1 thread and at all threads, and a
-status: verified / exported but not verifiable here / failed, with the reason. ``pareto_plot`` draws
-accuracy against size and against latency.
+size raw / gzip (model bytes only: the web runtime is shared by every model and cached), the task's quality
+(accuracy, 1 - NME, PSNR...), parity with the bundle (the task's own comparison), latency p50 at 1 thread and
+at all threads, and a status: verified / exported but not verifiable here / failed, with the reason.
+``pareto_plot`` draws quality against size and against latency.
 """
 
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import time
 from collections.abc import Callable
@@ -18,17 +17,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from ..errors import PocketVisionError
+from ..export.base import model_files
 
 VERIFIED, UNVERIFIABLE, FAILED = "verified", "exported, not verifiable here", "failed"
 ICONS = {VERIFIED: "✅", UNVERIFIABLE: "❎", FAILED: "❌"}
-# (target, precision, bits): the default sweep
+# (target, precision, bits): the default sweep, less what a task's models cannot do
 DEFAULT_VARIANTS = [("onnx", "fp32", None), ("onnx", "int8", None), ("onnx", "fp32", 4),
                     ("tflite", "fp32", None), ("tflite", "int8", None), ("tflite", "fp16", None),
                     ("coreml", "fp32", None), ("coreml", "fp32", 4),
                     ("web", "fp32", None), ("web", "int8", None), ("web", "fp32", 4)]
+
+
+def default_variants(task) -> list[tuple[str, str, int | None]]:
+    def ok(precision: str, bits: int | None) -> bool:
+        return (precision == "fp32" or precision in task.compressions) and (not bits or "palettize" in task.compressions)
+    return [v for v in DEFAULT_VARIANTS if ok(v[1], v[2])]
 
 
 @dataclass
@@ -53,16 +58,6 @@ class Variant:
         return f"{self.target} {self.precision}" + (f" {self.bits}-bit palette" if self.bits else "")
 
 
-def model_files(path: Path) -> list[Path]:
-    """The files that make up the model itself (a web folder's runtime is not the model)."""
-    if path.is_dir() and (path / "model.json").exists():
-        meta = json.loads((path / "model.json").read_text())
-        return [path / meta["model"]["path"]] + [path / c["path"] for c in meta["model"]["external_data"]]
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file())
-    return [path]
-
-
 def sizes(path: Path) -> tuple[int, int]:
     files = model_files(path)
     raw = b"".join(f.read_bytes() for f in files)
@@ -82,20 +77,20 @@ def _latency(pred, threads_all: int, runs: int) -> tuple[float, float]:
 def bench_variants(bundle, data: str | Path | None, out_dir: str | Path,
                    variants: list[tuple[str, str, int | None]] | None = None, max_drop: float = 1.0,
                    runs: int = 50, log: Callable[[str], None] = lambda s: None) -> list[Variant]:
-    from ..export import FORMATS
-    from ..export.verify import compare, load_pixels
+    from ..export import get_target
+    from ..pixels import batched
     from .artifact import open_predictor
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    samples = bundle.validation_samples(data)
-    if not samples:
-        raise PocketVisionError("bench --all measures on real images: pass --data DIR (a labelled folder).")
-    pixels, kept = load_pixels([s.path for s in samples], bundle.contract)
-    y = np.array([samples[i].label for i in kept])
-    ref = bundle.predict_pixels(pixels)
+    task = bundle.plugin
+    held = bundle.held_out(data)
+    if not len(held.pixels):
+        raise PocketVisionError("bench --all measures on real images: pass --data DIR (labelled data of the task).")
+    pixels, y = held.pixels, held.truth
+    ref = batched(bundle.predict_pixels, pixels)
     cores = os.cpu_count() or 1
-    rows = [Variant("bundle (torch)", "fp32", accuracy=float((ref.argmax(1) == y).mean()), status=VERIFIED,
+    rows = [Variant("bundle (torch)", "fp32", accuracy=task.quality(ref, y, ref, bundle.meta), status=VERIFIED,
                     reason="reference")]
     stem = Path(bundle.path or "model").stem
     palettised: dict[int, Any] = {}
@@ -111,7 +106,7 @@ def bench_variants(bundle, data: str | Path | None, out_dir: str | Path,
                 if bits not in palettised:
                     palettised[bits] = bundle.palettize(bits, data, max_drop=max_drop)[0]
                 source = palettised[bits]
-            res = source.export(out_dir / (name + FORMATS[target]), to=target, verify=False, data=data,
+            res = source.export(out_dir / (name + get_target(target).suffix), to=target, verify=False, data=data,
                                 precision=precision, max_drop=max_drop)
         except PocketVisionError as e:
             v.reason = str(e)
@@ -119,12 +114,11 @@ def bench_variants(bundle, data: str | Path | None, out_dir: str | Path,
         v.path = str(res.path)
         v.size_bytes, v.gzip_bytes = sizes(res.path)
         v.extra["export_s"] = round(time.perf_counter() - t0, 1)
-        if target == "coreml":
-            from ..export.coreml import inspect
-            rep = inspect(res.path, bundle.labels)
-            v.status = UNVERIFIABLE if rep["passed"] else FAILED
-            v.reason = rep["reason"] + (f"; {rep['checks']['palettised_weights']} palettised weights"
-                                        if rep["checks"]["palettised_weights"] else "")
+        structural = get_target(target).inspect(res.path, bundle.export_meta(), task)
+        if structural is not None:  # a runtime that cannot run here (Core ML off macOS)
+            v.status = UNVERIFIABLE if structural["passed"] else FAILED
+            pal = structural["structure"].get("palettised_weights")
+            v.reason = structural["criterion"] + (f"; {pal} palettised weights" if pal else "")
             continue
         try:
             pred = open_predictor(res.path, threads=1)
@@ -132,14 +126,16 @@ def bench_variants(bundle, data: str | Path | None, out_dir: str | Path,
             v.status, v.reason = UNVERIFIABLE, str(e)
             continue
         try:
-            probs = pred.run_pixels(pixels)
-            c = compare(ref, probs, y)
-            v.accuracy, v.max_abs_diff, v.agreement = c["candidate_accuracy"], c["max_abs_diff"], c["top1_agreement"]
+            out = batched(pred.run_pixels, pixels)
+            c = task.compare(ref, out, y, bundle.meta)
+            v.accuracy = task.quality(out, y, ref, bundle.meta)
+            v.max_abs_diff, v.agreement = c.get("max_abs_diff"), c.get("top1_agreement")
+            v.extra["parity"] = {k: c[k] for k in c if isinstance(c[k], int | float) and not isinstance(c[k], bool)}
             if precision == "fp32" and not bits:
-                ok, why = c["passed"], f"max |dp| {c['max_abs_diff']:.1e}, agreement {c['top1_agreement']:.4f}"
-            else:  # compressed: judged by the accuracy budget against the float bundle
-                drop = 100 * (rows[0].accuracy - v.accuracy)
-                ok, why = drop <= max_drop + 1e-9, f"accuracy drop {drop:.2f} points (budget {max_drop})"
+                ok, why = c["passed"], task.parity_line(c)
+            else:  # compressed: judged by the task's budget against the float bundle
+                ok = task.within_budget(rows[0].accuracy, v.accuracy, max_drop)
+                why = f"{task.budget_text(precision, max_drop)}: {rows[0].accuracy:.4f} -> {v.accuracy:.4f}"
             v.status, v.reason = (VERIFIED if ok else FAILED), why
             if hasattr(pred, "page_info"):  # navigation -> ready (model loaded, session warm), first visit
                 v.extra["page_ready_s"] = round(pred.page_info["ready_s"], 3)
@@ -151,12 +147,12 @@ def bench_variants(bundle, data: str | Path | None, out_dir: str | Path,
     return rows
 
 
-def render(rows: list[Variant], title: str) -> None:
+def render(rows: list[Variant], title: str, quality: str = "accuracy") -> None:
     from rich.console import Console
     from rich.table import Table
     t = Table(title=title)
     for col, j in [("format", "left"), ("precision", "left"), ("size", "right"), ("gzip", "right"),
-                   ("accuracy", "right"), ("max |dp|", "right"), ("agree", "right"), ("p50 1 thr", "right"),
+                   (quality, "right"), ("max |dp|", "right"), ("agree", "right"), ("p50 1 thr", "right"),
                    ("p50 all thr", "right"), ("status", "left")]:
         t.add_column(col, justify=j)
     f = lambda x, fmt: "-" if x is None else format(x, fmt)  # noqa: E731
@@ -171,7 +167,7 @@ def render(rows: list[Variant], title: str) -> None:
     Console(width=200).print(t)
 
 
-def pareto_plot(rows: list[Variant], path: str | Path) -> Path:
+def pareto_plot(rows: list[Variant], path: str | Path, quality: str = "accuracy") -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -187,9 +183,9 @@ def pareto_plot(rows: list[Variant], path: str | Path) -> Path:
             ax.scatter(x, 100 * r.accuracy, marker="o" if r.status == VERIFIED else "x")
             ax.annotate(r.name, (x, 100 * r.accuracy), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel(label)
-        ax.set_ylabel("held-out accuracy (%)")
+        ax.set_ylabel(f"held-out {quality} (x100)")
         ax.grid(alpha=0.3)
-    fig.suptitle("accuracy vs size and latency (x: not verified)")
+    fig.suptitle(f"{quality} vs size and latency (x: not verified)")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

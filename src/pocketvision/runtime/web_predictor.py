@@ -22,9 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ..contract import Contract
 from ..errors import PocketVisionError
-from .decision import decide
+from .predictor import Predictor
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -72,7 +71,7 @@ def is_web_folder(path: str | Path) -> bool:
         return False
 
 
-class WebPredictor:
+class WebPredictor(Predictor):
     """Same surface as OnnxPredictor (labels, contract, threshold, run_pixels, predict), in Chromium."""
 
     def __init__(self, folder: str | Path, threads: int | None = None, timeout_s: float = 120.0,
@@ -81,10 +80,8 @@ class WebPredictor:
         if not is_web_folder(self.path):
             raise PocketVisionError(f"{self.path}: not a pocketvision web export (no model.json); "
                                     "make one with `pocketvision export BUNDLE --to web`.")
-        self.meta = json.loads((self.path / "model.json").read_text())
-        self.contract = Contract.from_dict(self.meta["contract"])
-        self.labels: list[str] = self.meta["labels"]
-        self.threshold = self.meta.get("threshold")
+        self._read_meta(json.loads((self.path / "model.json").read_text()))
+        self.input_size = None if self.meta.get("dynamic_size") else tuple(self.contract.size)
         try:
             from playwright.sync_api import sync_playwright
         except ImportError:
@@ -136,34 +133,31 @@ class WebPredictor:
         return info
 
     def run_pixels(self, pixels: np.ndarray, batch: int = 16) -> np.ndarray:
-        """uint8 NHWC at the contract's size -> probabilities, computed by the page."""
+        """uint8 NHWC -> the graph's first output, computed by the page."""
         pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+        n, h, w = pixels.shape[:3]
         out = []
-        for i in range(0, len(pixels), batch):
+        for i in range(0, n, batch):
             chunk = pixels[i:i + batch]
             b64 = base64.b64encode(chunk.tobytes()).decode()
-            res = self.page.evaluate("async ([b64, n]) => { const s = atob(b64); const a = new Uint8Array(s.length);"
+            res = self.page.evaluate("async ([b64, n, h, w]) => { const s = atob(b64); const a = new Uint8Array(s.length);"
                                      " for (let i = 0; i < s.length; i++) a[i] = s.charCodeAt(i);"
-                                     " return await pv.runPixels(a, n); }", [b64, len(chunk)])
-            rows = np.asarray(res["rows"], dtype=np.float32)
-            out.append(rows.reshape(len(chunk), -1, 3) if self.meta.get("task") == "keypoints" else rows)
+                                     " return await pv.runPixels(a, n, h, w); }", [b64, len(chunk), h, w])
+            if res["type"] == "uint8":  # images travel as base64, not as a JSON list of numbers
+                flat = np.frombuffer(base64.b64decode(res["b64"]), np.uint8)
+            else:
+                flat = np.asarray(res["data"], dtype=np.float32)
+            out.append(flat.reshape([len(chunk), *res["dims"][1:]]))
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
 
     def latency_ms(self, runs: int = 50, warmup: int = 5) -> dict[str, float]:
         """Per-image model time measured inside the page (performance.now around session.run)."""
         res = self.page.evaluate("async ([runs, warmup]) => { const [H, W] = pv.meta.contract.size;"
                                  " const x = new Uint8Array(H * W * 3).map((_, i) => (i * 37) % 256); const t = [];"
-                                 " for (let i = 0; i < warmup + runs; i++) { const r = await pv.classifyPixels(x, 1);"
+                                 " for (let i = 0; i < warmup + runs; i++) { const r = await pv.runPixels(x, 1);"
                                  " if (i >= warmup) t.push(r.ms); } return t; }", [runs, warmup])
         t = np.asarray(res)
         return {"p50_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90))}
-
-    def predict(self, sources: list) -> list[dict[str, Any]]:
-        if self.meta.get("task") == "keypoints":
-            from .keypoint_runtime import predict_keypoints
-            return predict_keypoints(self.run_pixels, self.contract, self.labels, sources)
-        pixels = np.stack([self.contract.load(s) for s in sources])
-        return decide(self.run_pixels(pixels), self.labels, self.threshold)
 
     def close(self) -> None:
         for obj, meth in ((getattr(self, "_browser", None), "close"), (getattr(self, "_pw", None), "stop"),
@@ -174,8 +168,3 @@ class WebPredictor:
                 except Exception:  # noqa: BLE001 - best-effort cleanup
                     pass
 
-    def __enter__(self) -> WebPredictor:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()

@@ -1,18 +1,12 @@
-"""Task plug-ins (DESIGN.md 5): each task module owns its head, loss, decoding and export signature."""
+"""Task plug-ins (DESIGN.md 5): importing this package registers every task.
 
-from __future__ import annotations
+Adding a task means one module here (a ``Task`` subclass with ``@register_task``) plus its data readers;
+nothing outside ``tasks/`` compares a task's name: it asks ``get_task(name)``.
+"""
 
-from ..errors import unknown_choice
+from . import classify, keypoints, stylize  # noqa: F401  (registers the tasks)
+from .base import (Command, HeldOut, Options, OutputSpec, Task, TaskRun, Validation, all_tasks, get_task,
+                   register_task, task_names)
 
-TASKS = ("classify", "keypoints")
-
-
-def export_wrapper(task: str, model, contract):
-    """-> (uint8-NHWC-in nn.Module with the contract inside, output names) for ``task``."""
-    if task == "classify":
-        from .classify import OUTPUTS, ExportWrapper
-    elif task == "keypoints":
-        from .keypoints import OUTPUTS, ExportWrapper
-    else:
-        raise unknown_choice("task", task, TASKS)
-    return ExportWrapper(model, contract).eval(), list(OUTPUTS)
+__all__ = ["Command", "HeldOut", "Options", "OutputSpec", "Task", "TaskRun", "Validation", "all_tasks", "get_task",
+           "register_task", "task_names"]

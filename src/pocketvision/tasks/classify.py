@@ -1,19 +1,91 @@
-"""Classification as a task plug-in: loss, class weights, probe head, export signature."""
+"""Image classification as a task plug-in: class folders in, probabilities out.
+
+Training (``ClassifyRun``, driven by ``training/engine.py``): a pretrained architecture first fits a
+logistic-regression head on frozen features (the linear-probe baseline: exact and fast; it counts as epoch 0,
+so fine-tuning never ends below it), then either trains its last blocks on cached trunk activations
+(``finetune="top"``, fast on a CPU: ``training/top_tune.py``) or every layer with pixel augmentation
+(``finetune="full"``). From scratch: augmentation, class weights, label smoothing, optional CutMix and
+distillation from a teacher bundle, progressive resizing. The best validation epoch is kept; a binary
+model gets a decision threshold chosen for a target precision.
+"""
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
 import numpy as np
-import torch
-from torch import nn
+from pydantic import Field, field_validator
 
 from ..contract import Contract
+from ..errors import PocketVisionError
+from .base import CheckOptionsBase, HeldOut, Options, OutputSpec, Task, TaskRun, Validation, register_task
 
-TASK = "classify"
-OUTPUTS = ("probabilities", "logits")
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+PROB_TOLERANCE = 1e-3  # float exports: max |probability difference|
+MIN_AGREEMENT = 0.995
 
 
-def class_weights(counts: list[int], mode) -> torch.Tensor | None:
+class ClassifyOptions(Options):
+    label_smoothing: float | None = Field(None, ge=0, lt=1, description="label smoothing (default: 0.1 from "
+                                          "scratch, 0 when fine-tuning)")
+    class_weights: Literal["auto", "none"] | list[float] = Field(
+        "auto", description="auto (inverse class frequency), none, or w1,w2,... (one per class)")
+    linear_probe: bool = Field(False, description="only fit a logistic-regression head on frozen pretrained "
+                               "features (fast baseline)")
+    probe_init: bool = Field(True, description="pretrained: initialise the head by a linear probe first",
+                             json_schema_extra={"flag": "--no-probe-init", "flag_help": "pretrained: start the "
+                                                                  "head from scratch instead of a linear probe"})
+    finetune: Literal["top", "full"] = Field(
+        "top", description="pretrained: 'top' trains the last --top-blocks on cached activations (fast on CPU), "
+                           "'full' trains every layer with pixel augmentation (used on CUDA)")
+    top_blocks: int = Field(3, ge=1, le=64, description="feature blocks trained by --finetune top")
+    target_precision: float = Field(0.9, gt=0, le=1, description="binary: choose the decision threshold for this "
+                                    "precision on val")
+    mixup: float = Field(0.0, ge=0, le=1, description="probability of a CutMix batch (regularises small "
+                         "from-scratch runs)")
+    distill: str | None = Field(None, description="teacher bundle for knowledge distillation (e.g. a fine-tuned "
+                                "efficientnet_lite0 teaching a small deepdog)")
+    distill_alpha: float = Field(0.7, ge=0, le=1, description="weight of the teacher's term in the loss")
+    distill_t: float = Field(2.0, gt=0, description="distillation temperature")
+
+    @field_validator("class_weights")
+    @classmethod
+    def _positive(cls, v: Any) -> Any:
+        if isinstance(v, list) and any(w <= 0 for w in v):
+            raise ValueError("class weights must be positive")
+        return v
+
+
+class ClassifyEvalOptions(Options):
+    threshold: float | None = Field(None, ge=0, le=1, description="binary decision threshold (default: the "
+                                    "bundle's)")
+
+
+class ClassifyCheckOptions(CheckOptionsBase):
+    tiny: int = Field(64, ge=1, description="report images whose short side is below this (px)")
+
+
+# -- helpers (numpy) ------------------------------------------------------------------------------------
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def val_score(probs: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    acc = float((probs.argmax(1) == y).mean())
+    loss = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1)).mean())
+    return acc, loss
+
+
+def class_weights(counts: list[int], mode):
     """'auto': inverse frequency normalised to mean 1 (the Not Hotdog data was 49:1)."""
+    import torch
     if mode == "none":
         return None
     if isinstance(mode, list):
@@ -24,6 +96,7 @@ def class_weights(counts: list[int], mode) -> torch.Tensor | None:
 
 
 def final_linear(model: nn.Module) -> nn.Linear:
+    from torch import nn
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise TypeError("model has no nn.Linear classifier")
@@ -35,6 +108,7 @@ def fit_probe(train_f: np.ndarray, train_y: np.ndarray, num_classes: int, balanc
 
     Standardisation is folded back into W and b so the head takes raw features, as in the graph.
     """
+    import torch
     from sklearn.linear_model import LogisticRegression
 
     mu, sd = train_f.mean(0), train_f.std(0) + 1e-6
@@ -50,24 +124,527 @@ def fit_probe(train_f: np.ndarray, train_y: np.ndarray, num_classes: int, balanc
     return torch.tensor(full_w, dtype=torch.float32), torch.tensor(full_b, dtype=torch.float32)
 
 
-class ExportWrapper(nn.Module):
-    """uint8 RGB NHWC pixels -> (probabilities, logits): the preprocessing contract inside the graph."""
+def set_head(model: nn.Module, W, b) -> None:
+    import torch
+    head = final_linear(model)
+    with torch.no_grad():
+        head.weight.copy_(W.to(head.weight.device))
+        head.bias.copy_(b.to(head.bias.device))
 
-    def __init__(self, model: nn.Module, contract: Contract):
-        super().__init__()
-        self.model = model
-        # Scalars when the channels agree (most contracts): a per-channel [1,3,1,1] constant makes
-        # onnxruntime broadcast over a 3-wide axis once int8 kernels move the tensor to NHWC, which
-        # cost 1.5 ms of an 8 ms EfficientNet-Lite0.
-        same = len(set(contract.mean)) == 1 and len(set(contract.std)) == 1
-        shape = () if same else (1, 3, 1, 1)
-        mean = torch.tensor(contract.mean[:1] if same else contract.mean, dtype=torch.float32).view(shape)
-        std = torch.tensor(contract.std[:1] if same else contract.std, dtype=torch.float32).view(shape)
-        self.register_buffer("mean", mean)
-        self.register_buffer("inv_std", 1.0 / std)
 
-    def forward(self, image: torch.Tensor):
-        x = image.permute(0, 3, 1, 2).float()
-        x = (x - self.mean) * self.inv_std
-        logits = self.model(x)
-        return torch.softmax(logits, dim=1), logits
+def cutmix(x, y, rng: np.random.Generator):
+    """CutMix (Yun et al. 2019) on the uint8 batch: a box from another image, labels mixed by area.
+
+    Done on raw pixels so a distillation teacher sees exactly the student's mixed input.
+    """
+    import torch
+    n, h, w, _ = x.shape
+    perm = torch.from_numpy(rng.permutation(n))
+    lam = rng.beta(1.0, 1.0)
+    bh, bw = int(h * np.sqrt(1 - lam)), int(w * np.sqrt(1 - lam))
+    cy, cx = rng.integers(0, h), rng.integers(0, w)
+    y0, y1, x0, x1 = max(cy - bh // 2, 0), min(cy + bh // 2, h), max(cx - bw // 2, 0), min(cx + bw // 2, w)
+    x = x.clone()
+    x[:, y0:y1, x0:x1] = x[perm, y0:y1, x0:x1]
+    return x, y[perm], 1 - (y1 - y0) * (x1 - x0) / (h * w)
+
+
+class Teacher:
+    """Knowledge distillation (Hinton et al. 2015): a trained bundle's softened outputs on the *same
+    augmented pixels* guide the student; its own contract normalises them, so the two may differ."""
+
+    def __init__(self, path: str, classes: list[str], engine, temperature: float):
+        from .base import load_parent
+        meta, model = load_parent(path)
+        if meta["task"] != "classify" or list(meta["labels"]) != list(classes):
+            raise PocketVisionError(f"{path}: teacher labels {meta['labels']} differ from the data's classes {classes}.")
+        import torch
+        self.model = model.to(engine.device).eval().to(memory_format=torch.channels_last)
+        self.contract, self.engine, self.t = Contract.from_dict(meta["contract"]), engine, temperature
+
+    def probs(self, x):
+        import torch
+        from ..training.loader import to_input
+        with torch.no_grad():
+            return torch.softmax(self.model(to_input(x, self.contract, self.engine.device, True)).float() / self.t, 1)
+
+    def loss(self, x, student_logits):
+        import torch.nn.functional as F
+        log_p = F.log_softmax(student_logits.float() / self.t, dim=1)
+        return F.kl_div(log_p, self.probs(x), reduction="batchmean") * self.t**2
+
+
+# -- the training run ------------------------------------------------------------------------------------
+class ClassifyRun(TaskRun):
+    def __init__(self, task: ClassifyTask, data, cfg, opts: ClassifyOptions, console, resuming: bool, user_model):
+        import torch  # noqa: F401  (the run is torch through and through)
+        from rich.console import Console
+
+        from ..data.augment import AugmentConfig, Augmenter
+        from ..data.folder import scan
+        from ..models import build_model, check_input_size, model_entry
+        from ..training.engine import progressive_plan
+        from ..training.loader import (ImageDataset, decode_all, decode_source, default_workers, estimate_cache_mb,
+                                       make_loader)
+        from .base import load_parent
+
+        self.task, self.data, self.cfg, self.opts = task, Path(data), cfg, opts
+        self.console = console = console or Console(stderr=True)
+        self.t_start = time.perf_counter()
+        splits = scan(data, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        self.splits, classes = splits, splits.classes
+        num_classes = len(classes)
+        # -- model -------------------------------------------------------------------------------------
+        if user_model is not None:  # bring your own model: contract from the config, weights from the user
+            size = cfg.size or 224
+            model, spec = user_model, {"name": "custom", "class": type(user_model).__qualname__,
+                                       "args": {"num_classes": num_classes}}
+            contract = Contract(size=(size, size), resize="squash")
+            pretrained = False
+        else:
+            arch = cfg.arch or task.default_arch[0]
+            entry = model_entry(arch)
+            spec = {"name": arch, "args": {**cfg.arch_args, "num_classes": num_classes}}
+            base = Contract.from_dict(entry.default_contract)
+            size = (cfg.size, cfg.size) if cfg.size else base.size
+            check_input_size(arch, size, spec["args"])
+            if cfg.init_from:  # start from a bundle's weights and keep its preprocessing contract
+                meta, model = load_parent(cfg.init_from)
+                if meta["arch"].get("args", {}) != spec["args"] or meta["arch"].get("name") != spec["name"]:
+                    raise PocketVisionError(f"{cfg.init_from}: its architecture {meta['arch']} differs from the "
+                                            f"requested {spec}; train with the same --arch and --arch-args.")
+                contract = Contract.from_dict(meta["contract"])
+            else:
+                model = build_model(spec, pretrained=cfg.pretrained and entry.pretrained)
+                contract = Contract.from_dict({**base.to_dict(), "size": list(size)})
+            pretrained = cfg.pretrained and bool(entry.pretrained)
+        self.model, self.spec, self.contract, self.pretrained = model, spec, contract, pretrained
+        self.channels_last_ok = spec["name"] != "custom"
+        from ..training.top_tune import supports_top_tune
+        from ..training.engine import pick_device
+        self.top = (not resuming and pretrained and opts.finetune == "top" and supports_top_tune(model, opts.top_blocks)
+                    and pick_device(cfg.device).type == "cpu")
+        if self.top:  # the last blocks train on cached activations of full-size, un-augmented images
+            clash = [f for f, on in (("--progressive", cfg.progressive), ("--ema", cfg.ema), ("--mixup", opts.mixup),
+                                     ("--distill", opts.distill), ("--amp on", cfg.amp == "on")) if on]
+            if clash:
+                raise PocketVisionError(f"{', '.join(clash)}: not with --finetune top, which trains the last blocks "
+                                        "on cached activations of un-augmented photos; use --finetune full.")
+        # checked before any image is decoded; epoch -> training input size
+        self.sizes = progressive_plan(cfg, contract, spec["name"] != "custom") if not opts.linear_probe else None
+        self.workers = workers = default_workers() if cfg.workers is None else cfg.workers
+
+        # -- data: decode once into RAM when it fits, else decode lazily in the workers ---------------
+        augmenter = Augmenter(AugmentConfig(**cfg.augment), contract)
+        problems: list[str] = []
+        train_samples, val_samples = list(splits.train), list(splits.val)
+        use_cache = estimate_cache_mb(len(train_samples), contract, True) <= cfg.cache_mb
+        console.print(f"[bold]data[/] {splits.root}: {len(classes)} classes {classes}, "
+                      f"train {len(train_samples)}, val {len(val_samples)} "
+                      f"({'folders' if splits.explicit else f'stratified split, seed {cfg.seed}'})")
+        t0 = time.perf_counter()
+        val_cache, p = decode_all(val_samples, contract.load)
+        problems += p
+        train_cache = None
+        if use_cache:
+            train_cache, p = decode_all(train_samples, lambda path: decode_source(path, contract))
+            problems += p
+        for msg in problems:
+            console.print(f"[yellow]skipped unreadable image[/] {msg}")
+        keep = [i for i, a in enumerate(val_cache) if a is not None]
+        val_samples, val_cache = [val_samples[i] for i in keep], [val_cache[i] for i in keep]
+        if train_cache is not None:
+            keep = [i for i, a in enumerate(train_cache) if a is not None]
+            train_samples, train_cache = [train_samples[i] for i in keep], [train_cache[i] for i in keep]
+        if not val_samples or not train_samples:
+            raise PocketVisionError(f"{data}: no readable images in the {'val' if not val_samples else 'train'} split.")
+        console.print(f"decoded {len(train_samples) + len(val_samples)} images in {time.perf_counter() - t0:.1f}s "
+                      f"({'RAM cache' if use_cache else 'lazy decode'}, {workers} workers)")
+        counts = [sum(1 for s in train_samples if s.label == c) for c in range(num_classes)]
+        missing = [classes[c] for c, n in enumerate(counts) if n == 0]
+        if missing:
+            raise PocketVisionError(f"{data}: class(es) {missing} have no readable training images.")
+        weights = class_weights(counts, opts.class_weights)
+        if weights is not None and len(weights) != num_classes:
+            raise PocketVisionError(f"class_weights has {len(weights)} values but the data has {num_classes} classes "
+                                    f"{classes}.")
+        self.weights = weights
+        self.problems = problems
+        self.train_samples, self.val_samples, self.train_cache, self.use_cache = (train_samples, val_samples,
+                                                                                 train_cache, use_cache)
+        self.train_ds = ImageDataset(train_samples, contract, augmenter, cfg.seed, train_cache, sizes=self.sizes)
+        self.plain_train_ds = ImageDataset(train_samples, contract, None, cfg.seed, train_cache)
+        self.val_ds = ImageDataset(val_samples, contract, None, cfg.seed, val_cache, fitted=True)
+        self.val_cache = val_cache
+        self.eval_bs = max(cfg.batch_size, 64)
+        self.val_loader = make_loader(self.val_ds, self.eval_bs, False, 0, cfg.seed)
+        self.y_val = np.array([s.label for s in val_samples])
+        self.label_smoothing = (opts.label_smoothing if opts.label_smoothing is not None
+                                else (0.0 if pretrained else 0.1))
+        self.default_lr = 3e-5 if self.top else (1e-4 if pretrained else 3e-3)
+        self.mix_rng = np.random.default_rng([cfg.seed, 7])
+        self.teacher = None
+        self._train_loader = None
+        self._top = None
+
+    # -- engine hooks ----------------------------------------------------------------------------------
+    def epochs(self, cfg) -> int:
+        return 0 if self.opts.linear_probe else cfg.epochs
+
+    def _run_model(self, net, loader, features: bool = False):
+        """-> (outputs, labels) for a whole loader, in eval mode."""
+        import torch
+        net.eval()
+        outs, ys = [], []
+        fn = net.forward_features if features else net
+        with torch.no_grad():
+            for batch in loader:
+                if batch is None:
+                    continue
+                x, y, _ = batch
+                with self.engine.autocast():
+                    o = fn(self.engine.to_input(x))
+                outs.append(o.float().cpu().numpy())
+                ys.append(y.numpy())
+        if not outs:
+            raise PocketVisionError("no readable images to run the model on.")
+        return np.concatenate(outs), np.concatenate(ys)
+
+    def prologue(self, engine, resuming: bool) -> None:
+        from ..training.loader import make_loader
+        self.engine = engine
+        if self.weights is not None:
+            self.weights = self.weights.to(engine.device)
+        if self.top:
+            self._prologue_top(engine)
+            return
+        # -- linear probe: the frozen-feature baseline, and the head's starting point --------------------
+        if not resuming and self.pretrained and (self.opts.linear_probe or self.opts.probe_init):
+            t0 = time.perf_counter()
+            plain = make_loader(self.plain_train_ds, self.eval_bs, False, self.workers if not self.use_cache else 0,
+                                self.cfg.seed)
+            tr_f, tr_y = self._run_model(self.model, plain, features=True)
+            set_head(self.model, *fit_probe(tr_f, tr_y, len(self.splits.classes), self.opts.class_weights == "auto"))
+            engine.record(0, "probe", self.validate(self.model), img_per_s=len(self.train_samples) /
+                          (time.perf_counter() - t0), label="linear probe")
+        if self.opts.distill and self.epochs(self.cfg):
+            self.teacher = Teacher(self.opts.distill, self.splits.classes, engine, self.opts.distill_t)
+
+    def _prologue_top(self, engine) -> None:
+        from ..training.top_tune import TopTune
+        probe = None
+        if self.opts.probe_init or self.opts.linear_probe:
+            n = len(self.splits.classes)
+            balanced = self.opts.class_weights == "auto"
+            probe = lambda f, y: fit_probe(f, y, n, balanced)  # noqa: E731
+        self._top = TopTune(self.model, self.opts.top_blocks, self._fitted_train(), np.array(
+            [s.label for s in self.train_samples]), np.stack(self.val_cache), self.y_val, self.contract,
+            seed=self.cfg.seed, augment=bool(self.epochs(self.cfg)))
+        if probe is not None:
+            t0 = time.perf_counter()
+            set_head(self.model, *probe(self._top.features(), self._top.train_y))
+            engine.record(0, "probe", self.validate(self.model), img_per_s=self._top.cached / max(
+                self._top.cache_seconds + time.perf_counter() - t0, 1e-9), label="linear probe")
+
+    def _fitted_train(self) -> np.ndarray:
+        """Training images resized per the contract (no augmentation), from the RAM cache when present."""
+        from PIL import Image
+
+        from ..training.loader import decode_all
+        if self.train_cache is not None:
+            return np.stack([self.contract.fit(Image.fromarray(a)) for a in self.train_cache])
+        arrays, _ = decode_all(self.train_samples, self.contract.load)
+        return np.stack([a for a in arrays if a is not None])
+
+    @property
+    def trainable(self):
+        return self._top.net if self._top is not None else self.model
+
+    def param_groups(self, peak: float, backbone_lr_mult: float) -> list[dict]:
+        if self._top is not None:  # the head learns 3x faster than the top blocks
+            return self._top.param_groups(peak)
+        return super().param_groups(peak, backbone_lr_mult)
+
+    def scheduler(self, optimizer, total_steps: int):
+        if self._top is not None and "schedule" not in self.cfg.model_fields_set:
+            import torch
+            return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                                                       total_steps=total_steps, pct_start=0.2)
+        return None
+
+    def phase(self, epoch: int) -> str:
+        return "top" if self._top is not None else "train"
+
+    def _batch_size(self) -> int:
+        return self.cfg.batch_size if "batch_size" in self.cfg.model_fields_set else 64
+
+    def _loader(self):
+        from ..training.loader import make_loader
+        if self._train_loader is None:
+            self._train_loader = make_loader(self.train_ds, self.cfg.batch_size, True, self.workers, self.cfg.seed,
+                                             drop_last=len(self.train_ds) > self.cfg.batch_size)
+        return self._train_loader
+
+    def steps_per_epoch(self) -> int:
+        if self._top is not None:
+            return self._top.steps(self._batch_size())
+        return len(self._loader())
+
+    def batches(self, epoch: int):
+        if self._top is not None:
+            return self._top.batches(self._batch_size())
+        self.train_ds.set_epoch(epoch)
+        return self._loader()
+
+    def forward(self, net, batch):
+        if self._top is not None:
+            return self._top.forward(net, batch)
+        x, y, _ = batch
+        y_b, lam = y, 1.0
+        if self.opts.mixup and self.mix_rng.random() < self.opts.mixup:
+            x, y_b, lam = cutmix(x, y, self.mix_rng)
+        logits = net(self.engine.to_input(x))
+        return logits, x, y_b, lam
+
+    def loss(self, outputs, batch):
+        import torch.nn.functional as F
+        if self._top is not None:
+            return F.cross_entropy(outputs, self._top.labels(batch), weight=self.weights,
+                                   label_smoothing=self.label_smoothing)
+        logits, x, y_b, lam = outputs
+        dev = self.engine.device
+        y, y_b = batch[1].to(dev, non_blocking=True), y_b.to(dev, non_blocking=True)
+        loss = F.cross_entropy(logits.float(), y, weight=self.weights, label_smoothing=self.label_smoothing)
+        if lam < 1.0:
+            loss = lam * loss + (1 - lam) * F.cross_entropy(logits.float(), y_b, weight=self.weights,
+                                                            label_smoothing=self.label_smoothing)
+        if self.teacher is not None:
+            loss = (1 - self.opts.distill_alpha) * loss + self.opts.distill_alpha * self.teacher.loss(x, logits)
+        return loss
+
+    def batch_size(self, batch) -> int:
+        return len(batch) if self._top is not None else len(batch[1])
+
+    def preview(self, batch):
+        return None if self._top is not None else batch[0]
+
+    def validate(self, net) -> Validation:
+        if self._top is not None:
+            logits = self._top.run(self._top.val_acts)
+        else:
+            logits, _ = self._run_model(net, self.val_loader)
+        probs = softmax(logits)
+        acc, loss = val_score(probs, self.y_val)
+        return Validation((acc, -loss), {"val_loss": loss, "val_acc": acc},
+                          f"val loss {loss:.4f}  val acc {acc:.4f}", probs)
+
+    def epoch_note(self, epoch: int) -> str:
+        return f"  {self.train_ds.sizes[epoch][0]}px" if self.train_ds.sizes and self._top is None else ""
+
+    def close(self) -> None:
+        if self._top is not None:
+            self._top.release()
+
+    def on_end(self, engine) -> None:
+        if engine.logger.tb and self._top is None and hasattr(self.model, "forward_features"):
+            self._log_embeddings(engine.logger.tb)
+
+    def _log_embeddings(self, tb) -> None:
+        """TensorBoard projector: pooled val features with labels and thumbnails."""
+        import torch
+        feats, ys = self._run_model(self.model, self.val_loader, features=True)
+        thumbs = []
+        for a in self.val_cache:
+            thumbs.append(torch.from_numpy(np.ascontiguousarray(
+                a[::max(1, a.shape[0] // 32), ::max(1, a.shape[1] // 32)][:32, :32])))
+        label_img = torch.stack(thumbs).permute(0, 3, 1, 2).float() / 255
+        tb.add_embedding(torch.from_numpy(feats), metadata=[self.splits.classes[y] for y in ys], label_img=label_img,
+                         tag="val")
+
+    def finish(self, best: Validation | None, run_dir: Path | None) -> dict[str, Any]:
+        from ..evaluate import classification_metrics
+        probs = best.result if best is not None else self.validate(self.model).result
+        labels = self.splits.classes
+        metrics = classification_metrics(self.y_val, probs, labels, target_precision=self.opts.target_precision)
+        threshold = None
+        if metrics.get("threshold") is not None:
+            threshold = {"positive": metrics["positive_index"], "value": metrics["threshold"],
+                         "target_precision": self.opts.target_precision,
+                         "reached": metrics.get("threshold_reached", False)}
+        splits = self.splits
+        out: dict[str, Any] = {
+            "labels": labels, "metrics": metrics, "threshold": threshold,
+            "data": {"root": str(Path(self.data).resolve()), "fingerprint": splits.fingerprint(),
+                     "counts": splits.counts(), "explicit_splits": splits.explicit,
+                     "val_fraction": self.cfg.val_fraction, "seed": self.cfg.seed, "skipped": self.problems}}
+        if run_dir is not None:
+            from ..evaluate import write_report
+            config = {**self.cfg.model_dump(mode="json"), **self.opts.model_dump(mode="json")}
+            out["report"] = str(write_report(run_dir / "report", metrics, self.y_val, probs, labels,
+                                             [s.path for s in self.val_samples],
+                                             title=f"Training: {self.spec['name']}",
+                                             extra={"training": {k: v for k, v in config.items()
+                                                                 if v not in (None, {}, [])}}))
+            _tb_confusion(run_dir, metrics, labels, self.cfg.tensorboard)
+        return out
+
+
+def _tb_confusion(run_dir: Path, metrics: dict, labels: list[str], tensorboard: bool) -> None:
+    if not tensorboard:
+        return
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+        from matplotlib.figure import Figure
+    except ImportError:
+        return
+    cm = np.asarray(metrics["confusion_matrix"]["matrix"])
+    fig = Figure(figsize=(4, 4))
+    ax = fig.add_subplot()
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center")
+    ax.set_xticks(range(len(labels)), labels, rotation=45), ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted"), ax.set_ylabel("true")
+    with SummaryWriter(str(run_dir / "tb")) as w:
+        w.add_figure("val/confusion_matrix", fig)
+
+
+# -- the plug-in ---------------------------------------------------------------------------------------
+@register_task
+class ClassifyTask(Task):
+    name = "classify"
+    summary = "image classification: class = sub-folder of an image folder"
+    Options = ClassifyOptions
+    EvalOptions = ClassifyEvalOptions
+    CheckOptions = ClassifyCheckOptions
+    outputs = OutputSpec(names=("probabilities", "logits"), coreml="classifier", web_renderer="classify.js",
+                         quality="accuracy")
+    compressions = frozenset({"int8", "fp16", "palettize", "qat", "prune"})
+    default_arch = ("efficientnet_lite0", {})
+    detect_order = 100
+    fallback = True  # any folder of images
+
+    def detect(self, data: str | os.PathLike) -> bool:
+        return True
+
+    # -- data ------------------------------------------------------------------------------------------
+    def _samples(self, meta: dict[str, Any], data, split: str):
+        from ..data.folder import labelled_samples, scan
+        if data is not None:
+            if split == "val":
+                return labelled_samples(data, list(meta["labels"]))[0], str(data)
+            root = Path(data)
+            return (scan(root, classes=list(meta["labels"])).train if root.is_dir() else []), str(root)
+        d = meta.get("data", {})
+        root = d.get("root")
+        if not root or not Path(root).is_dir():
+            return [], None
+        splits = scan(root, val_fraction=d.get("val_fraction", 0.15), seed=d.get("seed", 0),
+                      classes=list(meta["labels"]))
+        return getattr(splits, split), root
+
+    def held_out(self, meta: dict[str, Any], data=None) -> HeldOut:
+        from ..pixels import load_pixels
+        samples, _ = self._samples(meta, data, "val")
+        pixels, kept = load_pixels([s.path for s in samples], Contract.from_dict(meta["contract"]))
+        return HeldOut(pixels, np.array([samples[i].label for i in kept]), [samples[i].path for i in kept])
+
+    def training_images(self, meta: dict[str, Any], data=None) -> tuple[list[Path], str | None]:
+        samples, where = self._samples(meta, None, "train")
+        if not samples and data is not None:
+            samples, where = self._samples(meta, data, "train")
+        return [s.path for s in samples], where
+
+    def setup(self, data, cfg, opts, console, resuming: bool, user_model=None) -> ClassifyRun:
+        return ClassifyRun(self, data, cfg, opts, console, resuming, user_model)
+
+    # -- graph -----------------------------------------------------------------------------------------
+    def graph_head(self, y):
+        import torch
+        return torch.softmax(y, dim=1), y
+
+    # -- runtime ---------------------------------------------------------------------------------------
+    def predict(self, model, sources: Sequence) -> list[dict[str, Any]]:
+        from ..runtime.decision import decide
+        c = model.contract
+        pixels = np.stack([c.load(s) for s in sources])
+        return decide(model.run_pixels(pixels), model.labels, model.threshold)
+
+    def record_line(self, record: dict[str, Any]) -> str:
+        return f"{record['label']}\t{record['confidence']:.4f}"
+
+    def evaluate(self, model, data, *, split="auto", report_dir=None, title="model", options=None) -> dict[str, Any]:
+        from ..data.folder import labelled_samples
+        from ..evaluate import classification_metrics
+        from ..pixels import batched, load_pixels
+        labels, contract = model.labels, model.contract
+        samples, used = labelled_samples(data, labels, split)
+        pixels, kept = load_pixels([s.path for s in samples], contract)
+        if not kept:
+            raise PocketVisionError(f"{data}: none of the {len(samples)} images could be read.")
+        y = np.array([samples[i].label for i in kept])
+        probs = batched(model.run_pixels, pixels)
+        given = options.threshold if options is not None else None
+        thr = given if given is not None else (model.threshold or {}).get("value")
+        metrics = classification_metrics(y, probs, labels, threshold=thr)
+        metrics.update(data=str(data), split=used, skipped_unreadable=len(samples) - len(kept),
+                       # the headline uses the bundle's decision rule (its threshold); argmax for comparison
+                       argmax_accuracy=float((probs.argmax(1) == y).mean()))
+        if report_dir is not None:
+            from ..evaluate import write_report
+            metrics["report"] = str(write_report(Path(report_dir), metrics, y, probs, labels,
+                                                 [samples[i].path for i in kept], title=f"Evaluation: {title}"))
+        return metrics
+
+    def render_metrics(self, metrics: dict[str, Any], console) -> None:
+        from ..evaluate import render_table
+        render_table(metrics, console)
+
+    def quality(self, outputs: np.ndarray, truth, reference, meta) -> float:
+        return float((outputs.argmax(1) == truth).mean())
+
+    def compare(self, ref, cand, truth, meta, tolerance=None) -> dict[str, Any]:
+        tolerance = PROB_TOLERANCE if tolerance is None else tolerance
+        diff = np.abs(ref.astype(np.float64) - cand.astype(np.float64))
+        agree = float((ref.argmax(1) == cand.argmax(1)).mean())
+        out: dict[str, Any] = {"n": int(len(ref)), "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+                               "mean_abs_diff": float(diff.mean()) if diff.size else 0.0, "top1_agreement": agree,
+                               "tolerance": tolerance, "min_agreement": MIN_AGREEMENT}
+        if truth is not None and len(truth):
+            ra, ca = self.quality(ref, truth, None, meta), self.quality(cand, truth, None, meta)
+            out.update(reference_accuracy=ra, candidate_accuracy=ca, accuracy_change=ca - ra,
+                       reference_quality=ra, candidate_quality=ca)
+        out["passed"] = bool(out["n"] > 0 and out["max_abs_diff"] <= tolerance and agree >= MIN_AGREEMENT)
+        return out
+
+    def parity_line(self, v: dict[str, Any]) -> str:
+        extra = (f", accuracy {v['reference_accuracy']:.4f} -> {v['candidate_accuracy']:.4f}"
+                 if "candidate_accuracy" in v else "")
+        crit = f" ({v['criterion']})" if v.get("criterion") else f" (tol {v['tolerance']:.0e})"
+        return (f"{v['n']} real images, max |dp| {v['max_abs_diff']:.2e}{crit}, top-1 agreement "
+                f"{v['top1_agreement']:.4f}{extra}")
+
+    # -- label -----------------------------------------------------------------------------------------
+    def label_problem(self, mode: str, labels: list[str], names: list[str]) -> str | None:
+        if mode != "classes":
+            return f"a classify model cannot suggest {mode}."
+        if sorted(labels) != sorted(names):
+            return f"its classes {labels} differ from --classes {names}."
+        return None
+
+    def label_suggestion(self, record: dict[str, Any], names: list[str]) -> dict[str, Any]:
+        return {"class": record["label"], "confidence": record["confidence"],
+                "uncertainty": 1.0 - float(record["confidence"])}
+
+    # -- check -----------------------------------------------------------------------------------------
+    def check(self, data, options: ClassifyCheckOptions):
+        from ..data.check import check_dataset, render_check, write_preview
+        rep = check_dataset(data, val_fraction=options.val_fraction, seed=options.seed, tiny=options.tiny)
+        report = rep.to_dict()
+        if options.preview:
+            from ..data.augment import AugmentConfig, Augmenter
+            from ..data.folder import scan
+            write_preview(scan(data, val_fraction=options.val_fraction, seed=options.seed), options.preview,
+                          Augmenter(AugmentConfig(), Contract(size=(options.size, options.size))),
+                          n=options.preview_n, seed=options.seed)
+        return report, lambda console: render_check(rep, console)

@@ -1,282 +1,550 @@
-"""Keypoints (landmarks) as a task plug-in: model = registry backbone + head, loss, decode, export signature.
+"""Keypoints (landmarks) as a task plug-in: COCO keypoints / CSV annotations in, points in pixels out.
 
-The network's ``forward`` already returns decoded points, ``(N, K, 3)`` = x, y, score in *model-input
-pixel* coordinates, so the exported graph (ONNX, LiteRT, Core ML, web) hands apps finished points and
-no app re-implements the decoding. Training uses ``forward_raw``.
+The network (``models/keypoint_net.py``: a registry backbone + a heatmap, SimCC or regression head) already
+returns decoded points ``(N, K, 3)`` = x, y, score in model-input pixels, so every export hands apps finished
+points. Points come back in each original image's pixels (the contract's resize undone, full resolution).
 
-Heads:
-- ``regression``: direct (x, y) regression, what the dog-face developer used (he found MSE beat L1);
-  plus a visibility logit as the score.
-- ``simcc`` (Li et al. 2022, as in RTMPose): each coordinate is a classification over sub-pixel bins
-  (``ratio`` bins per pixel) trained against a Gaussian; decoded as the expectation of the softmax, so
-  the result is differentiable and sub-pixel, and exports as plain Softmax/MatMul. Usually the more
-  accurate of the two at equal size.
+Training (``KeypointRun``, driven by ``training/engine.py``): images are decoded once into RAM, shrunk so the
+short side is just above the model's (points scaled with them); each epoch warps them with a fresh random
+homography per sample (flips swap left/right points), seeded by ``(seed, epoch, index)``. The best epoch by
+validation NME is kept. Images listed in ``exclude`` (``pocketvision check --suspects-out``) stay out of
+training and of every later measurement.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+import numpy as np
+from pydantic import Field
 
-from ..errors import PocketVisionError, unknown_choice
-from ..models._base import ConvBnAct
+from ..contract import Contract, load_rgb
+from ..errors import ImageDecodeError, PocketVisionError
+from .base import CheckOptionsBase, HeldOut, Options, OutputSpec, Task, TaskRun, Validation, register_task
 
-TASK = "keypoints"
-OUTPUTS = ("keypoints",)
-HEADS = ("heatmap", "simcc", "regression")
-# SimCC bins cover this margin beyond each edge: tight crops put labelled points a little outside.
-BIN_MARGIN = 0.1
-
-
-def trim_to_stride(features: nn.Sequential, target: int, size: tuple[int, int]) -> nn.Sequential:
-    """Keep the blocks of a sequential backbone up to the last one whose output stride is <= ``target``:
-    for small keypoint models the deepest, widest blocks cost most parameters and help localisation least."""
-    x = torch.zeros(1, 3, *size)
-    keep = 0
-    with torch.no_grad():
-        was = features.training
-        features.eval()
-        for i, block in enumerate(features):
-            x = block(x)
-            if size[0] / x.shape[-2] > target * 1.01 and size[0] // x.shape[-2] > target:
-                break
-            keep = i + 1
-        features.train(was)
-    return features[:keep]
+KP_TOLERANCE_PX = 0.05  # float exports: max coordinate difference, in model-input pixels
 
 
-def set_output_stride(features: nn.Module, target: int) -> int:
-    """Turn stride-2 convs after the cumulative stride reaches ``target`` into stride 1 (a finer last
-    feature map for localisation, at a modest compute cost) -> the resulting stride."""
-    stride = 1
-    for mod in features.modules():
-        children = dict(mod.named_children())
-        if isinstance(mod, nn.Conv2d):
-            continue
-        for name, conv in children.items():
-            if not isinstance(conv, nn.Conv2d) or conv.stride[0] == 1:
-                continue
-            if stride >= target:
-                conv.stride = (1, 1)
-                k = conv.kernel_size[0]
-                if "pad" in children and isinstance(children["pad"], nn.ZeroPad2d):  # TF-SAME stride-2 pad
-                    setattr(mod, "pad", nn.Identity())
-                conv.padding = (k // 2, k // 2)
+class KeypointOptions(Options):
+    head: Literal["heatmap", "simcc", "regression"] = Field(
+        "heatmap", description="heatmap (stride-4 heatmaps, integral decoding), simcc (sub-pixel coordinate "
+                               "bins) or regression (direct x, y)")
+    head_args: dict[str, Any] = Field(default_factory=dict, description="head arguments, e.g. "
+                                      "hidden=128,ratio=2,sigma=1.5 (simcc)")
+    exclude: str | None = Field(None, description="text file of images to leave out (one path or file name per "
+                                "line), e.g. from `pocketvision check --suspects-out`")
+    kp_loss: Literal["auto", "mse", "l1", "kl"] = Field("auto", description="loss (auto: kl for heatmap/simcc, mse "
+                                                       "for regression)")
+    output_stride: int = Field(16, ge=4, le=32, description="stride of the backbone's last feature map (later "
+                               "stride-2 convs become stride 1)")
+    flip_pairs: str | None = Field(None, description="override the flip pairs inferred from the names, e.g. "
+                                   "'left_eye:right_eye,left_mouth:right_mouth', or 'none'")
+    normalize: str | None = Field(None, description="NME normaliser: two point names 'a,b' or 'bbox' (default: the "
+                                  "two eye points, else bbox)")
+
+
+class KeypointEvalOptions(Options):
+    exclude: str | set[str] | None = Field(None, description="leave out the images listed in this text file (e.g. "
+                                           "suspect labels from `check --suspects-out`); Python: a set of names too")
+
+
+class KeypointCheckOptions(CheckOptionsBase):
+    suspects_out: str | None = Field(None, description="write the images with suspect labels, one per line (review "
+                                     "them, or pass the file to `train --exclude`)")
+
+
+class KeypointFilterOptions(Options):
+    sprite: str = Field("glasses", description="built-in sprite (glasses, mustache, crown) or an RGBA PNG")
+    anchor: str = Field("left_eye,right_eye", description="the two keypoints the sprite's anchors follow")
+    sprite_anchors: str | None = Field(None, description="anchor positions on a PNG sprite, X1,Y1,X2,Y2 in its "
+                                       "pixels (default: 30%% and 70%% of its width at mid-height)")
+    smoothing: float = Field(1.0, gt=0, description="One Euro min cutoff in Hz (lower = steadier, more lag)")
+    min_score: float = Field(0.2, ge=0, le=1, description="hide the sprite when an anchor's score is lower")
+    draw_points: bool = Field(False, description="also draw every predicted point")
+
+
+def resolve_normalize(value: str | None) -> list[str] | str | None:
+    if value is None:
+        return None
+    v = value.strip()
+    return "bbox" if v == "bbox" else [s.strip() for s in v.split(",")]
+
+
+def _exclude_set(value: str | set[str] | None) -> set[str]:
+    from ..data.keypoints import read_exclude
+    return set(value) if isinstance(value, set | list | tuple) else read_exclude(value)
+
+
+# -- training data ---------------------------------------------------------------------------------------
+def decode_sample(s, contract: Contract) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """-> (RGB array with the short side capped near the model's, points in that array's pixels,
+    original (w, h))."""
+    from PIL import Image
+
+    from ..training.loader import SOURCE_MARGIN
+    side = math.ceil(max(contract.size) * SOURCE_MARGIN)
+    img = load_rgb(s.path, min_size=(side, side))
+    w0, h0 = s.size or img.size
+    scale = min(1.0, side / min(img.size))
+    if scale < 1.0:
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                         Image.Resampling.BILINEAR)
+    pts = s.points.copy()
+    pts[:, 0] *= img.width / w0
+    pts[:, 1] *= img.height / h0
+    return np.asarray(img, np.uint8), pts, (w0, h0)
+
+
+def _dataset(images, points, contract, augment, seed):
+    """-> a torch Dataset of (uint8 HWC at the contract size, points (K, 3) in model-input pixels, index)."""
+    import torch
+    from PIL import Image
+
+    from ..data.kp_augment import contract_matrix, transform_points
+
+    class KeypointDataset(torch.utils.data.Dataset):
+        def __init__(self):
+            self.epoch = 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __len__(self) -> int:
+            return len(images)
+
+        def __getitem__(self, key):
+            epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
+            img = Image.fromarray(images[i])
+            if augment is not None:
+                x, p = augment(img, points[i], np.random.default_rng([seed, epoch, i]))
             else:
-                stride *= conv.stride[0]
-    return stride
+                m = contract_matrix(img.width, img.height, contract)
+                x, p = contract.fit(img), transform_points(points[i], m, (0, 0), None, keep_outside=True)
+            return torch.from_numpy(np.array(x)), torch.from_numpy(p.astype(np.float32)), i
+    return KeypointDataset()
 
 
-class RegressionHead(nn.Module):
-    def __init__(self, cin: int, k: int, hw: tuple[int, int], size: tuple[int, int], hidden: int = 256):
-        super().__init__()
-        self.k, self.size = k, size
-        self.reduce = ConvBnAct(cin, 64, 1, act="relu")
-        self.fc = nn.Sequential(nn.Flatten(1), nn.Linear(64 * hw[0] * hw[1], hidden), nn.ReLU(inplace=True),
-                                nn.Linear(hidden, 3 * k))
-        nn.init.zeros_(self.fc[-1].weight)
-        with torch.no_grad():  # start at the centre of the image, score 0.5
-            self.fc[-1].bias.copy_(torch.tensor([0.5, 0.5, 0.0]).repeat(k))
-
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.reduce(f)).view(-1, self.k, 3)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        h, w = self.size
-        scale = torch.tensor([float(w), float(h)], dtype=z.dtype, device=z.device)
-        return torch.cat([z[..., :2] * scale, torch.sigmoid(z[..., 2:3])], dim=-1)
-
-    def loss(self, z: torch.Tensor, target: torch.Tensor, kind: str = "mse") -> torch.Tensor:
-        h, w = self.size
-        scale = torch.tensor([float(w), float(h)], dtype=z.dtype, device=z.device)
-        lab = (target[..., 2] > 0).float()
-        d = z[..., :2] - target[..., :2] / scale
-        per = (d * d).sum(-1) if kind == "mse" else d.abs().sum(-1)
-        coord = (per * lab).sum() / lab.sum().clamp(min=1)
-        vis = F.binary_cross_entropy_with_logits(z[..., 2], lab)
-        return coord * (100.0 if kind == "mse" else 10.0) + 0.1 * vis
+def _collate(batch):
+    import torch
+    return (torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch]),
+            torch.tensor([b[2] for b in batch]))
 
 
-class _DerivedCoords:
-    """The bin/cell centres are computed from the configuration, not weights: not saved, and ignored
-    when a bundle written before they became non-persistent still carries them."""
+def _points_in_model_frame(samples, kept: list[int], contract: Contract) -> np.ndarray:
+    """Labelled points of ``samples[kept]`` mapped into model-input pixels (the contract's resize)."""
+    from PIL import Image
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for k in ("cx", "cy"):
-            state_dict.pop(prefix + k, None)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-
-class SimCCHead(_DerivedCoords, nn.Module):
-    def __init__(self, cin: int, k: int, hw: tuple[int, int], size: tuple[int, int], ratio: float = 2.0,
-                 channels: int = 16, hidden: int = 256, sigma: float = 1.5):
-        super().__init__()
-        h, w = size
-        self.k, self.size, self.ratio, self.sigma, self.channels = k, size, ratio, sigma, channels
-        self.reduce = ConvBnAct(cin, k * channels, 1, act="relu")
-        self.mlp = nn.Sequential(nn.Linear(channels * hw[0] * hw[1], hidden), nn.ReLU(inplace=True))
-        self.mx, self.my = round(BIN_MARGIN * w), round(BIN_MARGIN * h)
-        nx, ny = round((w + 2 * self.mx) * ratio), round((h + 2 * self.my) * ratio)
-        self.fx, self.fy = nn.Linear(hidden, nx), nn.Linear(hidden, ny)
-        self.register_buffer("cx", (torch.arange(nx, dtype=torch.float32) + 0.5) / ratio - self.mx, persistent=False)
-        self.register_buffer("cy", (torch.arange(ny, dtype=torch.float32) + 0.5) / ratio - self.my, persistent=False)
-
-    def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # per point: its channels x the feature map (chunk, not reshape: no shape arithmetic in the graph)
-        z = torch.stack(self.reduce(f).chunk(self.k, dim=1), dim=1).flatten(2)
-        z = self.mlp(z)
-        return self.fx(z), self.fy(z)
-
-    def decode(self, z: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        px, py = torch.softmax(z[0], -1), torch.softmax(z[1], -1)
-        x, y = (px * self.cx).sum(-1), (py * self.cy).sum(-1)  # not @ a vector: Core ML's matmul wants 2-D
-        # Peak probability relative to a perfectly sharp Gaussian of the training width: ~1 when the
-        # model is as sure as its labels, lower when the distribution spreads or splits.
-        peak = 1.0 / (self.sigma * 2.5066283)
-        score = torch.clamp(torch.sqrt(px.amax(-1) * py.amax(-1)) / peak, max=1.0)
-        return torch.stack([x, y, score], dim=-1)
-
-    def loss(self, z, target: torch.Tensor, kind: str = "kl") -> torch.Tensor:
-        lab = (target[..., 2] > 0).float()
-        total = 0.0
-        for logits, centers, coord in ((z[0], self.cx, target[..., 0]), (z[1], self.cy, target[..., 1])):
-            d = (centers.view(1, 1, -1) - coord.unsqueeze(-1)) * self.ratio  # in bins
-            q = torch.exp(-0.5 * (d / self.sigma) ** 2)
-            q = q / q.sum(-1, keepdim=True).clamp(min=1e-12)
-            logp = F.log_softmax(logits.float(), -1)
-            ce = -(q * logp).sum(-1)
-            expect = (logp.exp() * centers).sum(-1)
-            l1 = F.smooth_l1_loss(expect, coord, reduction="none", beta=1.0)
-            total = total + ((ce + 0.1 * l1) * lab).sum() / lab.sum().clamp(min=1)
-        return total
+    from ..data.kp_augment import contract_matrix, transform_points
+    out = []
+    for i in kept:
+        s = samples[i]
+        if s.size:
+            w, h = s.size
+        else:
+            with Image.open(s.path) as im:
+                w, h = im.size
+        out.append(transform_points(s.points, contract_matrix(w, h, contract), (0, 0), None, True))
+    return np.stack(out)
 
 
-class HeatmapHead(_DerivedCoords, nn.Module):
-    """Upsample the backbone's last map to stride 4, one heatmap per point, decoded by integral
-    regression (Sun et al. 2018: the softmax-weighted mean position, sub-pixel and differentiable).
+# -- the training run ------------------------------------------------------------------------------------
+class KeypointRun(TaskRun):
+    def __init__(self, task: KeypointsTask, data, cfg, opts: KeypointOptions, console):
+        from concurrent.futures import ThreadPoolExecutor
 
-    Convolutional all the way, so a face anywhere in the frame is found by the same weights: on 9k
-    training faces this generalises far better than flattening the map into a dense layer.
-    """
+        from rich.console import Console
 
-    def __init__(self, cin: int, k: int, hw: tuple[int, int], size: tuple[int, int], channels: int = 96,
-                 ups: int = 2, sigma: float = 1.0, in_stride: int = 16):
-        super().__init__()
-        self.k, self.size, self.sigma = k, size, sigma
-        layers: list[nn.Module] = [ConvBnAct(cin, channels, 1, act="relu")]
-        for _ in range(ups):
-            layers += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                       ConvBnAct(channels, channels, 3, groups=channels, act=None),
-                       ConvBnAct(channels, channels, 1, act="relu")]
-        self.up = nn.Sequential(*layers)
-        self.out = nn.Conv2d(channels, k, 1)
-        h, w = size
-        mh, mw = hw[0] * 2**ups, hw[1] * 2**ups
-        sy, sx = h / mh, w / mw  # input pixels per heatmap cell
-        # Cell centres for the *flattened* heatmap (index = row * mw + col), so decoding is softmax + two
-        # weighted sums: no reshape of the heatmaps, which Core ML's converter cannot trace.
-        cols = (torch.arange(mw, dtype=torch.float32) + 0.5) * sx
-        rows = (torch.arange(mh, dtype=torch.float32) + 0.5) * sy
-        self.register_buffer("cx", cols.repeat(mh), persistent=False)
-        self.register_buffer("cy", rows.repeat_interleave(mw), persistent=False)
-        self.cell = (sx, sy)
+        from ..data.keypoints import load_keypoints
+        from ..data.kp_augment import KeypointAugmenter
+        from ..models import check_input_size, model_entry
+        from ..models.keypoint_net import build_keypoint_model, keypoint_spec
+        from ..training.loader import default_workers, make_loader
+        from .base import load_parent
 
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return self.out(self.up(f))  # (N, K, h, w) logits
+        self.task, self.data, self.cfg, self.opts = task, Path(data), cfg, opts
+        self.console = console = console or Console(stderr=True)
+        ds = load_keypoints(data, val_fraction=cfg.val_fraction, seed=cfg.seed, flip_pairs=opts.flip_pairs,
+                            exclude=_exclude_set(opts.exclude))
+        self.ds, schema = ds, ds.schema
+        k = len(schema.names)
+        self.normalize = resolve_normalize(opts.normalize)
+        if self.normalize not in (None, "bbox"):
+            for n in self.normalize:
+                schema.index(n, "normalize point")
+        arch = cfg.arch or task.default_arch[0]
+        arch_args = cfg.arch_args if (cfg.arch or cfg.arch_args) else task.default_arch[1]
+        entry = model_entry(arch)
+        base = Contract.from_dict(entry.default_contract)
+        if cfg.size:
+            size = (cfg.size, cfg.size)
+        else:  # the data's typical size, rounded to the architecture's multiple (faces5: 80x80 crops)
+            sides = [max(s.size) for s in ds.train if s.size] or [base.size[0]]
+            size = (int(np.median(sides)),) * 2
+            mult = max(entry.size_multiple, 16)
+            size = (max(entry.min_size, round(size[0] / mult) * mult),) * 2
+        check_input_size(arch, size, {**arch_args, "num_classes": 0})
+        spec = keypoint_spec(arch, arch_args, k, opts.head, opts.output_stride, **dict(opts.head_args))
+        contract = Contract.from_dict({**base.to_dict(), "size": list(size), "resize": "squash"})
+        if cfg.init_from:
+            meta, model = load_parent(cfg.init_from)
+            if meta["task"] != task.name or meta["arch"] != spec:
+                raise PocketVisionError(f"{cfg.init_from}: its model {meta['arch']} differs from the requested "
+                                        f"{spec}; train with the same --arch, --arch-args and --head.")
+            contract = Contract.from_dict(meta["contract"])
+        else:
+            model = build_keypoint_model(spec, size, pretrained=cfg.pretrained and entry.pretrained)
+        self.model, self.spec, self.contract = model, spec, contract
+        self.pretrained = cfg.pretrained and bool(entry.pretrained)
+        self.default_lr = 1e-3 if cfg.optimizer != "sgd" else 0.05
+        self.workers = workers = default_workers() if cfg.workers is None else cfg.workers
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        p = torch.softmax(z.flatten(2).float(), -1)
-        x, y = (p * self.cx).sum(-1), (p * self.cy).sum(-1)
-        # Peak relative to a Gaussian of the training width: ~1 when as sure as the labels.
-        peak = 1.0 / (2 * 3.14159265 * self.sigma**2)
-        score = torch.clamp(p.amax(-1) / peak, max=1.0)
-        return torch.stack([x, y, score], dim=-1)
+        console.print(f"[bold]data[/] {ds.source}: {k} points {list(schema.names)}, flip pairs "
+                      f"{[(schema.names[a], schema.names[b]) for a, b in schema.flip_pairs]}, train {len(ds.train)}, "
+                      f"val {len(ds.val)}{'' if ds.explicit else f' (random split, seed {cfg.seed})'}")
+        for note in ds.notes:
+            console.print(f"[yellow]note[/] {note}")
+        t0 = time.perf_counter()
+        problems: list[str] = []
 
-    def loss(self, z: torch.Tensor, target: torch.Tensor, kind: str = "kl") -> torch.Tensor:
-        lab = (target[..., 2] > 0).float()
-        logp = F.log_softmax(z.flatten(2).float(), -1)
-        dx = (self.cx - target[..., 0:1]) / self.cell[0]
-        dy = (self.cy - target[..., 1:2]) / self.cell[1]
-        q = torch.exp(-0.5 * (dx**2 + dy**2) / self.sigma**2)
-        q = q / q.sum(-1, keepdim=True).clamp(min=1e-12)
-        ce = -(q * logp).sum(-1)
-        p = logp.exp()
-        xy = torch.stack([(p * self.cx).sum(-1), (p * self.cy).sum(-1)], -1)
-        l1 = F.smooth_l1_loss(xy, target[..., :2], reduction="none", beta=1.0).sum(-1)
-        return ((ce + 0.5 * l1) * lab).sum() / lab.sum().clamp(min=1)
+        def decode_split(samples):
+            def one(s):
+                try:
+                    return decode_sample(s, contract)
+                except ImageDecodeError as e:
+                    problems.append(str(e))
+                    return None
+            with ThreadPoolExecutor() as ex:
+                res = list(ex.map(one, samples))
+            keep = [i for i, r in enumerate(res) if r is not None]
+            return [samples[i] for i in keep], [res[i] for i in keep]
+        train_s, train_d = decode_split(ds.train)
+        val_s, val_d = decode_split(ds.val)
+        for msg in problems:
+            console.print(f"[yellow]skipped unreadable image[/] {msg}")
+        if not train_s or not val_s:
+            raise PocketVisionError(f"{data}: no readable images in the {'val' if not val_s else 'train'} split.")
+        console.print(f"decoded {len(train_s) + len(val_s)} images in {time.perf_counter() - t0:.1f}s "
+                      f"(RAM cache, {workers} workers)")
+        self.problems = problems
+        augmenter = KeypointAugmenter(cfg.augment, contract, schema.flip_perm)
+        self.train_ds = _dataset([d[0] for d in train_d], [d[1] for d in train_d], contract, augmenter, cfg.seed)
+        val_ds = _dataset([d[0] for d in val_d], [d[1] for d in val_d], contract, None, cfg.seed)
+        self.val_s, self.val_sizes = val_s, [d[2] for d in val_d]
+        self.val_gt = np.stack([s.points for s in val_s])
+        self.val_loader = make_loader(val_ds, max(cfg.batch_size, 128), False, 0, cfg.seed, collate_fn=_collate)
+        self.loss_kind = opts.kp_loss if opts.kp_loss != "auto" else ("mse" if opts.head == "regression" else "kl")
+        self._train_loader = None
 
+    def _loader(self):
+        from ..training.loader import make_loader
+        if self._train_loader is None:
+            self._train_loader = make_loader(self.train_ds, self.cfg.batch_size, True, self.workers, self.cfg.seed,
+                                             drop_last=len(self.train_ds) > self.cfg.batch_size, collate_fn=_collate)
+        return self._train_loader
 
-class KeypointNet(nn.Module):
-    """Backbone feature stack (from the registry) + a keypoint head; ``forward`` -> (N, K, 3) points."""
+    def prologue(self, engine, resuming: bool) -> None:
+        self.engine = engine
 
-    def __init__(self, features: nn.Module, num_keypoints: int, size: tuple[int, int],
-                 head: str = "simcc", output_stride: int = 16, trim: bool = True, **head_args: Any):
-        super().__init__()
-        if head not in HEADS:
-            raise unknown_choice("head", head, HEADS)
-        if trim and isinstance(features, nn.Sequential):
-            features = trim_to_stride(features, output_stride, size)
-        self.features = features
-        self.output_stride = set_output_stride(self.features, output_stride)
+    def steps_per_epoch(self) -> int:
+        return len(self._loader())
+
+    def batches(self, epoch: int):
+        self.train_ds.set_epoch(epoch)
+        return self._loader()
+
+    def forward(self, net, batch):
+        return net.forward_raw(self.engine.to_input(batch[0]))
+
+    def loss(self, outputs, batch):
+        return self.model.head.loss(outputs, batch[1].to(self.engine.device), self.loss_kind)
+
+    def preview(self, batch):
+        return batch[0]
+
+    def _predict_val(self, net) -> np.ndarray:
+        import torch
+        net.eval()
         with torch.no_grad():
-            was = self.features.training
-            self.features.eval()
-            f = self.features(torch.zeros(1, 3, *size))
-            self.features.train(was)
-        hw, feat_channels = tuple(f.shape[-2:]), f.shape[1]
-        cls = {"simcc": SimCCHead, "regression": RegressionHead, "heatmap": HeatmapHead}[head]
-        self.head = cls(feat_channels, num_keypoints, hw, size, **head_args)
-        self.num_keypoints = num_keypoints
+            outs = [net(self.engine.to_input(x)).float().cpu().numpy() for x, _, _ in self.val_loader]
+        return np.concatenate(outs)
 
-    def forward_raw(self, x: torch.Tensor):
-        return self.head(self.features(x))
+    def _score(self, net) -> tuple[dict[str, Any], np.ndarray]:
+        from ..data.kp_augment import points_to_source
+        from ..evaluate.keypoint_metrics import keypoint_metrics
+        pred = points_to_source(self._predict_val(net), self.val_sizes, self.contract)
+        return keypoint_metrics(self.val_gt, pred, self.ds.schema.names, self.normalize, np.array(self.val_sizes)), pred
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head.decode(self.forward_raw(x))
+    def validate(self, net) -> Validation:
+        m, pred = self._score(net)
+        return Validation((-m["nme"],), {"val_nme": m["nme"], "val_pck@0.1": m["pck@0.1"],
+                                         "val_mean_px": m["mean_error_px"]},
+                          f"val NME {m['nme']:.4f}  PCK@0.1 {m['pck@0.1']:.3f}  {m['mean_error_px']:.2f} px", pred)
 
-    def head_parameters(self):
-        return self.head.parameters()
-
-    def backbone_parameters(self):
-        return self.features.parameters()
-
-
-def build_keypoint_model(spec: dict[str, Any], size: tuple[int, int], pretrained: bool = False) -> KeypointNet:
-    """``spec`` = {"name": backbone, "args": backbone args, "head": {"type", "num_keypoints", ...}}."""
-    from ..models import build_model
-    head = dict(spec.get("head") or {})
-    if "num_keypoints" not in head:
-        raise PocketVisionError("keypoint model spec needs head.num_keypoints.")
-    backbone = build_model({"name": spec["name"], "args": {**spec.get("args", {}), "num_classes": 0}},
-                           pretrained=pretrained)
-    kind = head.pop("type", "simcc")
-    k = head.pop("num_keypoints")
-    stride = head.pop("output_stride", 16)
-    trim = head.pop("trim", True)
-    return KeypointNet(backbone.features, k, tuple(size), kind, stride, trim, **head)
-
-
-def keypoint_spec(arch: str, arch_args: dict[str, Any], num_keypoints: int, head: str, output_stride: int = 16,
-                  **head_args: Any) -> dict[str, Any]:
-    return {"name": arch, "args": {k: v for k, v in arch_args.items() if k != "num_classes"},
-            "head": {"type": head, "num_keypoints": num_keypoints, "output_stride": output_stride, **head_args}}
+    def finish(self, best: Validation | None, run_dir: Path | None) -> dict[str, Any]:
+        from ..evaluate.keypoint_metrics import default_normalizer, keypoint_metrics
+        schema, ds = self.ds.schema, self.ds
+        # the kept weights are back on the CPU: the final numbers are the bundle's own
+        _, pred = self._score(self.model)
+        normalize = self.normalize or default_normalizer(schema.names)
+        metrics = keypoint_metrics(self.val_gt, pred, schema.names, normalize, np.array(self.val_sizes))
+        out: dict[str, Any] = {
+            "labels": list(schema.names), "metrics": metrics,
+            "keypoints": {**schema.to_dict(), "normalize": normalize},
+            "data": {"root": str(Path(self.data).resolve()), "fingerprint": ds.fingerprint(),
+                     "explicit_splits": ds.explicit, "counts": {"train": len(ds.train), "val": len(ds.val)},
+                     "excluded": ds.excluded, "val_fraction": self.cfg.val_fraction, "seed": self.cfg.seed,
+                     "skipped": self.problems}}
+        if run_dir is not None:
+            from ..evaluate.keypoint_report import write_keypoint_report
+            out["report"] = str(write_keypoint_report(
+                run_dir / "report", metrics, self.val_gt, pred, [s.path for s in self.val_s], schema.names,
+                schema.skeleton, title=f"Training: {self.spec['name']} + {self.spec['head']['type']}"))
+        return out
 
 
-class ExportWrapper(nn.Module):
-    """uint8 RGB NHWC pixels -> keypoints (N, K, 3): the contract inside the graph, decoding too."""
+# -- the plug-in ---------------------------------------------------------------------------------------
+@register_task
+class KeypointsTask(Task):
+    name = "keypoints"
+    summary = "keypoints/landmarks: COCO keypoints JSON or CSV annotations"
+    Options = KeypointOptions
+    EvalOptions = KeypointEvalOptions
+    CheckOptions = KeypointCheckOptions
+    FilterOptions = KeypointFilterOptions
+    outputs = OutputSpec(names=("keypoints",), coreml="tensor", web_renderer="keypoints.js", quality="1 - NME")
+    compressions = frozenset({"int8", "fp16"})
+    default_arch = ("deepdog", {"alpha": 0.5})
+    # channels_last changes the convolutions' rounding; "off" keeps the measured keypoint numbers (issue 4)
+    engine_defaults = {"channels_last": "off"}
+    refuses = {"progressive": "the keypoint heads are built for one input size (their bins and cells are "
+                              "fixed), so keypoint training cannot grow the size"}
+    detect_order = 10
 
-    def __init__(self, model: nn.Module, contract):
-        super().__init__()
-        from .classify import ExportWrapper as _Cls
-        base = _Cls(nn.Identity(), contract)
-        self.register_buffer("mean", base.mean)
-        self.register_buffer("inv_std", base.inv_std)
-        self.model = model
+    def detect(self, data: str | os.PathLike) -> bool:
+        from ..data.keypoints import is_keypoint_source
+        return is_keypoint_source(data)
 
-    def forward(self, image: torch.Tensor):
-        x = image.permute(0, 3, 1, 2).float()
-        return (self.model((x - self.mean) * self.inv_std),)
+    # -- data ------------------------------------------------------------------------------------------
+    def _split(self, meta: dict[str, Any], split: str, data=None):
+        from ..data.keypoints import drop_images, load_keypoints
+        if data is not None:
+            return labelled_keypoints(data, "auto", flip_pairs="none")[1]
+        d = meta.get("data", {})
+        if not d.get("root") or not Path(d["root"]).exists():
+            return []
+        if d.get("explicit_splits") and split == "val":
+            samples = labelled_keypoints(d["root"], "val", flip_pairs="none")[1]
+        else:
+            samples = getattr(load_keypoints(d["root"], val_fraction=d.get("val_fraction", 0.1), seed=d.get("seed", 0),
+                                             flip_pairs="none"), split)
+        # The images training left out (suspect labels) stay out of every measurement too.
+        return drop_images(samples, set(d.get("excluded", ())))
 
+    def held_out(self, meta: dict[str, Any], data=None) -> HeldOut:
+        from ..pixels import load_pixels
+        contract = Contract.from_dict(meta["contract"])
+        samples = self._split(meta, "val", data)
+        pixels, kept = load_pixels([s.path for s in samples], contract)
+        truth = _points_in_model_frame(samples, kept, contract) if kept else np.zeros((0, len(meta["labels"]), 3))
+        return HeldOut(pixels, truth, [samples[i].path for i in kept])
+
+    def training_images(self, meta: dict[str, Any], data=None) -> tuple[list[Path], str | None]:
+        from ..data.keypoints import load_keypoints
+        d = meta.get("data", {})
+        root = d.get("root") if d.get("root") and Path(d["root"]).exists() else data
+        if not root:
+            return [], None
+        samples = load_keypoints(root, val_fraction=d.get("val_fraction", 0.1), seed=d.get("seed", 0),
+                                 flip_pairs="none", exclude=set(d.get("excluded", ()))).train
+        return [s.path for s in samples], str(root)
+
+    def setup(self, data, cfg, opts, console, resuming: bool, user_model=None) -> KeypointRun:
+        if user_model is not None:
+            raise PocketVisionError("bring-your-own model is for classification; keypoint models are a registry "
+                                    "backbone + head (--arch, --head).")
+        return KeypointRun(self, data, cfg, opts, console)
+
+    # -- model -----------------------------------------------------------------------------------------
+    def build_model(self, spec: dict[str, Any], contract: Contract):
+        from ..models.keypoint_net import build_keypoint_model
+        return build_keypoint_model(spec, contract.size)
+
+    def export_meta(self, meta: dict[str, Any]) -> dict[str, Any]:
+        return {"keypoints": meta["keypoints"]}
+
+    def int8_keep_float(self, onnx_path: Path) -> list[str]:
+        from ..compress.quantize import output_layers
+        return output_layers(onnx_path)
+
+    # -- runtime ---------------------------------------------------------------------------------------
+    def predict(self, model, sources: Sequence) -> list[dict[str, Any]]:
+        from ..data.kp_augment import points_to_source
+        pixels, decoded = load_sources(sources, model.contract)
+        pts = points_to_source(model.run_pixels(pixels), decoded, model.contract)
+        out = []
+        for s, dec, p in zip(sources, decoded, pts):
+            full = _true_size(s, dec)
+            p[:, 0] *= full[0] / dec[0]
+            p[:, 1] *= full[1] / dec[1]
+            out.append({"keypoints": {n: {"x": round(float(x), 2), "y": round(float(y), 2),
+                                          "score": round(float(c), 4)} for n, (x, y, c) in zip(model.labels, p[:, :3])},
+                        "image_size": list(full)})
+        return out
+
+    def record_line(self, record: dict[str, Any]) -> str:
+        return "  ".join(f"{n} ({v['x']:.1f}, {v['y']:.1f})" for n, v in record["keypoints"].items())
+
+    def evaluate(self, model, data, *, split="auto", report_dir=None, title="model", options=None,
+                 batch: int = 64) -> dict[str, Any]:
+        from ..data.keypoints import KeypointSchema, drop_images
+        from ..data.kp_augment import points_to_source
+        from ..evaluate.keypoint_metrics import keypoint_metrics
+        meta, contract = model.meta, model.contract
+        if not meta.get("keypoints"):
+            raise PocketVisionError("this model has no keypoint metadata (names, flip pairs).")
+        model_schema = KeypointSchema.from_dict(meta["keypoints"])
+        schema, samples, used = labelled_keypoints(data, split, flip_pairs="none")
+        exclude = _exclude_set(options.exclude if options is not None else None)
+        if exclude:
+            samples = drop_images(samples, exclude)
+        if tuple(schema.names) != tuple(model_schema.names):
+            raise PocketVisionError(f"{data}: points {list(schema.names)} differ from the model's "
+                                    f"{list(model_schema.names)}.")
+        pixels, sizes, kept = [], [], []
+        for i, s in enumerate(samples):
+            try:
+                img = load_rgb(s.path)
+            except ImageDecodeError:
+                continue
+            pixels.append(contract.fit(img))
+            sizes.append(img.size)
+            kept.append(i)
+        if not kept:
+            raise PocketVisionError(f"{data}: none of the {len(samples)} images could be read.")
+        x = np.stack(pixels)
+        raw = np.concatenate([model.run_pixels(x[i:i + batch]) for i in range(0, len(x), batch)])
+        pred = points_to_source(raw, sizes, contract)
+        gt = np.stack([samples[i].points for i in kept])
+        m = keypoint_metrics(gt, pred, schema.names, meta.get("keypoints", {}).get("normalize"), np.array(sizes))
+        m.update(data=str(data), split=used, skipped_unreadable=len(samples) - len(kept), excluded=len(exclude))
+        if report_dir is not None:
+            from ..evaluate.keypoint_report import write_keypoint_report
+            m["report"] = str(write_keypoint_report(report_dir, m, gt, pred, [samples[i].path for i in kept],
+                                                    schema.names, model_schema.skeleton, title=f"Evaluation: {title}"))
+        return m
+
+    def render_metrics(self, metrics: dict[str, Any], console) -> None:
+        from ..evaluate.keypoint_report import render_keypoint_table
+        render_keypoint_table(metrics, console)
+
+    def brief(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in metrics.items() if k not in ("per_image_nme", "image_index")}
+
+    def quality(self, outputs: np.ndarray, truth, reference, meta) -> float:
+        """1 - NME against labels in model-input pixels."""
+        from ..evaluate.keypoint_metrics import keypoint_metrics
+        h, w = Contract.from_dict(meta["contract"]).size
+        return 1.0 - keypoint_metrics(truth, outputs, list(meta["labels"]), meta.get("keypoints", {}).get("normalize"),
+                                      np.tile([w, h], (len(truth), 1)))["nme"]
+
+    def budget_text(self, precision: str, max_drop: float) -> str:
+        return f"{precision}: NME rise <= {max_drop} points"
+
+    def compare(self, ref, cand, truth, meta, tolerance=None) -> dict[str, Any]:
+        """Keypoint parity: max/mean coordinate difference in model-input pixels and the NME change."""
+        tolerance = KP_TOLERANCE_PX if tolerance is None else tolerance
+        d = np.linalg.norm(ref[..., :2].astype(np.float64) - cand[..., :2].astype(np.float64), axis=-1)
+        out: dict[str, Any] = {"n": int(len(ref)), "max_coord_diff_px": float(d.max()) if d.size else 0.0,
+                               "mean_coord_diff_px": float(d.mean()) if d.size else 0.0,
+                               "max_score_diff": float(np.abs(ref[..., 2] - cand[..., 2]).max()) if d.size else 0.0,
+                               "tolerance_px": tolerance}
+        if truth is not None and len(ref):
+            rq, cq = self.quality(ref, truth, None, meta), self.quality(cand, truth, None, meta)
+            out.update(reference_nme=1 - rq, candidate_nme=1 - cq, nme_change=rq - cq, reference_quality=rq,
+                       candidate_quality=cq, accuracy_change=cq - rq)
+        out["passed"] = bool(out["n"] > 0 and out["max_coord_diff_px"] <= tolerance)
+        return out
+
+    def parity_line(self, v: dict[str, Any]) -> str:
+        extra = f", NME {v['reference_nme']:.4f} -> {v['candidate_nme']:.4f}" if "candidate_nme" in v else ""
+        crit = f" ({v['criterion']})" if v.get("criterion") else f" (tol {v['tolerance_px']} px)"
+        return (f"{v['n']} real images, max coordinate difference {v['max_coord_diff_px']:.2e} px, "
+                f"mean {v['mean_coord_diff_px']:.2e} px{crit}{extra}")
+
+    # -- other verbs -----------------------------------------------------------------------------------
+    def label_problem(self, mode: str, labels: list[str], names: list[str]) -> str | None:
+        return None if mode == "keypoints" else f"a keypoints model cannot suggest {mode}."
+
+    def label_suggestion(self, record: dict[str, Any], names: list[str]) -> dict[str, Any]:
+        kp = record["keypoints"]
+        pts = [[kp[n]["x"], kp[n]["y"], kp[n]["score"]] if n in kp else None for n in names]
+        scores = [p[2] for p in pts if p]
+        return {"points": pts, "uncertainty": 1.0 - float(np.mean(scores)) if scores else 1.0}
+
+    def check(self, data, options: KeypointCheckOptions):
+        from ..data.keypoints import load_keypoints
+        from ..data.kp_check import check_keypoints, render_keypoint_check, write_keypoint_preview
+        rep = check_keypoints(data, seed=options.seed)
+        if options.suspects_out:
+            from ..bundle import atomic_write_bytes
+            lines = [x["image"] for s in rep["splits"].values() for x in s["suspect_labels"]]
+            atomic_write_bytes(options.suspects_out, ("\n".join(lines) + "\n").encode())
+            rep["suspects_out"] = str(options.suspects_out)
+        if options.preview:
+            write_keypoint_preview(load_keypoints(data, seed=options.seed), options.preview, size=options.size,
+                                   n=options.preview_n, seed=options.seed)
+        return rep, lambda console: render_keypoint_check(rep, console)
+
+    def filter_video(self, model, video, out, options: KeypointFilterOptions) -> dict[str, Any]:
+        from ..sprite_filter import run_filter
+        return run_filter(model, video, out, **options.model_dump())
+
+    def filter_line(self, stats: dict[str, Any]) -> str:
+        return f"sprite drawn on {stats['sprite_shown']} of {stats['frames']} frames"
+
+
+# -- readers for predict / evaluate (numpy + Pillow) --------------------------------------------------------
+def load_sources(sources, contract: Contract) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    pixels, sizes = [], []
+    for s in sources:
+        img = load_rgb(s, min_size=contract.decode_hint())
+        sizes.append(img.size)  # after a JPEG draft decode: points map into *this* frame, rescaled below
+        pixels.append(contract.fit(img))
+    return np.stack(pixels), sizes
+
+
+def _true_size(source, decoded: tuple[int, int]) -> tuple[int, int]:
+    """The upright full-resolution size (a JPEG may have been decoded at 1/2..1/8 scale)."""
+    import io
+
+    from PIL import Image
+    fp = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
+    with Image.open(fp) as im:
+        w, h = im.size
+        if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotated by 90 degrees
+            w, h = h, w
+    return w, h
+
+
+def labelled_keypoints(data: str | Path, split: str = "auto", flip_pairs=None):
+    """A COCO/CSV file (all of it) or a folder with train/val files (``auto``: val) -> (schema, samples, split)."""
+    from ..data.keypoints import read_annotations
+    p = Path(data)
+    if p.is_dir():
+        if split == "auto":
+            split = "val" if any((p / f"val{s}").exists() for s in (".json", ".csv")) else "train"
+        for suf in (".json", ".csv"):
+            f = p / f"{split}{suf}"
+            if f.exists():
+                schema, samples, _ = read_annotations(f, flip_pairs)
+                return schema, samples, split
+        raise PocketVisionError(f"{p}: no {split}.json or {split}.csv inside.")
+    if not p.exists():
+        raise PocketVisionError(f"{p}: no such file or folder.")
+    schema, samples, _ = read_annotations(p, flip_pairs)
+    return schema, samples, "all"

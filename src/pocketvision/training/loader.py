@@ -30,7 +30,7 @@ def default_workers() -> int:
     return 0 if n <= 1 else min(8, n - 1)
 
 
-def _decode_source(path, contract: Contract) -> np.ndarray:
+def decode_source(path, contract: Contract) -> np.ndarray:
     """Decode for augmentation: upright RGB, short side capped at SOURCE_MARGIN x the model side."""
     side = math.ceil(max(contract.size) * SOURCE_MARGIN)
     img = load_rgb(path, min_size=(side, side))
@@ -87,7 +87,7 @@ class ImageDataset(torch.utils.data.Dataset):
         try:
             if self.augment is None:
                 return self.contract.load(self.samples[i].path)
-            return _decode_source(self.samples[i].path, self.contract)
+            return decode_source(self.samples[i].path, self.contract)
         except ImageDecodeError:
             return None  # reported by the scan; the collate drops it, never a crash mid-epoch
 

@@ -6,20 +6,20 @@ learning anyway; freezing them (BN included) means their output for a given imag
 it is computed once per view (the image and its mirror) and the last blocks + classifier are trained
 for many cheap epochs on those activations. The same result as fine-tuning those blocks with
 flip augmentation, at a fraction of the cost.
+
+``TopTune`` holds the caches and gives the engine what a task run gives it (``batches``, ``forward``,
+``param_groups``): the epochs themselves run in the one training engine.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..contract import Contract
-from ..tasks.classify import final_linear
 
 
 def supports_top_tune(model: nn.Module, blocks: int) -> bool:
@@ -51,93 +51,55 @@ class TopNet(nn.Module):
         return f if features else self.model.forward_head(f)
 
 
-def top_tune(model: nn.Module, blocks: int, train_px: np.ndarray, train_y: np.ndarray, val_px: np.ndarray,
-             val_y: np.ndarray, contract: Contract, *, epochs: int, lr: float, weight_decay: float,
-             label_smoothing: float, class_weights: torch.Tensor | None, seed: int,
-             probe: Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]] | None,
-             log: Callable[[dict], None], batch_size: int = 64) -> dict:
-    """-> {"best_epoch", "best_probs", "history"}; the model ends holding the best weights.
+class TopTune:
+    """The frozen trunk's activations of the training images (and, when ``augment``, their mirrors) and of
+    the validation images, and the ``TopNet`` that trains on them."""
 
-    Epoch 0 is the linear probe (when ``probe`` is given): the head starts from the exact
-    logistic-regression solution, and fine-tuning is kept only where it beats it on validation.
-    """
-    torch.manual_seed(seed)
-    k = len(model.features) - blocks
-    trunk = model.features[:k]
-    for p in trunk.parameters():
-        p.requires_grad_(False)
-    t0 = time.perf_counter()
-    # the image and its mirror; a probe-only run (epochs=0) needs just the image
-    views = np.concatenate([train_px, train_px[:, :, ::-1]]) if epochs else train_px
-    acts = trunk_activations(trunk, views, contract)
-    val_acts = trunk_activations(trunk, val_px, contract)
-    ys = torch.from_numpy(np.concatenate([train_y] * (len(views) // len(train_y)))).long()
-    net = TopNet(model, k)
-    cache_s = time.perf_counter() - t0
+    def __init__(self, model: nn.Module, blocks: int, train_px: np.ndarray, train_y: np.ndarray, val_px: np.ndarray,
+                 val_y: np.ndarray, contract: Contract, *, seed: int, augment: bool):
+        torch.manual_seed(seed)
+        k = len(model.features) - blocks
+        self.trunk = model.features[:k]
+        for p in self.trunk.parameters():
+            p.requires_grad_(False)
+        t0 = time.perf_counter()
+        views = np.concatenate([train_px, train_px[:, :, ::-1]]) if augment else train_px
+        self.acts = trunk_activations(self.trunk, views, contract)
+        self.val_acts = trunk_activations(self.trunk, val_px, contract)
+        self.train_y, self.val_y = train_y, val_y
+        self.ys = torch.from_numpy(np.concatenate([train_y] * (len(views) // len(train_y)))).long()
+        self.cached, self.cache_seconds = len(views), time.perf_counter() - t0
+        self.net = TopNet(model, k)
+        self.model = model
+        self.generator = torch.Generator().manual_seed(seed)
 
     @torch.no_grad()
-    def run(a: torch.Tensor, features: bool = False) -> np.ndarray:
-        net.eval()
-        return torch.cat([net(a[i:i + 256].float(), features) for i in range(0, len(a), 256)]).numpy()
+    def run(self, a: torch.Tensor, features: bool = False) -> np.ndarray:
+        self.net.eval()
+        return torch.cat([self.net(a[i:i + 256].float(), features) for i in range(0, len(a), 256)]).numpy()
 
-    def score(logits: np.ndarray) -> tuple[np.ndarray, float, float]:
-        z = logits - logits.max(1, keepdims=True)
-        probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
-        acc = float((probs.argmax(1) == val_y).mean())
-        loss = float(-np.log(np.clip(probs[np.arange(len(val_y)), val_y], 1e-7, 1)).mean())
-        return probs, acc, loss
+    def features(self) -> np.ndarray:
+        """Pooled features of the (un-mirrored) training images: what a linear probe fits."""
+        return self.run(self.acts[: len(self.train_y)], features=True)
 
-    history, best, best_state, best_epoch, best_probs = [], None, None, 0, None
-    if probe is not None:
-        W, b = probe(run(acts[: len(train_px)], features=True), train_y)
-        head = final_linear(model)
-        with torch.no_grad():
-            head.weight.copy_(W)
-            head.bias.copy_(b)
-        probs, acc, loss = score(run(val_acts))
-        best, best_probs = (acc, -loss), probs
-        best_state = {k_: v.clone() for k_, v in model.state_dict().items()}
-        row = {"epoch": 0, "phase": "probe", "train_loss": float("nan"), "val_loss": loss, "val_acc": acc,
-               "lr": 0.0, "img_per_s": len(views) / max(cache_s, 1e-9), "seconds": time.perf_counter() - t0}
-        history.append(row)
-        log(row)
+    def param_groups(self, lr: float) -> list[dict]:
+        head_ids = {id(p) for p in self.model.head_parameters()}
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        return [{"params": [p for p in params if id(p) not in head_ids], "lr": lr, "name": "top"},
+                {"params": [p for p in params if id(p) in head_ids], "lr": lr * 3, "name": "head"}]
 
-    head_ids = {id(p) for p in model.head_parameters()}
-    params = [p for p in net.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if id(p) not in head_ids], "lr": lr},
-              {"params": [p for p in params if id(p) in head_ids], "lr": lr * 3}]
-    opt = torch.optim.AdamW(groups, weight_decay=weight_decay)
-    steps = max(1, epochs * ((len(acts) + batch_size - 1) // batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[lr, lr * 3], total_steps=steps, pct_start=0.2)
-    g = torch.Generator().manual_seed(seed)
-    for epoch in range(1, epochs + 1):
-        net.train()
-        for m in net.modules():  # BN statistics stay the pretrained ones: small data, small batches
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-        t_ep, seen, loss_sum = time.perf_counter(), 0, 0.0
-        for idx in torch.randperm(len(acts), generator=g).split(batch_size):
-            logits = net(acts[idx].float())
-            loss = F.cross_entropy(logits, ys[idx], weight=class_weights, label_smoothing=label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            seen += len(idx)
-            loss_sum += float(loss.detach()) * len(idx)
-        probs, acc, vloss = score(run(val_acts))
-        row = {"epoch": epoch, "phase": "top", "train_loss": loss_sum / seen, "val_loss": vloss, "val_acc": acc,
-               "lr": sched.get_last_lr()[0], "img_per_s": seen / (time.perf_counter() - t_ep),
-               "seconds": time.perf_counter() - t0}
-        history.append(row)
-        improved = best is None or (acc, -vloss) > best
-        row["best"] = improved
-        log(row)
-        if improved:
-            best, best_epoch, best_probs = (acc, -vloss), epoch, probs
-            best_state = {k_: v.clone() for k_, v in model.state_dict().items()}
-    for p in trunk.parameters():
-        p.requires_grad_(True)
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return {"best_epoch": best_epoch, "best_probs": best_probs, "history": history}
+    def steps(self, batch_size: int) -> int:
+        return (len(self.acts) + batch_size - 1) // batch_size
+
+    def batches(self, batch_size: int):
+        return torch.randperm(len(self.acts), generator=self.generator).split(batch_size)
+
+    def forward(self, net: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        return net(self.acts[idx].float())
+
+    def labels(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.ys[idx]
+
+    def release(self) -> None:
+        for p in self.trunk.parameters():
+            p.requires_grad_(True)

@@ -1,13 +1,15 @@
 // pocketvision web runtime: the exported model runs entirely in this page with onnxruntime-web
-// (files in ./ort/, no CDN). model.json carries labels, the preprocessing contract and the decision
-// threshold, so this file never changes between models.
+// (files in ./ort/, no CDN). model.json carries labels, the preprocessing contract, the decision
+// threshold and the task's renderer module (render/<task>.js: bars, points on the frame, a stylised
+// picture...), so this file never changes between models or tasks.
 //
 // Loading: model bytes (and the ~14 MB runtime .wasm) are fetched once with progress, kept in the
 // Cache API under their SHA-256, and read from there on the next visit: no bytes cross the network.
 // Backends: WebGPU when the browser has an adapter, else WASM (SIMD; threads when the page is
 // cross-origin isolated, i.e. served with COOP/COEP headers).
 //
-// Tests and apps use window.pv: await pv.ready; pv.classifyPixels(uint8 NHWC, n); pv.classifySource(el).
+// Tests and apps use window.pv: await pv.ready; pv.runPixels(uint8 NHWC, n[, h, w]); pv.runSource(img|video|canvas).
+// (pv.classifyPixels / pv.classifySource are the same functions under their first names.)
 
 const params = new URLSearchParams(location.search);
 const CACHE_NAME = 'pocketvision-model-cache';
@@ -89,90 +91,6 @@ function drawToCanvas(src, contract, ctx) {
   return rgb;
 }
 
-// Same rule as pocketvision.runtime.decision.decide.
-function decide(probs, labels, threshold) {
-  let k = probs.indexOf(Math.max(...probs));
-  if (threshold && threshold.value != null && labels.length === 2) {
-    const pos = threshold.positive;
-    k = probs[pos] >= threshold.value ? pos : 1 - pos;
-  }
-  return { label: labels[k], index: k, confidence: probs[k], probabilities: Object.fromEntries(labels.map((l, i) => [l, probs[i]])) };
-}
-
-function show(result, ms) {
-  $('result').textContent = `${result.label} (${(100 * result.confidence).toFixed(1)}%)`;
-  $('probs').innerHTML = '';
-  for (const [label, p] of Object.entries(result.probabilities)) {
-    const row = document.createElement('div');
-    row.innerHTML = `<span style="width:8em">${label}</span><span class="bar" style="width:${(p * 12).toFixed(2)}em"></span>
-      <span>${(100 * p).toFixed(1)}%</span>`;
-    $('probs').appendChild(row);
-  }
-  $('timing').textContent = `model ${ms.toFixed(1)} ms on ${pv.backend}`;
-}
-
-// Keypoints: model-input pixels -> source pixels (the inverse of drawToCanvas), as {name: {x, y, score}}.
-function toSource(row, src, meta) {
-  const [H, W] = meta.contract.size;
-  const sw = src.videoWidth || src.naturalWidth || src.width, sh = src.videoHeight || src.naturalHeight || src.height;
-  let sx = sw / W, sy = sh / H, ox = 0, oy = 0;
-  if (meta.contract.resize === 'center_crop') {
-    const scale = Math.max(H, W) / meta.contract.crop_pct / Math.min(sw, sh);
-    sx = sy = 1 / scale; ox = (sw - W / scale) / 2; oy = (sh - H / scale) / 2;
-  } else if (meta.contract.resize === 'letterbox') {
-    const s = Math.min(W / sw, H / sh);
-    sx = sy = 1 / s; ox = -(W - sw * s) / 2 / s; oy = -(H - sh * s) / 2 / s;
-  }
-  const out = {};
-  meta.labels.forEach((name, k) => {
-    out[name] = { x: row[3 * k] * sx + ox, y: row[3 * k + 1] * sy + oy, score: row[3 * k + 2] };
-  });
-  return out;
-}
-
-// The live view for keypoint models: the frame, every point, and a pair of glasses on the eyes
-// (or on the first flip pair), scaled and rotated with them: the dog-face filter, in the browser.
-const smooth = {};
-function drawKeypoints(src, pts, meta) {
-  const view = $('overlay');
-  const sw = src.videoWidth || src.naturalWidth || src.width, sh = src.videoHeight || src.naturalHeight || src.height;
-  view.width = sw; view.height = sh; view.hidden = false;
-  $('view').style.display = 'none';
-  $('video').style.display = 'none';
-  const g = view.getContext('2d');
-  g.drawImage(src, 0, 0, sw, sh);
-  // Exponential smoothing across frames, so the sprite does not jitter on a live camera.
-  for (const [name, p] of Object.entries(pts)) {
-    const s = smooth[name];
-    smooth[name] = s && src.tagName === 'VIDEO' ? { x: s.x + 0.5 * (p.x - s.x), y: s.y + 0.5 * (p.y - s.y) } : { x: p.x, y: p.y };
-  }
-  const names = meta.labels;
-  const eyes = names.filter((n) => n.toLowerCase().includes('eye'));
-  const pair = eyes.length === 2 ? eyes : (meta.keypoints.flip_pairs[0] || []).map((i) => names[i]);
-  if (pair.length === 2) {
-    const a = smooth[pair[0]], b = smooth[pair[1]];
-    const d = Math.hypot(b.x - a.x, b.y - a.y), ang = Math.atan2(b.y - a.y, b.x - a.x);
-    g.save();
-    g.translate((a.x + b.x) / 2, (a.y + b.y) / 2);
-    g.rotate(ang);
-    g.lineWidth = Math.max(2, d * 0.08);
-    g.strokeStyle = '#111';
-    g.fillStyle = 'rgba(20,20,30,0.55)';
-    for (const cx of [-d / 2, d / 2]) {
-      g.beginPath();
-      g.ellipse(cx, 0, d * 0.4, d * 0.27, 0, 0, 2 * Math.PI);
-      g.fill(); g.stroke();
-    }
-    g.beginPath(); g.moveTo(-d * 0.1, -d * 0.05); g.quadraticCurveTo(0, -d * 0.18, d * 0.1, -d * 0.05); g.stroke();
-    g.restore();
-  }
-  g.fillStyle = '#e22';
-  const r = Math.max(2, Math.min(sw, sh) / 100);
-  for (const p of Object.values(pts)) {
-    g.beginPath(); g.arc(p.x, p.y, r, 0, 2 * Math.PI); g.fill();
-  }
-}
-
 async function main() {
   const meta = await (await fetch('model.json')).json();
   pv.meta = meta;
@@ -206,52 +124,58 @@ async function main() {
   const [H, W] = meta.contract.size;
   const input = session.inputNames[0];
 
-  const output = session.outputNames[0];  // probabilities (classify) or keypoints (N, K, 3)
-  async function runPixels(rgb, n) {
-    const out = await session.run({ [input]: new ort.Tensor('uint8', rgb, [n, H, W, 3]) });
-    return out[output].data;
+  const output = session.outputNames[0];  // the task's primary output (OutputSpec.names[0])
+  // uint8 NHWC in (any h, w when the model is fully convolutional) -> {data, dims, type}
+  async function run(rgb, n, h = H, w = W) {
+    const out = await session.run({ [input]: new ort.Tensor('uint8', rgb, [n, h, w, 3]) });
+    const t = out[output];
+    return { data: t.data, dims: t.dims, type: t.type };
   }
   // Warm-up: the first run allocates and JIT-compiles kernels; users should not wait for that.
-  await runPixels(new Uint8Array(H * W * 3), 1);
+  await run(new Uint8Array(H * W * 3), 1);
   pv.timings.ready = performance.now();
 
+  const renderer = await import(`./${meta.renderer}`);
   const ctx = $('canvas').getContext('2d', { willReadFrequently: true });
-  // One row per image: probabilities (C) or keypoints flattened (K * 3: x, y, score in model pixels).
-  pv.runPixels = async (rgb, n = 1) => {
+  pv.renderer = meta.renderer;
+  // The raw output of n images: numbers as a flat array; uint8 images as base64 (compact for Playwright).
+  pv.runPixels = async (rgb, n = 1, h = H, w = W) => {
     const t0 = performance.now();
-    const p = Array.from(await runPixels(rgb instanceof Uint8Array ? rgb : new Uint8Array(rgb), n));
+    const r = await run(rgb instanceof Uint8Array ? rgb : new Uint8Array(rgb), n, h, w);
     const ms = performance.now() - t0;
-    const per = p.length / n;
-    return { rows: Array.from({ length: n }, (_, i) => p.slice(i * per, (i + 1) * per)), ms };
-  };
-  pv.classifyPixels = async (rgb, n = 1) => {
-    const r = await pv.runPixels(rgb, n);
-    return { probabilities: r.rows, ms: r.ms };
-  };
-  pv.classifySource = async (src) => {
-    const rgb = drawToCanvas(src, meta.contract, ctx);
-    const t0 = performance.now();
-    const row = Array.from(await runPixels(rgb, 1));
-    const ms = performance.now() - t0;
-    let result;
-    if (meta.task === 'keypoints') {
-      result = { keypoints: toSource(row, src, meta), ms };
-      drawKeypoints(src, result.keypoints, meta);
-      $('timing').textContent = `model ${ms.toFixed(1)} ms on ${pv.backend}`;
-    } else {
-      result = { ...decide(row, meta.labels, meta.threshold), ms };
-      show(result, ms);
+    if (r.type === 'uint8') {
+      let s = '';
+      for (let i = 0; i < r.data.length; i += 0x8000) s += String.fromCharCode(...r.data.subarray(i, i + 0x8000));
+      return { b64: btoa(s), dims: r.dims, type: r.type, ms };
     }
+    return { data: Array.from(r.data), dims: r.dims, type: r.type, ms };
+  };
+  // A picture, video frame or canvas -> the renderer's input (the contract's resize by default) -> the model
+  // -> the renderer draws the answer on the page and returns it (kept in pv.last).
+  pv.runSource = async (src) => {
+    const x = renderer.prepare ? renderer.prepare(src, meta, ctx, { drawToCanvas }) : { rgb: drawToCanvas(src, meta.contract, ctx), h: H, w: W };
+    const t0 = performance.now();
+    const r = await run(x.rgb, 1, x.h, x.w);
+    const ms = performance.now() - t0;
+    const result = { ...renderer.render({ output: r, src, meta, input: x, page: $ }), ms };
+    $('timing').textContent = `model ${ms.toFixed(1)} ms on ${pv.backend}`;
     pv.last = result;
     return result;
   };
-  pv.classifyUrl = async (url) => {
+  pv.classifyPixels = async (rgb, n = 1) => {
+    const r = await pv.runPixels(rgb, n);
+    const per = r.data.length / n;
+    return { probabilities: Array.from({ length: n }, (_, i) => r.data.slice(i * per, (i + 1) * per)), ms: r.ms };
+  };
+  pv.classifySource = pv.runSource;
+  pv.runUrl = async (url) => {
     const img = new Image();
     img.src = url;
     await img.decode();
     $('view').src = url;
-    return pv.classifySource(img);
+    return pv.runSource(img);
   };
+  pv.classifyUrl = pv.runUrl;
   pv.status = 'ready';
   $('loading').hidden = true;
   $('runtime').textContent = `onnxruntime-web ${ort.env.versions.web || ''} · ${backend}` +
@@ -260,20 +184,20 @@ async function main() {
   readyResolve(pv);
 }
 
-// Photos: drop or choose; camera: classify frames as fast as the model allows.
-async function classifyFile(file) {
+// Photos: drop or choose; camera: run the model on frames as fast as it allows.
+async function runFile(file) {
   await pv.ready;
   const url = URL.createObjectURL(file);
-  await pv.classifyUrl(url);
+  await pv.runUrl(url);
 }
-$('file').addEventListener('change', (e) => e.target.files[0] && classifyFile(e.target.files[0]));
+$('file').addEventListener('change', (e) => e.target.files[0] && runFile(e.target.files[0]));
 const drop = $('drop');
 drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
 drop.addEventListener('dragleave', () => drop.classList.remove('over'));
 drop.addEventListener('drop', (e) => {
   e.preventDefault();
   drop.classList.remove('over');
-  if (e.dataTransfer.files[0]) classifyFile(e.dataTransfer.files[0]);
+  if (e.dataTransfer.files[0]) runFile(e.dataTransfer.files[0]);
 });
 $('camera').addEventListener('click', async () => {
   await pv.ready;
@@ -285,7 +209,7 @@ $('camera').addEventListener('click', async () => {
   pv.frames = 0;
   const loop = async () => {
     if (video.readyState >= 2) {
-      await pv.classifySource(video);
+      await pv.runSource(video);
       pv.frames += 1;
     }
     requestAnimationFrame(loop);

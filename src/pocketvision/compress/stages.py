@@ -1,0 +1,144 @@
+"""Compression stages: bundle -> (new bundle with its lineage, report), measured on held-out images.
+
+Each stage needs its compression in the task's ``compressions`` (``Bundle.require``); the quality that
+budgets are checked against is the task's (``Task.quality``), on the bundle's held-out images.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import PocketVisionError
+from .data import held_out, training_pixels
+
+
+def _outputs(bundle, model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    head = bundle.plugin.graph_head
+    with torch.no_grad():
+        return np.concatenate([head(model(x[i:i + 64]))[0].numpy() for i in range(0, len(x), 64)])
+
+
+def palettize_bundle(bundle, bits: int = 4, data: str | Path | None = None, *, max_drop: float | None = 1.0,
+                     finetune_steps: int | None = None, min_size: int = 1024, group_channels: int = 0,
+                     layer_bits: dict[str, int] | None = None, log=lambda s: None) -> tuple[Any, dict[str, Any]]:
+    """Round every weight of each layer to one of 2^bits shared values -> (new bundle, report).
+
+    Measured on held-out images (the bundle's val split or ``data``); palette values are fine-tuned on
+    training images (``finetune_steps``, distilled from this model); layers are raised to 8 bits, most
+    sensitive first, until the quality drop is within ``max_drop`` points.
+    """
+    bundle.require("palettize", "palettisation")
+    from .palettize import PaletteConfig, finetune_centroids, palettize
+
+    if finetune_steps is None:  # auto: 100 steps up to ~1M parameters, fewer (>= 20) for bigger nets
+        n_params = sum(p.numel() for p in bundle.model.parameters())
+        finetune_steps = min(100, max(20, int(100 * 1e6 / max(n_params, 1))))
+    cfg = PaletteConfig(bits=bits, min_size=min_size, group_channels=group_channels,
+                        layer_bits=layer_bits or {}, max_drop=max_drop, finetune_steps=finetune_steps)
+    held = held_out(bundle, data)
+    x_val = torch.from_numpy(bundle.contract.normalize(held.pixels))
+    reference = _outputs(bundle, bundle.model.eval(), x_val)
+
+    def evaluate(m: nn.Module) -> tuple[float, np.ndarray]:
+        out = _outputs(bundle, m, x_val)
+        return bundle.quality(out, held.truth, reference), out
+
+    refine, notes = None, []
+    if finetune_steps:
+        try:
+            train_px = training_pixels(bundle, data)
+        except PocketVisionError as e:
+            train_px = None
+            notes.append(f"palette fine-tuning skipped: {e}")
+        if train_px is not None:
+            contract, teacher = bundle.contract, bundle.model
+
+            def refine(m: nn.Module) -> nn.Module:
+                rng = np.random.default_rng(0)
+
+                def batch(step: int):
+                    x = train_px[rng.integers(0, len(train_px), 32)].copy()
+                    flip = rng.random(len(x)) < 0.5
+                    x[flip] = x[flip, :, ::-1]
+                    return torch.from_numpy(contract.normalize(x)), None
+                return finetune_centroids(m, batch, finetune_steps, teacher, lr=1e-3)
+    model, report = palettize(bundle.model, cfg, evaluate, log=log, refine=refine)
+    out = report.to_dict()
+    out.update(bits=bits, notes=notes, n_images=len(held.pixels),
+               accuracy_change=None if report.accuracy is None else report.accuracy - report.base_accuracy)
+    return bundle.derived(model, "palettize", {"bits": bits, "max_drop": max_drop, "finetune_steps": finetune_steps,
+                                               "min_size": min_size, "group_channels": group_channels,
+                                               "accuracy_before": report.base_accuracy,
+                                               "accuracy_after": report.accuracy,
+                                               "layer_bits": {la.name: la.bits for la in report.layers}}), out
+
+
+def auto_palettize(bundle, data: str | Path | None = None, max_drop: float = 1.0, candidates=(2, 3, 4, 6, 8),
+                   finetune_steps: int | None = None, log=lambda s: None) -> tuple[Any, dict[str, Any]]:
+    """Try palettes of each size in ``candidates`` (mixed bits within the budget) and keep the smallest
+    result whose held-out quality drop is within ``max_drop`` points."""
+    tried, best = [], None
+    for bits in candidates:
+        log(f"auto: trying {bits}-bit palettes")
+        small, rep = palettize_bundle(bundle, bits, data, max_drop=max_drop, finetune_steps=finetune_steps)
+        within = -100 * rep["accuracy_change"] <= max_drop + 1e-9
+        tried.append({"bits": bits, "palette_bytes": rep["palette_bytes"], "accuracy": rep["accuracy"],
+                      "within_budget": within})
+        if within and (best is None or rep["palette_bytes"] < best[1]["palette_bytes"]):
+            best = (small, rep)
+    if best is None:
+        raise PocketVisionError(f"no palette size kept the accuracy drop within {max_drop} points "
+                                f"({tried}); raise --max-drop or keep the float model.")
+    small, rep = best
+    rep["auto"] = tried
+    small.meta["lineage"][-1]["auto"] = {"max_drop": max_drop, "tried": tried}
+    return small, rep
+
+
+def prune_bundle(bundle, ratio: float = 0.3, data: str | Path | None = None, *, epochs: int = 10, lr: float = 0.01,
+                 log=lambda s: None, **train_options: Any) -> tuple[Any, dict[str, Any]]:
+    """Remove ``ratio`` of the channels of every layer (structured), rebuild the smaller net and fine-tune
+    it on the training data -> (new bundle, report). ``train_options`` are training options."""
+    bundle.require("prune", "pruning")
+    from ..training.run import train_model
+    from .prune import prune_separable
+    held = held_out(bundle, data)
+
+    def quality(b) -> float:
+        return b.quality(b.predict_pixels(held.pixels), held.truth)
+    base = quality(bundle)
+    small, spec, rep = prune_separable(bundle.model, bundle.meta["arch"], ratio)
+    pruned = type(bundle)({**bundle.meta, "arch": spec}, small)
+    before_ft = quality(pruned)
+    log(f"pruned {rep.params_before:,} -> {rep.params_after:,} parameters; accuracy {base:.4f} -> "
+        f"{before_ft:.4f} before fine-tuning")
+    d = bundle.meta.get("data", {})
+    root = data or d.get("root")
+    if not root or not Path(root).is_dir():
+        raise PocketVisionError("pruning fine-tunes on the training images: pass --data DIR.")
+    cfg = bundle.meta.get("train_config", {})
+    with tempfile.TemporaryDirectory() as tmp:
+        init = pruned.save(Path(tmp) / "pruned.pvb")
+        options = {"task": bundle.task, "arch": spec["name"],
+                   "arch_args": {k: v for k, v in spec["args"].items() if k != "num_classes"},
+                   "size": bundle.contract.size[0], "pretrained": False, "epochs": epochs, "lr": lr,
+                   "optimizer": "sgd", "weight_decay": 5e-4, "schedule": "cosine", "label_smoothing": 0.0,
+                   "augment": cfg.get("augment", {}), "val_fraction": d.get("val_fraction", 0.15),
+                   "seed": d.get("seed", 0), "run_dir": Path(tmp) / "run", "tensorboard": False,
+                   "init_from": str(init), **train_options}
+        meta, model = train_model(root, options)
+    tuned = type(bundle)(meta, model)
+    after = quality(tuned)
+    report = {"ratio": ratio, "channels_before": rep.channels_before, "channels_after": rep.channels_after,
+              "params_before": rep.params_before, "params_after": rep.params_after,
+              "accuracy_before": base, "accuracy_pruned": before_ft, "accuracy_after": after,
+              "accuracy_change": after - base, "finetune_epochs": epochs}
+    out = bundle.derived(tuned.model, "prune", report)
+    out.meta["arch"] = spec
+    return out, report

@@ -1,0 +1,179 @@
+"""The target protocol and its registry: one module per export format behind the same four verbs.
+
+    check(task, precision, bits, qat_steps)  refuse a request before any work starts
+    export(job)                              write ``job.out`` (a staging path beside the final one)
+    open(path, threads)                      a predictor for the file, in the target's real runtime
+    inspect(path, meta)                      a structural report where the runtime cannot run here, else None
+
+Targets register with ``@register_target``; nothing outside ``export/`` knows a file suffix. Every export goes
+through :func:`staged`: the parent folder is created, the target writes a temporary file or folder beside the
+destination, and only a complete result is renamed into place (nothing half-written, whatever the format).
+
+torch-free at import: target modules import their converters inside ``export``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from ..errors import PocketVisionError, unknown_choice
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+    from ..contract import Contract
+    from ..tasks.base import HeldOut, Task
+
+# Every format stores the bundle's metadata (labels, contract, threshold, task...) under this key prefix.
+META_PREFIX = "pocketvision."
+PRECISIONS_ALL = ("fp32", "int8", "fp16")
+
+
+@dataclass
+class ExportJob:
+    """Everything a target needs; the same for every target."""
+
+    model: nn.Module  # the (possibly palettised) float model
+    task: Task
+    contract: Contract
+    meta: dict[str, Any]  # what the file carries in its metadata
+    out: Path  # staging path to write (file or folder, per the target)
+    tmp: Path  # scratch folder, removed afterwards
+    precision: str = "fp32"
+    palettised_bits: int | None = None
+    opset: int | None = None
+    max_drop: float = 1.0
+    qat_steps: int = 0
+    calibration: Callable[[int], np.ndarray] = lambda limit: np.zeros((0, 1, 1, 3), np.uint8)  # up to N training images
+    held_out: Callable[[], HeldOut] | None = None  # held-out images, lazily (int8 budgets)
+    log: Callable[[str], None] = lambda s: None
+    report: dict[str, Any] = field(default_factory=dict)  # compression reports a target adds
+
+
+class Target:
+    name: ClassVar[str]
+    suffix: ClassVar[str]  # file suffix, or a folder suffix for folder formats (".web", ".mlpackage")
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    install: ClassVar[str] = ""  # the pip command when its converter is missing
+    description: ClassVar[str] = ""
+
+    def check(self, task: Task | None, precision: str = "fp32", bits: int | None = None, qat_steps: int = 0) -> None:
+        """Refuse a request this target (and, with ``task``, that task's models) cannot do."""
+        if precision not in self.precisions:
+            raise PocketVisionError(f"{self.name} export does not support precision {precision!r}; "
+                                    f"choose from {', '.join(self.precisions)}.")
+        if bits is not None and not 2 <= bits <= 8:
+            raise PocketVisionError(f"bits must be between 2 and 8 (a palette of 2^bits values); got {bits}.")
+        if bits and precision == "int8":
+            raise PocketVisionError("choose one compression: --bits (palettised float weights) or --int8, not both.")
+        if qat_steps and precision != "int8":
+            raise PocketVisionError("--qat-steps fine-tunes for int8: use it with --int8.")
+        if task is None:
+            return
+        wanted = [w for w, on in (("palettize", bits), ("qat", qat_steps),
+                                  (precision, precision != "fp32")) if on]
+        missing = [w for w in wanted if w not in task.compressions]
+        if missing:
+            flags = {"palettize": "--bits", "qat": "--qat-steps", "int8": "--int8", "fp16": "--fp16"}
+            raise PocketVisionError(f"{', '.join(flags.get(m, m) for m in missing)}: not available for {task.name} "
+                                    f"models (they support: {', '.join(sorted(task.compressions)) or 'none'}).")
+
+    def export(self, job: ExportJob) -> None:
+        raise NotImplementedError
+
+    def open(self, path: str | Path, threads: int | None = None):
+        raise NotImplementedError
+
+    def inspect(self, path: str | Path, meta: dict[str, Any], task: Task) -> dict[str, Any] | None:
+        """None: verify numerically through ``open``. A dict: the structural check done instead."""
+        return None
+
+    def owns(self, path: Path) -> bool:
+        return path.suffix == self.suffix
+
+
+_TARGETS: dict[str, Target] = {}
+
+
+def register_target(cls: type[Target]) -> type[Target]:
+    if cls.name in _TARGETS:
+        raise ValueError(f"target {cls.name!r} is registered twice")
+    _TARGETS[cls.name] = cls()
+    return cls
+
+
+def target_names() -> tuple[str, ...]:
+    return tuple(_TARGETS)
+
+
+def get_target(name: str) -> Target:
+    if name not in _TARGETS:
+        raise unknown_choice("format", name, _TARGETS)
+    return _TARGETS[name]
+
+
+def target_for_path(path: str | Path) -> Target:
+    """The target that made ``path``, or a one-line error."""
+    p = Path(path)
+    for t in _TARGETS.values():
+        if t.owns(p):
+            return t
+    if not p.exists():
+        raise PocketVisionError(f"{p}: no such file or folder.")
+    suffixes = ", ".join(t.suffix for t in _TARGETS.values())
+    raise PocketVisionError(f"{p}: not an exported model pocketvision can run ({suffixes}).")
+
+
+def is_exported(path: str | Path) -> bool:
+    p = Path(path)
+    return any(t.owns(p) for t in _TARGETS.values())
+
+
+def variant_suffix(precision: str, bits: int | None) -> str:
+    return ("" if precision == "fp32" else f"-{precision}") + (f"-{bits}bit" if bits else "")
+
+
+@contextlib.contextmanager
+def staged(out: Path) -> Iterator[tuple[Path, Path]]:
+    """-> (staging path, scratch folder). The destination's folder is created; on success the staged file
+    or folder replaces ``out`` (an old folder is moved aside first, then removed); on failure nothing
+    of it remains."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    scratch = work / "scratch"
+    scratch.mkdir()
+    stage = work / out.name
+    try:
+        yield stage, scratch
+        if not stage.exists():
+            raise RuntimeError(f"exporter wrote nothing to {stage}")
+        if out.is_dir() and not out.is_symlink():
+            old = work / "old"
+            out.rename(old)
+        stage.replace(out) if stage.is_file() else stage.rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def model_files(path: Path) -> list[Path]:
+    """The files that make up the model itself (a web folder's runtime is not the model)."""
+    import json
+    if path.is_dir() and (path / "model.json").exists():
+        meta = json.loads((path / "model.json").read_text())
+        return [path / meta["model"]["path"]] + [path / c["path"] for c in meta["model"]["external_data"]]
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    return [path]
+
+
+def folder_size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

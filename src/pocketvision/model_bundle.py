@@ -1,0 +1,211 @@
+"""The bundle in memory: a torch model plus its metadata, and the stages that read and write it.
+
+    bundle = pocketvision.load("hotdog.pvb")
+    bundle.evaluate("photos/")            # metrics (+ HTML report with report_dir=...)
+    bundle.export("hotdog.onnx")          # exported and verified on the held-out images
+    bundle.predict(["a.jpg", "b.jpg"])    # the task's records
+
+Every task-specific step is the task plug-in's (``bundle.plugin``); every format-specific step the export
+target's. This class only wires them: it never compares a task's name.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import bundle as bundle_io
+from .contract import Contract
+from .errors import BundleError, PocketVisionError
+from .tasks import Task, get_task
+from .tasks.base import HeldOut, evaluate_model, split_sources, task_of
+from .weights import load_weights, state_bytes
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    verification: dict[str, Any] | None = None
+    size_bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+    precision: str = "fp32"
+    compression: dict[str, Any] = field(default_factory=dict)
+
+
+class Bundle:
+    """A trained model plus everything needed to use it: task, labels, contract, threshold, metrics."""
+
+    input_size = None  # torch takes any size the network does (an exported file may fix one)
+
+    def __init__(self, meta: dict[str, Any], model: nn.Module, path: Path | None = None):
+        self.meta, self.model, self.path = meta, model.eval(), path
+
+    # -- properties ---------------------------------------------------------------------------------
+    labels = property(lambda self: list(self.meta["labels"]))
+    task = property(lambda self: self.meta["task"])
+    contract = property(lambda self: Contract.from_dict(self.meta["contract"]))
+    threshold = property(lambda self: self.meta.get("threshold"))
+    metrics = property(lambda self: self.meta.get("metrics", {}))
+
+    @property
+    def plugin(self) -> Task:
+        return get_task(self.meta["task"])
+
+    def __repr__(self) -> str:
+        acc = self.metrics.get("accuracy")
+        return (f"Bundle(task={self.task!r}, arch={self.meta['arch'].get('name')!r}, labels={self.labels}, "
+                f"size={list(self.contract.size)}" + (f", val_accuracy={acc:.4f})" if acc is not None else ")"))
+
+    # -- io -----------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module | None = None) -> Bundle:
+        data = bundle_io.read(path)
+        arch = data.meta["arch"]
+        task_of(data.meta, path)
+        if model is None:
+            if arch.get("name") == "custom":
+                raise BundleError(f"{path}: was trained with a custom torch.nn.Module ({arch.get('class')}); "
+                                  "pass it: pocketvision.load(path, model=MyModel()).")
+            model = task_of(data.meta, path).build_model(arch, data.contract)
+        return cls(data.meta, load_weights(model, data.weights, str(path), arch), Path(path))
+
+    def save(self, path: str | Path) -> Path:
+        self.path = bundle_io.write(path, self.meta, state_bytes(self.model))
+        return self.path
+
+    # -- inference ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 NHWC -> the graph's first output (probabilities, keypoints in model-input pixels, a stylised
+        image...): the same maths as every export."""
+        x = torch.from_numpy(self.contract.normalize(pixels))
+        return self.plugin.graph_head(self.model(x))[0].numpy()
+
+    run_pixels = predict_pixels  # the name every predictor of an exported file uses
+
+    def predict(self, images: list[str | Path | bytes] | str | Path) -> list[dict[str, Any]]:
+        return self.plugin.predict(self, split_sources(images))
+
+    def evaluate(self, data: str | Path, split: str = "auto", report_dir: str | Path | None = None,
+                 **options: Any) -> dict[str, Any]:
+        """Metrics on labelled data (the task's reader); ``options`` are the task's evaluation options
+        (classify: ``threshold``; keypoints: ``exclude``)."""
+        title = f"{self.meta['arch'].get('name')} ({self.path or 'bundle'})"
+        return evaluate_model(self, data, split, report_dir, title, options)
+
+    def held_out(self, data: str | Path | None = None) -> HeldOut:
+        """The images the bundle is judged on: its validation split, or ``data``'s eval split."""
+        return self.plugin.held_out(self.meta, data)
+
+    def quality(self, outputs: np.ndarray, truth: Any, reference: np.ndarray | None = None) -> float:
+        return self.plugin.quality(outputs, truth, reference, self.meta)
+
+    def training_pixels(self, data: str | Path | None = None, limit: int = 512) -> np.ndarray:
+        from .compress.data import training_pixels
+        return training_pixels(self, data, limit=limit)
+
+    # -- export -------------------------------------------------------------------------------------
+    def export_meta(self) -> dict[str, Any]:
+        """What every exported file carries in its own metadata slot."""
+        return {**self.plugin.export_meta(self.meta), "task": self.task, "labels": self.labels,
+                "contract": self.meta["contract"], "threshold": self.threshold, "arch": self.meta["arch"],
+                "bundle_weights_sha256": self.meta.get("weights_sha256"), "lineage": self.meta.get("lineage", [])}
+
+    def export(self, out: str | Path | None = None, to: str = "onnx", verify: bool = True,
+               data: str | Path | None = None, opset: int | None = None, *, precision: str = "fp32",
+               bits: int | None = None, max_drop: float = 1.0, qat_steps: int = 0,
+               log=lambda s: None) -> ExportResult:
+        """Export to one target (``export.target_names()``: onnx, tflite, coreml, web), optionally compressed,
+        and verify it on real images (Core ML off macOS: structure only, reported as not verified numerically).
+
+        ``precision="int8"``: static int8 calibrated on training images, worst layers kept float until the
+        held-out quality is within the task's budget (``max_drop``; ``qat_steps``: quantisation-aware
+        fine-tuning first). ``bits``: palettise first (:meth:`palettize`). Parity is checked against the model
+        that was exported; compressed precisions are judged by the budget (outputs move by design).
+        """
+        from .compress.data import held_out
+        from .export import ExportJob, check_request, folder_size, staged, variant_suffix
+        from .export.verify import NoImages
+        target = check_request(self.plugin, to, precision, bits, qat_steps)
+        source, notes, compression = self, [], {}
+        if bits:
+            source, rep = self.palettize(bits, data, max_drop=max_drop, log=log)
+            compression["palettize"] = {k: rep[k] for k in ("bits", "base_accuracy", "accuracy", "float_bytes",
+                                                             "palette_bytes")}
+            notes += rep["notes"]
+        base = self.path or Path("model")
+        out = Path(out) if out else base.with_name(base.stem + variant_suffix(precision, bits) + target.suffix)
+        # A palettised bundle (now or earlier: its lineage says so) is stored palettised where the format can.
+        pal_bits = bits or source.meta.get("compression", {}).get("palettize", {}).get("bits")
+        with staged(out) as (stage, scratch):
+            job = ExportJob(model=source.model, task=self.plugin, contract=source.contract,
+                            meta={**source.export_meta(), "precision": precision}, out=stage, tmp=scratch,
+                            precision=precision, palettised_bits=pal_bits, opset=opset, max_drop=max_drop,
+                            qat_steps=qat_steps, calibration=lambda limit: source.training_pixels(data, limit),
+                            held_out=lambda: held_out(self, data), log=log)
+            target.export(job)
+        compression.update(job.report)
+        result = ExportResult(path=out, format=to, size_bytes=folder_size(out), notes=notes, precision=precision,
+                              compression=compression)
+        if verify:
+            try:
+                result.verification = source.verify(out, data=data, precision=precision, max_drop=max_drop,
+                                                    target=target)
+            except NoImages:
+                result.notes.append("not verified: no images (pass data=DIR / --data DIR)")
+            else:
+                if result.verification.get("numeric") is False:
+                    result.notes.append(result.verification["criterion"])
+        return result
+
+    def verify(self, exported: str | Path, data: str | Path | None = None, tolerance: float | None = None, *,
+               precision: str | None = None, max_drop: float = 1.0, target=None) -> dict[str, Any]:
+        """The same real images through this bundle and ``exported`` (DESIGN.md 3). A compressed file (its
+        metadata says int8/fp16) is judged by the task's budget, a float one by the float tolerance."""
+        from .export.verify import verify_export
+        return verify_export(self, exported, data=data, tolerance=tolerance, precision=precision, max_drop=max_drop,
+                             target=target)
+
+    # -- compression stages (bundle -> bundle) -------------------------------------------------------
+    def palettize(self, bits: int = 4, data: str | Path | None = None, **options: Any) -> tuple[Bundle, dict]:
+        """Round every weight of each layer to one of 2^bits shared values -> (new bundle, report); see
+        :func:`pocketvision.compress.stages.palettize_bundle`."""
+        from .compress.stages import palettize_bundle
+        return palettize_bundle(self, bits, data, **options)
+
+    def auto_compress(self, data: str | Path | None = None, **options: Any) -> tuple[Bundle, dict]:
+        """The smallest palette within the budget; see :func:`pocketvision.compress.stages.auto_palettize`."""
+        from .compress.stages import auto_palettize
+        return auto_palettize(self, data, **options)
+
+    def prune(self, ratio: float = 0.3, data: str | Path | None = None, **options: Any) -> tuple[Bundle, dict]:
+        """Structured channel pruning + fine-tuning; see :func:`pocketvision.compress.stages.prune_bundle`."""
+        from .compress.stages import prune_bundle
+        return prune_bundle(self, ratio, data, **options)
+
+    def require(self, compression: str, what: str) -> None:
+        if compression not in self.plugin.compressions:
+            raise PocketVisionError(f"{what} is not available for {self.task} bundles (they support: "
+                                    f"{', '.join(sorted(self.plugin.compressions))}); for a small {self.task} "
+                                    "model use `pocketvision export BUNDLE --int8` (budgeted on held-out images).")
+
+    def derived(self, model: nn.Module, stage: str, record: dict[str, Any]) -> Bundle:
+        """A new bundle made from this one by ``stage``, with its lineage."""
+        meta = copy.deepcopy(self.meta)
+        meta["lineage"] = list(meta.get("lineage", [])) + [
+            {"stage": stage, "parent": str(self.path) if self.path else None,
+             "parent_weights_sha256": self.meta.get("weights_sha256"), **record}]
+        meta.setdefault("compression", {})[stage] = record
+        return Bundle(meta, model)
+
+
+def load(path: str | Path, model: nn.Module | None = None) -> Bundle:
+    """Load a bundle (``.pvb`` zip or folder). Needs nothing but the bundle."""
+    return Bundle.load(path, model)

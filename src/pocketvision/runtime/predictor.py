@@ -1,0 +1,73 @@
+"""What every exported model offers once opened in its real runtime: the surface of a bundle, torch-free.
+
+Each target's predictor (onnxruntime, the LiteRT interpreter, a web page in Chromium) implements
+``run_pixels`` (uint8 NHWC -> the graph's first output) and reads the bundle's metadata from the file; predict
+and evaluate are the task's own code (``tasks/``), shared with the torch bundle, so an export and its bundle
+are measured identically and differ only by what the models compute.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..contract import Contract
+from ..errors import PocketVisionError
+
+
+class Predictor:
+    path: Path
+    meta: dict[str, Any]
+    input_size: tuple[int, int] | None = None  # the graph's fixed (h, w), None when height/width are free
+
+    def _read_meta(self, meta: dict[str, Any]) -> None:
+        if "contract" not in meta or "labels" not in meta or "task" not in meta:
+            raise PocketVisionError(f"{self.path}: no pocketvision metadata (task, contract, labels); "
+                                    "export it with `pocketvision export`.")
+        self.meta = meta
+
+    @property
+    def contract(self) -> Contract:
+        return Contract.from_dict(self.meta["contract"])
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.meta["labels"])
+
+    @property
+    def threshold(self) -> dict[str, Any] | None:
+        return self.meta.get("threshold")
+
+    @property
+    def task(self) -> str:
+        return self.meta["task"]
+
+    @property
+    def plugin(self):
+        from ..tasks import get_task
+        return get_task(self.meta["task"])
+
+    def run_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, sources: Sequence[str | os.PathLike | bytes] | str | os.PathLike) -> list[dict[str, Any]]:
+        from ..tasks.base import split_sources
+        return self.plugin.predict(self, split_sources(sources))
+
+    def evaluate(self, data: str | os.PathLike, split: str = "auto", report_dir: str | os.PathLike | None = None,
+                 **options: Any) -> dict[str, Any]:
+        from ..tasks.base import evaluate_model
+        return evaluate_model(self, data, split, report_dir, str(self.path), options)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,27 @@
+// Renderer of classification models in the exported page (loaded by app.js from model.json's "renderer").
+// The decision rule is the same as pocketvision.runtime.decision.decide: a binary model with a stored
+// threshold says the positive label only when its probability reaches the threshold.
+
+function decide(probs, labels, threshold) {
+  let k = probs.indexOf(Math.max(...probs));
+  if (threshold && threshold.value != null && labels.length === 2) {
+    const pos = threshold.positive;
+    k = probs[pos] >= threshold.value ? pos : 1 - pos;
+  }
+  return { label: labels[k], index: k, confidence: probs[k],
+    probabilities: Object.fromEntries(labels.map((l, i) => [l, probs[i]])) };
+}
+
+export function render({ output, meta, page: $ }) {
+  const result = decide(Array.from(output.data), meta.labels, meta.threshold);
+  $('result').textContent = `${result.label} (${(100 * result.confidence).toFixed(1)}%)`;
+  $('probs').innerHTML = '';
+  for (const [label, p] of Object.entries(result.probabilities)) {
+    const row = document.createElement('div');
+    row.innerHTML = `<span style="width:8em"></span><span class="bar" style="width:${(p * 12).toFixed(2)}em"></span>
+      <span>${(100 * p).toFixed(1)}%</span>`;
+    row.firstChild.textContent = label;  // a label is data, never markup
+    $('probs').appendChild(row);
+  }
+  return result;
+}

@@ -1,0 +1,77 @@
+"""Train any task: options -> (task, config) -> the task's run -> the engine -> bundle metadata + model.
+
+Returns plain (meta, model) so that compression stages can train without importing the Bundle class
+(``pocketvision.train`` wraps the result in one).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import bundle as bundle_io
+from .checkpoint import load_checkpoint
+from .config import split_options
+from .engine import Engine
+
+# Options a resumed run may change: they affect the display and the machine, not the result.
+RESUME_OVERRIDES = ("progress", "tensorboard", "workers")
+
+
+def train_model(data: str | Path, options: dict[str, Any], *, user_model: nn.Module | None = None,
+                resume: str | Path | None = None, console=None) -> tuple[dict[str, Any], nn.Module]:
+    """-> (bundle metadata, trained model on the CPU). Ctrl-C raises KeyboardInterrupt after the checkpoint."""
+    if resume is not None:
+        _, _, meta = load_checkpoint(Path(resume))
+        options = {**meta.get("config", {}), **{k: v for k, v in options.items() if k in RESUME_OVERRIDES}}
+    task, cfg, opts = split_options(data, options)
+    config = {**cfg.model_dump(mode="json"), **opts.model_dump(mode="json")}
+    torch.manual_seed(cfg.seed)
+    run = task.setup(data, cfg, opts, console, resuming=resume is not None, user_model=user_model)
+    engine = Engine(run, cfg, Path(resume) if resume else None, console, config, name=task.name)
+    result = engine.fit()
+    if result.interrupted:
+        raise KeyboardInterrupt
+    parts = run.finish(result.best, result.run_dir)
+    labels, metrics = parts.pop("labels"), parts.pop("metrics")
+    metrics.update(best_epoch=result.best_epoch, train_seconds=round(result.seconds, 1))
+    meta = bundle_io.new_meta(task.name, run.spec, labels, run.contract, metrics=metrics, train_config=config,
+                              history=result.history, **parts)
+    return meta, run.model
+
+
+def find_lr(data: str | Path, options: dict[str, Any], out_png: str | Path, start: float = 1e-6, end: float = 1.0,
+            steps: int = 100, console=None) -> dict[str, Any]:
+    """LR range test (Smith 2015) on any task's training loss -> {"suggested_lr", "lrs", "losses", "plot"};
+    the suggestion is where the loss falls fastest."""
+    import numpy as np
+
+    from ..bundle import atomic_write_bytes
+    task, cfg, opts = split_options(data, {**options, "tensorboard": False})
+    torch.manual_seed(cfg.seed)
+    run = task.setup(data, cfg, opts, console, resuming=False, user_model=None)
+    engine = Engine(run, cfg, None, console, name="find-lr")
+    lrs, losses = engine.lr_range_test(start, end, steps)
+    lg, ls = np.log10(lrs), np.array(losses)
+    cut = max(3, int(np.argmin(ls)))  # steepest descent before the minimum
+    grad = np.gradient(ls[:cut], lg[:cut]) if cut >= 3 else np.array([0.0])
+    suggested = float(lrs[int(np.argmin(grad))]) if len(grad) > 1 else float(lrs[0])
+
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(lrs, losses)
+    ax.axvline(suggested, color="r", ls="--", label=f"suggested {suggested:.1e}")
+    ax.set_xscale("log"), ax.set_xlabel("learning rate"), ax.set_ylabel("loss (smoothed)"), ax.legend()
+    ax.set_title("LR range test")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(out_png, buf.getvalue())
+    return {"suggested_lr": suggested, "lrs": lrs, "losses": losses, "plot": str(out_png)}

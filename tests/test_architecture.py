@@ -1,0 +1,161 @@
+"""The shape DESIGN.md section 5 asks for, checked on the source itself (fast, no data):
+
+- no import cycles anywhere in the package, counting imports inside functions (a cycle that works only
+  because its imports are lazy is still a cycle);
+- outside ``tasks/`` no code compares a task's name (it asks the registry), in Python and in the web page;
+- every task comes from the registry: the config's choices, the CLI's, the web renderers;
+- every target implements the one protocol.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "pocketvision"
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(SRC.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+
+
+def _imports(path: Path, modules: set[str]) -> set[str]:
+    """Modules of the package that ``path`` imports anywhere (functions included, TYPE_CHECKING excluded)."""
+    me = _module_name(path)
+    package = me if path.name == "__init__.py" else me.rsplit(".", 1)[0]
+    tree = ast.parse(path.read_text())
+    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and _is_type_checking(node)
+            for n in ast.walk(node)}
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name in modules}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            for a in node.names:  # `from pkg import submodule` imports the submodule
+                if f"{target}.{a.name}" in modules:
+                    out.add(f"{target}.{a.name}")
+                elif target in modules:
+                    out.add(target)
+    out.discard(me)
+    return out
+
+
+def test_no_import_cycles_anywhere():
+    files = {_module_name(p): p for p in SRC.rglob("*.py")}
+    graph = {m: _imports(p, set(files)) for m, p in files.items()}
+    # Tarjan's strongly connected components: any component with more than one module is a cycle.
+    index, low, stack, on, cycles, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    import sys
+    sys.setrecursionlimit(10000)
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert not cycles, cycles
+
+
+def _task_names() -> set[str]:
+    from pocketvision.tasks import task_names
+    return set(task_names())
+
+
+def test_no_code_outside_tasks_branches_on_a_task_name():
+    names = _task_names()
+    found = []
+    for path in SRC.rglob("*.py"):
+        if "tasks" in path.relative_to(SRC).parts:
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            consts: list[ast.AST] = []
+            if isinstance(node, ast.Compare):
+                consts = [node.left, *node.comparators]
+                src = ast.unparse(node)
+                if "task" not in src:  # a labelling mode, a COCO field...: not a task name
+                    continue
+            elif isinstance(node, ast.Call) and ast.unparse(node.func).endswith(".get") and node.args:
+                consts = node.args[1:] if ast.unparse(node.args[0]) == "'task'" else []
+            for c in consts:
+                values = [c] + (list(c.elts) if isinstance(c, ast.Tuple | ast.List | ast.Set) else [])
+                if any(isinstance(v, ast.Constant) and v.value in names for v in values):
+                    found.append(f"{path.relative_to(SRC)}:{node.lineno}: {ast.unparse(node)}")
+    assert not found, found
+    # the web page: app.js loads the task's renderer named in model.json, and never names a task itself
+    app = (SRC / "export" / "web_static" / "app.js").read_text()
+    assert not [n for n in names if re.search(rf"['\"]{n}['\"]", app)]
+
+
+def test_the_task_list_comes_from_the_registry():
+    import typing
+
+    from pocketvision.cli import build_parser
+    from pocketvision.tasks import all_tasks
+    from pocketvision.training.config import TaskName
+    names = _task_names()
+    assert set(typing.get_args(TaskName)) == names | {"auto"}
+    assert {"classify", "keypoints", "stylize"} <= names
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    choices = next(a.choices for a in train._actions if a.dest == "task")
+    assert set(choices) == names | {"auto"}
+    for t in all_tasks():  # every renderer the page may load ships with the package
+        assert (SRC / "tasks" / "web" / t.outputs.web_renderer).is_file(), t.name
+    # no other module spells the list of tasks
+    for path in SRC.rglob("*.py"):
+        if "tasks" in path.relative_to(SRC).parts:
+            continue
+        text = path.read_text()
+        assert not re.search(r"\(\s*['\"]classify['\"]\s*,\s*['\"]keypoints['\"]", text), path
+
+
+@pytest.mark.parametrize("verb", ["check", "export", "inspect", "open"])
+def test_every_target_implements_the_protocol(verb):
+    from pocketvision.export import get_target, target_names
+    from pocketvision.export.base import Target
+    assert set(target_names()) == {"onnx", "tflite", "coreml", "web"}
+    for name in target_names():
+        t = get_target(name)
+        impl = getattr(type(t), verb)
+        assert callable(impl)
+        if verb in ("export", "open"):
+            assert impl is not getattr(Target, verb), f"{name} does not implement {verb}"
