@@ -102,9 +102,10 @@ class StyleNet(nn.Module):
     """encoder (stride 4) -> residual trunk -> decoder (2x nearest upsampling) -> RGB 0-255."""
 
     def __init__(self, encoder: list[ConvNormAct], trunk: list[ResidualBlock], decoder: list[ConvNormAct],
-                 head: nn.Module, num_styles: int) -> None:
+                 head: nn.Module, num_styles: int, skip: bool = False) -> None:
         super().__init__()
         self.num_styles = num_styles
+        self.skip = skip
         self.encoder = nn.ModuleList(encoder)
         self.trunk = nn.ModuleList(trunk)
         self.decoder = nn.ModuleList(decoder)
@@ -119,13 +120,21 @@ class StyleNet(nn.Module):
         nn.init.normal_(last.weight, 0.0, 1e-3)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        inp = x
         for m in self.encoder:
             x = m(x, style)
         for m in self.trunk:
             x = m(x, style)
         for m in self.decoder:
             x = m(x, style)
-        return 255.0 * torch.sigmoid(self.head(x))
+        z = self.head(x)
+        if self.skip:
+            # A global skip in logit space: with a zero head the output *is* the input photo, so the network
+            # learns only the stylisation, not how to redraw the content through a 1/4-resolution trunk (the
+            # optimisation method starts from the content image for the same reason). Log/Clip: every runtime.
+            p = torch.clamp((inp + 1.0) * 0.5, 1e-3, 1.0 - 1e-3)  # the contract's (pixel - 127.5) / 127.5
+            z = z + torch.log(p) - torch.log(1.0 - p)
+        return 255.0 * torch.sigmoid(z)
 
     @staticmethod
     def one_hot(index: int | torch.Tensor, num_styles: int, batch: int = 1) -> torch.Tensor:
@@ -153,7 +162,7 @@ def johnson(*, num_styles: int = 1) -> StyleNet:
 
 @register_model("stylenet_mobile", kind="image", default_contract=STYLE_CONTRACT, min_size=TOTAL_STRIDE,
                 size_multiple=TOTAL_STRIDE)
-def stylenet_mobile(*, width: int = 48, blocks: int = 5, num_styles: int = 1) -> StyleNet:
+def stylenet_mobile(*, width: int = 48, blocks: int = 5, num_styles: int = 1, skip: bool = False) -> StyleNet:
     """Mobile stylizer: depthwise-separable, ``width`` channels at 1/4 size, ``blocks`` residual blocks."""
     check_range("stylenet_mobile", "width", width, 8, 256)
     check_range("stylenet_mobile", "blocks", blocks, 0, 16)
@@ -166,4 +175,4 @@ def stylenet_mobile(*, width: int = 48, blocks: int = 5, num_styles: int = 1) ->
     trunk = [ResidualBlock(width, depthwise=True, **s) for _ in range(blocks)]
     dec = [ConvNormAct(width, half, 3, upsample=True, depthwise=True, **s)]
     head = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(half, 3, 3, padding=1))
-    return StyleNet(enc, trunk, dec, head, num_styles)
+    return StyleNet(enc, trunk, dec, head, num_styles, skip)

@@ -347,9 +347,12 @@ def parse_options(model: type[Options], values: dict[str, Any], what: str) -> Op
     try:
         return model(**values)
     except ValidationError as e:
-        problems = "; ".join(
-            f"'{'.'.join(str(p) for p in err['loc'])}' {err['msg']} (got {err.get('input')!r})" for err in e.errors())
-        raise PocketVisionError(f"invalid {what} option: {problems}") from None
+        def one(err: dict) -> str:
+            where = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "missing":
+                return f"--{where.replace('_', '-')} is required"
+            return f"'{where}' {err['msg']} (got {err.get('input')!r})"
+        raise PocketVisionError(f"invalid {what} option: {'; '.join(one(err) for err in e.errors())}") from None
 
 
 def refuse_foreign(task: Task, given: dict[str, Any], model_attr: str, what: str) -> None:

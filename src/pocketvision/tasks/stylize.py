@@ -280,12 +280,12 @@ class StylizeRun(TaskRun):
     def preview(self, batch):
         return batch[0]
 
-    def _val_outputs(self, net):
+    def _val_outputs(self, net, limit: int | None = None):
         import torch
         net.eval()
         outs = []
         with torch.no_grad():
-            for i in range(0, len(self.val_px), 8):
+            for i in range(0, min(len(self.val_px), limit or len(self.val_px)), 8):
                 x = self.val_px[i:i + 8]
                 w = None if self.num_styles == 1 else torch.eye(self.num_styles)[
                     torch.arange(i, i + len(x)) % self.num_styles].to(self.engine.device)
@@ -383,7 +383,7 @@ def write_style_report(out_dir: Path, run: StylizeRun, m: dict[str, float], gaty
         return f'<img src="data:image/png;base64,{_b64(buf.getvalue())}">'
     with torch.no_grad():
         results = [y[j].permute(1, 2, 0).clamp(0, 255).round().byte().numpy()
-                   for y, _, _ in run._val_outputs(run.model) for j in range(len(y))]
+                   for y, _, _ in run._val_outputs(run.model, limit=max(6, len(gatys))) for j in range(len(y))]
     rows = "".join(f"<tr><td>{img_tag(run.val_px[i].numpy())}</td><td>{img_tag(run.styles[i % run.num_styles])}</td>"
                    f"<td>{img_tag(results[i])}</td></tr>" for i in range(min(6, len(results))))
     hist = run.engine.history
