@@ -152,7 +152,6 @@ class LabelStore:
     def size(self, image: str) -> tuple[int, int]:
         if image not in self.sizes:
             with Image.open(self.path(image)) as im:
-                from PIL import ImageOps
                 w, h = im.size
                 if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # shown upright by the browser
                     w, h = h, w

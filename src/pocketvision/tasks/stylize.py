@@ -438,7 +438,7 @@ class StylizeTask(Task):
     compressions = frozenset({"int8", "fp16"})
     model_kind = "image"
     default_arch = ("stylenet_mobile", {})
-    engine_defaults = {"size": 256, "batch_size": 4, "epochs": 4, "weight_decay": 0.0, "val_fraction": 0.02}
+    engine_defaults = {"size": 256, "batch_size": 4, "epochs": 8, "weight_decay": 0.0, "val_fraction": 0.02}
     refuses = {"progressive": "a stylizer's loss statistics are tied to the crop size it trains at",
                "freeze_epochs": "a stylizer has no pretrained backbone to freeze",
                "backbone_lr_mult": "a stylizer has no pretrained backbone",
