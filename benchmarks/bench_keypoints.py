@@ -72,7 +72,7 @@ def main() -> None:
         m_f, m_i = Artifact(fp32.path).evaluate(DATA, exclude=excl), Artifact(int8.path).evaluate(DATA, exclude=excl)
         m_all = Artifact(int8.path).evaluate(DATA)
         t0 = time.perf_counter()
-        filt = run_filter(str(int8.path), video, OUT / f"{bpath.stem}-filtered.mp4")
+        filt = run_filter(Artifact(int8.path), video, OUT / f"{bpath.stem}-filtered.mp4")
         rows.append({"bundle": str(bpath), "head": head, "arch": b.meta["arch"]["name"], "arch_args": b.meta["arch"]["args"],
                      "size": b.contract.size, "params": sum(p.numel() for p in b.model.parameters()),
                      "train_seconds": b.metrics.get("train_seconds"),
