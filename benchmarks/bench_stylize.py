@@ -97,6 +97,15 @@ def main() -> None:
     pick = np.random.default_rng(0).permutation(len(val))[: a.photos]  # both classes, never trained on
     pixels, _ = load_pixels([val[i] for i in sorted(pick)], b.contract)
     h, w = b.contract.size
+    style_img = _style_images(b.meta)[0]
+
+    def optimise(x, **over):
+        """The optimisation method on the stylizer's own loss (network, layers, weights, style scale)."""
+        return stylize(x, style_img, size=max(h, w), extractor=loss.extractor, content_layers=loss.content_layers,
+                       style_layers=loss.style_layers, content_weight=loss.content_weight,
+                       style_weight=loss.style_weight, tv_weight=loss.tv_weight,
+                       style_scale=max(style_img.size) / max(h, w), progress=False, **over)
+
     rows = []
     for i, x in enumerate(pixels):
         y = torch.from_numpy(b.predict_pixels(x[None]).astype(np.float32)).permute(0, 3, 1, 2)
@@ -104,10 +113,7 @@ def main() -> None:
         with torch.no_grad():
             ours = loss(y, c, style=0)
         t0 = time.perf_counter()
-        r = stylize(x, _style_images(b.meta)[0], size=max(h, w), extractor=loss.extractor,
-                    content_layers=loss.content_layers, style_layers=loss.style_layers,
-                    content_weight=loss.content_weight, style_weight=loss.style_weight, tv_weight=loss.tv_weight,
-                    style_scale=max(_style_images(b.meta)[0].size) / max(h, w), progress=False)
+        r = optimise(x)
         t_g = time.perf_counter() - t0
         with torch.no_grad():
             theirs = loss(torch.from_numpy(r.image.astype(np.float32)).permute(2, 0, 1)[None], c, style=0)
@@ -115,11 +121,7 @@ def main() -> None:
         if i < a.equivalent:
             # Johnson et al.'s yardstick: after how many single-scale L-BFGS iterations does the optimisation
             # method reach the stylizer's total loss (same loss, same size)?
-            one = stylize(x, _style_images(b.meta)[0], size=max(h, w), extractor=loss.extractor,
-                          content_layers=loss.content_layers, style_layers=loss.style_layers,
-                          content_weight=loss.content_weight, style_weight=loss.style_weight,
-                          tv_weight=loss.tv_weight, style_scale=max(_style_images(b.meta)[0].size) / max(h, w),
-                          scales=[1.0], iterations=300, tol=0.0, progress=False)
+            one = optimise(x, scales=[1.0], iterations=300, tol=0.0)
             hit = [r["iteration"] for r in one.history if r["total"] <= float(ours["total"])]
             row_eq = {"equivalent_iterations": hit[0] if hit else None,
                       "single_scale_total_300": one.history[-1]["total"]}

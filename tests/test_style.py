@@ -306,3 +306,19 @@ def test_mobile_stylenet_exports_to_onnx_with_dynamic_size(tmp_path):
         got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
         with torch.no_grad():
             np.testing.assert_allclose(got, m(x).numpy(), atol=1e-3)
+
+
+def test_mobile_stylenet_skip_passes_the_photo_through_a_zero_head():
+    """skip=True: the output starts as the input photo (logit-space skip), so a zero head returns it."""
+    net = build_model({"name": "stylenet_mobile", "args": {"skip": True}}).eval()
+    last = net.head[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+        px = torch.randint(3, 253, (1, 3, 32, 32)).float()  # inside the clamp's 0.1%-99.9% range
+        y = net((px - 127.5) / 127.5)
+    assert torch.allclose(y, px, atol=1e-2)
+    plain = build_model({"name": "stylenet_mobile", "args": {}}).eval()
+    plain.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(plain((px - 127.5) / 127.5), torch.full_like(px, 127.5), atol=1e-3)  # no skip: grey

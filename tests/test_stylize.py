@@ -129,6 +129,8 @@ def test_bad_inputs_get_one_line(tmp_path, shared_data, hotdog_small):
                             "--out", str(tmp_path / "o.png")), "not_an_image.jpg")
     _one_line_error(run_cli("stylize", "--style", str(style), "--content", str(tmp_path / "tiny.png"),
                             "--out", str(tmp_path / "o.png")), "at least")
+    _one_line_error(run_cli("stylize", "--content", str(style), "--out", str(tmp_path / "o.png")),
+                    "--style is required")
     assert not (tmp_path / "x.pvb").exists() and not (tmp_path / "o.png").exists()
 
 
