@@ -67,7 +67,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bundle", default=None)
     ap.add_argument("--style", default=str(DATA / "style" / "styles" / "starry_night.jpg"))
-    ap.add_argument("--photos", type=int, default=20)
+    ap.add_argument("--photos", type=int, default=20, help="held-out photos for the quality part (0: skip it)")
     ap.add_argument("--equivalent", type=int, default=5, help="photos that also get the equivalent-iterations run")
     a = ap.parse_args()
     torch.set_num_threads(2)
@@ -88,62 +88,63 @@ def main() -> None:
                                                                     "batch_size", "lr")}
 
     # 2. quality against the optimisation method -----------------------------------------------------------
-    from pocketvision.style.gatys import stylize
-    from pocketvision.tasks.stylize import _loss_from, _style_images
-    loss = _loss_from(b.meta["stylize"], _style_images(b.meta))
-    from pocketvision.data.photos import scan_photos
-    from pocketvision.pixels import load_pixels
-    val = sorted(scan_photos(DATA / "hotdog" / "val").train + scan_photos(DATA / "hotdog" / "val").val)
-    pick = np.random.default_rng(0).permutation(len(val))[: a.photos]  # both classes, never trained on
-    pixels, _ = load_pixels([val[i] for i in sorted(pick)], b.contract)
-    h, w = b.contract.size
-    style_img = _style_images(b.meta)[0]
+    if a.photos:  # --photos 0: exports, speed, parity and flicker only (an existing --bundle)
+        from pocketvision.style.gatys import stylize
+        from pocketvision.tasks.stylize import _loss_from, _style_images
+        loss = _loss_from(b.meta["stylize"], _style_images(b.meta))
+        from pocketvision.data.photos import scan_photos
+        from pocketvision.pixels import load_pixels
+        val = sorted(scan_photos(DATA / "hotdog" / "val").train + scan_photos(DATA / "hotdog" / "val").val)
+        pick = np.random.default_rng(0).permutation(len(val))[: a.photos]  # both classes, never trained on
+        pixels, _ = load_pixels([val[i] for i in sorted(pick)], b.contract)
+        h, w = b.contract.size
+        style_img = _style_images(b.meta)[0]
 
-    def optimise(x, **over):
-        """The optimisation method on the stylizer's own loss (network, layers, weights, style scale)."""
-        return stylize(x, style_img, size=max(h, w), extractor=loss.extractor, content_layers=loss.content_layers,
-                       style_layers=loss.style_layers, content_weight=loss.content_weight,
-                       style_weight=loss.style_weight, tv_weight=loss.tv_weight,
-                       style_scale=max(style_img.size) / max(h, w), progress=False, **over)
+        def optimise(x, **over):
+            """The optimisation method on the stylizer's own loss (network, layers, weights, style scale)."""
+            return stylize(x, style_img, size=max(h, w), extractor=loss.extractor, content_layers=loss.content_layers,
+                           style_layers=loss.style_layers, content_weight=loss.content_weight,
+                           style_weight=loss.style_weight, tv_weight=loss.tv_weight,
+                           style_scale=max(style_img.size) / max(h, w), progress=False, **over)
 
-    rows = []
-    for i, x in enumerate(pixels):
-        y = torch.from_numpy(b.predict_pixels(x[None]).astype(np.float32)).permute(0, 3, 1, 2)
-        c = torch.from_numpy(x[None].astype(np.float32)).permute(0, 3, 1, 2)
-        with torch.no_grad():
-            ours = loss(y, c, style=0)
-        t0 = time.perf_counter()
-        r = optimise(x)
-        t_g = time.perf_counter() - t0
-        with torch.no_grad():
-            theirs = loss(torch.from_numpy(r.image.astype(np.float32)).permute(2, 0, 1)[None], c, style=0)
-        row_eq = {}
-        if i < a.equivalent:
-            # Johnson et al.'s yardstick: after how many single-scale L-BFGS iterations does the optimisation
-            # method reach the stylizer's total loss (same loss, same size)?
-            one = optimise(x, scales=[1.0], iterations=300, tol=0.0)
-            hit = [r["iteration"] for r in one.history if r["total"] <= float(ours["total"])]
-            row_eq = {"equivalent_iterations": hit[0] if hit else None,
-                      "single_scale_total_300": one.history[-1]["total"]}
-        rows.append({**row_eq, "stylizer_total": float(ours["total"]), "gatys_total": float(theirs["total"]),
-                     "content_ratio": float(ours["content"] / theirs["content"]),
-                     "style_ratio": float(ours["style"] / theirs["style"]), "stylizer_content": float(ours["content"]),
-                     "stylizer_style": float(ours["style"]), "gatys_content": float(theirs["content"]),
-                     "gatys_style": float(theirs["style"]), "gatys_seconds": t_g})
-        if i < 4:
-            from PIL import Image
-            Image.fromarray(np.concatenate([x, b.predict_pixels(x[None])[0], r.image], 1)).save(OUT / f"q{i}.png")
-    med = {k: float(np.median([r[k] for r in rows])) for k in rows[0]
-           if k not in ("equivalent_iterations", "single_scale_total_300")}
-    eq = [r["equivalent_iterations"] for r in rows if "equivalent_iterations" in r]
-    report["quality"] = {"photos": len(rows), "median": med, "equivalent_iterations": eq, "rows": rows}
-    print(f"quality on {len(rows)} held-out photos at {h} px: stylizer/optimisation content loss "
-          f"{med['content_ratio']:.2f}x, style loss {med['style_ratio']:.2f}x (target <= 1.5x each); "
-          f"optimisation {med['gatys_seconds']:.1f} s per photo; total {med['stylizer_total']:.3g} vs "
-          f"{med['gatys_total']:.3g}")
-    if eq:
-        print(f"the stylizer's total loss = single-scale L-BFGS after {eq} iterations (first {len(eq)} photos; "
-              "None = not reached in 300)")
+        rows = []
+        for i, x in enumerate(pixels):
+            y = torch.from_numpy(b.predict_pixels(x[None]).astype(np.float32)).permute(0, 3, 1, 2)
+            c = torch.from_numpy(x[None].astype(np.float32)).permute(0, 3, 1, 2)
+            with torch.no_grad():
+                ours = loss(y, c, style=0)
+            t0 = time.perf_counter()
+            r = optimise(x)
+            t_g = time.perf_counter() - t0
+            with torch.no_grad():
+                theirs = loss(torch.from_numpy(r.image.astype(np.float32)).permute(2, 0, 1)[None], c, style=0)
+            row_eq = {}
+            if i < a.equivalent:
+                # Johnson et al.'s yardstick: after how many single-scale L-BFGS iterations does the optimisation
+                # method reach the stylizer's total loss (same loss, same size)?
+                one = optimise(x, scales=[1.0], iterations=300, tol=0.0)
+                hit = [r["iteration"] for r in one.history if r["total"] <= float(ours["total"])]
+                row_eq = {"equivalent_iterations": hit[0] if hit else None,
+                          "single_scale_total_300": one.history[-1]["total"]}
+            rows.append({**row_eq, "stylizer_total": float(ours["total"]), "gatys_total": float(theirs["total"]),
+                         "content_ratio": float(ours["content"] / theirs["content"]),
+                         "style_ratio": float(ours["style"] / theirs["style"]), "stylizer_content": float(ours["content"]),
+                         "stylizer_style": float(ours["style"]), "gatys_content": float(theirs["content"]),
+                         "gatys_style": float(theirs["style"]), "gatys_seconds": t_g})
+            if i < 4:
+                from PIL import Image
+                Image.fromarray(np.concatenate([x, b.predict_pixels(x[None])[0], r.image], 1)).save(OUT / f"q{i}.png")
+        med = {k: float(np.median([r[k] for r in rows])) for k in rows[0]
+               if k not in ("equivalent_iterations", "single_scale_total_300")}
+        eq = [r["equivalent_iterations"] for r in rows if "equivalent_iterations" in r]
+        report["quality"] = {"photos": len(rows), "median": med, "equivalent_iterations": eq, "rows": rows}
+        print(f"quality on {len(rows)} held-out photos at {h} px: stylizer/optimisation content loss "
+              f"{med['content_ratio']:.2f}x, style loss {med['style_ratio']:.2f}x (target <= 1.5x each); "
+              f"optimisation {med['gatys_seconds']:.1f} s per photo; total {med['stylizer_total']:.3g} vs "
+              f"{med['gatys_total']:.3g}")
+        if eq:
+            print(f"the stylizer's total loss = single-scale L-BFGS after {eq} iterations (first {len(eq)} photos; "
+                  "None = not reached in 300)")
 
     # 3-5. exports: size, speed, parity -----------------------------------------------------------------------
     ex = {}

@@ -47,6 +47,14 @@ def test_exports_to_every_target_with_psnr_parity(style_bundle, tmp_path):
     for key in [("onnx", "int8"), ("tflite", "int8")]:
         v = res[key]
         assert v["passed"] and v["psnr_db"] >= 30 and "PSNR >= 30 dB" in v["criterion"], (key, v)
+    # the task's int8 recipe: convolutions only, so instance norm's statistics (ReduceMean) stay float
+    q = b.export(tmp_path / "again-int8.onnx", to="onnx", precision="int8", verify=False)
+    assert q.compression["int8"]["op_types"] == ["Conv"] and q.compression["int8"]["calibration"] == "percentile"
+    import onnx
+    g = onnx.load(str(q.path)).graph
+    made_by = {o: n.op_type for n in g.node for o in n.output}
+    assert sum(n.op_type == "ReduceMean" for n in g.node) >= 2 and sum(n.op_type == "QuantizeLinear" for n in g.node) >= 4
+    assert not [n.name for n in g.node if n.op_type == "QuantizeLinear" and made_by.get(n.input[0]) == "ReduceMean"]
     cm = res["coreml", "fp32"]
     assert cm["passed"] and not cm["numeric"] and cm["structure"]["outputs"] and cm["structure"]["image_input"]
     # dynamic height/width in ONNX: uint8 RGB in, uint8 RGB out, at a size it was not exported at

@@ -48,7 +48,7 @@ def quantize_onnx(job: ExportJob, export_fp32: Callable[[nn.Module, Path], Path]
         job.log(f"int8: quantisation-aware fine-tuning, {job.qat_steps} steps")
         fp32 = export_fp32(qat_finetune(job.model, batch, job.qat_steps), job.tmp / "qat_fp32.onnx")
     rep = quantize_within_budget(fp32, job.out, calibration, quality, base, job.max_drop, log=job.log,
-                                 keep_float=task.int8_keep_float(fp32) or None,
+                                 recipe=task.int8_recipe(fp32),
                                  within=lambda q: task.within_budget(base, q, job.max_drop))
     rep["qat_steps"] = job.qat_steps
     job.report["int8"] = rep

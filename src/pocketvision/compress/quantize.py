@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -22,6 +23,26 @@ from ..quiet import quiet
 # int8 kernels for them, so wrapping them in Q/DQ pairs would only add work).
 QUANT_OPS = ["Conv", "Gemm", "MatMul", "Relu", "Clip", "Add", "GlobalAveragePool", "ReduceMean"]
 MAX_FALLBACK = 12
+
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    """What a task asks of int8 quantisation (``Task.int8_recipe``): the defaults suit classifiers.
+
+    ``keep_float``: nodes left float by design; ``op_types``: the ops whose activations get Q/DQ pairs;
+    ``calibration``: MinMax, or Percentile (``percentile`` of the calibration histogram) where a few extreme
+    activations would otherwise stretch the uint8 steps that every ordinary pixel pays for.
+    """
+
+    keep_float: list[str] = field(default_factory=list)
+    op_types: list[str] = field(default_factory=lambda: list(QUANT_OPS))
+    calibration: Literal["minmax", "percentile"] = "minmax"
+    percentile: float = 99.999
+    max_images: int | None = None  # calibrate on the first N photos (Percentile's histograms are costly)
+
+    def describe(self) -> dict[str, Any]:
+        return {"op_types": list(self.op_types), "calibration": self.calibration,
+                **({"percentile": self.percentile} if self.calibration == "percentile" else {})}
 
 
 def _Reader(input_name: str, pixels: np.ndarray, batch: int = 16):
@@ -60,17 +81,21 @@ def preprocess(fp32: Path, out: Path) -> Path:
 
 
 def quantize(fp32: Path, out: Path, calibration: np.ndarray, exclude: list[str] | None = None,
-             per_channel: bool = True) -> Path:
+             per_channel: bool = True, recipe: Int8Recipe | None = None) -> Path:
     """fp32 ONNX -> int8 QDQ ONNX at ``out`` (written atomically by the caller's temp folder)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    recipe = recipe or Int8Recipe()
+    method = CalibrationMethod.Percentile if recipe.calibration == "percentile" else CalibrationMethod.MinMax
+    extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
+    if recipe.calibration == "percentile":
+        extra["CalibPercentile"] = recipe.percentile
     with tempfile.TemporaryDirectory() as tmp:
         pre = preprocess(fp32, Path(tmp) / "pre.onnx")
         with quiet():
-            quantize_static(str(pre), str(out), _Reader(_input_name(pre), calibration), quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=QUANT_OPS, per_channel=per_channel,
+            quantize_static(str(pre), str(out), _Reader(_input_name(pre), calibration[:recipe.max_images]), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=list(recipe.op_types), per_channel=per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=exclude or [], calibrate_method=CalibrationMethod.MinMax,
-                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+                            nodes_to_exclude=exclude or [], calibrate_method=method, extra_options=extra)
     return out
 
 
@@ -111,25 +136,27 @@ def output_layers(fp32: Path, max_weights: int = 65536) -> list[str]:
 def quantize_within_budget(fp32: Path, out: Path, calibration: np.ndarray, evaluate: Callable[[Path], float],
                            base_accuracy: float, max_drop: float = 1.0,
                            log: Callable[[str], None] = lambda s: None,
-                           keep_float: list[str] | None = None,
+                           recipe: Int8Recipe | None = None,
                            within: Callable[[float], bool] | None = None) -> dict[str, Any]:
-    """Quantise; while the held-out quality is not ``within`` budget (default: the accuracy drop is at most
-    ``max_drop`` points), keep the worst layer (lowest SQNR) in float and try again. -> report with the
-    per-layer errors and the float fallbacks."""
+    """Quantise per the task's ``recipe``; while the held-out quality is not ``within`` budget (default: the
+    accuracy drop is at most ``max_drop`` points), keep the worst layer (lowest SQNR) in float and try again.
+    -> report with the per-layer errors and the float fallbacks."""
     within = within or (lambda q: 100 * (base_accuracy - q) <= max_drop + 1e-9)
     if len(calibration) == 0:
         raise PocketVisionError("int8 calibration needs training images; none were found.")
-    exclude: list[str] = list(keep_float or [])
-    quantize(fp32, out, calibration, exclude)
+    recipe = recipe or Int8Recipe()
+    keep_float = recipe.keep_float
+    exclude: list[str] = list(keep_float)
+    quantize(fp32, out, calibration, exclude, recipe=recipe)
     acc = evaluate(out)
     errors = layer_errors(fp32, out, calibration[:64])
     order = [r["node"] for r in errors]
     log(f"int8: held-out quality {base_accuracy:.4f} -> {acc:.4f}")
     order = [n for n in order if n not in exclude]
-    while not within(acc) and order and len(exclude) < MAX_FALLBACK + len(keep_float or []):
+    while not within(acc) and order and len(exclude) < MAX_FALLBACK + len(keep_float):
         exclude.append(order.pop(0))
-        quantize(fp32, out, calibration, exclude)
+        quantize(fp32, out, calibration, exclude, recipe=recipe)
         acc = evaluate(out)
         log(f"  {exclude[-1]} kept float: quality {acc:.4f}")
     return {"accuracy_before": base_accuracy, "accuracy_after": acc, "max_drop": max_drop, "within_budget": within(acc),
-            "float_fallback": exclude, "kept_float_by_design": list(keep_float or []), "layer_errors": errors, "calibration_images": int(len(calibration))}
+            "float_fallback": exclude, "kept_float_by_design": list(keep_float), **recipe.describe(), "layer_errors": errors, "calibration_images": int(len(calibration))}

@@ -87,7 +87,7 @@ def export_tflite(job: ExportJob) -> Path:
         if job.precision == "fp16":
             data = _fp16_weights(data)
         elif job.precision == "int8":
-            data = _int8_full_integer(data, calibration)
+            data = _int8_full_integer(data, calibration, job.task.int8_recipe(None).op_types)
     job.out.write_bytes(data)
     return job.out
 
@@ -117,16 +117,28 @@ class LiteRTTarget(Target):
             return False
 
 
-def _int8_full_integer(data: bytes, calibration: np.ndarray) -> bytes:
+# The task's int8 recipe names ONNX op types; these are the LiteRT ops they become.
+TFL_OPS = {"Conv": ("CONV_2D", "DEPTHWISE_CONV_2D"), "Gemm": ("FULLY_CONNECTED",),
+           "MatMul": ("FULLY_CONNECTED", "BATCH_MATMUL")}
+
+
+def _int8_full_integer(data: bytes, calibration: np.ndarray, op_types: list[str] | None = None) -> bytes:
     """Static int8 weights and activations (ai-edge-quantizer's static_wi8_ai8), ranges calibrated on
-    the user's training images. (PT2E in torch lost 40 points on EfficientNet-Lite0 here; this kept it.)"""
+    the user's training images. (PT2E in torch lost 40 points on EfficientNet-Lite0 here; this kept it.)
+    ``op_types`` (the task's ``Int8Recipe``): when the task quantises only some op types (the stylizer: its
+    convolutions), the other ops stay float, as in its ONNX export; otherwise every op is quantised."""
     from ai_edge_quantizer import quantizer as aeq
     from ai_edge_quantizer import recipe
+
+    from ..compress.quantize import QUANT_OPS
+    rec = recipe.static_wi8_ai8()  # [{"regex": ".*", "operation": "*", ...}]
+    if op_types is not None and set(op_types) < set(QUANT_OPS) and set(op_types) <= set(TFL_OPS):
+        rec = [{**rec[0], "operation": op} for t in op_types for op in TFL_OPS[t]]
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "f32.tflite", Path(tmp) / "int8.tflite"
         src.write_bytes(data)
         q = aeq.Quantizer(str(src))
-        q.load_quantization_recipe(recipe.static_wi8_ai8())
+        q.load_quantization_recipe(rec)
         from ai_edge_litert.interpreter import Interpreter
         signatures = Interpreter(model_content=data).get_signature_list()  # {"serving_default": {...}}
         key = next(iter(signatures))

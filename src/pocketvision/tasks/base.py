@@ -32,6 +32,8 @@ from ..errors import PocketVisionError, did_you_mean, unknown_choice
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
+    from ..compress.quantize import Int8Recipe
+
 
 class Options(BaseModel):
     """Base of every task's option models: unknown names are refused, values validated on assignment."""
@@ -262,9 +264,12 @@ class Task:
         held-out ``truth``, or against ``reference``, the float model's outputs on the same pixels."""
         raise NotImplementedError
 
-    def int8_keep_float(self, onnx_path: Path) -> list[str]:
-        """Nodes of an fp32 ONNX graph that int8 export must leave float by design."""
-        return []
+    def int8_recipe(self, onnx_path: Path | None) -> Int8Recipe:
+        """How int8 export quantises this task's fp32 ONNX graph: nodes left float by design, the op types
+        quantised, the calibration (``compress.quantize.Int8Recipe``; the default suits classifiers). ``None``:
+        a target whose graph has no ONNX node names (LiteRT uses the op types only)."""
+        from ..compress.quantize import Int8Recipe
+        return Int8Recipe()
 
     def within_budget(self, base: float, quality: float, max_drop: float) -> bool:
         """Whether a compressed model's ``quality`` is acceptable against the float model's ``base``."""

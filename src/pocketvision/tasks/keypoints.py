@@ -377,9 +377,9 @@ class KeypointsTask(Task):
     def export_meta(self, meta: dict[str, Any]) -> dict[str, Any]:
         return {"keypoints": meta["keypoints"]}
 
-    def int8_keep_float(self, onnx_path: Path) -> list[str]:
-        from ..compress.quantize import output_layers
-        return output_layers(onnx_path)
+    def int8_recipe(self, onnx_path: Path | None):
+        from ..compress.quantize import Int8Recipe, output_layers
+        return Int8Recipe(keep_float=output_layers(onnx_path) if onnx_path is not None else [])
 
     # -- runtime ---------------------------------------------------------------------------------------
     def predict(self, model, sources: Sequence) -> list[dict[str, Any]]:

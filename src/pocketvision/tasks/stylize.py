@@ -580,6 +580,17 @@ class StylizeTask(Task):
         """PSNR (dB) of ``outputs`` against the float model's ``reference`` outputs on the same photos."""
         return psnr(outputs, reference)
 
+    def int8_recipe(self, onnx_path: Path | None):
+        """Quantise the convolutions only, calibrated at the 99.99th percentile. Instance norm divides by a
+        per-image std whose ReduceMean inputs, held in uint8, lose the small variances; residual Adds in uint8
+        add their own step. Measured on the benchmark stylizer (16 hotdog val photos, PSNR vs float): all the
+        classifier's op types + MinMax 23.5 dB; convs only + MinMax 30.6 dB; convs only + percentile 99.99
+        34.5 dB (worst photo 30.0), 34.4 dB from 32 photos instead of 128 at a quarter of the time (the
+        histograms cost ~0.25 s per photo). The budget loop still keeps the worst conv float if 30 dB is missed.
+        LiteRT (op types only, MinMax) at 384 px: every op 29.7 dB, convs only 31.7 dB."""
+        from ..compress.quantize import Int8Recipe
+        return Int8Recipe(op_types=["Conv"], calibration="percentile", percentile=99.99, max_images=64)
+
     def within_budget(self, base: float, quality: float, max_drop: float) -> bool:
         return quality >= PSNR_INT8
 
