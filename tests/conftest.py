@@ -50,7 +50,8 @@ def trained_bundle(hotdog_small, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("bundle")
     b = pv.train(hotdog_small, out=out / "hotdog.pvb", arch="deepdog", arch_args={"alpha": 0.25}, size=96,
-                 epochs=6, lr=3e-3, run_dir=out / "run", progress=False, tensorboard=False, workers=0)
+                 epochs=6, lr=3e-3, run_dir=out / "run", progress=False, tensorboard=False, workers=0,
+                 recipe=False)  # a fixed small model for the compression tests (the recipes have their own tests)
     return b.path
 
 

@@ -105,7 +105,8 @@ def run_demo(out: Path, epochs: int = 15, quiet: bool = False, n_train: int = 50
         make_dataset(data, n_train=n_train, n_val=n_val)
     console.print("[bold]2/5 train[/]: deepdog alpha=0.5 at 128 px, from scratch")
     b = pv.train(data, out=out / "demo.pvb", arch="deepdog", arch_args={"alpha": 0.5}, size=128, epochs=epochs,
-                 lr=4e-3, batch_size=32, run_dir=out / "run", console=console, progress=not quiet)
+                 lr=4e-3, batch_size=32, run_dir=out / "run", console=console, progress=not quiet,
+                 recipe=False)  # synthetic photos and a few epochs: the settings above, nothing else
     console.print("[bold]3/5 evaluate[/] on the held-out images")
     m = b.evaluate(data, split="val", report_dir=out / "report")
     console.print("[bold]4/5 export + verify[/]: ONNX, uint8 pixels in")

@@ -101,11 +101,13 @@ def quantize(fp32: Path, out: Path, calibration: np.ndarray, exclude: list[str] 
 
 def layer_errors(fp32: Path, qdq: Path, pixels: np.ndarray) -> list[dict[str, Any]]:
     """Per quantised layer (node producing a Conv/Gemm output): SQNR in dB of its output in the
-    int8 model vs the float model on the same images (higher is better). Worst first."""
+    int8 model vs the float model on the same images (higher is better). Worst first.
+
+    The int8 graph's copy of a tensor is its dequantised output where the quantiser put a Q/DQ pair after it,
+    else the tensor itself (a conv feeding a float op, e.g. ELU's Exp/Min/Max, keeps its name); onnxruntime's
+    ``create_activation_matching`` pairs only the first kind, which left ELU networks with no ranking at all."""
     import onnx
-    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_activation_error,
-                                                         create_activation_matching,
-                                                         modify_model_output_intermediate_tensors)
+    from onnxruntime.quantization.qdq_loss_debug import collect_activations, modify_model_output_intermediate_tensors
     with tempfile.TemporaryDirectory() as tmp, quiet():
         fa, qa = Path(tmp) / "f.onnx", Path(tmp) / "q.onnx"
         modify_model_output_intermediate_tensors(str(fp32), str(fa), op_types_for_saving=["Conv", "Gemm"])
@@ -113,10 +115,19 @@ def layer_errors(fp32: Path, qdq: Path, pixels: np.ndarray) -> list[dict[str, An
         name = _input_name(fp32)
         f_act = collect_activations(str(fa), _Reader(name, pixels, 8))
         q_act = collect_activations(str(qa), _Reader(name, pixels, 8))
-        errors = compute_activation_error(create_activation_matching(q_act, f_act))
-    producer = {o: n.name for n in onnx.load(str(fp32)).graph.node for o in n.output}
-    rows = [{"tensor": t, "node": producer.get(t, t), "sqnr_db": float(e.get("xmodel_err", float("nan")))}
-            for t, e in errors.items() if "xmodel_err" in e and np.isfinite(e.get("xmodel_err", np.nan))]
+    # only the layers the fallback can keep float (the saved set also holds some of their inputs)
+    producer = {o: n.name for n in onnx.load(str(fp32)).graph.node for o in n.output if n.op_type in ("Conv", "Gemm")}
+    rows = []
+    for t, fs in f_act.items():
+        qs = q_act.get(t + "_DequantizeLinear_Output", q_act.get(t))
+        if qs is None or t not in producer:
+            continue
+        f = np.concatenate([np.asarray(a, np.float64).ravel() for a in fs])
+        q = np.concatenate([np.asarray(a, np.float64).ravel() for a in qs])
+        noise = float(np.sum((f - q) ** 2))
+        sqnr = 10 * np.log10(float(np.sum(f * f)) / noise) if noise > 0 else float("inf")
+        if np.isfinite(sqnr):
+            rows.append({"tensor": t, "node": producer[t], "sqnr_db": float(sqnr)})
     return sorted(rows, key=lambda r: r["sqnr_db"])
 
 

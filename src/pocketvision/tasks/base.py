@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
     from ..compress.quantize import Int8Recipe
+    from ..training.recipes import Recipe, RecipeContext
 
 
 class Options(BaseModel):
@@ -216,7 +217,16 @@ class Task:
         """-> (training image paths, where they came from) for calibration and palette fine-tuning."""
         raise NotImplementedError
 
+    def count_images(self, data: str | os.PathLike) -> int | None:
+        """Training images in ``data`` for the recipe (cheap: a listing, no decoding); None if unknown."""
+        return None
+
     # -- training -----------------------------------------------------------------------------------
+    def recipe(self, ctx: RecipeContext) -> Recipe | None:
+        """The best known training settings for this architecture, pretrained or not, data size and device
+        (``training/recipes.py``); None: the engine and task defaults."""
+        return None
+
     def setup(self, data: str | os.PathLike, cfg: Any, opts: Options, console: Any, resuming: bool) -> TaskRun:
         raise NotImplementedError
 

@@ -62,6 +62,10 @@ class TrainConfig(BaseModel):
                                     "epochs per minute)")
     progressive_until: float = Field(0.75, gt=0, lt=1, description="progressive resizing: fraction of the epochs "
                                      "that grow the size; the rest train at the model's size (its BN statistics)")
+    recipe: bool = Field(True, description="fill what you did not set from the recipe for this architecture, data "
+                         "size and device (printed at the start, stored in the bundle)",
+                         json_schema_extra={"flag": "--no-recipe", "flag_help": "plain engine defaults: no "
+                                            "architecture recipe"})
     ema: float = Field(0.0, ge=0, lt=1, description="decay of an exponential moving average of the weights "
                        "that is evaluated and kept instead of the raw weights (0 = off; e.g. 0.998)")
     init_from: str | None = Field(None, description="bundle whose weights (and contract) start the run; "
@@ -84,11 +88,13 @@ def make_config(**kwargs: Any) -> TrainConfig:
         raise PocketVisionError(f"invalid training option: {problems}") from None
 
 
-def split_options(data: str | Path, options: dict[str, Any]):
-    """A flat ``train(**options)`` -> (task plug-in, engine config, the task's options).
+def split_options(data: str | Path, options: dict[str, Any], *, recipe: bool = True):
+    """A flat ``train(**options)`` -> (task plug-in, engine config, the task's options, recipe record or None).
 
     The task is ``task=`` or, with ``auto``, the one that owns the task options given, else the first whose
     ``detect`` accepts ``data``. An option of another task, or an engine option the task cannot use, is refused.
+    With ``recipe`` the task's recipe for this architecture, data and device fills what the user did not set
+    (``training/recipes.py``); then the task's engine defaults.
     """
     from ..tasks import all_tasks, get_task
     from ..tasks.base import option_owner, parse_options, refuse_foreign
@@ -115,6 +121,32 @@ def split_options(data: str | Path, options: dict[str, Any]):
         raise PocketVisionError(f"{flags}: a {task.name} training does not use {'them' if many else 'it'} "
                                 f"({'; '.join(why)}). Leave {'them' if many else 'it'} out.")
     refuse_foreign(task, rest, "Options", "training")  # unknown names: 'did you mean'
-    defaults = {k: v for k, v in task.engine_defaults.items() if k not in cfg.model_fields_set}
-    cfg = make_config(**{**defaults, **{k: getattr(cfg, k) for k in cfg.model_fields_set}, "task": task.name})
-    return task, cfg, parse_options(task.Options, rest, "training")
+    given = {k: getattr(cfg, k) for k in cfg.model_fields_set}
+    record = None
+    if recipe and cfg.recipe and not cfg.init_from:  # a run from a bundle is a fine-tune, not a fresh recipe
+        from .recipes import apply_recipe, describe
+        ctx = recipe_context(task, data, cfg)
+        chosen = task.recipe(ctx)
+        if chosen is not None:
+            engine_set, options_set, record = apply_recipe(chosen, given, rest)
+            given = {**given, **engine_set}
+            rest = {**options_set, **rest}
+            record["line"] = describe(record, ctx)
+    defaults = {k: v for k, v in task.engine_defaults.items() if k not in given}
+    cfg = make_config(**{**defaults, **given, "task": task.name})
+    return task, cfg, parse_options(task.Options, rest, "training"), record
+
+
+def recipe_context(task, data: str | Path, cfg: TrainConfig):
+    """What the recipe depends on: the architecture (the task's default when none was given), whether ImageNet
+    weights will load, the device and the number of training images (the task counts them)."""
+    from ..models import model_entry
+    from .recipes import RecipeContext
+    arch = cfg.arch or task.default_arch[0]
+    entry = model_entry(arch)
+    device = "cpu"
+    if cfg.device != "cpu":
+        from .engine import pick_device
+        device = pick_device(cfg.device).type
+    return RecipeContext(arch=arch, pretrained=bool(cfg.pretrained and entry.pretrained), device=device,
+                         n_images=task.count_images(data))

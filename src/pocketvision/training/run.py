@@ -27,8 +27,13 @@ def train_model(data: str | Path, options: dict[str, Any], *, user_model: nn.Mod
     if resume is not None:
         _, _, meta = load_checkpoint(Path(resume))
         options = {**meta.get("config", {}), **{k: v for k, v in options.items() if k in RESUME_OVERRIDES}}
-    task, cfg, opts = split_options(data, options)
+    # A resumed run has every field set already; a model the user brings is not the recipe's architecture.
+    task, cfg, opts, recipe = split_options(data, options, recipe=resume is None and user_model is None)
     config = {**cfg.model_dump(mode="json"), **opts.model_dump(mode="json")}
+    if recipe is not None:
+        from rich.console import Console
+        (console or Console(stderr=True)).print(f"[bold]{recipe['line']}[/]", highlight=False)
+        recipe.pop("line")
     torch.manual_seed(cfg.seed)
     run = task.setup(data, cfg, opts, console, resuming=resume is not None, user_model=user_model)
     engine = Engine(run, cfg, Path(resume) if resume else None, console, config, name=task.name)
@@ -40,6 +45,8 @@ def train_model(data: str | Path, options: dict[str, Any], *, user_model: nn.Mod
     metrics.update(best_epoch=result.best_epoch, train_seconds=round(result.seconds, 1))
     meta = bundle_io.new_meta(task.name, run.spec, labels, run.contract, metrics=metrics, train_config=config,
                               history=result.history, **parts)
+    if recipe is not None:
+        meta["recipe"] = recipe
     return meta, run.model
 
 
@@ -50,7 +57,7 @@ def find_lr(data: str | Path, options: dict[str, Any], out_png: str | Path, star
     import numpy as np
 
     from ..bundle import atomic_write_bytes
-    task, cfg, opts = split_options(data, {**options, "tensorboard": False})
+    task, cfg, opts, _ = split_options(data, {**options, "tensorboard": False})
     torch.manual_seed(cfg.seed)
     run = task.setup(data, cfg, opts, console, resuming=False, user_model=None)
     engine = Engine(run, cfg, None, console, name="find-lr")
