@@ -92,7 +92,8 @@ def quantize(fp32: Path, out: Path, calibration: np.ndarray, exclude: list[str] 
     with tempfile.TemporaryDirectory() as tmp:
         pre = preprocess(fp32, Path(tmp) / "pre.onnx")
         with quiet():
-            quantize_static(str(pre), str(out), _Reader(_input_name(pre), calibration[:recipe.max_images]), quant_format=QuantFormat.QDQ,
+            quantize_static(str(pre), str(out), _Reader(_input_name(pre), calibration[:recipe.max_images]),
+                            quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=list(recipe.op_types), per_channel=per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             nodes_to_exclude=exclude or [], calibrate_method=method, extra_options=extra)
@@ -170,4 +171,5 @@ def quantize_within_budget(fp32: Path, out: Path, calibration: np.ndarray, evalu
         acc = evaluate(out)
         log(f"  {exclude[-1]} kept float: quality {acc:.4f}")
     return {"accuracy_before": base_accuracy, "accuracy_after": acc, "max_drop": max_drop, "within_budget": within(acc),
-            "float_fallback": exclude, "kept_float_by_design": list(keep_float), **recipe.describe(), "layer_errors": errors, "calibration_images": int(len(calibration))}
+            "float_fallback": exclude, "kept_float_by_design": list(keep_float), **recipe.describe(),
+            "layer_errors": errors, "calibration_images": int(len(calibration[:recipe.max_images]))}
