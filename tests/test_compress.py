@@ -20,6 +20,23 @@ from pocketvision.models import build_model
 from conftest import run_cli
 
 
+def test_fisher_sensitivity_sees_only_what_palettising_moves():
+    """A layer already on a 4-bit palette loses nothing (estimate 0); a continuous one does (> 0)."""
+    import torch
+    from torch import nn
+
+    from pocketvision.compress.palettize import fisher_sensitivity, palettize_tensor
+    from pocketvision.tasks import get_task
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3))
+    with torch.no_grad():
+        net[2].weight.copy_(palettize_tensor(net[2].weight, 4))
+    x = [torch.randn(32, 16) for _ in range(3)]
+    f = fisher_sensitivity(net, ["0", "2"], 4, x, get_task("classify").sampled_nll)
+    assert f["2"] == 0 and f["0"] > 0
+    assert f == fisher_sensitivity(net, ["0", "2"], 4, x, get_task("classify").sampled_nll)  # seeded: repeatable
+
+
 def test_kmeans_1d_palette_and_exactness():
     rng = np.random.default_rng(0)
     w = rng.normal(size=5000).astype(np.float32)
@@ -65,9 +82,11 @@ def test_fold_batchnorm_keeps_outputs_and_architecture():
 def test_palettised_bundle_exports_small_and_exact(trained_bundle, tmp_path):
     b = pv.load(trained_bundle)
     small, rep = b.palettize(4, max_drop=1.0, finetune_steps=30)
-    assert rep["n_images"] == 80
-    assert -100 * rep["accuracy_change"] <= 1.0 + 1e-9  # the budget holds on real held-out photos
+    assert rep["n_images"] == 160  # the 80 val photos and their phone-photo twin
+    assert -100 * rep["accuracy_change"] <= 1.0 + 1e-9  # the budget holds on real held-out photos, on both halves
     assert {la["bits"] for la in rep["layers"]} <= {4, 8}
+    # layers ranked by the one-pass Fisher estimate, not by one evaluation per layer
+    assert all(la["fisher"] is not None and la["fisher"] >= 0 and la["sensitivity"] is None for la in rep["layers"])
     assert small.meta["lineage"][-1]["stage"] == "palettize"
     path = small.save(tmp_path / "p4.pvb")
     reloaded = pv.load(path)  # the same architecture loads the palettised weights

@@ -205,9 +205,10 @@ def test_write_report(tmp_path):
 def test_plots_and_table(tmp_path):
     m = classification_metrics(YB, binary_probs(SB), LB, target_precision=0.8)
     files = write_plots(m, tmp_path)
-    assert set(files) == {"confusion_matrix", "roc", "pr"}
+    assert set(files) == {"confusion_matrix", "roc", "pr", "reliability"}
     assert all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in files.values())
-    assert set(write_plots(classification_metrics(Y3, P3, ["a", "$b", "c"]), tmp_path / "mc")) == {"confusion_matrix"}
+    assert set(write_plots(classification_metrics(Y3, P3, ["a", "$b", "c"]), tmp_path / "mc")) == {"confusion_matrix",
+                                                                                               "reliability"}
 
     from rich.console import Console
 

@@ -40,6 +40,51 @@ def test_onnx_export_is_self_contained_and_verified(trained_bundle, tmp_path):
     assert meta["pocketvision.contract"]["size"] == [96, 96]
     v = res.verification
     assert v["passed"] and v["n"] == 80 and v["max_abs_diff"] < 1e-4 and v["top1_agreement"] == 1.0
+    # parity holds on the phone-photo twin of the same photos too (blur, JPEG, dark, flash, ...)
+    s = v["shifted"]
+    assert s["passed"] and s["n"] == 80 and s["max_abs_diff"] < 1e-4 and s["top1_agreement"] == 1.0
+    assert meta["pocketvision.val"]["accuracy"] == b.metrics["accuracy"]  # for `eval --compare-to-val` on the file
+
+
+def test_calibrated_probabilities_are_inside_the_model(trained_bundle):
+    """Temperature scaling is fitted on val + its shifted twin and folded into the classifier: the bundle's own
+    probabilities (and so every export's) are the calibrated ones, and the threshold was chosen on them."""
+    from pocketvision.evaluate import classification_metrics
+    b = pv.load(trained_bundle)
+    cal = b.metrics["temperature_scaling"]
+    assert cal["folded"] and 0.05 < cal["temperature"] < 20 and cal["fitted_on"].startswith("val + shifted val")
+    held = b.held_out()
+    m = classification_metrics(held.truth, b.predict_pixels(held.pixels), b.labels, threshold=b.threshold["value"])
+    assert m["ece"] == pytest.approx(b.metrics["ece"], abs=1e-6) == pytest.approx(cal["ece_val"], abs=1e-6)
+    assert m["accuracy"] == b.metrics["accuracy"]
+    assert b.metrics["threshold_selection"]["images"] == cal["fitted_on"]
+    assert len(b.metrics["calibration"]["bins"]) >= 2
+
+
+def test_eval_compare_to_val(trained_bundle, hotdog_small, tmp_path):
+    """The val split against itself moves nothing; a class folder the model does not know is named and left out,
+    the rest evaluated; the same figures go to the HTML report, and an exported file compares too."""
+    import shutil
+    r = run_cli("eval", str(trained_bundle), str(hotdog_small), "--split", "val", "--compare-to-val", "--json")
+    assert r.returncode == 0, r.stderr
+    shift = json.loads(r.stdout)["shift"]
+    acc = next(x for x in shift["rows"] if x["key"] == "accuracy")
+    assert acc["change"] == pytest.approx(0) and acc["val"] == pv.load(trained_bundle).metrics["accuracy"]
+    assert not shift["shifted"] and shift["verdict"].startswith("this folder looks like your training data")
+    mixed = tmp_path / "mixed"
+    for c in ("hotdog", "not_hotdog"):
+        shutil.copytree(hotdog_small / "val" / c, mixed / c)
+    (mixed / "pizza").mkdir()
+    shutil.copy(next((hotdog_small / "val" / "hotdog").iterdir()), mixed / "pizza" / "p.jpg")
+    onnx_path = tmp_path / "m.onnx"
+    pv.load(trained_bundle).export(onnx_path, verify=False)
+    r = run_cli("eval", str(onnx_path), str(mixed), "--compare-to-val", "--report", str(tmp_path / "rep"))
+    assert r.returncode == 0, r.stderr
+    assert "verdict" in r.stdout and "['pizza']" in r.stdout and "left out" in r.stdout
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "Against val" in html and "Verdict:" in html and "pizza" in html
+    r = run_cli("eval", str(onnx_path), str(mixed))  # without the flag an unknown class is still an error
+    assert r.returncode == 2 and "pizza" in r.stderr
 
 
 def test_cli_export_verify_predict_eval(trained_bundle, hotdog_small, tmp_path):

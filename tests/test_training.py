@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 def test_pretrained_probe_then_top_finetune(hotdog_small, tmp_path):
     """ImageNet features make this easy: well above chance even on 240 photos at 128 px."""
     b = pv.train(hotdog_small, out=tmp_path / "eff.pvb", arch="efficientnet_lite0", size=128, epochs=2,
-                 run_dir=tmp_path / "run", progress=False, tensorboard=False)
+                 run_dir=tmp_path / "run", progress=False, tensorboard=True)
     hist = b.meta["history"]
     assert hist[0]["phase"] == "probe" and [h["phase"] for h in hist[1:]] == ["top", "top"]
     assert b.metrics["accuracy"] >= 0.85, b.metrics["accuracy"]
@@ -24,6 +24,15 @@ def test_pretrained_probe_then_top_finetune(hotdog_small, tmp_path):
     assert b.metrics["accuracy"] >= hist[0]["val_acc"] - 1e-9
     assert (tmp_path / "run" / "report" / "report.html").exists()
     assert (tmp_path / "run" / "log.csv").read_text().count("\n") == 4
+    # one TensorBoard for every path, the cached top fine-tune included
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    tags = set()
+    for ev in (tmp_path / "run" / "tb").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(ev), size_guidance={"images": 0, "tensors": 0})
+        acc.Reload()
+        tags |= set(acc.Tags()["images"]) | set(acc.Tags()["tensors"])
+    assert {"inputs/augmented", "val/confusion_matrix", "val/reliability", "val/pr/hotdog"} <= tags, tags
+    assert (tmp_path / "run" / "tb" / "projector_config.pbtxt").exists()
 
 
 def test_linear_probe_only(hotdog_small, tmp_path):

@@ -266,7 +266,15 @@ def _print_parity(v: dict, plugin) -> None:
         print(f"verify {'structure OK' if v['passed'] else 'structure FAILED'}: {v['criterion']} "
               f"({', '.join(f'{k}={val}' for k, val in v['structure'].items())})")
         return
-    print(f"verify {'PASSED' if v['passed'] else 'FAILED'}: {plugin.parity_line(v)}")
+    prec = v.get("precision", "fp32")
+    judged = (f"within the {prec} budget" if v["passed"] else f"outside the {prec} budget") if v.get("criterion") \
+        else f"{prec} parity"
+    made = f", made by {' -> '.join(v['lineage'])}" if v.get("lineage") else ""
+    print(f"verify {'PASSED' if v['passed'] else 'FAILED'} ({judged}{made}): {plugin.parity_line(v)}")
+    if "shifted" in v:
+        print(f"  on their phone-photo twin (blur, JPEG, dark, flash, ...): {plugin.parity_line(v['shifted'])}")
+    if v.get("broke"):
+        print(f"  failed on: {', '.join(v['broke'])}")
 
 
 def cmd_compress(a: argparse.Namespace) -> int:
@@ -291,7 +299,8 @@ def cmd_compress(a: argparse.Namespace) -> int:
     else:
         small, rep = b.palettize(a.bits, a.data, max_drop=None if a.max_drop < 0 else a.max_drop,
                                  finetune_steps=a.finetune_steps, min_size=a.min_size,
-                                 group_channels=a.group_channels, layer_bits=a.layer_bits, log=log)
+                                 group_channels=a.group_channels, layer_bits=a.layer_bits,
+                                 sensitivity=a.sensitivity, log=log)
     out = Path(a.out or Path(a.bundle).with_name(Path(a.bundle).stem + f"-{'auto' if a.auto else a.bits}"
                                                  f"{'' if a.auto else 'bit'}.pvb"))
     small.save(out)
@@ -572,6 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "within --max-drop (written as a new bundle with its lineage)")
     s.add_argument("--min-size", type=int, default=1024, help="layers with fewer weights stay float")
     s.add_argument("--group-channels", type=int, default=0, help="one palette per N output channels (0: per layer)")
+    s.add_argument("--sensitivity", choices=["fisher", "scan"], default="fisher",
+                   help="how layers are ranked for 8 bits: fisher (one backward pass per batch for every layer, "
+                   "HAWQ-style) or scan (palettise each layer alone and measure its accuracy change)")
     s.add_argument("--layer-bits", type=_kv, default={}, help="per-layer bits, e.g. 'features.0.conv=8,classifier=0'")
     s.add_argument("--out", default=None, help="bundle to write (default: NAME-<bits>bit.pvb)")
     s.add_argument("--json", action="store_true", help="print the report as JSON")

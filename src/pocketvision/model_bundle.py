@@ -138,7 +138,7 @@ class Bundle:
         if bits:
             source, rep = self.palettize(bits, data, max_drop=max_drop, log=log)
             compression["palettize"] = {k: rep[k] for k in ("bits", "base_accuracy", "accuracy", "float_bytes",
-                                                             "palette_bytes")}
+                                                             "palette_bytes", "within_budget")}
             notes += rep["notes"]
         base = self.path or Path("model")
         out = Path(out) if out else base.with_name(base.stem + variant_suffix(precision, bits) + target.suffix)

@@ -27,11 +27,13 @@ def quantize_onnx(job: ExportJob, export_fp32: Callable[[nn.Module, Path], Path]
     task, meta = job.task, job.meta
     fp32 = export_fp32(job.model, job.tmp / "fp32.onnx")
     calibration = job.calibration(256)  # training photos (int8 ranges; QAT batches)
+    from .data import budget_quality
     held = job.held_out()
     reference = OnnxPredictor(fp32).run_pixels(held.pixels)  # the float graph's own outputs
+    judge = budget_quality(task, meta, held, reference)
 
     def quality(path: Path) -> float:
-        return task.quality(OnnxPredictor(path).run_pixels(held.pixels), held.truth, reference, meta)
+        return judge(OnnxPredictor(path).run_pixels(held.pixels))
     base = quality(fp32)
     if job.qat_steps:
         import torch

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import PocketVisionError
-from .data import held_out, training_pixels
+from .data import budget_quality, held_out, training_pixels
 
 
 def _outputs(bundle, model: nn.Module, x: torch.Tensor) -> np.ndarray:
@@ -24,9 +24,13 @@ def _outputs(bundle, model: nn.Module, x: torch.Tensor) -> np.ndarray:
         return np.concatenate([head(model(x[i:i + 64]))[0].numpy() for i in range(0, len(x), 64)])
 
 
+FISHER_IMAGES = 128  # training photos for the Fisher estimate: 4 forward/backward passes of 32
+
+
 def palettize_bundle(bundle, bits: int = 4, data: str | Path | None = None, *, max_drop: float | None = 1.0,
                      finetune_steps: int | None = None, min_size: int = 1024, group_channels: int = 0,
-                     layer_bits: dict[str, int] | None = None, log=lambda s: None) -> tuple[Any, dict[str, Any]]:
+                     layer_bits: dict[str, int] | None = None, sensitivity: str = "fisher",
+                     log=lambda s: None) -> tuple[Any, dict[str, Any]]:
     """Round every weight of each layer to one of 2^bits shared values -> (new bundle, report).
 
     Measured on held-out images (the bundle's val split or ``data``); palette values are fine-tuned on
@@ -39,24 +43,32 @@ def palettize_bundle(bundle, bits: int = 4, data: str | Path | None = None, *, m
     if finetune_steps is None:  # auto: 100 steps up to ~1M parameters, fewer (>= 20) for bigger nets
         n_params = sum(p.numel() for p in bundle.model.parameters())
         finetune_steps = min(100, max(20, int(100 * 1e6 / max(n_params, 1))))
-    cfg = PaletteConfig(bits=bits, min_size=min_size, group_channels=group_channels,
-                        layer_bits=layer_bits or {}, max_drop=max_drop, finetune_steps=finetune_steps)
+    cfg = PaletteConfig(bits=bits, min_size=min_size, group_channels=group_channels, layer_bits=layer_bits or {},
+                        max_drop=max_drop, finetune_steps=finetune_steps, sensitivity=sensitivity)
     held = held_out(bundle, data)
     x_val = torch.from_numpy(bundle.contract.normalize(held.pixels))
     reference = _outputs(bundle, bundle.model.eval(), x_val)
+    judge = budget_quality(bundle.plugin, bundle.meta, held, reference)
 
     def evaluate(m: nn.Module) -> tuple[float, np.ndarray]:
         out = _outputs(bundle, m, x_val)
-        return bundle.quality(out, held.truth, reference), out
+        return judge(out), out
 
-    refine, notes = None, []
-    if finetune_steps:
+    refine, notes, fisher_batches = None, [], None
+    fisher = sensitivity == "fisher" and bundle.plugin.sampled_nll is not None
+    if finetune_steps or fisher:
         try:
             train_px = training_pixels(bundle, data)
         except PocketVisionError as e:
             train_px = None
-            notes.append(f"palette fine-tuning skipped: {e}")
-        if train_px is not None:
+            notes.append(f"palette fine-tuning and Fisher sensitivity skipped (layers scanned one by one): {e}")
+        if train_px is not None and fisher:
+            contract = bundle.contract
+
+            def fisher_batches():  # training photos, never the held-out ones the budget is judged on
+                sample = train_px[np.random.default_rng(1).permutation(len(train_px))[:FISHER_IMAGES]]
+                return (torch.from_numpy(contract.normalize(sample[i:i + 32])) for i in range(0, len(sample), 32))
+        if train_px is not None and finetune_steps:
             contract, teacher = bundle.contract, bundle.model
 
             def refine(m: nn.Module) -> nn.Module:
@@ -68,8 +80,11 @@ def palettize_bundle(bundle, bits: int = 4, data: str | Path | None = None, *, m
                     x[flip] = x[flip, :, ::-1]
                     return torch.from_numpy(contract.normalize(x)), None
                 return finetune_centroids(m, batch, finetune_steps, teacher, lr=1e-3)
-    model, report = palettize(bundle.model, cfg, evaluate, log=log, refine=refine)
+    model, report = palettize(bundle.model, cfg, evaluate, log=log, refine=refine, fisher_batches=fisher_batches,
+                              sampled_nll=bundle.plugin.sampled_nll)
     out = report.to_dict()
+    if report.note:
+        notes.append(report.note)
     out.update(bits=bits, notes=notes, n_images=len(held.pixels),
                accuracy_change=None if report.accuracy is None else report.accuracy - report.base_accuracy)
     return bundle.derived(model, "palettize", {"bits": bits, "max_drop": max_drop, "finetune_steps": finetune_steps,
@@ -109,9 +124,10 @@ def prune_bundle(bundle, ratio: float = 0.3, data: str | Path | None = None, *, 
     from ..training.run import train_model
     from .prune import prune_separable
     held = held_out(bundle, data)
+    judge = budget_quality(bundle.plugin, bundle.meta, held, bundle.predict_pixels(held.pixels))
 
     def quality(b) -> float:
-        return b.quality(b.predict_pixels(held.pixels), held.truth)
+        return judge(b.predict_pixels(held.pixels))
     base = quality(bundle)
     small, spec, rep = prune_separable(bundle.model, bundle.meta["arch"], ratio)
     pruned = type(bundle)({**bundle.meta, "arch": spec}, small)

@@ -142,12 +142,13 @@ def _scan_auto(root: Path, val_fraction: float, test_fraction: float, seed: int,
     return out
 
 
-def labelled_samples(root: str | Path, classes: list[str], split: str = "auto") -> tuple[list[Sample], str]:
+def labelled_samples(root: str | Path, classes: list[str], split: str = "auto",
+                     unknown_out: list[str] | None = None) -> tuple[list[Sample], str]:
     """Images of a labelled folder mapped onto a model's ``classes`` (for eval/verify).
 
     ``split="auto"``: ``test/`` if present, else ``val/``, else every image under the class folders.
-    Class folders the model does not know are an error; classes with no folder are fine (eval sets
-    are often partial).
+    Class folders the model does not know are an error, unless ``unknown_out`` is given: then their names go
+    there and the rest is used. Classes with no folder are fine (eval sets are often partial).
     """
     root = Path(root)
     if not root.is_dir():
@@ -162,7 +163,10 @@ def labelled_samples(root: str | Path, classes: list[str], split: str = "auto") 
     if split == "all" and (root / "train").is_dir():
         dirs = [d for s in SPLITS if (root / s).is_dir() for d in _class_dirs(root / s)]
     unknown = sorted({d.name for d in dirs} - set(classes))
-    if unknown:
+    if unknown and unknown_out is not None:
+        unknown_out += unknown
+        dirs = [d for d in dirs if d.name in classes]
+    elif unknown:
         raise PocketVisionError(f"{base}: class folder(s) {unknown} are not among the model's labels {classes}.")
     samples = [Sample(p, classes.index(d.name)) for d in dirs for p in _images(d)]
     if not samples:

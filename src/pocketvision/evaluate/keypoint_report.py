@@ -31,6 +31,11 @@ def render_keypoint_table(m: dict[str, Any], console=None) -> None:
     for k, fmt in (("nme", "{:.2%}"), ("nme_median", "{:.2%}"), ("mean_error_px", "{:.2f} px"),
                    ("pck@0.05", "{:.3f}"), ("pck@0.1", "{:.3f}"), ("failure_rate", "{:.2%}"), ("auc@0.1", "{:.3f}")):
         t.add_row(k, fmt.format(m[k]))
+    if pose := m.get("pose"):  # the val split's own shifted sets: its most rotated and least frontal fifths
+        t.add_row(f"NME, most rotated {pose['share']:.0%}", f"{pose['rotated']['nme']:.2%}")
+        t.add_row(f"NME, least frontal {pose['share']:.0%}", f"{pose['shape']['nme']:.2%}")
+        if pose["rest"]["nme"] is not None:
+            t.add_row("NME, the rest", f"{pose['rest']['nme']:.2%}")
     console.print(t)
     pt = Table(title="per point")
     for c in ("point", "NME", "px", "n"):

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PocketVisionError
+from .calibration import reliability, wilson_lower
 
 # Normalised (lower case, spaces/hyphens -> "_") spellings that mean "the thing is absent".
 _NEG_PREFIXES = ("not_", "non_", "no_")
@@ -83,8 +84,11 @@ def _curve(cols: dict[str, np.ndarray]) -> dict[str, list[float | None]]:
             for k, v in cols.items()}
 
 
-def _choose_threshold(is_pos: np.ndarray, s: np.ndarray, target: float) -> float | None:
+def _choose_threshold(is_pos: np.ndarray, s: np.ndarray, target: float, bound: bool = False) -> float | None:
     """The most accurate threshold whose precision(s >= t) is >= target, or None if none gets there.
+
+    ``bound``: the precision that must reach the target is its one-sided 95% Wilson lower bound, so a cut that
+    hits the target on a handful of positives (2 of 2 is "precision 1.0") does not count.
 
     "Smallest t that reaches the precision" maximises recall but can sit on the lowest-scored positive
     and cost accuracy everywhere else. Instead: every cut between two distinct scores is a candidate;
@@ -100,7 +104,7 @@ def _choose_threshold(is_pos: np.ndarray, s: np.ndarray, target: float) -> float
     n_said = np.searchsorted(-s_sorted, -hi, side="right")  # how many scores are >= hi
     tp = tp_cum[n_said - 1]
     fp = n_said - tp
-    precision = tp / n_said
+    precision = wilson_lower(tp, n_said) if bound else tp / n_said
     accuracy = (tp + (int((~is_pos).sum()) - fp)) / len(s)
     ok = np.nonzero(precision >= target)[0]
     if not len(ok):
@@ -115,7 +119,7 @@ def _choose_threshold(is_pos: np.ndarray, s: np.ndarray, target: float) -> float
 
 
 def _binary(y: np.ndarray, p: np.ndarray, labels: list[str], threshold: float | None,
-            target: float) -> dict[str, Any]:
+            target: float, bound: bool) -> dict[str, Any]:
     from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
     pos = positive_index(labels)
@@ -136,7 +140,7 @@ def _binary(y: np.ndarray, p: np.ndarray, labels: list[str], threshold: float | 
     if threshold is not None:
         t, source = float(threshold), "given"
     else:
-        chosen = _choose_threshold(is_pos, s, target)
+        chosen = _choose_threshold(is_pos, s, target, bound)
         t, source = (chosen, "target_precision") if chosen is not None else (0.5, "fallback")
     said_pos = s >= t
     tp, fp = int((said_pos & is_pos).sum()), int((said_pos & ~is_pos).sum())
@@ -149,6 +153,8 @@ def _binary(y: np.ndarray, p: np.ndarray, labels: list[str], threshold: float | 
         # Does the reported operating point meet target_precision on these labels?
         "threshold_reached": precision is not None and precision >= target,
         "threshold_precision": precision,
+        # what that precision can be trusted to be on more photos of this kind (one-sided 95%, Wilson)
+        "threshold_precision_lower95": float(wilson_lower(tp, tp + fp)) if tp + fp else None,
         "threshold_recall": _ratio(tp, n_pos),
         "threshold_fpr": _ratio(fp, n_neg),
         "threshold_accuracy": (tp + tn) / len(y),
@@ -157,12 +163,14 @@ def _binary(y: np.ndarray, p: np.ndarray, labels: list[str], threshold: float | 
 
 
 def classification_metrics(y_true: Any, probs: Any, labels: list[str], threshold: float | None = None,
-                           target_precision: float = 0.9) -> dict[str, Any]:
+                           target_precision: float = 0.9, bound: bool = False) -> dict[str, Any]:
     """Metrics for class indices ``y_true`` (N,) and softmax ``probs`` (N, C).
 
     Headline numbers use argmax predictions, unless a binary ``threshold`` is given, in which case
     ``p(positive) >= threshold`` decides. For binary tasks the operating point for
-    ``target_precision`` is chosen on these labels and reported separately (``threshold_*`` keys).
+    ``target_precision`` is chosen on these labels and reported separately (``threshold_*`` keys); with
+    ``bound`` the precision's 95% lower bound must reach the target, not the point estimate.
+    ``calibration``: expected calibration error and the reliability diagram's bins (top-label confidence).
     Undefined values (recall of a class absent from ``y_true``...) are ``None``.
     """
     y, p = _check(y_true, probs, labels)
@@ -197,9 +205,11 @@ def classification_metrics(y_true: Any, probs: Any, labels: list[str], threshold
         "per_class": per_class,
         # rows = true class, columns = predicted class, both in ``labels`` order
         "confusion_matrix": {"labels": list(labels), "matrix": cm.tolist()},
+        "calibration": reliability(p, y),
     }
+    out["ece"] = out["calibration"]["ece"]
     if binary:
-        out.update(_binary(y, p, labels, threshold, target_precision))
+        out.update(_binary(y, p, labels, threshold, target_precision, bound))
     return out
 
 

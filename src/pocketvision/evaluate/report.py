@@ -43,8 +43,9 @@ def _threshold_sentence(m: dict[str, Any]) -> str:
           f"accuracy {_fmt(m['threshold_accuracy'])}")
     pos, t, target = m["positive_label"], m["threshold"], m["target_precision"]
     if m["threshold_source"] == "fallback":
-        return (f"Target precision {target:.2f} is not reachable on this data; "
-                f"falling back to p({pos}) >= 0.5: {at}.")
+        sel = m.get("threshold_selection")
+        why = (f"not reachable with 95% confidence on {sel['images']}" if sel else "not reachable on this data")
+        return f"Target precision {target:.2f} is {why}; falling back to p({pos}) >= 0.5: {at}."
     how = "given" if m["threshold_source"] == "given" else f"chosen for precision >= {target:.2f}"
     return f'Say "{pos}" when p({pos}) >= {t:.4f} ({how}): {at}.'
 
@@ -53,6 +54,8 @@ def _headline(m: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("samples", _fmt(m["n"])), ("accuracy", _fmt(m["accuracy"])),
             ("balanced accuracy", _fmt(m["balanced_accuracy"])), ("macro F1", _fmt(m["macro_f1"])),
             ("log loss", _fmt(m["log_loss"]))]
+    if m.get("ece") is not None:
+        rows.append(("calibration error (ECE)", _fmt(m["ece"])))
     if m.get("task") == "binary":
         rows += [("ROC-AUC", _fmt(m["roc_auc"])), ("average precision", _fmt(m["average_precision"]))]
     return rows
@@ -123,6 +126,8 @@ def _plot_pngs(m: dict[str, Any]) -> dict[str, bytes]:
     ax.set_ylabel("true")
     ax.set_title("Confusion matrix")
     out["confusion_matrix"] = _png(fig)
+    if m.get("calibration", {}).get("bins"):
+        out["reliability"] = reliability_png(m["calibration"])
 
     if m.get("task") != "binary":
         return out
@@ -150,6 +155,24 @@ def _plot_pngs(m: dict[str, Any]) -> dict[str, bytes]:
         ax.legend(loc="lower left", fontsize=8)
         out["pr"] = _png(fig)
     return out
+
+
+def reliability_png(cal: dict[str, Any]) -> bytes:
+    """Reliability diagram: per confidence bin, how often the top label was right (the diagonal is perfect)."""
+    from matplotlib.figure import Figure
+    bins = cal["bins"]
+    fig = Figure(figsize=(4.5, 4.2))
+    ax = fig.add_subplot()
+    mids = [(b["lo"] + b["hi"]) / 2 for b in bins]
+    width = bins[0]["hi"] - bins[0]["lo"]
+    ax.bar(mids, [b["accuracy"] for b in bins], width=width * 0.9, color="#0969da", alpha=0.8, label="accuracy")
+    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", c="crimson", ms=3,
+            label="mean confidence")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+    ax.set(xlim=(0, 1.01), ylim=(0, 1.01), xlabel="confidence of the top label", ylabel="accuracy",
+           title=f"Reliability (ECE {cal['ece']:.3f})")
+    ax.legend(loc="upper left", fontsize=8)
+    return _png(fig)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -232,6 +255,20 @@ def _extra_html(extra: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _shift_html(shift: dict[str, Any]) -> str:
+    """``eval --compare-to-val``: the folder beside val, what moved, the verdict (same figures as the console)."""
+    def f(v, signed=False):
+        return "—" if v is None else escape(f"{v:+.3f}" if signed else f"{v:.3f}")
+    rows = "".join(f"<tr><td>{escape(r['figure'])}</td><td>{f(r['val'])}</td><td>{f(r['here'])}</td>"
+                   f"<td>{f(r['change'], True)}</td></tr>" for r in shift["rows"])
+    classes = "".join(f"<tr><td>{escape(c['label'])}</td><td>{f(c['val_recall'])}</td><td>{f(c['recall'])}</td>"
+                      f"<td>{f(c['change'], True)}</td></tr>" for c in shift["classes"])
+    return (f'<h2>Against val</h2><p class="note"><b>Verdict:</b> {escape(shift["verdict"])}</p>'
+            f"<table><tr><th></th><th>val</th><th>this folder</th><th>change</th></tr>{rows}</table>"
+            f"<h3>Recall per class</h3><table><tr><th>class</th><th>val</th><th>this folder</th><th>change</th>"
+            f"</tr>{classes}</table>")
+
+
 def write_report(out_dir: str | os.PathLike, metrics: dict[str, Any], y_true: Any, probs: Any,
                  labels: list[str], paths: list[Path], title: str, extra: dict[str, Any] | None = None) -> Path:
     """Write one self-contained ``report.html`` (no external resources) into ``out_dir``."""
@@ -252,6 +289,8 @@ def write_report(out_dir: str | os.PathLike, metrics: dict[str, Any], y_true: An
         f'<div class="card">{escape(k)}<b>{escape(v)}</b></div>' for k, v in _headline(metrics)) + "</div>")
     if sentence := _threshold_sentence(metrics):
         html.append(f'<p class="note">{escape(sentence)}</p>')
+    if shift := metrics.get("shift"):
+        html.append(_shift_html(shift))
 
     html.append("<h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>"
                 "<th>support</th></tr>")

@@ -74,6 +74,17 @@ class HeldOut:
     pixels: np.ndarray  # uint8 NHWC
     truth: Any  # the task's ground truth for ``quality`` (labels, points in model pixels, ...), or None
     paths: list[Path] = field(default_factory=list)
+    shifted: int = 0  # the last ``shifted`` images are a phone-photo corrupted twin of the others (evaluate/shift)
+
+    def with_shifted_twin(self, seed: int = 0) -> HeldOut:
+        """These images plus one phone-photo corruption of each, truth unchanged (for tasks whose truth a
+        corruption keeps): budgets and parity then hold off the val split, not only on it."""
+        from ..evaluate.shift import shifted_copy
+        if self.shifted or not len(self.pixels):
+            return self
+        twin, _ = shifted_copy(self.pixels, seed)
+        return HeldOut(np.concatenate([self.pixels, twin]), np.concatenate([self.truth, self.truth]),
+                       self.paths * 2, shifted=len(twin))
 
 
 @dataclass
@@ -203,6 +214,13 @@ class Task:
     detect_order: ClassVar[int] = 50  # auto detection asks lower numbers first
     fallback: ClassVar[bool] = False  # accepts any data: chosen by --task auto only when nothing more specific fits
     model_flag: ClassVar[str | None] = None  # a flag naming the model of `filter` (``--style BUNDLE``)
+    # Whether its truth survives the phone-photo corruptions of evaluate/shift.py (a class does; keypoints move
+    # under rotation): then compression budgets and parity are judged on held-out images and their shifted twin.
+    shift_keeps_truth: ClassVar[bool] = False
+    # (raw model output, torch.Generator) -> the summed negative log-likelihood of outputs drawn from the model's
+    # own predictive distribution: its squared gradient is the Fisher information that ranks layers for mixed-bit
+    # palettes (compress/palettize.fisher_sensitivity). None: no likelihood; layers are scanned one by one.
+    sampled_nll: ClassVar[Callable[..., Any] | None] = None
 
     # -- data ---------------------------------------------------------------------------------------
     def detect(self, data: str | os.PathLike) -> bool:

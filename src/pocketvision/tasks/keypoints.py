@@ -51,6 +51,8 @@ class KeypointOptions(Options):
 class KeypointEvalOptions(Options):
     exclude: str | set[str] | None = Field(None, description="leave out the images listed in this text file (e.g. "
                                            "suspect labels from `check --suspects-out`); Python: a set of names too")
+    flip_tta: bool = Field(False, description="test-time augmentation: average each photo's points with its mirror "
+                           "image's (mirrored back, left/right pairs swapped)")
 
 
 class KeypointCheckOptions(CheckOptionsBase):
@@ -437,7 +439,10 @@ class KeypointsTask(Task):
         if not kept:
             raise PocketVisionError(f"{data}: none of the {len(samples)} images could be read.")
         x = np.stack(pixels)
-        raw = np.concatenate([model.run_pixels(x[i:i + batch]) for i in range(0, len(x), batch)])
+        run = model.run_pixels
+        if options is not None and options.flip_tta:
+            run = flip_averaged(model.run_pixels, model_schema.flip_perm, contract.size[1])
+        raw = np.concatenate([run(x[i:i + batch]) for i in range(0, len(x), batch)])
         pred = points_to_source(raw, sizes, contract)
         gt = np.stack([samples[i].points for i in kept])
         m = keypoint_metrics(gt, pred, schema.names, meta.get("keypoints", {}).get("normalize"), np.array(sizes))
@@ -539,6 +544,17 @@ def _true_size(source, decoded: tuple[int, int]) -> tuple[int, int]:
         if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotated by 90 degrees
             w, h = h, w
     return w, h
+
+
+def flip_averaged(run, perm: np.ndarray, width: int):
+    """``run`` (uint8 NHWC -> (N, K, 3) points in model pixels) averaged with its mirror image's answer, mirrored
+    back (x -> width - x in continuous pixel coordinates) with the left/right pairs swapped back."""
+    def both(pixels: np.ndarray) -> np.ndarray:
+        a = np.asarray(run(pixels), np.float64)
+        b = np.asarray(run(np.ascontiguousarray(pixels[:, :, ::-1])), np.float64)[:, perm]
+        b[..., 0] = width - b[..., 0]
+        return ((a + b) / 2).astype(np.float32)
+    return both
 
 
 def labelled_keypoints(data: str | Path, split: str = "auto", flip_pairs=None):
