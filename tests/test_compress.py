@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 from pathlib import Path
@@ -60,6 +61,50 @@ def test_palettize_tensor_per_group_has_few_values():
     assert (grouped - w).abs().mean() < (layer - w).abs().mean()  # finer palettes fit better
 
 
+def test_channel_scaled_palettes_read_back_from_the_weights_alone():
+    """One shared table, one scale per output channel: the carriers recover both from the float weights."""
+    from pocketvision.compress.palette_codec import encode
+    torch.manual_seed(0)
+    w = torch.randn(64, 32, 3, 3) * (torch.rand(64, 1, 1, 1) * 3)  # channels of different ranges, as after BN folding
+    w[5] = 0  # a dead channel stays exactly zero and adds no table entry
+    for bits in (4, 8):
+        p = palettize_tensor(w, bits, channel_scale=True)
+        pal = encode(p.numpy())
+        assert pal is not None and pal.scale is not None and len(pal.lut) <= 2 ** bits
+        assert np.allclose(pal.scale, p.abs().reshape(64, -1).max(1).values.numpy())  # the scale is the largest |w|
+        assert np.abs(pal.dense(tuple(p.shape)) - p.numpy()).max() < 1e-5
+        assert float(p[5].abs().max()) == 0
+        # fitting channels at their own scale beats one table of raw values
+        assert (p - w).abs().mean() < (palettize_tensor(w, bits) - w).abs().mean()
+    assert encode(w.numpy()) is None  # continuous weights are not a palette
+    plain = palettize_tensor(w, 4)
+    assert encode(plain.numpy()).scale is None and len(encode(plain.numpy()).lut) <= 16
+
+
+def test_finetuned_channel_scaled_palettes_stay_readable():
+    """Fine-tuning moves the shared values but pins the +-1 ends, so each channel's scale survives."""
+    from torch import nn
+
+    from pocketvision.compress.palette_codec import encode
+    from pocketvision.compress.palettize import finetune_centroids
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 16, 3), nn.Flatten(),
+                            nn.LazyLinear(4)).eval()
+    teacher(torch.rand(1, 3, 16, 16))
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for m in (student[2], student[4]):
+            m.weight.copy_(palettize_tensor(m.weight, 4, channel_scale=True))
+    before = {i: encode(student[i].weight.detach().numpy()) for i in (2, 4)}
+    x = torch.rand(64, 3, 16, 16)
+    finetune_centroids(student, lambda step: (x[step % 2 * 32:][:32], None), 20, teacher, lr=1e-2)
+    for i in (2, 4):
+        after = encode(student[i].weight.detach().numpy())
+        assert after is not None and after.scale is not None and len(after.lut) <= 16
+        assert np.allclose(after.scale, before[i].scale)
+        assert not np.allclose(after.lut, before[i].lut)  # the table did move
+
+
 def test_fold_batchnorm_keeps_outputs_and_architecture():
     torch.manual_seed(0)
     m = build_model({"name": "deepdog", "args": {"alpha": 0.25, "num_classes": 2}}).eval()
@@ -95,6 +140,8 @@ def test_palettised_bundle_exports_small_and_exact(trained_bundle, tmp_path):
     assert res.verification["passed"] and res.verification["max_abs_diff"] < 1e-4
     graph = onnx.load(str(res.path)).graph
     assert any(n.op_type == "Gather" and n.input[0].endswith("__pal_lut") for n in graph.node)
+    assert small.meta["lineage"][-1]["channel_scale"]  # the default: one table, one scale per output channel
+    assert any(t.name.endswith("__pal_scale") for t in graph.initializer)
     gz = lambda p: len(gzip.compress(p.read_bytes()))  # noqa: E731
     four_bit = sum(1 for la in rep["layers"] if la["bits"] == 4)
     if four_bit == len(rep["layers"]):

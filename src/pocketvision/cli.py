@@ -300,6 +300,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
         small, rep = b.palettize(a.bits, a.data, max_drop=None if a.max_drop < 0 else a.max_drop,
                                  finetune_steps=a.finetune_steps, min_size=a.min_size,
                                  group_channels=a.group_channels, layer_bits=a.layer_bits,
+                                 channel_scale=False if a.no_channel_scale else None,
                                  sensitivity=a.sensitivity, log=log)
     out = Path(a.out or Path(a.bundle).with_name(Path(a.bundle).stem + f"-{'auto' if a.auto else a.bits}"
                                                  f"{'' if a.auto else 'bit'}.pvb"))
@@ -581,6 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "within --max-drop (written as a new bundle with its lineage)")
     s.add_argument("--min-size", type=int, default=1024, help="layers with fewer weights stay float")
     s.add_argument("--group-channels", type=int, default=0, help="one palette per N output channels (0: per layer)")
+    s.add_argument("--no-channel-scale", action="store_true", help="one palette of raw values per layer instead of "
+                   "one of values divided by each output channel's largest magnitude (the default)")
     s.add_argument("--sensitivity", choices=["fisher", "scan"], default="fisher",
                    help="how layers are ranked for 8 bits: fisher (one backward pass per batch for every layer, "
                    "HAWQ-style) or scan (palettise each layer alone and measure its accuracy change)")

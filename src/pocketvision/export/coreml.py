@@ -7,7 +7,9 @@ Core ML type (``OutputSpec.coreml``): ``ClassifierConfig`` (``classLabel`` and `
 MultiArray (keypoints) or an image (a stylised picture, RGB). Labels, contract and threshold are also in the
 user-defined metadata
 (``pocketvision.<key>``, JSON). A palettised bundle is stored palettised (``constexpr_lut_to_dense``
-ops, Core ML's native look-up tables); int8 is weight-only linear quantisation.
+ops, Core ML's native look-up tables; a channel-scaled palette as its table times a per-channel ``mul``,
+which iOS 16 runs — coremltools' own ``enable_per_channel_scale`` needs iOS 18 and takes the largest
+magnitude along one axis only); int8 is weight-only linear quantisation.
 
 Core ML runs only on Apple platforms: elsewhere ``inspect`` checks the package structurally and the
 result is reported as "not verified numerically on this platform". Reload on macOS with
@@ -93,12 +95,14 @@ def export_coreml(job: ExportJob) -> Path:
                             convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
                             compute_precision=ct.precision.FLOAT16 if job.precision == "fp16" else ct.precision.FLOAT32)
             from coremltools.optimize.coreml import (OpLinearQuantizerConfig, OpPalettizerConfig,
-                                                     OptimizationConfig, linear_quantize_weights,
-                                                     palettize_weights)
+                                                     OptimizationConfig, linear_quantize_weights)
             if job.palettised_bits:
-                # The weights already hold <= 2^bits distinct values: store them as Core ML look-up tables.
-                ml = palettize_weights(ml, OptimizationConfig(global_config=OpPalettizerConfig(
-                    mode="unique", weight_threshold=1024)))
+                # The weights already hold <= 2^bits distinct values (per channel after its scale): store them
+                # as Core ML look-up tables, in one rewrite so the scales are not folded back into dense weights.
+                from coremltools.models.utils import _apply_graph_pass
+                from coremltools.optimize.coreml._quantization_passes import palettize_weights as palettizer
+                ml = _apply_graph_pass(ml, [_channel_scales_pass(), palettizer(config=OptimizationConfig(
+                    global_config=OpPalettizerConfig(mode="unique", weight_threshold=1024)))])
             elif job.precision == "int8":
                 ml = linear_quantize_weights(ml, OptimizationConfig(global_config=OpLinearQuantizerConfig(
                     mode="linear_symmetric", weight_threshold=1024)))
@@ -116,6 +120,34 @@ def export_coreml(job: ExportJob) -> Path:
         ml.save(str(saved))
     saved.rename(job.out)
     return job.out
+
+
+def _channel_scales_pass():
+    """A MIL pass that rewrites each channel-scaled palette weight ``W`` as ``mul(U, scale)``, where ``U`` holds only
+    the shared table's values (which the palettiser then stores as a look-up table)."""
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
+
+    from ..compress.palette_codec import encode
+
+    class ChannelScales(AbstractGraphPass):
+        def apply(self, prog):
+            for f in prog.functions.values():
+                for op in list(f.operations):
+                    val = op.val.val if op.op_type == "const" else None
+                    if not isinstance(val, np.ndarray) or val.dtype != np.float32 or val.size < 1024:
+                        continue
+                    pal = encode(val)
+                    if pal is None or pal.scale is None:
+                        continue
+                    with f:
+                        unit = mb.const(val=pal.lut[pal.idx].reshape(val.shape), before_op=op, name=op.name + "_unit")
+                        w = mb.mul(x=unit, y=pal.scale.reshape((-1,) + (1,) * (val.ndim - 1)), before_op=op,
+                                   name=op.name + "_scaled")
+                    op.enclosing_block.replace_uses_of_var_after_op(anchor_op=op, old_var=op.outputs[0], new_var=w)
+                    f.remove_ops([op])
+    return ChannelScales()
 
 
 @register_target

@@ -1,8 +1,9 @@
 """Carry a palettised model into ONNX natively: packed indices + a look-up table per weight.
 
-A weight initializer with at most 2^8 distinct values is replaced by a small constant subgraph:
+A weight initializer made of a palette (at most 2^8 distinct values, or one shared table times a scale
+per output channel: ``compress.palette_codec``) is replaced by a small constant subgraph:
 
-    packed uint8 --BitwiseAnd/BitShift--> 4-bit indices --Cast--> Gather(lut) --Reshape--> weight
+    packed uint8 --BitwiseAnd/BitShift--> 4-bit indices --Cast--> Gather(lut) --Reshape--> [Mul(scale)] --> weight
 
 Every input is an initializer, so onnxruntime (native and web) folds the subgraph once when the
 session is created: inference runs the same float kernels at the same speed, while the file holds
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..compress.palette_codec import encode
+
 MIN_ELEMENTS = 1024  # below this the subgraph costs more than it saves
 
 
@@ -21,17 +24,18 @@ def _nodes_using(graph, name: str):
     return [n for n in graph.node if name in n.input]
 
 
-def pack(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, int] | None:
-    """-> (lut float32 [k], packed uint8, bits per index) or None when ``values`` has > 256 distinct values."""
-    lut, idx = np.unique(values.ravel(), return_inverse=True)
-    if len(lut) > 256:
+def pack(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, np.ndarray | None] | None:
+    """-> (lut float32 [k], packed uint8, bits per index, per-channel scale or None), or None when ``values`` is
+    not a palette."""
+    pal = encode(values)
+    if pal is None:
         return None
-    idx = idx.astype(np.uint8)
-    if len(lut) <= 16:
+    idx = pal.idx
+    if len(pal.lut) <= 16:
         if len(idx) % 2:
             idx = np.append(idx, np.uint8(0))
-        return lut.astype(np.float32), (idx[0::2] | (idx[1::2] << 4)).astype(np.uint8), 4
-    return lut.astype(np.float32), idx, 8
+        return pal.lut, (idx[0::2] | (idx[1::2] << 4)).astype(np.uint8), 4, pal.scale
+    return pal.lut, idx, 8, pal.scale
 
 
 def palettize_onnx(model, min_elements: int = MIN_ELEMENTS) -> tuple[object, int]:
@@ -56,7 +60,7 @@ def palettize_onnx(model, min_elements: int = MIN_ELEMENTS) -> tuple[object, int
         packed = pack(w)
         if packed is None:
             continue
-        lut, data, bits = packed
+        lut, data, bits, scale = packed
         p = f"{name}__pal"
         g.initializer.remove(t)
         g.initializer.extend([numpy_helper.from_array(lut, f"{p}_lut"), numpy_helper.from_array(data, f"{p}_idx"),
@@ -82,8 +86,12 @@ def palettize_onnx(model, min_elements: int = MIN_ELEMENTS) -> tuple[object, int
         new_nodes += [
             helper.make_node("Cast", [idx], [f"{p}_i32"], to=TensorProto.INT32),
             helper.make_node("Gather", [f"{p}_lut", f"{p}_i32"], [f"{p}_vals"], axis=0),
-            helper.make_node("Reshape", [f"{p}_vals", f"{p}_shape"], [name]),
+            helper.make_node("Reshape", [f"{p}_vals", f"{p}_shape"], [name if scale is None else f"{p}_unit"]),
         ]
+        if scale is not None:
+            g.initializer.append(numpy_helper.from_array(
+                scale.reshape((-1,) + (1,) * (w.ndim - 1)).astype(np.float32), f"{p}_scale"))
+            new_nodes.append(helper.make_node("Mul", [f"{p}_unit", f"{p}_scale"], [name]))
         done += 1
     if new_nodes:
         # Constant subgraphs first: nodes must stay topologically sorted.
