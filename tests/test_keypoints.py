@@ -122,6 +122,23 @@ def test_check_reports_visibility_outside_points_and_preview(faces5, tmp_path):
     assert len(high) > 200 and all("net_7876" in x["image"] for x in high)
 
 
+def test_exclude_list_paths_work_from_anywhere_and_a_list_that_matches_nothing_is_an_error(faces_small, tmp_path,
+                                                                                          monkeypatch):
+    """`check` writes paths relative to where it ran; training elsewhere (or on an absolute data path) must still
+    leave those images out, and a list naming none of the data set's images must not pass as a silent no-op."""
+    import os
+    from pocketvision.data.keypoints import read_exclude
+    val = load_keypoints(faces_small).val
+    monkeypatch.chdir(faces_small.parent)
+    (tmp_path / "sus.txt").write_text("\n".join(os.path.relpath(s.path) for s in val[:5]))
+    monkeypatch.chdir(tmp_path)  # run from another folder: the relative paths no longer resolve here
+    ks = load_keypoints(faces_small.resolve(), exclude=read_exclude(tmp_path / "sus.txt"))
+    assert len(ks.excluded) == 5 and len(ks.val) == len(val) - 5
+    (tmp_path / "none.txt").write_text("not_in_this_set.jpg\nother/missing.png\n")
+    with pytest.raises(PocketVisionError, match="none of the exclude list"):
+        load_keypoints(faces_small, exclude=read_exclude(tmp_path / "none.txt"))
+
+
 def test_suspect_labels_flag_a_shifted_annotation(tmp_path):
     from pocketvision.data.keypoints import KpSample
     from pocketvision.data.kp_check import suspect_labels

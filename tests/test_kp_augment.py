@@ -13,7 +13,7 @@ from pocketvision.data.kp_augment import (KeypointAugmentConfig, KeypointAugment
                                           transform_points, warp_image)
 from pocketvision.errors import PocketVisionError
 
-GEOMETRY = KeypointAugmentConfig(brightness=0, contrast=0, saturation=0, hue=0, grayscale=0, rotate=35,
+GEOMETRY = KeypointAugmentConfig(brightness=0, contrast=0, saturation=0, hue=0, grayscale=0, occlude=0, rotate=35,
                                  scale=(0.75, 1.25), translate=0.1, perspective=0.05, hflip=0.5)
 PERM = np.array([1, 0, 2])  # points 0 and 1 are a flip pair (left/right eye), 2 is the nose
 
@@ -77,3 +77,38 @@ def test_points_leaving_the_frame_become_invisible():
 def test_unknown_augment_option_is_an_error():
     with pytest.raises(PocketVisionError, match="unknown option"):
         KeypointAugmentConfig(hflp=0.5)
+    with pytest.raises(PocketVisionError, match="rotate"):
+        KeypointAugmentConfig(rotate=200)
+
+
+def test_occlusion_hides_a_patch_and_keeps_every_label():
+    """A hidden eye is still an eye: the pixels under the patch change, the points and visibilities do not."""
+    cfg = KeypointAugmentConfig(brightness=0, contrast=0, saturation=0, hue=0, grayscale=0, rotate=0, scale=(1, 1),
+                                translate=0, perspective=0, hflip=0, occlude=1.0)
+    contract = Contract(size=(64, 64), resize="squash")
+    img = Image.fromarray(np.full((64, 64, 3), 200, np.uint8))
+    pts = np.array([[20, 20, 2], [44, 20, 2], [32, 40, 1]], np.float32)
+    plain = KeypointAugmenter(cfg.model_copy(update={"occlude": 0.0}), contract, PERM)(img, pts, 0)
+    hidden_px, hidden_pts = KeypointAugmenter(cfg, contract, PERM)(img, pts, 0)
+    np.testing.assert_array_equal(hidden_pts, plain[1])
+    changed = np.any(hidden_px != plain[0], axis=2)
+    ys, xs = np.nonzero(changed)
+    assert changed.sum() > 0.01 * 64 * 64 and changed.sum() <= 0.4 * 0.4 * 64 * 64 + 1
+    assert changed[ys.min():ys.max() + 1, xs.min():xs.max() + 1].mean() > 0.9  # one rectangle
+
+
+def test_rotation_range_is_sized_from_the_labels_roll():
+    from pocketvision.data.kp_augment import AUTO_ROTATE_RANGE, rotation_for
+    rng = np.random.default_rng(0)
+    face = np.array([[-1, -1], [1, -1], [0, 0], [-0.8, 1], [0.8, 1]], np.float64) * 10 + 40
+
+    def tilted(max_deg: float) -> np.ndarray:
+        out = []
+        for a in np.radians(rng.uniform(-max_deg, max_deg, 400)):
+            r = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+            out.append(np.c_[(face - 40) @ r.T + 40, np.full(5, 2.0)])
+        return np.stack(out)
+    upright, tilted_set = rotation_for(tilted(2)), rotation_for(tilted(25))
+    assert upright == AUTO_ROTATE_RANGE[0]  # upright faces: the floor
+    assert 30 <= tilted_set <= AUTO_ROTATE_RANGE[1]  # ~1.5 x their 99th percentile of roll (~25 degrees)
+    assert KeypointAugmentConfig().rotate == "auto"

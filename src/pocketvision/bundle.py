@@ -3,7 +3,9 @@
 On disk a bundle is a zip (``hotdog.pvb``) or a folder holding ``bundle.json`` and
 ``weights.safetensors``. Weights are never pickled, so loading a stranger's bundle cannot run code;
 ``bundle.json`` records the SHA-256 of the weights so a tampered or truncated file is caught before
-any tensor is used.
+any tensor is used. A bundle from elsewhere is hostile until checked: each member's size is capped before
+it is read (the way TUF caps metadata sizes), a zip may hold only the two members, and every parse error
+is a one-line ``BundleError``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ from .errors import BundleError
 SCHEMA_VERSION = 1
 FORMAT = "pocketvision-bundle"
 META_NAME, WEIGHTS_NAME = "bundle.json", "weights.safetensors"
+# Caps checked before a byte is read. A real bundle.json is 5-100 KB (training history included); weights of the
+# models this tool makes are < 100 MB. A 1.5 GB bundle.json of spaces (a few MB zipped) used to cost 33 s and
+# 4.8 GB of memory before failing.
+MAX_META_BYTES = 8 * 2**20
+MAX_WEIGHTS_BYTES = 2 * 2**30
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -127,28 +134,78 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+# The type of every field code reads without looking first (bundle.json comes from elsewhere).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "task": (str,), "arch": (dict,), "labels": (list,), "contract": (dict,), "threshold": (dict, type(None)),
+    "metrics": (dict,), "train_config": (dict,), "data": (dict,), "lineage": (list,), "history": (list, dict),
+    "recipe": (dict, type(None)),
+}
+
+
+def check_fields(meta: dict[str, Any], where: str) -> None:
+    """One-line error for a bundle.json whose fields have the wrong types (a list where a name belongs...)."""
+    for key, types in _FIELD_TYPES.items():
+        if key in meta and not isinstance(meta[key], types):
+            raise BundleError(f"{where}: '{key}' should be {' or '.join(t.__name__ for t in types)}, "
+                              f"not {type(meta[key]).__name__}.")
+    arch = meta.get("arch", {})
+    if not isinstance(arch.get("name"), str) or not isinstance(arch.get("args", {}), dict):
+        raise BundleError(f"{where}: 'arch' needs a 'name' (text) and 'args' (an object).")
+    if not all(isinstance(x, str) for x in meta.get("labels", [])) or not meta.get("labels"):
+        raise BundleError(f"{where}: 'labels' should be a non-empty list of names.")
+    if not all(isinstance(x, dict) for x in meta.get("lineage", [])):
+        raise BundleError(f"{where}: 'lineage' should be a list of objects.")
+
+
+def parse_json(raw: bytes | str, where: str, error: type[Exception]) -> Any:
+    """JSON from an untrusted source -> the value, or one ``error`` naming ``where`` (invalid text or encoding, or
+    nesting so deep that the parser gives up: a RecursionError, raised quickly and with little memory)."""
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise error(f"{where} is not valid JSON ({str(e)[:200]}).") from None
+
+
 def read(path: str | Path) -> BundleData:
     """Read and validate a bundle. Every failure is a one-line BundleError naming the file."""
     path = Path(path)
     if not path.exists():
         raise BundleError(f"{path}: bundle not found. Train one with `pocketvision train DATA --out {path.name}`.")
+    caps = {META_NAME: MAX_META_BYTES, WEIGHTS_NAME: MAX_WEIGHTS_BYTES}
+
+    def too_big(name: str, size: int) -> BundleError:
+        return BundleError(f"{path}: {name} is {size:,} bytes, over this reader's cap of {caps[name]:,}; not a bundle "
+                           "pocketvision wrote (refused before reading it).")
     try:
         if path.is_dir():
+            for name in caps:
+                size = (path / name).stat().st_size
+                if size > caps[name]:
+                    raise too_big(name, size)
             meta_bytes = (path / META_NAME).read_bytes()
             weights = (path / WEIGHTS_NAME).read_bytes()
         else:
             with zipfile.ZipFile(path) as z:
+                infos = z.infolist()
+                extra = sorted({i.filename for i in infos} - set(caps))
+                if extra or len(infos) != len({i.filename for i in infos}):
+                    raise BundleError(f"{path}: unexpected member(s) {extra[:5] or 'repeated names'}; a bundle holds "
+                                      f"only {META_NAME} and {WEIGHTS_NAME}.")
+                for i in infos:
+                    if i.file_size > caps[i.filename]:
+                        raise too_big(i.filename, i.file_size)
+                # zipfile stops decompressing at the declared size, so the caps hold even if the sizes lie
                 meta_bytes, weights = z.read(META_NAME), z.read(WEIGHTS_NAME)
+    except BundleError:
+        raise
     except FileNotFoundError as e:
         raise BundleError(f"{path}: not a complete bundle (missing {Path(e.filename).name}).") from None
     except KeyError as e:
         raise BundleError(f"{path}: not a complete bundle (missing {e.args[0]}).") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise BundleError(f"{path}: corrupt or truncated bundle ({e}). Re-export or re-download it.") from None
-    try:
-        meta = json.loads(meta_bytes)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{path}: {META_NAME} is not valid JSON ({e}).") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, EOFError, ValueError,
+            RuntimeError) as e:  # RuntimeError: an encrypted member; NotImplementedError: an unknown compression
+        raise BundleError(f"{path}: corrupt or truncated bundle ({str(e)[:200]}). Re-export or re-download it.") from None
+    meta = parse_json(meta_bytes, f"{path}: {META_NAME}", BundleError)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BundleError(f"{path}: not a pocketvision bundle (bundle.json has no format={FORMAT!r}).")
     schema = meta.get("schema")
@@ -164,6 +221,7 @@ def read(path: str | Path) -> BundleData:
     for key in ("task", "arch", "labels", "contract"):
         if key not in meta:
             raise BundleError(f"{path}: bundle.json is missing '{key}'.")
+    check_fields(meta, f"{path}: bundle.json")
     try:
         Contract.from_dict(meta["contract"])
     except Exception as e:  # noqa: BLE001 - any contract problem is a bundle problem

@@ -25,7 +25,7 @@ from .contract import Contract
 from .errors import BundleError, PocketVisionError
 from .tasks import Task, get_task
 from .tasks.base import HeldOut, evaluate_model, split_sources, task_of
-from .weights import load_weights, state_bytes
+from .weights import build_for_weights, load_weights, state_bytes
 
 
 @dataclass
@@ -73,7 +73,7 @@ class Bundle:
             if arch.get("name") == "custom":
                 raise BundleError(f"{path}: was trained with a custom torch.nn.Module ({arch.get('class')}); "
                                   "pass it: pocketvision.load(path, model=MyModel()).")
-            model = task_of(data.meta, path).build_model(arch, data.contract)
+            model = build_for_weights(task_of(data.meta, path), arch, data.contract, data.weights, str(path))
         return cls(data.meta, load_weights(model, data.weights, str(path), arch), Path(path))
 
     def save(self, path: str | Path) -> Path:

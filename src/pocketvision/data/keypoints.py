@@ -381,12 +381,22 @@ def read_exclude(path: str | Path | None) -> set[str]:
     p = Path(path)
     if not p.exists():
         raise PocketVisionError(f"{p}: exclude list not found.")
-    return {ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")}
+    names = {ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")}
+    # `check` writes paths relative to where it ran: resolve them against the working directory or the list's own
+    # folder, and where neither finds the file (run from elsewhere), fall back to its file name.
+    resolved = set()
+    for n in names:
+        q = Path(n)
+        if not q.is_absolute():
+            q = q if q.exists() or not (p.parent / q).exists() else p.parent / q
+        resolved.add(str(q.resolve()) if q.exists() else q.name)
+    return names | resolved
 
 
 def drop_images(samples: list[KpSample], exclude: set[str]) -> list[KpSample]:
-    """``samples`` without the images named in ``exclude`` (by file name or full path)."""
-    return [s for s in samples if s.path.name not in exclude and str(s.path) not in exclude]
+    """``samples`` without the images named in ``exclude`` (by file name, path as given, or resolved path)."""
+    return [s for s in samples
+            if s.path.name not in exclude and str(s.path) not in exclude and str(s.path.resolve()) not in exclude]
 
 
 def load_keypoints(path: str | Path, *, val_fraction: float = 0.1, seed: int = 0,
@@ -399,6 +409,9 @@ def load_keypoints(path: str | Path, *, val_fraction: float = 0.1, seed: int = 0
         ks.train, ks.val = drop_images(ks.train, exclude), drop_images(ks.val, exclude)
         kept = {s.path for s in ks.train + ks.val}
         ks.excluded = sorted(s.path.name for s in before if s.path not in kept)
+        if not ks.excluded:
+            raise PocketVisionError(f"{path}: none of the exclude list's entries names an image of this data set "
+                                    "(list file names, or paths relative to where you run or to the list).")
         ks.notes.append(f"{len(ks.excluded)} images left out by the exclude list")
         if not ks.train or not ks.val:
             raise PocketVisionError(f"{path}: the exclude list leaves no {'train' if not ks.train else 'val'} images.")

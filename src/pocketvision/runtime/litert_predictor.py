@@ -5,7 +5,6 @@ Labels, contract and threshold come from the file's own ``pocketvision.*`` metad
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import numpy as np
 from ..errors import PocketVisionError
 from ..export.base import META_PREFIX
 from ..quiet import silence_fd2
-from .predictor import Predictor
+from .predictor import Predictor, parse_metadata
 
 
 def read_metadata(data: bytes) -> dict[str, Any]:
@@ -28,8 +27,8 @@ def read_metadata(data: bytes) -> dict[str, Any]:
             continue
         buf = m.Buffers(md.Buffer())
         raw = buf.DataAsNumpy().tobytes() if buf.DataLength() else data[buf.Offset():buf.Offset() + buf.Size()]
-        out[name[len(META_PREFIX):]] = json.loads(raw)
-    return out
+        out[name] = raw
+    return parse_metadata(out, "LiteRT metadata")
 
 
 class LiteRTPredictor(Predictor):

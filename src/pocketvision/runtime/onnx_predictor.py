@@ -6,14 +6,12 @@ Everything needed (task, labels, preprocessing contract, threshold) is read from
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import PocketVisionError
-from ..export.base import META_PREFIX
-from .predictor import Predictor
+from .predictor import Predictor, parse_metadata
 
 
 def _ort():
@@ -40,7 +38,7 @@ class OnnxPredictor(Predictor):
         except Exception as e:  # noqa: BLE001 - onnxruntime raises several types for bad files
             raise PocketVisionError(f"{self.path}: onnxruntime cannot load this model ({str(e).splitlines()[0]}).") from None
         meta = self.session.get_modelmeta().custom_metadata_map
-        self._read_meta({k[len(META_PREFIX):]: json.loads(v) for k, v in meta.items() if k.startswith(META_PREFIX)})
+        self._read_meta(parse_metadata(meta, self.path))
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         hw = inp.shape[1:3]

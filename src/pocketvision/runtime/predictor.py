@@ -19,6 +19,19 @@ from ..contract import Contract
 from ..errors import PocketVisionError
 
 
+def parse_metadata(entries: dict[str, Any], where: Any) -> dict[str, Any]:
+    """A model file's ``pocketvision.*`` entries (JSON text) -> {key: value}, from a file that is hostile until
+    checked: the entries together are capped at the bundle's metadata cap, and a parse error is one line."""
+    from ..bundle import MAX_META_BYTES, parse_json
+    from ..export.base import META_PREFIX
+    ours = {k[len(META_PREFIX):]: v for k, v in entries.items() if k.startswith(META_PREFIX)}
+    size = sum(len(v) for v in ours.values())
+    if size > MAX_META_BYTES:
+        raise PocketVisionError(f"{where}: {size:,} bytes of pocketvision metadata, over the cap of "
+                                f"{MAX_META_BYTES:,}; not a file pocketvision wrote.")
+    return {k: parse_json(v, f"{where}: metadata {k!r}", PocketVisionError) for k, v in ours.items()}
+
+
 class Predictor:
     path: Path
     meta: dict[str, Any]
@@ -28,6 +41,16 @@ class Predictor:
         if "contract" not in meta or "labels" not in meta or "task" not in meta:
             raise PocketVisionError(f"{self.path}: no pocketvision metadata (task, contract, labels); "
                                     "export it with `pocketvision export`.")
+        # The file came from elsewhere: its metadata is checked before anything acts on it.
+        if not isinstance(meta["labels"], list) or not all(isinstance(x, str) for x in meta["labels"]):
+            raise PocketVisionError(f"{self.path}: metadata 'labels' is not a list of names.")
+        if not isinstance(meta["task"], str):
+            raise PocketVisionError(f"{self.path}: metadata 'task' is not a task name.")
+        try:
+            Contract.from_dict(meta["contract"])
+        except Exception as e:  # noqa: BLE001 - any contract problem is a metadata problem
+            raise PocketVisionError(f"{self.path}: invalid preprocessing contract in the metadata "
+                                    f"({str(e).splitlines()[0][:200]}).") from None
         self.meta = meta
 
     @property

@@ -233,7 +233,14 @@ class KeypointRun(TaskRun):
         console.print(f"decoded {len(train_s) + len(val_s)} images in {time.perf_counter() - t0:.1f}s "
                       f"(RAM cache, {workers} workers)")
         self.problems = problems
-        augmenter = KeypointAugmenter(cfg.augment, contract, schema.flip_perm)
+        augment = dict(cfg.augment or {})
+        if augment.get("enabled", True) and augment.get("rotate", "auto") == "auto":
+            from ..data.kp_augment import rotation_for
+            augment["rotate"] = rotation_for(np.stack([s.points for s in train_s]))
+            console.print(f"augment: rotation +-{augment['rotate']:.0f} degrees (1.5x the 99th percentile of the "
+                          "training labels' roll; --augment rotate=N to choose)")
+        self.augment = augment
+        augmenter = KeypointAugmenter(augment, contract, schema.flip_perm)
         self.train_ds = _dataset([d[0] for d in train_d], [d[1] for d in train_d], contract, augmenter, cfg.seed)
         val_ds = _dataset([d[0] for d in val_d], [d[1] for d in val_d], contract, None, cfg.seed)
         self.val_s, self.val_sizes = val_s, [d[2] for d in val_d]
@@ -300,7 +307,8 @@ class KeypointRun(TaskRun):
             "data": {"root": str(Path(self.data).resolve()), "fingerprint": ds.fingerprint(),
                      "explicit_splits": ds.explicit, "counts": {"train": len(ds.train), "val": len(ds.val)},
                      "excluded": ds.excluded, "val_fraction": self.cfg.val_fraction, "seed": self.cfg.seed,
-                     "skipped": self.problems}}
+                     "skipped": self.problems},
+            "augment": self.augment}  # as trained: "auto" fields resolved from the data
         if run_dir is not None:
             from ..evaluate.keypoint_report import write_keypoint_report
             out["report"] = str(write_keypoint_report(
