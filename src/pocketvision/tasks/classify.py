@@ -731,7 +731,8 @@ class ClassifyTask(Task):
         compare = options is not None and options.compare_to_val
         unknown: list[str] = []
         samples, used = labelled_samples(data, labels, split, unknown_out=unknown if compare else None)
-        val = model.meta.get("val") or (val_summary(model.meta["metrics"]) if model.meta.get("metrics") else {})
+        val = (model.meta.get("val") or (val_summary(model.meta["metrics"]) if model.meta.get("metrics") else {})
+               if compare else {})
         if compare and not val:
             raise PocketVisionError(f"{getattr(model, 'path', None) or 'model'}: carries no val figures to compare "
                                     "against (an export made before they were recorded); re-export it, or pass "
