@@ -111,4 +111,4 @@ def test_rotation_range_is_sized_from_the_labels_roll():
     upright, tilted_set = rotation_for(tilted(2)), rotation_for(tilted(25))
     assert upright == AUTO_ROTATE_RANGE[0]  # upright faces: the floor
     assert 30 <= tilted_set <= AUTO_ROTATE_RANGE[1]  # ~1.5 x their 99th percentile of roll (~25 degrees)
-    assert KeypointAugmentConfig().rotate == "auto"
+    assert KeypointAugmentConfig(rotate="auto").rotate == "auto" and KeypointAugmentConfig().rotate == 15

@@ -234,7 +234,7 @@ class KeypointRun(TaskRun):
                       f"(RAM cache, {workers} workers)")
         self.problems = problems
         augment = dict(cfg.augment or {})
-        if augment.get("enabled", True) and augment.get("rotate", "auto") == "auto":
+        if augment.get("enabled", True) and augment.get("rotate") == "auto":
             from ..data.kp_augment import rotation_for
             augment["rotate"] = rotation_for(np.stack([s.points for s in train_s]))
             console.print(f"augment: rotation +-{augment['rotate']:.0f} degrees (1.5x the 99th percentile of the "
