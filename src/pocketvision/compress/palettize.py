@@ -285,7 +285,7 @@ def palettize(model: nn.Module, cfg: PaletteConfig, evaluate: EvalFn | None = No
     (e.g. centroid fine-tuning, the expensive part: ~100 s for Lite0 on 2 cores), which then runs once on the
     chosen mix; its result is kept only if it is not worse. Each search step costs one evaluation (the palettes of
     each layer are clustered once), so the whole allocation is log2(layers) evaluations and one fine-tune, not
-    log2(layers) fine-tunes. Searching unrefined errs towards more 8-bit layers, never out of budget.
+    log2(layers) fine-tunes. Searching unrefined errs towards more 8-bit layers (larger, never less accurate).
     ``refine_if_over``: fine-tune only when the chosen mix still misses the budget (Lite0: the search alone lands
     within it, and 29 fine-tuning steps cost 2.5 of the 5 minutes without changing the result). ``base_accuracy``:
     the float model's, when the caller has measured it already."""
