@@ -143,18 +143,24 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
 
 
 def check_fields(meta: dict[str, Any], where: str) -> None:
-    """One-line error for a bundle.json whose fields have the wrong types (a list where a name belongs...)."""
+    """One-line error for metadata (a bundle.json, or an exported file's) whose fields have the wrong types (a list
+    where a name belongs...) or whose preprocessing contract is invalid."""
     for key, types in _FIELD_TYPES.items():
         if key in meta and not isinstance(meta[key], types):
             raise BundleError(f"{where}: '{key}' should be {' or '.join(t.__name__ for t in types)}, "
                               f"not {type(meta[key]).__name__}.")
-    arch = meta.get("arch", {})
-    if not isinstance(arch.get("name"), str) or not isinstance(arch.get("args", {}), dict):
+    arch = meta.get("arch")
+    if arch is not None and (not isinstance(arch.get("name"), str) or not isinstance(arch.get("args", {}), dict)):
         raise BundleError(f"{where}: 'arch' needs a 'name' (text) and 'args' (an object).")
     if not all(isinstance(x, str) for x in meta.get("labels", [])) or not meta.get("labels"):
         raise BundleError(f"{where}: 'labels' should be a non-empty list of names.")
     if not all(isinstance(x, dict) for x in meta.get("lineage", [])):
         raise BundleError(f"{where}: 'lineage' should be a list of objects.")
+    if "contract" in meta:
+        try:
+            Contract.from_dict(meta["contract"])
+        except Exception as e:  # noqa: BLE001 - any contract problem is a metadata problem
+            raise BundleError(f"{where}: invalid preprocessing contract ({str(e).splitlines()[0][:200]}).") from None
 
 
 def parse_json(raw: bytes | str, where: str, error: type[Exception]) -> Any:
@@ -222,8 +228,4 @@ def read(path: str | Path) -> BundleData:
         if key not in meta:
             raise BundleError(f"{path}: bundle.json is missing '{key}'.")
     check_fields(meta, f"{path}: bundle.json")
-    try:
-        Contract.from_dict(meta["contract"])
-    except Exception as e:  # noqa: BLE001 - any contract problem is a bundle problem
-        raise BundleError(f"{path}: invalid preprocessing contract in bundle.json ({e}).") from None
     return BundleData(meta=meta, weights=weights, source=path)

@@ -41,16 +41,9 @@ class Predictor:
         if "contract" not in meta or "labels" not in meta or "task" not in meta:
             raise PocketVisionError(f"{self.path}: no pocketvision metadata (task, contract, labels); "
                                     "export it with `pocketvision export`.")
-        # The file came from elsewhere: its metadata is checked before anything acts on it.
-        if not isinstance(meta["labels"], list) or not all(isinstance(x, str) for x in meta["labels"]):
-            raise PocketVisionError(f"{self.path}: metadata 'labels' is not a list of names.")
-        if not isinstance(meta["task"], str):
-            raise PocketVisionError(f"{self.path}: metadata 'task' is not a task name.")
-        try:
-            Contract.from_dict(meta["contract"])
-        except Exception as e:  # noqa: BLE001 - any contract problem is a metadata problem
-            raise PocketVisionError(f"{self.path}: invalid preprocessing contract in the metadata "
-                                    f"({str(e).splitlines()[0][:200]}).") from None
+        # The file came from elsewhere: its metadata is checked (as a bundle.json is) before anything acts on it.
+        from ..bundle import check_fields
+        check_fields(meta, f"{self.path}: metadata")
         self.meta = meta
 
     @property
