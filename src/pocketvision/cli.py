@@ -676,6 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="pv-demo", help="folder for the data, bundle, exports and report")
     s.add_argument("--epochs", type=int, default=15, help="training epochs")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    from .cli_ota import add_verbs
+    add_verbs(verb)
     for t in all_tasks():  # verbs a task adds (`pocketvision stylize`)
         for c in t.commands():
             s = verb(c.name, c.help, _command(c))

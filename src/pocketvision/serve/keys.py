@@ -1,0 +1,87 @@
+"""Signing keys of the update repository: Ed25519, one folder, one file per key, grouped by TUF role.
+
+Layout of ``KEYS_DIR``: ``<role>-<keyid[:12]>.pem`` (PKCS#8, mode 0600). The root keys sign only root
+metadata and can be moved offline after ``keys new`` (the server signs with the three online roles;
+``keys rotate`` needs the root keys back). Separating roles is what makes a stolen timestamp key unable to
+ship a model: TUF checks each role's signature against the keys root names for that role.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from securesystemslib.signer import CryptoSigner, SSlibKey
+
+from ..errors import PocketVisionError
+
+ROLES = ("root", "targets", "snapshot", "timestamp")
+ONLINE_ROLES = ("targets", "snapshot", "timestamp")
+
+
+@dataclass
+class Key:
+    role: str
+    path: Path
+    signer: CryptoSigner
+
+    @property
+    def public(self) -> SSlibKey:
+        return self.signer.public_key
+
+    @property
+    def keyid(self) -> str:
+        return self.signer.public_key.keyid
+
+
+def generate(keys_dir: Path, role: str) -> Key:
+    """A new Ed25519 key for ``role``, written atomically with owner-only permissions."""
+    if role not in ROLES:
+        raise PocketVisionError(f"Unknown key role {role!r}; roles: {', '.join(ROLES)}.")
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    private = Ed25519PrivateKey.generate()
+    signer = CryptoSigner(private)
+    path = keys_dir / f"{role}-{signer.public_key.keyid[:12]}.pem"
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    tmp = path.with_suffix(".pem.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    os.replace(tmp, path)
+    return Key(role, path, signer)
+
+
+def read_key(path: Path) -> Key:
+    role = path.name.split("-", 1)[0]
+    if role not in ROLES:
+        raise PocketVisionError(f"{path}: not a key file of this tool (name must start with a role: "
+                                f"{', '.join(ROLES)}).")
+    try:
+        private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as e:
+        raise PocketVisionError(f"{path}: not an unencrypted PEM private key ({e}).") from None
+    if not isinstance(private, Ed25519PrivateKey):
+        raise PocketVisionError(f"{path}: not an Ed25519 key; create keys with `pocketvision keys new`.")
+    return Key(role, path, CryptoSigner(private))
+
+
+def load_keys(keys_dir: Path) -> dict[str, list[Key]]:
+    """Every key in ``keys_dir`` by role (roles with no key file map to [])."""
+    out: dict[str, list[Key]] = {r: [] for r in ROLES}
+    if keys_dir.is_dir():
+        for p in sorted(keys_dir.glob("*.pem")):
+            k = read_key(p)
+            out[k.role].append(k)
+    return out
+
+
+def retire(key: Key) -> Path:
+    """Move a rotated-out key aside (kept, not deleted: the operator decides when to destroy it)."""
+    dest = key.path.parent / "retired" / key.path.name
+    dest.parent.mkdir(exist_ok=True)
+    os.replace(key.path, dest)
+    return dest

@@ -1,0 +1,122 @@
+"""`pocketvision publish`: export a bundle (or take its exports), refuse anything that did not pass verify,
+record the smoke outputs devices will check, upload, and ask the server to sign the new version.
+
+The smoke file holds a few held-out photos as the exact uint8 pixels the graph takes, and each artifact's
+outputs on them computed in that artifact's own runtime here. A device runs the downloaded file on the same
+pixels and must get the same outputs (the task's parity check) before it swaps the model in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import urllib3
+
+from ..errors import PocketVisionError
+from .plans import Conditions
+
+SMOKE_IMAGES = 4
+
+
+class Client:
+    """The admin side of the registry's HTTP API."""
+
+    def __init__(self, server: str, token: str | None):
+        if not token:
+            raise PocketVisionError("an admin token is needed: pass --token or set POCKETVISION_TOKEN "
+                                    "(`pocketvision tokens new --role admin` makes one).")
+        self.server = server.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.http = urllib3.PoolManager(retries=urllib3.Retry(total=3, backoff_factor=0.5, allowed_methods=None,
+                                                              status_forcelist=()))
+
+    def call(self, method: str, path: str, body: Any = None, raw: Any = None) -> dict[str, Any]:
+        headers = dict(self.headers)
+        if raw is not None:
+            headers["Content-Type"] = "application/octet-stream"
+            data = raw
+        elif body is not None:
+            headers["Content-Type"] = "application/json"
+            data = json.dumps(body, default=str).encode()
+        else:
+            data = None
+        try:
+            r = self.http.request(method, self.server + path, body=data, headers=headers,
+                                  timeout=urllib3.Timeout(connect=10, read=600))
+        except urllib3.exceptions.HTTPError as e:
+            raise PocketVisionError(f"{self.server}: cannot reach the registry ({e}).") from None
+        try:
+            out = json.loads(r.data or b"{}")
+        except ValueError:
+            out = {"detail": r.data[:200].decode(errors="replace")}
+        if r.status >= 400:
+            detail = out.get("detail") if isinstance(out, dict) else out
+            raise PocketVisionError(f"{self.server}{path}: HTTP {r.status}: {detail}")
+        return out
+
+    def upload(self, path: Path) -> dict[str, Any]:
+        with open(path, "rb") as f:
+            return self.call("POST", "/v1/uploads", raw=f)
+
+
+def smoke_record(files: dict[str, Path], pixels) -> dict[str, Any]:
+    """Each artifact's outputs on ``pixels``, computed in its own runtime (the file the device will run)."""
+    from ..client import array_b64
+    from ..runtime.artifact import open_predictor
+    outputs = {}
+    for kind, path in files.items():
+        with open_predictor(path) as p:
+            outputs[kind] = array_b64(p.run_pixels(pixels))
+    return {"inputs": array_b64(pixels), "outputs": outputs}
+
+
+def publish(bundle: str | os.PathLike, server: str, token: str | None, name: str, targets: list[str],
+            channel: str | None = None, rollout: float = 100.0, conditions: Conditions | None = None,
+            data: str | os.PathLike | None = None, log=lambda s: None) -> dict[str, Any]:
+    from ..export import get_target
+    from ..model_bundle import load
+    from .registry import check_name
+    check_name(name, "--name")
+    if channel is not None:
+        check_name(channel, "--channel")
+    client = Client(server, token)
+    b = load(bundle)
+    held = b.held_out(data)
+    if not len(held.pixels):
+        raise PocketVisionError("publish records smoke outputs on held-out photos: pass --data DIR (the bundle's "
+                                "own data is not available here).")
+    pixels = held.pixels[:SMOKE_IMAGES]
+    with tempfile.TemporaryDirectory(prefix="pv-publish-") as tmp:
+        exported: dict[str, Path] = {}
+        manifest: list[dict[str, Any]] = []
+        for to in targets:
+            target = get_target(to)
+            out = Path(tmp) / f"{name}{target.suffix}"
+            log(f"exporting {to} and verifying it on real photos ...")
+            res = b.export(out, to=to, data=data)
+            v = res.verification or {}
+            if not v.get("passed"):
+                raise PocketVisionError(f"{to}: verification did not pass ({v.get('broke') or v.get('reason') or v}); "
+                                        "nothing was published.")
+            if out.is_dir():
+                raise PocketVisionError(f"{to}: a folder export; publish takes single-file targets for now "
+                                        "(onnx, tflite).")
+            exported[to] = out
+            manifest.append({"kind": to, "filename": out.name, "verification": v})
+        smoke = Path(tmp) / "smoke.json"
+        smoke.write_text(json.dumps(smoke_record(exported, pixels)))
+        files = {**exported, "smoke": smoke, "bundle": Path(bundle)}
+        manifest += [{"kind": "smoke", "filename": "smoke.json", "verification": {}},
+                     {"kind": "bundle", "filename": f"{name}.pvb", "verification": {}}]
+        for m in manifest:
+            log(f"uploading {m['filename']} ...")
+            m.update(client.upload(files[m["kind"]]))
+        info = {"task": b.task, "labels": b.labels, "bundle_weights_sha256": b.meta.get("weights_sha256"),
+                "source": Path(bundle).name}
+        body = {"files": manifest, "info": info, "channel": channel, "rollout": rollout,
+                "conditions": conditions.model_dump() if conditions else None}
+        return client.call("POST", f"/v1/models/{name}/versions", body)

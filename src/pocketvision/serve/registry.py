@@ -1,0 +1,290 @@
+"""What the registry does (init, rotate keys, publish, roll out, roll back, report), independent of HTTP.
+
+The server (``app``) and the CLI's local verbs (``keys``, ``tokens``) both call this; every change is one
+``Store.writer()`` transaction that also signs the TUF metadata naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from tuf.api.metadata import TargetFile
+
+from ..errors import PocketVisionError
+from . import keys as K
+from .blobs import open_blobs
+from .plans import NAME, Conditions, Plan, Release
+from .repo import SqlRepository, metadata_file
+from .store import artifacts, channels, db_url, dumps, open_store, tuf_metadata, versions
+
+FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+UNVERIFIED_KINDS = ("smoke", "bundle")  # inputs to checks, not models a device runs
+
+
+@dataclass
+class Upload:
+    kind: str
+    filename: str
+    sha256: str
+    length: int
+    verification: dict[str, Any]
+
+
+def check_name(value: str, what: str) -> str:
+    if not isinstance(value, str) or not NAME.fullmatch(value):
+        raise PocketVisionError(f"{what} {str(value)[:80]!r}: use 1-64 lowercase letters, digits, '.', '_' or '-', "
+                                "starting with a letter or digit.")
+    return value
+
+
+class Registry:
+    def __init__(self, store_dir: str | Path, db: str | None = None, blobs: str | None = None,
+                 keys_dir: str | Path | None = None):
+        self.dir = Path(store_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.store = open_store(db_url(db, self.dir))
+        self.blobs = open_blobs(blobs, self.dir)
+        self.keys_dir = Path(keys_dir) if keys_dir else self.dir / "keys"
+        self.reload_keys()
+
+    def reload_keys(self) -> None:
+        self.keys = K.load_keys(self.keys_dir)
+        self.signers = {role: [k.signer for k in ks] for role, ks in self.keys.items()}
+
+    def repo(self, conn: sa.Connection, **kw) -> SqlRepository:
+        """The TUF repository on ``conn``, signing with the keys root names now: after `keys rotate` (by the
+        CLI or another instance) the key files are read again, so nothing is signed with a revoked key."""
+        body = metadata_file(conn, "root", None)
+        if body is not None:
+            from tuf.api.metadata import Metadata
+            root = Metadata.from_bytes(body).signed
+            def stale(r: str) -> bool:
+                have = {s.public_key.keyid for s in self.signers[r]}
+                return bool(have - set(root.roles[r].keyids)) or not have
+            if any(stale(r) for r in K.ONLINE_ROLES):
+                self.reload_keys()
+            self.signers = {r: [s for s in self.signers[r] if r == "root" or s.public_key.keyid
+                                in root.roles[r].keyids] for r in K.ROLES}
+        return SqlRepository(conn, self.signers, **kw)
+
+    @property
+    def initialised(self) -> bool:
+        with self.store.reader() as c:
+            return c.execute(sa.select(tuf_metadata.c.version).limit(1)).first() is not None
+
+    # -- keys -----------------------------------------------------------------------------------------
+    def init(self, root_keys: int = 1, root_threshold: int = 1) -> dict[str, Any]:
+        """New keys for every role and the first signed metadata (root v1 is what apps ship with)."""
+        if self.initialised:
+            raise PocketVisionError(f"{self.dir}: already has signed metadata; use `pocketvision keys rotate`.")
+        if not 1 <= root_threshold <= root_keys:
+            raise PocketVisionError(f"--root-threshold {root_threshold}: must be between 1 and --root-keys "
+                                    f"({root_keys}).")
+        for role in K.ROLES:
+            for _ in range(root_keys if role == "root" else 1):
+                K.generate(self.keys_dir, role)
+        self.reload_keys()
+        with self.store.writer() as conn:
+            repo = self.repo(conn)
+            with repo.edit_root() as root:
+                for role, ks in self.keys.items():
+                    for k in ks:
+                        root.add_key(k.public, role)
+                root.roles["root"].threshold = root_threshold
+                root.consistent_snapshot = True
+            with repo.edit_targets():
+                pass
+            repo.do_snapshot(force=True)
+            repo.do_timestamp(force=True)
+        return self.describe_keys()
+
+    def describe_keys(self) -> dict[str, Any]:
+        with self.store.reader() as c:
+            body = metadata_file(c, "root", None)
+        if body is None:
+            raise PocketVisionError(f"{self.dir}: no keys yet; run `pocketvision keys new --store {self.dir}`.")
+        from tuf.api.metadata import Metadata
+        root = Metadata.from_bytes(body).signed
+        local = {k.keyid: k.path.name for ks in self.keys.values() for k in ks}
+        return {"root_version": root.version, "expires": root.expires.isoformat(),
+                "roles": {r: {"threshold": root.roles[r].threshold,
+                              "keys": [{"keyid": kid, "file": local.get(kid)} for kid in root.roles[r].keyids]}
+                          for r in K.ROLES}}
+
+    def root_json(self, version: int | None = None) -> bytes:
+        with self.store.reader() as c:
+            body = metadata_file(c, "root", version)
+        if body is None:
+            raise PocketVisionError(f"{self.dir}: no root metadata{f' version {version}' if version else ''}.")
+        return body
+
+    def rotate(self, role: str) -> dict[str, Any]:
+        """Replace ``role``'s keys with a new one: a new root (signed by the old and new root keys) revokes the
+        old key, and ``role``'s metadata is re-signed with the new key, so the old key signs nothing a client
+        will accept any more."""
+        if role not in K.ROLES:
+            raise PocketVisionError(f"--role {role!r}: expected one of {', '.join(K.ROLES)}.")
+        old_root = list(self.keys["root"])
+        if not old_root:
+            raise PocketVisionError(f"{self.keys_dir}: no root key here; rotation is signed by root (bring the "
+                                    "offline root key files back into this folder).")
+        old = list(self.keys[role])
+        new = K.generate(self.keys_dir, role)
+        try:
+            with self.store.writer() as conn:
+                root_signers = [k.signer for k in old_root] + ([new.signer] if role == "root" else [])
+                repo = SqlRepository(conn, {**self.signers, "root": root_signers})
+                with repo.edit_root() as root:
+                    for k in old:
+                        if k.keyid in root.roles[role].keyids:
+                            root.revoke_key(k.keyid, role)
+                    root.add_key(new.public, role)
+                    if role == "root":
+                        root.roles["root"].threshold = 1
+                repo = SqlRepository(conn, {**self.signers, role: [new.signer]})
+                if role == "targets":
+                    with repo.edit_targets():
+                        pass
+                if role in ("targets", "snapshot"):
+                    repo.do_snapshot(force=True)
+                repo.do_timestamp(force=True)
+        except BaseException:
+            new.path.unlink(missing_ok=True)
+            raise
+        for k in old:
+            K.retire(k)
+        self.reload_keys()
+        return self.describe_keys()
+
+    # -- publish / channels ---------------------------------------------------------------------------
+    def publish(self, model: str, uploads: list[Upload], info: dict[str, Any], channel: str | None = None,
+                rollout: float = 100.0, conditions: Conditions | None = None) -> dict[str, Any]:
+        check_name(model, "model name")
+        if channel is not None:
+            check_name(channel, "channel")
+        kinds = [u.kind for u in uploads]
+        if len(set(kinds)) != len(kinds):
+            raise PocketVisionError(f"each artifact kind once per version; got {kinds}.")
+        runnable = [u for u in uploads if u.kind not in UNVERIFIED_KINDS]
+        if not runnable:
+            raise PocketVisionError("a version needs at least one exported model (onnx, tflite, ...).")
+        for u in uploads:
+            check_name(u.kind, "artifact kind")
+            if not FILENAME.fullmatch(u.filename) or ".." in u.filename:
+                raise PocketVisionError(f"artifact file name {u.filename[:80]!r}: letters, digits, '.', '_', '-'.")
+            if u.kind not in UNVERIFIED_KINDS and not (u.verification or {}).get("passed"):
+                raise PocketVisionError(f"{u.filename}: its verification did not pass (or is missing); only "
+                                        "verified exports are published (`pocketvision verify`).")
+            if not self.blobs.exists(u.sha256):
+                raise PocketVisionError(f"{u.filename}: content {u.sha256[:12]} was not uploaded.")
+        with self.store.writer() as conn:
+            version = (conn.execute(sa.select(sa.func.max(versions.c.version)).where(versions.c.model == model))
+                       .scalar() or 0) + 1
+            conn.execute(versions.insert().values(model=model, version=version, created=time.time(),
+                                                  info=dumps(info)))
+            repo = self.repo(conn)
+            with repo.edit_targets() as t:
+                for u in uploads:
+                    path = f"{model}/{version}/{u.filename}"
+                    conn.execute(artifacts.insert().values(model=model, version=version, kind=u.kind, path=path,
+                                                           sha256=u.sha256, length=u.length,
+                                                           verification=dumps(u.verification or {})))
+                    t.targets[path] = TargetFile(u.length, {"sha256": u.sha256}, path)
+                if channel is not None:
+                    self._put_plan(conn, t, model, channel, lambda old: self._promote(
+                        conn, old, model, channel, version, rollout, conditions))
+            repo.publish_targets()
+        return {"model": model, "version": version, "channel": channel, "rollout": rollout if channel else None}
+
+    def set_channel(self, model: str, channel: str, version: int | None, rollout: float,
+                    conditions: Conditions | None = None) -> dict[str, Any]:
+        """Point ``channel`` at ``version`` for ``rollout`` percent (the same version: change the percentage)."""
+        check_name(model, "model name"), check_name(channel, "channel")
+        with self.store.writer() as conn:
+            repo = self.repo(conn)
+            with repo.edit_targets() as t:
+                plan = self._put_plan(conn, t, model, channel, lambda old: self._promote(
+                    conn, old, model, channel, version, rollout, conditions))
+            repo.publish_targets()
+        return plan.model_dump()
+
+    def rollback(self, model: str, channel: str) -> dict[str, Any]:
+        """Every device on ``channel`` back to the previous release, at once (a new signed plan)."""
+        def back(old: Plan | None) -> Plan:
+            if old is None or old.previous is None:
+                raise PocketVisionError(f"{model}/{channel}: nothing to roll back to (no previous release).")
+            return Plan(model=model, channel=channel, serial=old.serial + 1, current=old.previous, rollout=100,
+                        previous=None, conditions=Conditions(), rolled_back_from=old.current.version)
+        with self.store.writer() as conn:
+            repo = self.repo(conn)
+            with repo.edit_targets() as t:
+                plan = self._put_plan(conn, t, model, channel, back)
+            repo.publish_targets()
+        return plan.model_dump()
+
+    def _release(self, conn: sa.Connection, model: str, version: int) -> Release:
+        rows = conn.execute(sa.select(artifacts.c.kind, artifacts.c.path).where(
+            artifacts.c.model == model, artifacts.c.version == version)).all()
+        if not rows:
+            raise PocketVisionError(f"{model} has no version {version}; `pocketvision models {model}` lists them.")
+        return Release(version=version, files={r.kind: r.path for r in rows})
+
+    def _promote(self, conn, old: Plan | None, model: str, channel: str, version: int | None, rollout: float,
+                 conditions: Conditions | None) -> Plan:
+        if version is None:
+            if old is None:
+                raise PocketVisionError(f"{model}/{channel} has no release yet; give --version.")
+            version = old.current.version
+        release = self._release(conn, model, version)
+        if old is not None and old.current.version == version:  # same release: a new percentage/conditions
+            return old.model_copy(update={"serial": old.serial + 1, "rollout": rollout, "rolled_back_from": None,
+                                          "conditions": conditions or old.conditions})
+        return Plan(model=model, channel=channel, serial=(old.serial + 1) if old else 1, current=release,
+                    rollout=rollout, previous=old.current if old else None, conditions=conditions or Conditions())
+
+    def _put_plan(self, conn: sa.Connection, targets, model: str, channel: str, make) -> Plan:
+        row = conn.execute(sa.select(channels.c.plan).where(channels.c.model == model,
+                                                           channels.c.channel == channel)).first()
+        old = Plan.model_validate_json(row.plan) if row else None
+        plan = make(old)
+        body = plan.model_dump_json().encode()
+        sha, n = self.blobs.put_bytes(body)
+        path = f"{model}/channels/{channel}.json"
+        targets.targets[path] = TargetFile(n, {"sha256": sha}, path)
+        values = {"plan": body.decode(), "updated": time.time()}
+        if row:
+            conn.execute(channels.update().where(channels.c.model == model, channels.c.channel == channel)
+                         .values(**values))
+        else:
+            conn.execute(channels.insert().values(model=model, channel=channel, **values))
+        return plan
+
+    # -- reading --------------------------------------------------------------------------------------
+    def models(self) -> list[str]:
+        with self.store.reader() as c:
+            return [r[0] for r in c.execute(sa.select(versions.c.model).distinct().order_by(versions.c.model))]
+
+    def status(self, model: str) -> dict[str, Any]:
+        check_name(model, "model name")
+        with self.store.reader() as c:
+            vs = c.execute(sa.select(versions).where(versions.c.model == model).order_by(versions.c.version)).all()
+            if not vs:
+                raise PocketVisionError(f"no model named {model!r} on this server.")
+            arts = c.execute(sa.select(artifacts).where(artifacts.c.model == model)).all()
+            chans = c.execute(sa.select(channels).where(channels.c.model == model)).all()
+        return {"model": model,
+                "versions": [{"version": v.version, "created": v.created, **json.loads(v.info),
+                              "artifacts": {a.kind: {"path": a.path, "bytes": a.length, "sha256": a.sha256}
+                                            for a in arts if a.version == v.version}} for v in vs],
+                "channels": {ch.channel: json.loads(ch.plan) for ch in chans},
+                "adoption": self.store.adoption(model)}
+
+    def refresh_expiring(self) -> bool:
+        with self.store.writer() as conn:
+            return self.repo(conn).refresh_expiring()

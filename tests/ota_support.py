@@ -1,0 +1,151 @@
+"""Real servers for the over-the-air tests: the registry (`pocketvision serve` in its own process, on a port the
+OS picks) and a hostile mirror in front of it (a stdlib HTTP server whose responses a test rewrites)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import urllib3
+
+from conftest import run_cli
+
+
+class RegistryServer:
+    def __init__(self, store: Path, extra: tuple[str, ...] = ()):
+        self.store, self.extra, self.proc, self.url = store, extra, None, None
+
+    def start(self) -> RegistryServer:
+        log = self.store / f"serve-{time.monotonic_ns()}.log"
+        self.log = log
+        self.proc = subprocess.Popen([sys.executable, "-m", "pocketvision.cli", "serve", "--store", str(self.store),
+                                      "--port", "0", "--log-level", "info", *self.extra],
+                                     stdout=open(log, "w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            m = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", log.read_text())
+            if m:
+                self.url = m.group(1)
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}: {log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def new_store(store: Path, *keys_args: str) -> dict[str, str]:
+    r = run_cli("keys", "new", "--store", str(store), "--root-out", str(store / "root.json"), *keys_args)
+    assert r.returncode == 0, r.stderr
+    out = {}
+    for role in ("admin", "device"):
+        r = run_cli("tokens", "new", "--store", str(store), "--role", role, "--name", f"test-{role}")
+        assert r.returncode == 0, r.stderr
+        out[role] = r.stdout.strip()
+    return out
+
+
+class Api:
+    def __init__(self, url: str, token: str):
+        self.url, self.h = url, {"Authorization": f"Bearer {token}"}
+        self.http = urllib3.PoolManager()
+
+    def __call__(self, method: str, path: str, body=None, raw=None, headers=None):
+        h = {**self.h, **(headers or {})}
+        if body is not None:
+            raw, h["Content-Type"] = json.dumps(body).encode(), "application/json"
+        r = self.http.request(method, self.url + path, body=raw, headers=h)
+        try:
+            return r.status, json.loads(r.data) if r.data else None
+        except ValueError:
+            return r.status, r.data
+
+
+class Mirror:
+    """A mirror or CDN in front of the registry that an attacker controls: it forwards GETs upstream unless a
+    test has set ``rules[path_regex] = fn(body) -> bytes`` (rewrite) or ``endless`` / ``cut`` for a path."""
+
+    def __init__(self, upstream: str):
+        self.upstream, self.rules, self.seen = upstream, {}, []
+        self.http = urllib3.PoolManager()
+        mirror = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                mirror.seen.append((self.path, self.headers.get("Range")))
+                fwd = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "range")}
+                rule = next((fn for pat, fn in list(mirror.rules.items()) if re.search(pat, self.path)), None)
+                if rule == "endless":
+                    self.send_response(200)
+                    self.end_headers()
+                    try:
+                        for _ in range(10_000):  # 640 MB at most, far past any signed length
+                            self.wfile.write(b"\0" * 65536)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    return
+                r = mirror.http.request("GET", mirror.upstream + self.path, headers=fwd, preload_content=True)
+                body, status = r.data, r.status
+                if callable(rule):  # the attacker answers even where the registry has nothing
+                    body, status = rule(body if status in (200, 206) else b""), 200
+                if isinstance(rule, tuple) and rule[0] == "cut" and r.status == 200:  # drop the line mid-file
+                    mirror.rules.pop(next(p for p, f in mirror.rules.items() if f is rule))
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body[:rule[1]])
+                    self.wfile.flush()
+                    self.connection.shutdown(2)
+                    return
+                self.send_response(status)
+                for k, v in r.headers.items():
+                    if k.lower() in ("content-type", "content-range", "etag"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                data = self.rfile.read(n)
+                fwd = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")}
+                r = mirror.http.request("POST", mirror.upstream + self.path, body=data, headers=fwd)
+                self.send_response(r.status)
+                self.send_header("Content-Length", str(len(r.data)))
+                self.end_headers()
+                self.wfile.write(r.data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def env_without_proxy() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
