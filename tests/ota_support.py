@@ -31,7 +31,7 @@ class RegistryServer:
                                      stdout=open(log, "w"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            m = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", log.read_text())
+            m = re.search(r"pocketvision registry on (http://127\.0\.0\.1:\d+)", log.read_text())
             if m:
                 self.url = m.group(1)
                 return self

@@ -97,7 +97,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         print(f"warning: binding {a.host}: serve TLS through a reverse proxy (README: 'Over-the-air updates').",
               flush=True)
     serve(a.store, a.db, a.blobs, a.keys, a.host, a.port, Limits(max_upload_bytes=a.max_upload_mb << 20),
-          a.log_level)
+          a.log_level, a.workers)
     return 0
 
 
@@ -221,6 +221,7 @@ def add_verbs(verb) -> None:
                    "reverse proxy for TLS)")
     s.add_argument("--port", type=int, default=8000, help="port")
     s.add_argument("--max-upload-mb", type=int, default=512, help="largest artifact accepted")
+    s.add_argument("--workers", type=int, default=1, help="worker processes (all share the database and blobs)")
     s.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
     s = verb("publish", "Export a bundle, refuse what fails verify, record smoke outputs, upload and sign a new "

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -46,6 +47,13 @@ class LocalBlobs:
     def exists(self, sha: str) -> bool:
         return self.path(sha).is_file()
 
+    def size(self, sha: str) -> int | None:
+        p = self.path(sha)
+        return p.stat().st_size if p.is_file() else None
+
+    def local_path(self, sha: str) -> Path | None:
+        return self.path(sha)
+
     def put(self, src: BinaryIO, max_bytes: int) -> tuple[str, int]:
         """Store the stream (at most ``max_bytes``) -> (sha256, length)."""
         h, n = hashlib.sha256(), 0
@@ -74,9 +82,72 @@ class LocalBlobs:
         return self.put(io.BytesIO(data), len(data))
 
 
-def open_blobs(url: str | None, store: Path) -> LocalBlobs:
+class S3Blobs:
+    """The same store in an S3-compatible bucket (AWS, MinIO, moto...), for several server instances.
+
+    The blob is hashed into a local temp file first (its name is its hash), then uploaded; an S3 PUT is atomic, so
+    a reader never sees a half object. The endpoint comes from boto3's own configuration (``AWS_ENDPOINT_URL``,
+    credentials from the usual AWS variables or files).
+    """
+
+    def __init__(self, bucket: str, prefix: str = ""):
+        import boto3
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.s3 = boto3.client("s3")
+        try:
+            self.s3.head_bucket(Bucket=bucket)
+        except Exception as e:  # noqa: BLE001 - botocore's errors: no bucket, no endpoint, no credentials
+            raise PocketVisionError(f"--blobs s3://{bucket}: cannot reach the bucket ({e}); set AWS_ENDPOINT_URL "
+                                    "and credentials, and create the bucket first.") from None
+
+    def key(self, sha: str) -> str:
+        if not SHA256.fullmatch(sha):
+            raise PocketVisionError(f"not a sha256: {sha[:80]!r}")
+        return f"{self.prefix}/{sha[:2]}/{sha}" if self.prefix else f"{sha[:2]}/{sha}"
+
+    def size(self, sha: str) -> int | None:
+        from botocore.exceptions import ClientError
+        try:
+            return int(self.s3.head_object(Bucket=self.bucket, Key=self.key(sha))["ContentLength"])
+        except ClientError:
+            return None
+
+    def exists(self, sha: str) -> bool:
+        return self.size(sha) is not None
+
+    def local_path(self, sha: str) -> Path | None:
+        return None
+
+    def read(self, sha: str, start: int = 0, end: int | None = None) -> tuple[Iterator[bytes], int]:
+        rng = f"bytes={start}-" + ("" if end is None else str(end))
+        obj = self.s3.get_object(Bucket=self.bucket, Key=self.key(sha), Range=rng)
+        body = obj["Body"]
+        return body.iter_chunks(CHUNK), int(obj["ContentLength"])
+
+    def put(self, src: BinaryIO, max_bytes: int) -> tuple[str, int]:
+        with tempfile.TemporaryDirectory(prefix="pv-upload-") as tmp:
+            local = LocalBlobs(Path(tmp))
+            sha, n = local.put(src, max_bytes)
+            if not self.exists(sha):
+                self.s3.upload_file(str(local.path(sha)), self.bucket, self.key(sha))
+        return sha, n
+
+    def put_bytes(self, data: bytes) -> tuple[str, int]:
+        import io
+        return self.put(io.BytesIO(data), len(data))
+
+    def clean_partial(self) -> int:
+        return 0  # nothing is ever half-visible in S3
+
+
+def open_blobs(url: str | None, store: Path) -> LocalBlobs | S3Blobs:
     if url is None:
         return LocalBlobs(store / "blobs")
     if url.startswith("file://"):
         return LocalBlobs(Path(url[len("file://"):]))
-    raise PocketVisionError(f"--blobs {url!r}: expected file:///PATH (S3-compatible storage is not built yet).")
+    if url.startswith("s3://"):
+        bucket, _, prefix = url[len("s3://"):].partition("/")
+        if not bucket:
+            raise PocketVisionError(f"--blobs {url!r}: expected s3://BUCKET[/PREFIX].")
+        return S3Blobs(bucket, prefix)
+    raise PocketVisionError(f"--blobs {url!r}: expected file:///PATH or s3://BUCKET[/PREFIX].")

@@ -85,6 +85,8 @@ def db_url(db: str | None, store: Path) -> str:
         return f"sqlite:///{store / 'registry.db'}"
     if not db.startswith(("sqlite:", "postgresql")):
         raise PocketVisionError(f"--db {db!r}: expected sqlite:///PATH or postgresql://USER@HOST/DB.")
+    if db.startswith("postgresql://"):  # psycopg 3 (`pip install 'pocketvision[postgres]'`), not SQLAlchemy's default
+        db = "postgresql+psycopg://" + db[len("postgresql://"):]
     return db
 
 
