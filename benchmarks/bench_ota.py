@@ -311,7 +311,7 @@ def part_fleet(s: dict, out: Path, n: int) -> list[str]:
 
     try:
         t = time.perf_counter()
-        results = asyncio.run(main())
+        asyncio.run(main())
         total = time.perf_counter() - t
         status = json.loads(urllib3.request("GET", srv.url + "/v1/models/hotdog", headers=admin).data)
     finally:

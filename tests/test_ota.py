@@ -573,3 +573,140 @@ def test_client_needs_no_torch(registry, tmp_path, hotdog_small):
     r = subprocess.run([sys.executable, "-c", CLIENT_WITHOUT_TORCH, srv.url, tokens["device"], str(_root(tmp_path)),
                         str(tmp_path / "dev"), str(photo)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() in ("hotdog", "not_hotdog"), r.stderr[-2000:]
+
+
+# -- feedback ---------------------------------------------------------------------------------------------
+def _fresh_photos(shared_data: Path, n: int) -> list[Path]:
+    """Real photos that are not in ``hotdog_small`` (which takes the first 120 train photos per class)."""
+    return sorted((shared_data / "hotdog" / "train" / "hotdog").iterdir())[300:300 + n]
+
+
+def test_feedback_loop_into_a_data_set_that_trains(registry, tmp_path, hotdog_small, shared_data):
+    import json
+    srv, tokens, api = registry
+    dev = device(srv.url, tokens, tmp_path)
+    dev.check()
+    fresh = _fresh_photos(shared_data, 3)
+    known = sorted((hotdog_small / "train" / "hotdog").iterdir())[0]  # already in the data set
+    ids = [dev.report(p, "not_hotdog", "hotdog")["id"] for p in [*fresh, known]]
+    ids.append(dev.report(fresh[0], "hotdog", "not_hotdog", share_pixels=False)["id"])  # labels only
+    assert api("GET", "/v1/models/hotdog/feedback")[1]["items"][-1]["image_sha256"] is None
+    common = ("--server", srv.url, "--token", tokens["admin"], "--json")
+    r = run_cli("feedback", "review", "hotdog", "--confirm", ",".join(map(str, ids[:4])), "--reject", str(ids[4]),
+                *common)
+    assert r.returncode == 0, r.stderr
+    assert [it["status"] for it in json.loads(r.stdout)] == ["confirmed"] * 4 + ["rejected"]
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        for cls in (hotdog_small / split).iterdir():
+            (data / split / cls.name).mkdir(parents=True)
+            for p in cls.iterdir():
+                (data / split / cls.name / p.name).symlink_to(p.resolve())
+    r = run_cli("feedback", "export", "hotdog", "--out", str(data), *common)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert (out["added"], out["already_there"]) == (3, 1), out
+    assert all(Path(f).parent == data / "train" / "hotdog" for f in out["files"])
+    again = json.loads(run_cli("feedback", "export", "hotdog", "--out", str(data), *common).stdout)
+    assert again["added"] == 0 and again["already_there"] == 4
+    r = run_cli("train", str(data), "--out", str(tmp_path / "retrained.pvb"), "--arch", "deepdog", "--arch-args",
+                "alpha=0.25", "--size", "64", "--epochs", "1", "--no-recipe", "--json", "--run-dir", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    import pocketvision as pv
+    assert pv.load(tmp_path / "retrained.pvb").meta["data"]["counts"]["train"] == {"hotdog": 123, "not_hotdog": 120}
+
+
+def test_feedback_refuses_what_is_not_an_image(registry, tmp_path, shared_data):
+    import urllib3
+    srv, tokens, api = registry
+    dev = device(srv.url, tokens, tmp_path)
+    photo = _fresh_photos(shared_data, 1)[0].read_bytes()
+    from PIL import Image
+    gif = io_bytes(Image.new("RGB", (8, 8)), "GIF")
+    for data, words in ((b"<?php system($_GET['c']); ?>", "not a readable"), (photo[: len(photo) // 3], "not a readable"),
+                        (gif, "GIF is not accepted")):
+        with pytest.raises(Exception) as e:
+            dev.report(data, "not_hotdog", "hotdog")
+        assert words in str(e.value)
+    with pytest.raises(Exception, match="not a label"):
+        dev.report(photo, "not_hotdog", "pizza")
+    big = urllib3.request("POST", srv.url + "/v1/feedback", headers={"Authorization": f"Bearer {tokens['device']}"},
+                          fields={"model": "hotdog", "device_id": "device-9999", "predicted": "hotdog",
+                                  "corrected": "not_hotdog", "image": ("p.jpg", b"\xff" * (11 << 20))})
+    assert big.status == 413
+    anon = urllib3.request("POST", srv.url + "/v1/feedback", fields={"model": "hotdog"})
+    assert anon.status == 401
+    assert api("GET", "/v1/models/hotdog/feedback")[1]["items"] == []  # nothing refused was stored
+
+
+def io_bytes(im, fmt: str) -> bytes:
+    import io
+    buf = io.BytesIO()
+    im.save(buf, fmt)
+    return buf.getvalue()
+
+
+def test_fuzz_feedback_uploads(registry, shared_data):
+    """Random and mutated multipart bodies against the real server: a clear 4xx or a stored correction, never a
+    500, and the server still answers afterwards."""
+    import urllib3
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    srv, tokens, api = registry
+    photo = _fresh_photos(shared_data, 1)[0].read_bytes()[:20000]
+    h = {"Authorization": f"Bearer {tokens['device']}"}
+    http = urllib3.PoolManager()
+    field = st.one_of(st.text(max_size=300), st.sampled_from(["hotdog", "not_hotdog", "", "../x", "device-0001"]))
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(model=st.sampled_from(["hotdog", "nope", "../etc", ""]), predicted=field, corrected=field,
+           device_id=st.text(min_size=0, max_size=140), version=st.one_of(st.none(), st.text(max_size=8)),
+           image=st.one_of(st.none(), st.binary(max_size=4096),
+                           st.builds(lambda i, b: photo[:i] + bytes([b]) + photo[i + 1:],
+                                     st.integers(0, len(photo) - 1), st.integers(0, 255))),
+           raw=st.one_of(st.none(), st.binary(max_size=2048)))
+    def one(model, predicted, corrected, device_id, version, image, raw):
+        if raw is not None:  # not even multipart
+            r = http.request("POST", srv.url + "/v1/feedback", body=raw,
+                             headers={**h, "Content-Type": "multipart/form-data; boundary=xyz"})
+        else:
+            fields = {"model": model, "predicted": predicted, "corrected": corrected, "device_id": device_id}
+            if version is not None:
+                fields["version"] = version
+            if image is not None:
+                fields["image"] = ("x.jpg", image)
+            r = http.request("POST", srv.url + "/v1/feedback", fields=fields, headers=h)
+        assert r.status in (200, 400, 401, 411, 413, 415, 422, 429), (r.status, r.data[:300])
+        if r.status != 200:
+            assert b"detail" in r.data
+
+    one()
+    assert api("GET", "/v1/models/hotdog")[0] == 200
+
+
+def test_fuzz_image_sniffing():
+    """The image check alone, in-process: any bytes give a kind or one PocketVisionError, nothing else."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from PIL import Image
+
+    from pocketvision.errors import PocketVisionError
+    from pocketvision.serve.feedback import sniff_image
+    seeds = [io_bytes(Image.new("RGB", (32, 24), (200, 10, 10)), f) for f in ("JPEG", "PNG", "WEBP")]
+
+    @settings(max_examples=300, deadline=None)
+    @given(seed=st.sampled_from(seeds), cuts=st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)),
+                                                       max_size=6), tail=st.integers(0, 2000))
+    def one(seed, cuts, tail):
+        data = bytearray(seed)
+        for i, b in cuts:
+            if i < len(data):
+                data[i] = b
+        data = bytes(data[: max(1, len(data) - tail)])
+        try:
+            assert sniff_image(data) in ("jpg", "png", "webp")
+        except PocketVisionError as e:
+            assert str(e).startswith("image:")
+
+    one()
+    assert sniff_image(seeds[0]) == "jpg"

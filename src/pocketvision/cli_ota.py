@@ -165,6 +165,50 @@ def _render_status(s: dict[str, Any]) -> None:
     con.print(t)
 
 
+def cmd_feedback(a: argparse.Namespace) -> int:
+    from .serve.publish import Client
+    c = Client(a.server, _token(a))
+    if a.action == "export":
+        if not a.out:
+            raise PocketVisionError("feedback export: give --out DIR (a data set folder; new photos are merged in).")
+        from .serve.feedback import export_feedback
+        out = export_feedback(c, a.name, a.out)
+        return _show(out, a.json, lambda o: print(f"{o['added']} confirmed corrections written to {o['out']} "
+                                                  f"({o['already_there']} already there, {o['without_photo']} "
+                                                  "without a photo)"))
+    changes = [(i, "confirmed", None) for i in _ids(a.confirm)] + [(i, "rejected", None) for i in _ids(a.reject)]
+    for item in a.label or []:
+        i, _, label = item.partition("=")
+        if not i.isdigit() or not label:
+            raise PocketVisionError(f"--label {item!r}: expected ID=LABEL (confirms it with that label).")
+        changes.append((int(i), "confirmed", label))
+    for i, status, label in changes:
+        c.call("POST", f"/v1/feedback/{i}", {"status": status, "label": label})
+    items = c.call("GET", f"/v1/models/{a.name}/feedback")["items"]
+    return _show(items, a.json, _render_feedback)
+
+
+def _ids(s: str | None) -> list[int]:
+    if not s:
+        return []
+    try:
+        return [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise PocketVisionError(f"expected comma-separated feedback ids, got {s!r}") from None
+
+
+def _render_feedback(items: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title="feedback (review: --confirm IDS, --reject IDS, --label ID=LABEL; then `feedback export`)")
+    for c in ("id", "version", "model said", "user says", "photo", "status", "label"):
+        t.add_column(c)
+    for it in items:
+        t.add_row(str(it["id"]), str(it["version"] or ""), it["predicted"], it["corrected"],
+                  it["image_type"] or "(private)", it["status"], it["label"])
+    Console().print(t)
+
+
 def cmd_update(a: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -252,6 +296,17 @@ def add_verbs(verb) -> None:
 
     s = verb("models", "Models on the registry; with a name: versions, channels and adoption.", cmd_models)
     s.add_argument("name", nargs="?", default=None)
+    server_flags(s)
+
+    s = verb("feedback", "Users' corrections: review them (table; confirm, reject, relabel) or export the confirmed "
+             "ones into a data set folder `pocketvision train` reads (no duplicates).", cmd_feedback)
+    s.add_argument("action", choices=("review", "export"))
+    s.add_argument("name", help="model name")
+    s.add_argument("--confirm", default=None, metavar="IDS", help="review: confirm these ids (comma-separated)")
+    s.add_argument("--reject", default=None, metavar="IDS", help="review: reject these ids")
+    s.add_argument("--label", action="append", metavar="ID=LABEL", help="review: confirm with another label")
+    s.add_argument("--out", default=None, help="export: data set folder to merge into (train/<label>/ when it has "
+                   "a train split, else <label>/)")
     server_flags(s)
 
     s = verb("update", "Device side, once: check the registry, verify (TUF), smoke-test and install the model; "

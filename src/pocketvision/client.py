@@ -361,6 +361,31 @@ class ModelUpdater:
             if d.name.isdigit() and int(d.name) not in keep:
                 shutil.rmtree(d, ignore_errors=True)
 
+    def report(self, image: str | os.PathLike | bytes | None, predicted: str, corrected: str,
+               share_pixels: bool = True) -> dict[str, Any]:
+        """Tell the registry the model was wrong on ``image`` (it said ``predicted``, the user says
+        ``corrected``). With ``share_pixels=False`` only the two labels and the model version leave the device.
+        -> the server's answer (``{"id": ...}``); a one-line error if it refused."""
+        fields: dict[str, Any] = {"model": self.model, "device_id": self.device_id, "predicted": predicted,
+                                  "corrected": corrected}
+        if self.version is not None:
+            fields["version"] = str(self.version)
+        if share_pixels and image is not None:
+            data = image if isinstance(image, bytes) else Path(image).read_bytes()
+            fields["image"] = ("photo", data, "application/octet-stream")  # the server judges the bytes
+        try:
+            r = self.fetcher.http.request("POST", f"{self.server}/v1/feedback", fields=fields,
+                                          headers=self.fetcher.headers, timeout=urllib3.Timeout(connect=10, read=60))
+        except urllib3.exceptions.HTTPError as e:
+            raise PocketVisionError(f"{self.server}: feedback not sent ({e}); try again later.") from None
+        try:
+            body = json.loads(r.data)
+        except ValueError:
+            body = {"detail": r.data[:200].decode(errors="replace")}
+        if r.status >= 400:
+            raise PocketVisionError(f"feedback refused (HTTP {r.status}): {body.get('detail')}")
+        return body
+
     def _report(self, version: int | None, state: str, detail: str) -> None:
         if not self.send_reports:
             return

@@ -33,7 +33,8 @@ from starlette.concurrency import run_in_threadpool
 from ..errors import PocketVisionError
 from .blobs import SHA256, TooLarge
 from .plans import Conditions
-from .registry import Registry, Upload
+from .feedback import FeedbackStore
+from .registry import Registry, Upload, check_name
 from .repo import metadata_file
 
 ROLE_FILES = {"root", "timestamp", "snapshot", "targets"}
@@ -46,6 +47,7 @@ class Limits(BaseModel):
     token_cache_s: float = Field(10.0, ge=0)  # how long a token's role is cached: revocation takes this long
     timestamp_cache_s: float = Field(1.0, ge=0)  # how stale `timestamp.json` may be on one instance
     refresh_every_s: float = Field(300.0, gt=0)  # how often expiring metadata is checked and re-signed
+    max_feedback_bytes: int = Field(10 << 20, ge=1024)  # one correction, photo included
 
 
 class PublishRequest(BaseModel):
@@ -62,6 +64,12 @@ class ChannelRequest(BaseModel):
     version: int | None = Field(None, ge=1)
     rollout: float = Field(100.0, ge=0, le=100)
     conditions: Conditions | None = None
+
+
+class Review(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: Literal["new", "confirmed", "rejected"]
+    label: str | None = Field(None, max_length=200)
 
 
 class Report(BaseModel):
@@ -115,6 +123,7 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
         for t in tasks:
             t.cancel()
 
+    fb = FeedbackStore(registry)
     app = FastAPI(title="pocketvision registry", version="1", lifespan=lifespan,
                   description="Signed over-the-air model updates (TUF) and device reports.")
     app.add_middleware(CheapCheck, token_cache=token_cache, ts_cache=ts_cache, limits=limits)
@@ -264,6 +273,66 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
         rate.hit(f"d{r.device_id}")
         registry.store.report(r.model, r.device_id, r.version, r.state, r.detail)
         return {"ok": True}
+
+    @app.post("/v1/feedback", tags=["devices"])
+    async def post_feedback(request: Request, _=Depends(device)):
+        """A user's correction: multipart form with ``model``, ``device_id``, ``predicted``, ``corrected``,
+        optional ``version`` and, when the user shares it, ``image`` (JPEG, PNG or WebP, judged by its bytes)."""
+        size = request.headers.get("content-length")
+        if size is None or not size.isdigit():
+            raise HTTPException(411, "feedback needs a Content-Length")
+        if int(size) > limits.max_feedback_bytes:
+            raise HTTPException(413, f"feedback over the limit of {limits.max_feedback_bytes:,} bytes")
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise HTTPException(415, "send feedback as multipart/form-data")
+        try:
+            form = await request.form(max_files=1, max_fields=8, max_part_size=4096)
+        except HTTPException:
+            raise
+        except Exception as e:  # noqa: BLE001 - the multipart parser's own errors: a malformed body
+            raise HTTPException(400, f"malformed multipart body ({type(e).__name__})") from None
+        fields = {}
+        for k in ("model", "device_id", "predicted", "corrected", "version"):
+            v = form.get(k)
+            if v is not None and not isinstance(v, str):
+                raise HTTPException(422, f"{k}: a text field, not a file")
+            fields[k] = v
+        missing = [k for k in ("model", "device_id", "predicted", "corrected") if not fields[k]]
+        if missing:
+            raise HTTPException(422, f"missing field(s): {', '.join(missing)}")
+        if not 8 <= len(fields["device_id"]) <= 128 or max(len(fields[k]) for k in ("predicted", "corrected")) > 200:
+            raise HTTPException(422, "device_id: 8-128 characters; labels: at most 200")
+        version = None
+        if fields["version"]:
+            if not fields["version"].isdigit():
+                raise HTTPException(422, "version: a whole number")
+            version = int(fields["version"])
+        rate.hit(f"d{fields['device_id']}")
+        image = form.get("image")
+        data = None
+        if image is not None:
+            if isinstance(image, str):
+                raise HTTPException(422, "image: a file part, not text")
+            data = await image.read(limits.max_feedback_bytes + 1)
+        check_name(fields["model"], "model")
+        return await run_in_threadpool(fb.add, fields["model"], fields["device_id"], version, fields["predicted"],
+                                       fields["corrected"], data)
+
+    @app.get("/v1/models/{model}/feedback", tags=["admin"])
+    def list_feedback(model: str, status: str | None = None, _=Depends(admin)):
+        return {"items": fb.list(check_name(model, "model"), status)}
+
+    @app.post("/v1/feedback/{fid}", tags=["admin"])
+    def review_feedback(fid: int, req: Review, who=Depends(admin)):
+        rate.hit(f"t{who[0]}")
+        return fb.review(fid, req.status, req.label)
+
+    @app.get("/v1/feedback/{fid}/image", tags=["admin"])
+    def feedback_image(fid: int, _=Depends(admin)):
+        data, kind = fb.image(fid)
+        return Response(data, media_type={"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}[kind],
+                        headers={"Content-Disposition": f'attachment; filename="feedback-{fid}.{kind}"',
+                                 "X-Content-Type-Options": "nosniff"})
 
     @app.get("/healthz", include_in_schema=False)
     def healthz():

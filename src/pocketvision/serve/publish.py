@@ -58,6 +58,16 @@ class Client:
             raise PocketVisionError(f"{self.server}{path}: HTTP {r.status}: {detail}")
         return out
 
+    def raw(self, method: str, path: str) -> bytes:
+        try:
+            r = self.http.request(method, self.server + path, headers=self.headers,
+                                  timeout=urllib3.Timeout(connect=10, read=600))
+        except urllib3.exceptions.HTTPError as e:
+            raise PocketVisionError(f"{self.server}: cannot reach the registry ({e}).") from None
+        if r.status >= 400:
+            raise PocketVisionError(f"{self.server}{path}: HTTP {r.status}: {r.data[:200].decode(errors='replace')}")
+        return r.data
+
     def upload(self, path: Path) -> dict[str, Any]:
         with open(path, "rb") as f:
             return self.call("POST", "/v1/uploads", raw=f)

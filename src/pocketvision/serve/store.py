@@ -76,6 +76,21 @@ devices = sa.Table(
     sa.Column("updated", sa.Float, nullable=False),
 )
 
+feedback = sa.Table(
+    "feedback", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(100), nullable=False, index=True),
+    sa.Column("version", sa.Integer, nullable=True),
+    sa.Column("device", sa.String(64), nullable=False),  # hashed, as in `devices`
+    sa.Column("predicted", sa.String(200), nullable=False),
+    sa.Column("corrected", sa.String(200), nullable=False),
+    sa.Column("image_sha256", sa.String(64), nullable=True),  # None: the user did not share the photo
+    sa.Column("image_type", sa.String(10), nullable=True),  # jpeg | png | webp, from the bytes, not the header
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # new | confirmed | rejected
+    sa.Column("label", sa.String(200), nullable=True),  # the reviewed label (defaults to `corrected`)
+)
+
 TOKEN_ROLES = ("admin", "device")
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -160,7 +175,7 @@ class Store:
 
     # -- devices --------------------------------------------------------------------------------------
     def report(self, model: str, device: str, version: int | None, state: str, detail: str) -> None:
-        key = hashlib.sha256(device.encode()).hexdigest()[:32]
+        key = device_key(device)
         with self.writer() as c:
             row = {"version": version, "state": state, "detail": detail[:500], "updated": time.time()}
             if c.execute(devices.update().where(devices.c.model == model, devices.c.device == key)
@@ -173,6 +188,10 @@ class Store:
                              .where(devices.c.model == model).group_by(devices.c.version, devices.c.state)
                              .order_by(devices.c.version, devices.c.state))
             return [dict(r._mapping) for r in rows]
+
+
+def device_key(device_id: str) -> str:
+    return hashlib.sha256(device_id.encode()).hexdigest()[:32]
 
 
 def token_hash(token: str) -> str:
