@@ -710,3 +710,27 @@ def test_fuzz_image_sniffing():
 
     one()
     assert sniff_image(seeds[0]) == "jpg"
+
+
+def test_openssf_model_signing_manifest_checks_offline(registry, tmp_path):
+    """Each version carries an OpenSSF model-signing signature of all its files, checked here with that project's
+    own CLI (`model_signing verify key`), offline, from the files a user downloaded."""
+    srv, tokens, api = registry
+    version = api("GET", "/v1/models/hotdog")[1]["versions"][0]
+    arts = version["artifacts"]
+    assert "manifest" in arts
+    files = tmp_path / "hotdog-v1"
+    files.mkdir()
+    for kind, a in arts.items():
+        d, _, name = a["path"].rpartition("/")
+        r = api.http.request("GET", f"{srv.url}/tuf/targets/{d}/{a['sha256']}.{name}", headers=api.h)
+        assert r.status == 200
+        (tmp_path / name if kind == "manifest" else files / name).write_bytes(r.data)
+    cmd = [str(Path(sys.executable).with_name("model_signing")), "verify", "key", "--signature",
+           str(tmp_path / "model.sig"), "--public_key", str(tmp_path / "store" / "keys" / "manifest.pub"), str(files)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    onnx = next(files.glob("*.onnx"))
+    onnx.write_bytes(onnx.read_bytes()[:-1] + b"\0")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "hotdog.onnx" in (r.stdout + r.stderr)

@@ -20,6 +20,10 @@ from ..errors import PocketVisionError
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 ONLINE_ROLES = ("targets", "snapshot", "timestamp")
+# The OpenSSF model-signing manifest of each version is signed with its own ECDSA P-256 key (what
+# model-signing's key signer takes), separate from the TUF roles: `manifest.pem` / `manifest.pub`.
+MANIFEST_KEY = "manifest.pem"
+MANIFEST_PUB = "manifest.pub"
 
 
 @dataclass
@@ -74,9 +78,35 @@ def load_keys(keys_dir: Path) -> dict[str, list[Key]]:
     out: dict[str, list[Key]] = {r: [] for r in ROLES}
     if keys_dir.is_dir():
         for p in sorted(keys_dir.glob("*.pem")):
+            if p.name == MANIFEST_KEY:
+                continue
             k = read_key(p)
             out[k.role].append(k)
     return out
+
+
+def new_manifest_key(keys_dir: Path) -> Path:
+    """An ECDSA P-256 key pair for model-signing manifests -> the public key's path (share it with verifiers)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    private = ec.generate_private_key(ec.SECP256R1())
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    fd = os.open(keys_dir / (MANIFEST_KEY + ".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    os.replace(keys_dir / (MANIFEST_KEY + ".tmp"), keys_dir / MANIFEST_KEY)
+    pub = keys_dir / MANIFEST_PUB
+    pub.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM,
+                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
+    return pub
+
+
+def sign_manifest(keys_dir: Path, model_dir: Path, signature: Path) -> None:
+    """An OpenSSF model-signing signature of every file in ``model_dir`` (sha256 per file in an in-toto statement,
+    in a DSSE envelope: a sigstore bundle), checkable offline with `model_signing verify key`."""
+    from model_signing import signing
+    signing.Config().use_elliptic_key_signer(private_key=keys_dir / MANIFEST_KEY).sign(model_dir, signature)
 
 
 def retire(key: Key) -> Path:

@@ -7,7 +7,9 @@ The server (``app``) and the CLI's local verbs (``keys``, ``tokens``) both call 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ from .repo import SqlRepository, metadata_file
 from .store import artifacts, channels, db_url, dumps, open_store, tuf_metadata, versions
 
 FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-UNVERIFIED_KINDS = ("smoke", "bundle")  # inputs to checks, not models a device runs
+UNVERIFIED_KINDS = ("smoke", "bundle", "manifest")  # inputs to checks, not models a device runs
 
 
 @dataclass
@@ -34,6 +36,10 @@ class Upload:
     sha256: str
     length: int
     verification: dict[str, Any]
+
+
+def _same_fs(a: Path, b: Path) -> bool:
+    return a.stat().st_dev == b.stat().st_dev
 
 
 def check_name(value: str, what: str) -> str:
@@ -89,6 +95,7 @@ class Registry:
         for role in K.ROLES:
             for _ in range(root_keys if role == "root" else 1):
                 K.generate(self.keys_dir, role)
+        K.new_manifest_key(self.keys_dir)
         self.reload_keys()
         with self.store.writer() as conn:
             repo = self.repo(conn)
@@ -168,6 +175,8 @@ class Registry:
         check_name(model, "model name")
         if channel is not None:
             check_name(channel, "channel")
+        if any(u.kind == "manifest" for u in uploads):
+            raise PocketVisionError("artifact kind 'manifest' is the registry's own signature; do not upload one.")
         kinds = [u.kind for u in uploads]
         if len(set(kinds)) != len(kinds):
             raise PocketVisionError(f"each artifact kind once per version; got {kinds}.")
@@ -186,6 +195,7 @@ class Registry:
         with self.store.writer() as conn:
             version = (conn.execute(sa.select(sa.func.max(versions.c.version)).where(versions.c.model == model))
                        .scalar() or 0) + 1
+            uploads = uploads + self._manifest(model, version, uploads)
             conn.execute(versions.insert().values(model=model, version=version, created=time.time(),
                                                   info=dumps(info)))
             repo = self.repo(conn)
@@ -201,6 +211,29 @@ class Registry:
                         conn, old, model, channel, version, rollout, conditions))
             repo.publish_targets()
         return {"model": model, "version": version, "channel": channel, "rollout": rollout if channel else None}
+
+    def _manifest(self, model: str, version: int, uploads: list[Upload]) -> list[Upload]:
+        """The version's files, signed as one OpenSSF model-signing manifest (``model.sig``, itself a TUF target)."""
+        if not (self.keys_dir / K.MANIFEST_KEY).is_file():
+            return []  # a store made before manifests: TUF alone vouches for its files
+        import tempfile
+        with tempfile.TemporaryDirectory(prefix="pv-manifest-") as tmp:
+            files = Path(tmp) / f"{model}-{version}"
+            files.mkdir()
+            for u in uploads:
+                local = self.blobs.local_path(u.sha256)
+                if local is not None:
+                    os.link(local, files / u.filename) if _same_fs(local, files) else \
+                        shutil.copyfile(local, files / u.filename)
+                else:
+                    chunks, _ = self.blobs.read(u.sha256)
+                    with open(files / u.filename, "wb") as f:
+                        for c in chunks:
+                            f.write(c)
+            sig = Path(tmp) / "model.sig"
+            K.sign_manifest(self.keys_dir, files, sig)
+            sha, n = self.blobs.put_bytes(sig.read_bytes())
+        return [Upload("manifest", "model.sig", sha, n, {})]
 
     def set_channel(self, model: str, channel: str, version: int | None, rollout: float,
                     conditions: Conditions | None = None) -> dict[str, Any]:
