@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 import time
 from collections import defaultdict
@@ -37,6 +38,7 @@ from .feedback import FeedbackStore
 from .registry import Registry, Upload, check_name
 from .repo import metadata_file
 
+log = logging.getLogger("pocketvision.serve")
 ROLE_FILES = {"root", "timestamp", "snapshot", "targets"}
 
 
@@ -110,6 +112,8 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
                     await run_in_threadpool(registry.refresh_expiring)
                 except PocketVisionError:
                     pass  # no online keys on this instance: another instance signs
+                except Exception as e:  # noqa: BLE001 - the database away for a moment must not end the loop
+                    log.warning("re-signing expiring metadata failed (will retry): %s", e)
                 await asyncio.sleep(limits.refresh_every_s)
         async def poll_timestamp():  # keeps the cheap check's cache warm, so no device waits on the database
             while True:
@@ -117,6 +121,8 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
                     await run_in_threadpool(timestamp, True)
                 except HTTPException:
                     pass
+                except Exception as e:  # noqa: BLE001 - checks fall through to the route (and its error) meanwhile
+                    log.warning("reading timestamp.json failed (will retry): %s", e)
                 await asyncio.sleep(max(limits.timestamp_cache_s / 2, 0.05))
         tasks = [asyncio.create_task(refresher()), asyncio.create_task(poll_timestamp())]
         yield
@@ -140,6 +146,8 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
         hit = token_cache.get(key)
         if hit is None or time.monotonic() - hit[0] > limits.token_cache_s:
             hit = (time.monotonic(), registry.store.token_role(token))
+            if len(token_cache) > 10_000:  # random tokens must not grow memory without bound
+                token_cache.clear()
             token_cache[key] = hit
         if hit[1] is None:
             raise HTTPException(401, "unknown or revoked token", {"WWW-Authenticate": "Bearer"})
@@ -350,7 +358,7 @@ class CheapCheck:
     """The update check every device makes, answered before FastAPI's routing: ``GET timestamp.json`` with a
     token and ETag both already in this instance's caches gets its 304 (or the cached body) straight from the
     ASGI layer. Anything not cached falls through to the route, which fills the caches. Measured on 2 cores:
-    4-5x the requests per second of the same answer through the route (benchmarks/RESULTS.md)."""
+    14,300 req/s, p99 5 ms; the same answer through a thread-pool route gave 669 req/s (benchmarks/RESULTS.md)."""
 
     PATH = "/tuf/metadata/timestamp.json"
 

@@ -102,11 +102,26 @@ def new_manifest_key(keys_dir: Path) -> Path:
     return pub
 
 
+def model_signing_cli() -> str | None:
+    """The OpenSSF `model_signing` command: ``$POCKETVISION_MODEL_SIGNING`` or on PATH. It lives in its own
+    environment (`pipx install model-signing`): its sigstore dependencies cannot share one with LiteRT's
+    converter (typing-extensions < 4.13 there, >= 4.14.1 here)."""
+    import shutil
+    return os.environ.get("POCKETVISION_MODEL_SIGNING") or shutil.which("model_signing")
+
+
 def sign_manifest(keys_dir: Path, model_dir: Path, signature: Path) -> None:
     """An OpenSSF model-signing signature of every file in ``model_dir`` (sha256 per file in an in-toto statement,
     in a DSSE envelope: a sigstore bundle), checkable offline with `model_signing verify key`."""
-    from model_signing import signing
-    signing.Config().use_elliptic_key_signer(private_key=keys_dir / MANIFEST_KEY).sign(model_dir, signature)
+    import subprocess
+    cli = model_signing_cli()
+    if cli is None:
+        raise PocketVisionError("the `model_signing` command is not installed (pipx install model-signing).")
+    r = subprocess.run([cli, "sign", "key", "--private_key", str(keys_dir / MANIFEST_KEY), "--signature",
+                        str(signature), str(model_dir)], capture_output=True, text=True, timeout=600)
+    if r.returncode != 0 or not signature.is_file():
+        tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise PocketVisionError(f"model_signing sign failed: {tail[0][:300]}")
 
 
 def retire(key: Key) -> Path:

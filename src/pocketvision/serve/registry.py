@@ -214,8 +214,8 @@ class Registry:
 
     def _manifest(self, model: str, version: int, uploads: list[Upload]) -> list[Upload]:
         """The version's files, signed as one OpenSSF model-signing manifest (``model.sig``, itself a TUF target)."""
-        if not (self.keys_dir / K.MANIFEST_KEY).is_file():
-            return []  # a store made before manifests: TUF alone vouches for its files
+        if not (self.keys_dir / K.MANIFEST_KEY).is_file() or K.model_signing_cli() is None:
+            return []  # no manifest key, or no `model_signing` here: TUF alone vouches for the files
         import tempfile
         with tempfile.TemporaryDirectory(prefix="pv-manifest-") as tmp:
             files = Path(tmp) / f"{model}-{version}"
