@@ -120,19 +120,44 @@ def wrk(url: str, headers: dict[str, str], seconds: int = 10, conns: int = 32) -
     return {"rps": rps, "p50_ms": ms(50), "p99_ms": ms(99), "errors": int(non2xx.group(1)) if non2xx else 0}
 
 
-def part_checks(s: dict, out: Path) -> list[str]:
+def _checks(store: Path, token: str, *extra: str) -> tuple[list[dict], bytes]:
     import urllib3
-    srv = Server(Path(s["store"]), "--log-level", "warning")
-    rows = []
+    srv = Server(store, "--log-level", "warning", *extra)
     try:
         url = srv.url + "/tuf/metadata/timestamp.json"
-        h = {"Authorization": f"Bearer {s['tokens']['device']}"}
+        h = {"Authorization": f"Bearer {token}"}
         r = urllib3.request("GET", url, headers=h)
         body, etag = r.data, r.headers["ETag"]
         assert urllib3.request("GET", url, headers={**h, "If-None-Match": etag}).status == 304
-        ours = [wrk(url, {**h, "If-None-Match": etag}) for _ in range(3)]
+        return [wrk(url, {**h, "If-None-Match": etag}) for _ in range(3)], body
     finally:
         srv.stop()
+
+
+def pg_store(out: Path, pg: str) -> tuple[Path, str]:
+    """A registry on PostgreSQL (fresh tables in the database ``pg`` names): keys and a device token."""
+    import sqlalchemy as sa
+
+    from pocketvision.serve.store import db_url
+    eng = sa.create_engine(db_url(pg, out))
+    with eng.begin() as c:  # start from an empty schema: the benchmark owns this database
+        c.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    eng.dispose()
+    store = out / "pg-store"
+    shutil.rmtree(store, ignore_errors=True)
+    run(pv("keys", "new", "--store", str(store), "--db", pg))
+    token = run(pv("tokens", "new", "--store", str(store), "--db", pg, "--role", "device")).strip()
+    return store, token
+
+
+def part_checks(s: dict, out: Path, pg: str | None = None) -> list[str]:
+    import urllib3
+    rows = []
+    ours, body = _checks(Path(s["store"]), s["tokens"]["device"])
+    pg_runs = None
+    if pg:
+        store, token = pg_store(out, pg)
+        pg_runs, _ = _checks(store, token, "--db", pg)
     site = out / "nginx"
     (site / "www").mkdir(parents=True, exist_ok=True)
     (site / "www" / "timestamp.json").write_bytes(body)
@@ -158,6 +183,7 @@ http {{ access_log off; server {{ listen 127.0.0.1:{port}; root {site}/www; }} }
         return statistics.median(r[k] for r in rs)
     rows += ["| server | req/s (median of 3) | p50 ms | p99 ms | non-304 |", "|---|---|---|---|---|"]
     for name, rs in (("pocketvision serve (SQLite, 1 worker, token checked)", ours),
+                     *((("pocketvision serve (PostgreSQL, 1 worker, token checked)", pg_runs),) if pg_runs else ()),
                      ("nginx 1 worker, static file (no token)", peer)):
         rows.append(f"| {name} | {med(rs, 'rps'):,.0f} | {med(rs, 'p50_ms'):.2f} | {med(rs, 'p99_ms'):.2f} | "
                     f"{sum(r['errors'] for r in rs)} |")
@@ -326,14 +352,17 @@ def main() -> None:
     ap.add_argument("--parts", default="checks,client,fleet")
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--out", default=str(HERE / "out" / "ota"))
+    ap.add_argument("--pg", default=os.environ.get("POCKETVISION_BENCH_PG"),
+                    help="checks: also a registry on this PostgreSQL database (its tables are dropped first)")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     s = setup(out)
-    print(f"machine: {machine()}\ncommand: python benchmarks/bench_ota.py --parts {a.parts} --devices {a.devices}\n")
+    print(f"machine: {machine()}\ncommand: python benchmarks/bench_ota.py --parts {a.parts} --devices {a.devices}"
+          + (" --pg URL" if a.pg else "") + "\n")
     for part in a.parts.split(","):
         print(f"### {part}\n")
-        rows = {"checks": lambda: part_checks(s, out), "client": lambda: part_client(s, out),
+        rows = {"checks": lambda: part_checks(s, out, a.pg), "client": lambda: part_client(s, out),
                 "fleet": lambda: part_fleet(s, out, a.devices)}[part]()
         print("\n".join(rows) + "\n", flush=True)
 

@@ -80,6 +80,10 @@ class Api:
             return r.status, r.data
 
 
+FORWARD = ("authorization", "range", "origin", "if-none-match", "access-control-request-method",
+           "access-control-request-headers")
+
+
 class Mirror:
     """A mirror or CDN in front of the registry that an attacker controls: it forwards GETs upstream unless a
     test has set ``rules[path_regex] = fn(body) -> bytes`` (rewrite) or ``endless`` / ``cut`` for a path."""
@@ -95,10 +99,11 @@ class Mirror:
 
             def do_GET(self):
                 mirror.seen.append((self.path, self.headers.get("Range")))
-                fwd = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "range")}
+                fwd = {k: v for k, v in self.headers.items() if k.lower() in FORWARD}
                 rule = next((fn for pat, fn in list(mirror.rules.items()) if re.search(pat, self.path)), None)
                 if rule == "endless":
                     self.send_response(200)
+                    self.send_header("Access-Control-Allow-Origin", "*")  # reaches a page's script too
                     self.end_headers()
                     try:
                         for _ in range(10_000):  # 640 MB at most, far past any signed length
@@ -121,21 +126,28 @@ class Mirror:
                     return
                 self.send_response(status)
                 for k, v in r.headers.items():
-                    if k.lower() in ("content-type", "content-range", "etag"):
+                    if k.lower() in ("content-type", "content-range") or k.lower().startswith("access-control-") \
+                            or (k.lower() == "etag" and rule is None):  # a rewritten body has no upstream ETag
                         self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
 
-            def do_POST(self):
+            def do_POST(self, method="POST"):
                 n = int(self.headers.get("Content-Length") or 0)
                 data = self.rfile.read(n)
-                fwd = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")}
-                r = mirror.http.request("POST", mirror.upstream + self.path, body=data, headers=fwd)
+                fwd = {k: v for k, v in self.headers.items() if k.lower() in FORWARD + ("content-type",)}
+                r = mirror.http.request(method, mirror.upstream + self.path, body=data, headers=fwd)
                 self.send_response(r.status)
+                for k, v in r.headers.items():
+                    if k.lower().startswith("access-control-"):
+                        self.send_header(k, v)
                 self.send_header("Content-Length", str(len(r.data)))
                 self.end_headers()
                 self.wfile.write(r.data)
+
+            def do_OPTIONS(self):  # a browser's CORS preflight
+                self.do_POST("OPTIONS")
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -149,3 +161,41 @@ class Mirror:
 
 def env_without_proxy() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+
+
+def store_keys(store: Path) -> dict[str, list]:
+    from pocketvision.serve import keys as K
+    return K.load_keys(store / "keys")
+
+
+def store_meta(store: Path, role: str, version: int | None = None):
+    """A role's signed metadata as the registry in ``store`` holds it (``version``: that one, else the newest)."""
+    from tuf.api.metadata import Metadata
+
+    from pocketvision.serve.repo import metadata_file
+    from pocketvision.serve.store import Store
+    with Store(f"sqlite:///{store / 'registry.db'}").reader() as c:
+        return Metadata.from_bytes(metadata_file(c, role, version))
+
+
+def resign(md, keys, **changes) -> bytes:
+    """``md`` changed and signed again with ``keys`` (what an attacker holding them can make)."""
+    from pocketvision.serve.repo import SERIALIZER
+    for k, v in changes.items():
+        setattr(md.signed, k, v)
+    md.signatures.clear()
+    for k in keys:
+        md.sign(k.signer, append=True)
+    return md.to_bytes(SERIALIZER)
+
+
+def perturbed(bundle: Path, out: Path) -> Path:
+    """``bundle`` with every weight nudged: a second, different model of the same task (a 'v2')."""
+    import torch
+
+    import pocketvision as pv
+    b = pv.load(bundle)
+    with torch.no_grad():
+        for p in b.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    return b.save(out)

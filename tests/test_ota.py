@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ota_support import Api, Mirror, RegistryServer, new_store
+from ota_support import Api, Mirror, RegistryServer, new_store, perturbed, resign, store_keys, store_meta
 from tuf.api.metadata import Metadata
 
 from conftest import run_cli
@@ -45,15 +45,10 @@ DEVICES = _device_ids()
 @pytest.fixture(scope="module")
 def base_store(trained_bundle, hotdog_small, tmp_path_factory):
     """A registry with hotdog v1 (on stable, 100%) and v2 (a different model, not on any channel yet)."""
-    import pocketvision as pv
     root = tmp_path_factory.mktemp("ota")
     store = root / "store"
     tokens = new_store(store)
-    b = pv.load(trained_bundle)
-    with __import__("torch").no_grad():
-        for p in b.model.parameters():
-            p.add_(0.01 * __import__("torch").randn_like(p))
-    b2 = b.save(root / "hotdog-v2.pvb")
+    b2 = perturbed(trained_bundle, root / "hotdog-v2.pvb")
     srv = RegistryServer(store).start()
     try:
         for bundle, extra in ((trained_bundle, ("--channel", "stable", "--rollout", "100%")), (b2, ())):
@@ -229,23 +224,14 @@ def _refused(dev, api, *words):
 
 
 def _keys(tmp_path: Path) -> dict[str, list[K.Key]]:
-    return K.load_keys(tmp_path / "store" / "keys")
+    return store_keys(tmp_path / "store")
 
 
 def _meta(tmp_path: Path, role: str, version: int | None = None) -> Metadata:
-    from pocketvision.serve.repo import metadata_file
-    from pocketvision.serve.store import Store
-    with Store(f"sqlite:///{tmp_path / 'store' / 'registry.db'}").reader() as c:
-        return Metadata.from_bytes(metadata_file(c, role, version))
+    return store_meta(tmp_path / "store", role, version)
 
 
-def _resign(md: Metadata, keys: list[K.Key], **changes) -> bytes:
-    for k, v in changes.items():
-        setattr(md.signed, k, v)
-    md.signatures.clear()
-    for k in keys:
-        md.sign(k.signer, append=True)
-    return md.to_bytes(SERIALIZER)
+_resign = resign
 
 
 def test_attack_tampered_artifact(registry, tmp_path):

@@ -1,5 +1,5 @@
 """Command line for over-the-air updates: `keys`, `tokens`, `serve`, `publish`, `rollout`, `rollback`, `models`,
-`update`. Argument parsing only; each verb calls ``pocketvision.serve`` or ``pocketvision.client``."""
+`feedback`, `web-updates`, `update`. Argument parsing only; each verb calls ``pocketvision.serve`` or ``pocketvision.client``."""
 
 from __future__ import annotations
 
@@ -96,8 +96,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     if a.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {a.host}: serve TLS through a reverse proxy (README: 'Over-the-air updates').",
               flush=True)
-    serve(a.store, a.db, a.blobs, a.keys, a.host, a.port, Limits(max_upload_bytes=a.max_upload_mb << 20),
-          a.log_level, a.workers)
+    limits = Limits(max_upload_bytes=a.max_upload_mb << 20, allow_origins=a.allow_origin or [])
+    serve(a.store, a.db, a.blobs, a.keys, a.host, a.port, limits, a.log_level, a.workers)
     return 0
 
 
@@ -176,6 +176,24 @@ def cmd_feedback(a: argparse.Namespace) -> int:
         return _show(out, a.json, lambda o: print(f"{o['added']} confirmed corrections written to {o['out']} "
                                                   f"({o['already_there']} already there, {o['without_photo']} "
                                                   "without a photo)"))
+    if a.app:
+        if a.action != "review":
+            raise PocketVisionError("--app opens the review page: use it with `feedback review`.")
+        import threading
+
+        from .label.review import start
+        srv = start(c, a.name, a.host, a.port)
+        url = f"http://{srv.server_address[0]}:{srv.server_address[1]}/"
+        print(f"reviewing corrections to {a.name}: open {url}  (Ctrl-C to stop; each decision is saved at once)",
+              flush=True)
+        if not a.no_browser:
+            import webbrowser
+            webbrowser.open(url)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            srv.shutdown()
+        return 0
     changes = [(i, "confirmed", None) for i in _ids(a.confirm)] + [(i, "rejected", None) for i in _ids(a.reject)]
     for item in a.label or []:
         i, _, label = item.partition("=")
@@ -207,6 +225,17 @@ def _render_feedback(items: list[dict[str, Any]]) -> None:
         t.add_row(str(it["id"]), str(it["version"] or ""), it["predicted"], it["corrected"],
                   it["image_type"] or "(private)", it["status"], it["label"])
     Console().print(t)
+
+
+def cmd_web_updates(a: argparse.Namespace) -> int:
+    from .export.web import add_updates
+    token = a.token or os.environ.get("POCKETVISION_TOKEN")
+    if not token:
+        raise PocketVisionError("give a device token: --token (`pocketvision tokens new --role device`).")
+    folder = add_updates(a.folder, a.server, a.name, token, a.root, a.channel, a.app_version, a.interval)
+    print(f"{folder}: checks {a.server} for {a.name}/{a.channel} every {a.interval} s and offers 'wrong?'; start "
+          "the registry with --allow-origin for the origin that serves this page.")
+    return 0
 
 
 def cmd_update(a: argparse.Namespace) -> int:
@@ -266,13 +295,16 @@ def add_verbs(verb) -> None:
     s.add_argument("--port", type=int, default=8000, help="port")
     s.add_argument("--max-upload-mb", type=int, default=512, help="largest artifact accepted")
     s.add_argument("--workers", type=int, default=1, help="worker processes (all share the database and blobs)")
+    s.add_argument("--allow-origin", action="append", metavar="ORIGIN",
+                   help="let web pages from ORIGIN (e.g. https://app.example.com) check for updates and send "
+                   "corrections from the browser (CORS; repeatable)")
     s.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
     s = verb("publish", "Export a bundle, refuse what fails verify, record smoke outputs, upload and sign a new "
              "version.", cmd_publish)
     s.add_argument("bundle", help="bundle (.pvb)")
     s.add_argument("--name", required=True, help="model name on the registry")
-    s.add_argument("--to", default="onnx", help="targets to export and publish, comma-separated (onnx, tflite)")
+    s.add_argument("--to", default="onnx", help="targets to export and publish, comma-separated (onnx, tflite, coreml, web)")
     s.add_argument("--channel", default=None, help="also roll it out on this channel (stable, beta, ...)")
     s.add_argument("--rollout", type=_percent, default=100.0, help="percent of the channel's devices, e.g. 10%%")
     s.add_argument("--data", default=None, help="labelled images for verification and smoke inputs "
@@ -307,7 +339,25 @@ def add_verbs(verb) -> None:
     s.add_argument("--label", action="append", metavar="ID=LABEL", help="review: confirm with another label")
     s.add_argument("--out", default=None, help="export: data set folder to merge into (train/<label>/ when it has "
                    "a train split, else <label>/)")
+    s.add_argument("--app", action="store_true", help="review: open the labelling app's review page (photo, both "
+                   "labels, one key per decision) instead of the table")
+    s.add_argument("--host", default="127.0.0.1", help="--app: address to bind (default: this machine only)")
+    s.add_argument("--port", type=int, default=8766, help="--app: port (0 = any free one)")
+    s.add_argument("--no-browser", action="store_true", help="--app: do not open a browser")
     server_flags(s)
+
+    s = verb("web-updates", "Turn on over-the-air updates and the 'wrong?' control in a web export "
+             "(writes update.json and root.json into it).", cmd_web_updates)
+    s.add_argument("folder", help="a web export (pocketvision export BUNDLE --to web)")
+    s.add_argument("--name", required=True, help="model name on the registry")
+    s.add_argument("--root", required=True, help="trusted root metadata (`pocketvision keys show --root-out`)")
+    s.add_argument("--server", required=True, help="registry URL as the browser reaches it")
+    s.add_argument("--token", default=None, help="a DEVICE token (every visitor can read it; default: "
+                   "$POCKETVISION_TOKEN)")
+    s.add_argument("--channel", default="stable")
+    s.add_argument("--app-version", default=None, help="this page's version, for --min-app-version conditions")
+    s.add_argument("--interval", type=int, default=3600, help="seconds between checks (0: only when the page "
+                   "calls pv.updates.check())")
 
     s = verb("update", "Device side, once: check the registry, verify (TUF), smoke-test and install the model; "
              "optionally predict.", cmd_update)

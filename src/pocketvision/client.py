@@ -42,7 +42,7 @@ from tuf.api import exceptions as tuf_errors
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from .errors import PocketVisionError
-from .serve.plans import Plan, decide
+from .serve.plans import FOLDER_SUFFIX, Plan, decide
 
 STATE = "state.json"
 
@@ -206,7 +206,9 @@ def smoke_test(predictor: Any, smoke: dict[str, Any], kind: str) -> dict[str, An
     of the same artifact (``passed``)."""
     try:
         pixels = _b64_array(smoke["inputs"])
-        recorded = _b64_array(smoke["outputs"][kind])
+        # Outputs recorded with this very file; for a runtime the publisher could not run (Core ML off macOS)
+        # the trained model's, judged by the same task parity budget `verify` uses.
+        recorded = _b64_array(smoke["outputs"][kind] if kind in smoke["outputs"] else smoke["reference"])
     except (KeyError, TypeError, ValueError) as e:
         raise PocketVisionError(f"smoke file: unreadable ({e})") from None
     if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[0] > 64:
@@ -253,9 +255,10 @@ class ModelUpdater:
         if not inst:
             return
         path = Path(inst["path"])
-        try:  # app storage is not trusted blindly either: the file must still be the one TUF verified
-            if _sha256(path) != inst["sha256"]:
-                raise PocketVisionError(f"{path}: changed on disk since it was installed")
+        try:  # app storage is not trusted blindly either: each file must still be the one TUF verified
+            for rel, sha in inst["files"].items():
+                if _sha256(path / rel if rel else path) != sha:
+                    raise PocketVisionError(f"{path / rel}: changed on disk since it was installed")
             self.predictor.swap(self._open(path), inst["version"])
         except (OSError, PocketVisionError) as e:
             self.state.pop("installed", None)
@@ -313,16 +316,40 @@ class ModelUpdater:
             return CheckResult("none", self.version, f"version {want.version} failed here before; not retried")
         if self.kind not in want.files or "smoke" not in want.files:
             return self._fail(want.version, f"release {want.version} has no {self.kind!r} model or smoke file")
-        files = {}
-        for kind in (self.kind, "smoke"):
-            info = up.get_targetinfo(want.files[kind])
-            if info is None:
-                raise tuf_errors.RepositoryError(f"{want.files[kind]} is not a signed target")
-            files[kind] = (info, self._fetch_target(up, info, want.version))
-        return self._install(want.version, files)
+        smoke = self._fetch_target(up, self._info(up, want.files["smoke"]), want.version)
+        path = want.files[self.kind]
+        if not path.endswith(FOLDER_SUFFIX):
+            info = self._info(up, path)
+            return self._install(want.version, self._fetch_target(up, info, want.version),
+                                 {"": info.hashes["sha256"]}, smoke)
+        # A folder (web page, .mlpackage): its listing, then each file it names, every one a signed target.
+        listing = self._fetch_target(up, self._info(up, path), want.version)
+        try:
+            doc = json.loads(listing.read_bytes())
+            folder, rels = str(doc["folder"]), [str(r) for r in doc["files"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise tuf_errors.RepositoryError(f"{path}: folder listing unreadable ({e})") from None
+        base = path[: -len(FOLDER_SUFFIX)]
+        if base.rsplit("/", 1)[-1] != folder:
+            raise tuf_errors.RepositoryError(f"{path}: listing names folder {folder!r}")
+        if any(part in ("", ".", "..") or "\\" in part for r in [folder, *rels] for part in r.split("/")):
+            raise tuf_errors.RepositoryError(f"{path}: a file path leaves the folder")  # even if signed
+        hashes = {}
+        for rel in rels:
+            info = self._info(up, f"{base}/{rel}")  # a signed target too
+            self._fetch_target(up, info, want.version, f"{folder}/{rel}")
+            hashes[rel] = info.hashes["sha256"]
+        return self._install(want.version, self.dir / "models" / str(want.version) / folder, hashes, smoke)
 
-    def _fetch_target(self, up: Updater, info, version: int) -> Path:
-        dest = self.dir / "models" / str(version) / info.path.rsplit("/", 1)[-1]
+    @staticmethod
+    def _info(up: Updater, path: str):
+        info = up.get_targetinfo(path)
+        if info is None:
+            raise tuf_errors.RepositoryError(f"{path} is not a signed target")
+        return info
+
+    def _fetch_target(self, up: Updater, info, version: int, rel: str | None = None) -> Path:
+        dest = self.dir / "models" / str(version) / (rel or info.path.rsplit("/", 1)[-1])
         if up.find_cached_target(info, str(dest)):
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -331,11 +358,10 @@ class ModelUpdater:
         os.replace(tmp, dest)
         return dest
 
-    def _install(self, version: int, files: dict[str, tuple[Any, Path]]) -> CheckResult:
-        info, path = files[self.kind]
+    def _install(self, version: int, path: Path, hashes: dict[str, str], smoke_file: Path) -> CheckResult:
         try:
             candidate = self._open(path)
-            smoke = json.loads(files["smoke"][1].read_text())
+            smoke = json.loads(smoke_file.read_text())
             parity = smoke_test(candidate, smoke, self.kind)
         except Exception as e:  # noqa: BLE001 - any failure to load or run a new model keeps the old one
             return self._fail(version, f"could not load or run version {version}: {type(e).__name__}: {e}")
@@ -343,7 +369,7 @@ class ModelUpdater:
             return self._fail(version, f"smoke test failed on version {version}: "
                                        f"{ {k: v for k, v in parity.items() if k != 'passed'} }")
         self.predictor.swap(candidate, version)
-        self.state["installed"] = {"version": version, "path": str(path), "sha256": info.hashes["sha256"]}
+        self.state["installed"] = {"version": version, "path": str(path), "files": hashes}
         self._write_state()
         self._prune(keep={version})
         self._report(version, "installed", "")

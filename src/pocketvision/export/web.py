@@ -3,6 +3,8 @@
 Layout of ``NAME.web/``::
 
     index.html, app.js      the page (same for every model)
+    update.js               over-the-air updates and corrections, used when update.json + root.json are added
+                            (``pocketvision web-updates``)
     render/<task>.js        the task's renderer (bars, points on the frame, a stylised canvas...)
     model.json              labels, preprocessing contract, threshold, renderer, file list with SHA-256
     model.onnx              the graph (+ ``model.data.N`` weight chunks when the model is large)
@@ -144,7 +146,7 @@ def export_web(onnx_path: str | Path, meta: dict[str, Any], out: str | Path, out
     spec = outputs
     out.mkdir(parents=True, exist_ok=True)
     static = resources.files("pocketvision.export") / "web_static"
-    for name in ("index.html", "app.js"):
+    for name in ("index.html", "app.js", "update.js"):
         (out / name).write_bytes((static / name).read_bytes())
     (out / "render").mkdir(exist_ok=True)
     (out / "render" / spec.web_renderer).write_bytes(
@@ -170,6 +172,41 @@ def export_web(onnx_path: str | Path, meta: dict[str, Any], out: str | Path, out
            **{k: v for k, v in meta.items() if k not in ("labels", "contract", "threshold", "task")}}
     (out / "model.json").write_text(json.dumps(doc, indent=2, default=str))
     return out
+
+
+def add_updates(folder: str | Path, server: str, model: str, token: str, root: str | Path,
+                channel: str = "stable", app_version: str | None = None, interval_s: int = 3600) -> Path:
+    """Turn on over-the-air updates and the "wrong?" control in a web export: ``update.json`` (registry, model,
+    channel, device token) and ``root.json`` (the registry's root metadata, the page's one trust anchor).
+    The token is readable by every visitor: give a *device* token (it can only read updates and post reports
+    and corrections), and start the registry with ``--allow-origin`` for the page's origin."""
+    from ..runtime.web_predictor import is_web_folder
+    from ..serve.plans import NAME
+    folder = Path(folder)
+    if not is_web_folder(folder):
+        raise PocketVisionError(f"{folder}: not a pocketvision web export; make one with "
+                                "`pocketvision export BUNDLE --to web`.")
+    if not server.startswith(("http://", "https://")):
+        raise PocketVisionError(f"--server {server!r}: give the registry's http(s):// URL.")
+    if not NAME.fullmatch(model) or not NAME.fullmatch(channel):
+        raise PocketVisionError(f"--name {model!r} / --channel {channel!r}: lowercase letters, digits, '.', '_', '-'.")
+    try:
+        doc = json.loads(Path(root).read_bytes())
+        ok = doc["signed"]["_type"] == "root" and isinstance(doc["signatures"], list)
+    except (OSError, ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise PocketVisionError(f"--root {root}: not TUF root metadata; write it with "
+                                "`pocketvision keys show --root-out root.json`.")
+    if not (folder / "update.js").is_file():
+        raise PocketVisionError(f"{folder}: exported before over-the-air updates existed; export it again.")
+    config = {"server": server.rstrip("/"), "model": model, "channel": channel, "token": token,
+              "app_version": app_version, "interval_s": interval_s}
+    for name, data in (("root.json", Path(root).read_bytes()), ("update.json", json.dumps(config, indent=2).encode())):
+        tmp = folder / f".{name}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, folder / name)
+    return folder
 
 
 @register_target

@@ -34,8 +34,8 @@ from starlette.concurrency import run_in_threadpool
 from ..errors import PocketVisionError
 from .blobs import SHA256, TooLarge
 from .plans import Conditions
-from .feedback import FeedbackStore
-from .registry import Registry, Upload, check_name
+from .feedback import IMAGE_MIME, FeedbackStore
+from .registry import MAX_MEMBERS, Member, Registry, Upload, check_name
 from .repo import metadata_file
 
 log = logging.getLogger("pocketvision.serve")
@@ -50,6 +50,9 @@ class Limits(BaseModel):
     timestamp_cache_s: float = Field(1.0, ge=0)  # how stale `timestamp.json` may be on one instance
     refresh_every_s: float = Field(300.0, gt=0)  # how often expiring metadata is checked and re-signed
     max_feedback_bytes: int = Field(10 << 20, ge=1024)  # one correction, photo included
+    # Web pages that update themselves and send corrections from the browser (`export --to web` served from
+    # another origin): CORS for the device routes. Empty: same-origin pages and native apps only.
+    allow_origins: list[str] = []
 
 
 class PublishRequest(BaseModel):
@@ -133,6 +136,11 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
     app = FastAPI(title="pocketvision registry", version="1", lifespan=lifespan,
                   description="Signed over-the-air model updates (TUF) and device reports.")
     app.add_middleware(CheapCheck, token_cache=token_cache, ts_cache=ts_cache, limits=limits)
+    if limits.allow_origins:  # added last, so it wraps CheapCheck: its 304s carry the CORS headers too
+        from fastapi.middleware.cors import CORSMiddleware
+        app.add_middleware(CORSMiddleware, allow_origins=limits.allow_origins, allow_credentials=False,
+                           allow_methods=["GET", "POST"], expose_headers=["ETag", "Content-Length"],
+                           allow_headers=["Authorization", "Content-Type", "If-None-Match", "Range"], max_age=600)
 
     @app.exception_handler(PocketVisionError)
     async def _user_error(request: Request, exc: PocketVisionError):
@@ -238,17 +246,24 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
     def publish(model: str, req: PublishRequest, who=Depends(admin)):
         rate.hit(f"t{who[0]}")
         try:
-            uploads = [Upload(kind=str(f["kind"]), filename=str(f["filename"]), sha256=str(f["sha256"]),
-                              length=int(f["length"]), verification=dict(f.get("verification") or {}))
+            uploads = [Upload(kind=str(f["kind"]), filename=str(f["filename"]),
+                              sha256=None if "members" in f else str(f["sha256"]),
+                              length=None if "members" in f else int(f["length"]),
+                              verification=dict(f.get("verification") or {}),
+                              members=[Member(str(m["path"]), str(m["sha256"]), int(m["length"]))
+                                       for m in f["members"][:MAX_MEMBERS + 1]] if "members" in f else None)
                        for f in req.files]
         except (KeyError, TypeError, ValueError) as e:
-            raise HTTPException(422, f"files: each needs kind, filename, sha256, length ({e})") from None
+            raise HTTPException(422, "files: each needs kind, filename and sha256 + length (a file) or members "
+                                f"[{{path, sha256, length}}] (a folder) ({e})") from None
         for u in uploads:
-            if not SHA256.fullmatch(u.sha256):
-                raise HTTPException(422, f"files: {u.filename!r} sha256 is not a sha256")
-            size = registry.blobs.size(u.sha256)
-            if size is not None and size != u.length:
-                raise HTTPException(422, f"files: {u.filename!r} length does not match the upload")
+            for name, sha, length in ([(u.filename, u.sha256, u.length)] if u.members is None else
+                                      [(f"{u.filename}/{m.path}", m.sha256, m.length) for m in u.members]):
+                if not SHA256.fullmatch(sha):
+                    raise HTTPException(422, f"files: {name[:100]!r} sha256 is not a sha256")
+                size = registry.blobs.size(sha)
+                if size is not None and size != length:
+                    raise HTTPException(422, f"files: {name[:100]!r} length does not match the upload")
         out = registry.publish(model, uploads, req.info, req.channel, req.rollout, req.conditions)
         ts_cache["at"] = -1.0  # this instance's own change is visible to its next check at once
         return out
@@ -338,7 +353,7 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
     @app.get("/v1/feedback/{fid}/image", tags=["admin"])
     def feedback_image(fid: int, _=Depends(admin)):
         data, kind = fb.image(fid)
-        return Response(data, media_type={"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}[kind],
+        return Response(data, media_type=IMAGE_MIME[kind],
                         headers={"Content-Disposition": f'attachment; filename="feedback-{fid}.{kind}"',
                                  "X-Content-Type-Options": "nosniff"})
 

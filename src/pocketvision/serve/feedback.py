@@ -23,6 +23,7 @@ from ..errors import PocketVisionError
 from .store import device_key, feedback, versions
 
 IMAGE_TYPES = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+IMAGE_MIME = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 MAX_PIXELS = 40_000_000  # a 12 MP phone photo is far below; a decompression bomb is far above
 STATUSES = ("new", "confirmed", "rejected")
 

@@ -16,6 +16,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # model and channel names: path-safe by construction
+# A folder export (web page, .mlpackage) is published as its files, each its own signed target under
+# '<model>/<version>/<folder>/', plus a listing '<folder>.folder.json' ({"folder", "files": [relative paths]})
+# that the release names: a device fetches and verifies only the files it needs, and unchanged files (the web
+# runtime) are stored once on the server.
+FOLDER_SUFFIX = ".folder.json"
 PLATFORMS = ("android", "ios", "web", "linux", "macos", "windows")
 
 

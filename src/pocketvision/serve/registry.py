@@ -21,21 +21,43 @@ from tuf.api.metadata import TargetFile
 from ..errors import PocketVisionError
 from . import keys as K
 from .blobs import open_blobs
-from .plans import NAME, Conditions, Plan, Release
+from .plans import FOLDER_SUFFIX, NAME, Conditions, Plan, Release
 from .repo import SqlRepository, metadata_file
 from .store import artifacts, channels, db_url, dumps, open_store, tuf_metadata, versions
 
 FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+MEMBER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")  # inside a folder export ('_headers' too), never hidden
 UNVERIFIED_KINDS = ("smoke", "bundle", "manifest")  # inputs to checks, not models a device runs
+MAX_MEMBERS = 4096
+
+
+@dataclass
+class Member:
+    path: str  # relative, '/'-separated
+    sha256: str
+    length: int
 
 
 @dataclass
 class Upload:
     kind: str
     filename: str
-    sha256: str
-    length: int
+    sha256: str | None  # None for a folder: its listing is made here
+    length: int | None
     verification: dict[str, Any]
+    members: list[Member] | None = None
+
+
+def check_member(rel: str) -> str:
+    parts = rel.split("/") if isinstance(rel, str) else [""]
+    if not 1 <= len(parts) <= 8 or not all(MEMBER.fullmatch(p) and ".." not in p for p in parts):
+        raise PocketVisionError(f"folder member {str(rel)[:80]!r}: a relative path of names made of letters, "
+                                "digits, '.', '_', '-', none starting with '.'.")
+    return rel
+
+
+def folder_listing(u: Upload) -> bytes:
+    return json.dumps({"folder": u.filename, "files": sorted(m.path for m in u.members or [])}).encode()
 
 
 def _same_fs(a: Path, b: Path) -> bool:
@@ -190,8 +212,16 @@ class Registry:
             if u.kind not in UNVERIFIED_KINDS and not (u.verification or {}).get("passed"):
                 raise PocketVisionError(f"{u.filename}: its verification did not pass (or is missing); only "
                                         "verified exports are published (`pocketvision verify`).")
-            if not self.blobs.exists(u.sha256):
-                raise PocketVisionError(f"{u.filename}: content {u.sha256[:12]} was not uploaded.")
+            if u.members is not None:
+                if not 1 <= len(u.members) <= MAX_MEMBERS or len({m.path for m in u.members}) != len(u.members):
+                    raise PocketVisionError(f"{u.filename}: a folder needs 1-{MAX_MEMBERS} distinct files.")
+                for m in u.members:
+                    check_member(m.path)
+                    if not self.blobs.exists(m.sha256):
+                        raise PocketVisionError(f"{u.filename}/{m.path}: content {m.sha256[:12]} was not uploaded.")
+                u.sha256, u.length = self.blobs.put_bytes(folder_listing(u))
+            elif not u.sha256 or not self.blobs.exists(u.sha256):
+                raise PocketVisionError(f"{u.filename}: content {str(u.sha256)[:12]} was not uploaded.")
         with self.store.writer() as conn:
             version = (conn.execute(sa.select(sa.func.max(versions.c.version)).where(versions.c.model == model))
                        .scalar() or 0) + 1
@@ -202,6 +232,11 @@ class Registry:
             with repo.edit_targets() as t:
                 for u in uploads:
                     path = f"{model}/{version}/{u.filename}"
+                    if u.members is not None:
+                        for m in u.members:
+                            t.targets[f"{path}/{m.path}"] = TargetFile(m.length, {"sha256": m.sha256},
+                                                                       f"{path}/{m.path}")
+                        path += FOLDER_SUFFIX
                     conn.execute(artifacts.insert().values(model=model, version=version, kind=u.kind, path=path,
                                                            sha256=u.sha256, length=u.length,
                                                            verification=dumps(u.verification or {})))
@@ -221,19 +256,25 @@ class Registry:
             files = Path(tmp) / f"{model}-{version}"
             files.mkdir()
             for u in uploads:
-                local = self.blobs.local_path(u.sha256)
-                if local is not None:
-                    os.link(local, files / u.filename) if _same_fs(local, files) else \
-                        shutil.copyfile(local, files / u.filename)
-                else:
-                    chunks, _ = self.blobs.read(u.sha256)
-                    with open(files / u.filename, "wb") as f:
-                        for c in chunks:
-                            f.write(c)
+                members = [(f"{u.filename}/{m.path}", m.sha256) for m in u.members] if u.members is not None \
+                    else [(u.filename, u.sha256)]
+                for rel, sha in members:
+                    self._copy_blob(sha, files / rel)
             sig = Path(tmp) / "model.sig"
             K.sign_manifest(self.keys_dir, files, sig)
             sha, n = self.blobs.put_bytes(sig.read_bytes())
         return [Upload("manifest", "model.sig", sha, n, {})]
+
+    def _copy_blob(self, sha: str, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        local = self.blobs.local_path(sha)
+        if local is not None:
+            os.link(local, dest) if _same_fs(local, dest.parent) else shutil.copyfile(local, dest)
+            return
+        chunks, _ = self.blobs.read(sha)
+        with open(dest, "wb") as f:
+            for c in chunks:
+                f.write(c)
 
     def set_channel(self, model: str, channel: str, version: int | None, rollout: float,
                     conditions: Conditions | None = None) -> dict[str, Any]:

@@ -8,8 +8,12 @@
 // Backends: WebGPU when the browser has an adapter, else WASM (SIMD; threads when the page is
 // cross-origin isolated, i.e. served with COOP/COEP headers).
 //
+// Over-the-air updates (update.js) when update.json and root.json sit next to the page: see update.js.
+//
 // Tests and apps use window.pv: await pv.ready; pv.runPixels(uint8 NHWC, n[, h, w]); pv.runSource(img|video|canvas).
 // (pv.classifyPixels / pv.classifySource are the same functions under their first names.)
+
+import { readBody, Updater } from './update.js';
 
 const params = new URLSearchParams(location.search);
 const CACHE_NAME = 'pocketvision-model-cache';
@@ -37,19 +41,7 @@ async function cachedBytes(url, sha, onBytes) {
   }
   const resp = await fetch(url);
   if (!resp.ok) throw new Error(`${url}: HTTP ${resp.status}`);
-  const reader = resp.body.getReader();
-  const parts = [];
-  let got = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    parts.push(value);
-    got += value.length;
-    onBytes(value.length);
-  }
-  const bytes = new Uint8Array(got);
-  let off = 0;
-  for (const p of parts) { bytes.set(p, off); off += p.length; }
+  const bytes = await readBody(resp, { onBytes });
   if (cache) await cache.put(key, new Response(bytes)).catch(() => {});
   return bytes;
 }
@@ -108,38 +100,74 @@ async function main() {
   const files = [{ path: `ort/${runtime.wasm}`, sha: runtime.wasm_sha256, size: runtime.wasm_size },
     { path: meta.model.path, sha: meta.model.sha256, size: meta.model.size },
     ...meta.model.external_data.map((c) => ({ path: c.path, sha: c.sha256, size: c.size }))];
-  const total = files.reduce((s, f) => s + f.size, 0);
+  // Over-the-air updates (update.json + root.json next to the page): a model installed by an earlier visit
+  // comes from the Cache API instead of the page's own, so only the runtime binary is read here.
+  const updates = await startUpdates();
+  const installed = updates && (await updates.installed());
+  const wanted = installed ? files.slice(0, 1) : files;
+  const total = wanted.reduce((s, f) => s + f.size, 0);
   let done = 0;
-  const bytes = await Promise.all(files.map((f) => cachedBytes(f.path, f.sha, (n) => { done += n; setProgress(done, total, 'model'); })));
+  const bytes = await Promise.all(wanted.map((f) => cachedBytes(f.path, f.sha, (n) => { done += n; setProgress(done, total, 'model'); })));
   ort.env.wasm.wasmBinary = bytes[0].buffer;
   pv.timings.downloaded = performance.now();
 
   const options = { executionProviders: backend === 'webgpu' ? ['webgpu', 'wasm'] : ['wasm'], graphOptimizationLevel: 'all' };
-  if (meta.model.external_data.length) {
-    options.externalData = meta.model.external_data.map((c, i) => ({ path: c.path, data: bytes[i + 2] }));
+  // One open model: its session, its model.json, and the calls running on it. An update opens a second one
+  // and swaps it in; the old session is released once its last call has returned.
+  async function openModel(m, fileBytes) {
+    const opts = { ...options };
+    if (m.model.external_data.length) opts.externalData = m.model.external_data.map((c) => ({ path: c.path, data: fileBytes[c.path] }));
+    const session = await ort.InferenceSession.create(fileBytes[m.model.path], opts);
+    const om = { session, meta: m, input: session.inputNames[0], output: session.outputNames[0], inflight: 0, retired: false };
+    om.run = async (rgb, n, h, w) => {
+      om.inflight += 1;
+      try {
+        const out = await session.run({ [om.input]: new ort.Tensor('uint8', rgb, [n, h, w, 3]) });
+        const t = out[om.output];  // the task's primary output (OutputSpec.names[0])
+        return { data: t.data, dims: t.dims, type: t.type };
+      } finally {
+        om.inflight -= 1;
+        if (om.retired && !om.inflight) session.release();
+      }
+    };
+    om.release = () => { om.retired = true; if (!om.inflight) session.release(); };
+    return om;
   }
-  const session = await ort.InferenceSession.create(bytes[1], options);
+  let current = installed ? await openModel(installed.meta, installed.files)
+    : await openModel(meta, Object.fromEntries(files.slice(1).map((f, i) => [f.path, bytes[i + 1]])));
+  pv.meta = current.meta;
+  pv.version = installed ? installed.version : null;
+  const size = () => current.meta.contract.size;
+  // uint8 NHWC in (any h, w when the model is fully convolutional) -> {data, dims, type}, on the model current
+  // when the call starts.
+  const run = (rgb, n, h = size()[0], w = size()[1]) => current.run(rgb, n, h, w);
   pv.backend = backend;
   pv.threads = threads;
-  const [H, W] = meta.contract.size;
-  const input = session.inputNames[0];
-
-  const output = session.outputNames[0];  // the task's primary output (OutputSpec.names[0])
-  // uint8 NHWC in (any h, w when the model is fully convolutional) -> {data, dims, type}
-  async function run(rgb, n, h = H, w = W) {
-    const out = await session.run({ [input]: new ort.Tensor('uint8', rgb, [n, h, w, 3]) });
-    const t = out[output];
-    return { data: t.data, dims: t.dims, type: t.type };
-  }
   // Warm-up: the first run allocates and JIT-compiles kernels; users should not wait for that.
-  await run(new Uint8Array(H * W * 3), 1);
+  await run(new Uint8Array(size()[0] * size()[1] * 3), 1);
   pv.timings.ready = performance.now();
+  if (updates) {
+    updates.page.open = async (m, fileBytes) => {
+      const om = await openModel(m, fileBytes);
+      await om.run(new Uint8Array(m.contract.size[0] * m.contract.size[1] * 3), 1, ...m.contract.size);
+      return om;
+    };
+    updates.page.swap = (om, m, version) => {
+      const old = current;
+      current = om;
+      pv.meta = m;
+      pv.version = version;
+      old.release();
+    };
+    pv.updates = updates;
+    if (updates.cfg.interval_s > 0) updates.start();
+  }
 
   const renderer = await import(`./${meta.renderer}`);
   const ctx = $('canvas').getContext('2d', { willReadFrequently: true });
   pv.renderer = meta.renderer;
   // The raw output of n images: numbers as a flat array; uint8 images as base64 (compact for Playwright).
-  pv.runPixels = async (rgb, n = 1, h = H, w = W) => {
+  pv.runPixels = async (rgb, n = 1, h = size()[0], w = size()[1]) => {
     const t0 = performance.now();
     const r = await run(rgb instanceof Uint8Array ? rgb : new Uint8Array(rgb), n, h, w);
     const ms = performance.now() - t0;
@@ -153,13 +181,16 @@ async function main() {
   // A picture, video frame or canvas -> the renderer's input (the contract's resize by default) -> the model
   // -> the renderer draws the answer on the page and returns it (kept in pv.last).
   pv.runSource = async (src) => {
-    const x = renderer.prepare ? renderer.prepare(src, meta, ctx, { drawToCanvas }) : { rgb: drawToCanvas(src, meta.contract, ctx), h: H, w: W };
+    const m = current.meta;
+    const x = renderer.prepare ? renderer.prepare(src, m, ctx, { drawToCanvas }) : { rgb: drawToCanvas(src, m.contract, ctx), h: size()[0], w: size()[1] };
     const t0 = performance.now();
     const r = await run(x.rgb, 1, x.h, x.w);
     const ms = performance.now() - t0;
-    const result = { ...renderer.render({ output: r, src, meta, input: x, page: $ }), ms };
-    $('timing').textContent = `model ${ms.toFixed(1)} ms on ${pv.backend}`;
+    const result = { ...renderer.render({ output: r, src, meta: m, input: x, page: $ }), ms };
+    $('timing').textContent = `model ${ms.toFixed(1)} ms on ${pv.backend}` + (pv.version != null ? ` · version ${pv.version}` : '');
     pv.last = result;
+    pv.lastSource = src;
+    offerCorrection(result, m);
     return result;
   };
   pv.classifyPixels = async (rgb, n = 1) => {
@@ -173,7 +204,9 @@ async function main() {
     img.src = url;
     await img.decode();
     $('view').src = url;
-    return pv.runSource(img);
+    const result = await pv.runSource(img);
+    pv.lastPhoto = url;
+    return result;
   };
   pv.classifyUrl = pv.runUrl;
   pv.status = 'ready';
@@ -183,6 +216,48 @@ async function main() {
     ` · ready in ${((pv.timings.ready - pv.timings.start) / 1000).toFixed(2)} s`;
   readyResolve(pv);
 }
+
+async function startUpdates() {
+  const cfgResp = await fetch('update.json', { cache: 'no-cache' }).catch(() => null);
+  if (!cfgResp || !cfgResp.ok) return null;
+  const root = await (await fetch('root.json', { cache: 'no-cache' })).json();
+  return new Updater(await cfgResp.json(), root, { runtimeVersion: pv.meta.onnxruntime_web, renderer: pv.meta.renderer });
+}
+
+// "wrong?": shown when updates are on and the answer is a label; sends the user's correction to the registry.
+function offerCorrection(result, m) {
+  const box = $('wrong');
+  if (!pv.updates || result.label === undefined || !m.labels) { box.hidden = true; return; }
+  const select = $('wrong-label');
+  select.replaceChildren(...m.labels.filter((l) => l !== result.label).map((l) => new Option(l, l)));
+  $('wrong-status').textContent = '';
+  box.hidden = false;
+  box.dataset.predicted = result.label;
+}
+
+// The photo as the user gave it (a file or URL), or the current video frame as a JPEG.
+async function photoBlob() {
+  if (pv.lastPhoto) return (await fetch(pv.lastPhoto)).blob();
+  const src = pv.lastSource, c = document.createElement('canvas');
+  c.width = src.videoWidth || src.naturalWidth || src.width;
+  c.height = src.videoHeight || src.naturalHeight || src.height;
+  c.getContext('2d').drawImage(src, 0, 0);
+  return new Promise((res) => c.toBlob(res, 'image/jpeg', 0.92));
+}
+
+pv.sendCorrection = async (corrected = $('wrong-label').value, sharePixels = $('wrong-share').checked) => {
+  const status = $('wrong-status');
+  try {
+    const r = await pv.updates.feedback({ image: sharePixels ? await photoBlob() : null, predicted: $('wrong').dataset.predicted,
+      corrected, sharePixels });
+    status.textContent = 'Thanks: sent.';
+    return r;
+  } catch (e) {
+    status.textContent = String(e.message || e);
+    throw e;
+  }
+};
+$('wrong-send').addEventListener('click', () => pv.sendCorrection().catch(() => {}));
 
 // Photos: drop or choose; camera: run the model on frames as fast as it allows.
 async function runFile(file) {
@@ -200,6 +275,7 @@ drop.addEventListener('drop', (e) => {
   if (e.dataTransfer.files[0]) runFile(e.dataTransfer.files[0]);
 });
 $('camera').addEventListener('click', async () => {
+  pv.lastPhoto = null;
   await pv.ready;
   const video = $('video');
   video.srcObject = await navigator.mediaDevices.getUserMedia({ video: { facingMode: 'environment' }, audio: false });
