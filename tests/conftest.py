@@ -55,9 +55,10 @@ def trained_bundle(hotdog_small, tmp_path_factory) -> Path:
     return b.path
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None
+            ) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pocketvision.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout)
+                          cwd=cwd, timeout=timeout, env=env)
 
 
 def one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:

@@ -35,6 +35,15 @@ MAX_META_BYTES = 8 * 2**20
 MAX_WEIGHTS_BYTES = 2 * 2**30
 
 
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MB pieces (memory stays flat for any size)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write to a temp file beside ``path`` then rename: readers never see half a file."""
     path = Path(path)

@@ -324,6 +324,20 @@ def cmd_compress(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(a: argparse.Namespace) -> int:
+    from .data.cache import build
+    _, stats = build(a.data, a.size, a.cache_dir, a.threads, log=lambda m: print(m, flush=True))
+    if a.json:
+        _print_json(stats)
+    else:
+        for problem in stats["unreadable"]:
+            print(f"skipped unreadable image {problem}")
+        print(f"{stats['images']} images at {a.size} px in {stats['folder']} ({stats['megabytes']} MB, "
+              f"{stats['shards']} shard(s)): {stats['decoded']} decoded, {stats['reused']} unchanged, "
+              f"{stats['removed']} removed, in {stats['seconds']} s")
+    return 0
+
+
 def cmd_fetch_web_runtime(a: argparse.Namespace) -> int:
     from .export.web import ORT_WEB_VERSION, fetch_runtime
     path = fetch_runtime(a.version or ORT_WEB_VERSION)
@@ -623,6 +637,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--runs", type=int, default=100, help="timed runs per latency measurement")
     s.add_argument("--batch", type=int, default=32, help="batch size for the throughput measurement")
     s.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    s = verb("cache", "Decode every image under DATA once and keep its pixels (memory-mapped .npy shards): "
+             "training reads them instead of the files; changed files are decoded again.", cmd_cache)
+    s.add_argument("data", help="image folder")
+    s.add_argument("--size", type=int, default=256, help="short side kept, in pixels (at least the model side "
+                   "x 1.15 for training to use it)")
+    s.add_argument("--cache-dir", default=None, help="where caches live (default: $POCKETVISION_CACHE_DIR or "
+                   "~/.cache/pocketvision/datasets); give the same to `train --cache-dir`")
+    s.add_argument("--threads", type=int, default=0, help="decoding threads (default: all cores)")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
 
     s = verb("check", "Check training data: counts, imbalance, duplicates/leakage, tiny and unreadable files "
              "(image folders); per-point visibility, points outside the image, suspect labels (keypoints).", cmd_check)

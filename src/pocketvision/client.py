@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -41,6 +40,7 @@ import urllib3
 from tuf.api import exceptions as tuf_errors
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
+from .bundle import atomic_write_bytes, sha256_file
 from .errors import PocketVisionError
 from .serve.plans import FOLDER_SUFFIX, Plan, decide
 
@@ -124,7 +124,7 @@ class ResumableFetcher(FetcherInterface):
         if etag := r.headers.get("ETag"):
             self.etags[url] = (etag, b"".join(parts))
             if self.etag_file:
-                _atomic_write(self.etag_file, json.dumps({u: (e, base64.b64encode(b).decode())
+                atomic_write_bytes(self.etag_file, json.dumps({u: (e, base64.b64encode(b).decode())
                                                           for u, (e, b) in self.etags.items()}).encode())
 
     def _resumable(self, url: str) -> Iterator[bytes]:
@@ -248,7 +248,7 @@ class ModelUpdater:
             return {"bad": []}
 
     def _write_state(self) -> None:
-        _atomic_write(self.dir / STATE, json.dumps(self.state).encode())
+        atomic_write_bytes(self.dir / STATE, json.dumps(self.state).encode())
 
     def _load_installed(self) -> None:
         inst = self.state.get("installed")
@@ -257,7 +257,7 @@ class ModelUpdater:
         path = Path(inst["path"])
         try:  # app storage is not trusted blindly either: each file must still be the one TUF verified
             for rel, sha in inst["files"].items():
-                if _sha256(path / rel if rel else path) != sha:
+                if sha256_file(path / rel if rel else path) != sha:
                     raise PocketVisionError(f"{path / rel}: changed on disk since it was installed")
             self.predictor.swap(self._open(path), inst["version"])
         except (OSError, PocketVisionError) as e:
@@ -432,25 +432,6 @@ def _done(r) -> None:
         r.drain_conn()
     finally:
         r.release_conn()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 __all__ = ["CheckResult", "ModelUpdater", "ResumableFetcher", "SwappablePredictor", "array_b64", "smoke_test"]

@@ -60,6 +60,7 @@ class CheckReport:
     grayscale: list[str] = field(default_factory=list)  # decodes fine, but has no colour
     tiny_px: int = 64
     seconds: float = 0.0
+    pixel_cache: str | None = None  # `pocketvision cache` of this folder, and what changed since
 
     @property
     def n_images(self) -> int:
@@ -164,6 +165,9 @@ def check_dataset(root: str | os.PathLike, val_fraction: float = 0.15, seed: int
     # Files the loader skips without a word: a README, a .txt label, a .heic the user thinks is included.
     report.non_images = sorted(str(p) for d in _class_folders(splits) for p in d.rglob("*")
                                if p.is_file() and not p.name.startswith(".") and not is_image_file(p))
+    from .cache import PixelCache
+    pc = PixelCache.find(root, 1)
+    report.pixel_cache = pc.describe() if pc else None
     report.seconds = round(time.perf_counter() - t0, 3)
     return report
 
@@ -203,6 +207,8 @@ def render_check(report: CheckReport, console: Any = None) -> None:
     t.add_section()
     t.add_row("[bold]all", *(f"[bold]{n}" for n in totals), str(sum(totals)))
     console.print(t)
+    if report.pixel_cache:
+        console.print(escape(report.pixel_cache))
 
     def listing(title: str, style: str, rows: list[tuple[str, ...]], headers: tuple[str, ...]) -> None:
         console.print(f"\n[{style}]{title}")

@@ -251,11 +251,19 @@ class ClassifyRun(TaskRun):
                       f"train {len(train_samples)}, val {len(val_samples)} "
                       f"({'folders' if splits.explicit else f'stratified split, seed {cfg.seed}'})")
         t0 = time.perf_counter()
+        # `pocketvision cache` pixels, when they exist for this folder at a large enough size: training images
+        # are read from them instead of decoded. Validation photos are always decoded from the files, so the
+        # score is computed on exactly the pixels a device would see.
+        from ..data.cache import PixelCache
+        from ..training.loader import source_side
+        pixels = PixelCache.find(splits.root, source_side(contract), cfg.cache_dir)
+        if pixels is not None:
+            console.print(pixels.describe())
         val_cache, p = decode_all(val_samples, contract.load)
         problems += p
         train_cache = None
         if use_cache:
-            train_cache, p = decode_all(train_samples, lambda path: decode_source(path, contract))
+            train_cache, p = decode_all(train_samples, lambda path: decode_source(path, contract, pixels))
             problems += p
         for msg in problems:
             console.print(f"[yellow]skipped unreadable image[/] {msg}")
@@ -267,7 +275,8 @@ class ClassifyRun(TaskRun):
         if not val_samples or not train_samples:
             raise PocketVisionError(f"{data}: no readable images in the {'val' if not val_samples else 'train'} split.")
         console.print(f"decoded {len(train_samples) + len(val_samples)} images in {time.perf_counter() - t0:.1f}s "
-                      f"({'RAM cache' if use_cache else 'lazy decode'}, {workers} workers)")
+                      f"({'RAM cache' if use_cache else 'lazy decode'}{', from the pixel cache' if pixels else ''}, "
+                      f"{workers} workers)")
         counts = [sum(1 for s in train_samples if s.label == c) for c in range(num_classes)]
         missing = [classes[c] for c, n in enumerate(counts) if n == 0]
         if missing:
@@ -280,7 +289,8 @@ class ClassifyRun(TaskRun):
         self.problems = problems
         self.train_samples, self.val_samples, self.train_cache, self.use_cache = (train_samples, val_samples,
                                                                                  train_cache, use_cache)
-        self.train_ds = ImageDataset(train_samples, contract, augmenter, cfg.seed, train_cache, sizes=self.sizes)
+        self.train_ds = ImageDataset(train_samples, contract, augmenter, cfg.seed, train_cache, sizes=self.sizes,
+                                     pixels=pixels)
         self.plain_train_ds = ImageDataset(train_samples, contract, None, cfg.seed, train_cache)
         self.val_ds = ImageDataset(val_samples, contract, None, cfg.seed, val_cache, fitted=True)
         self.val_cache = val_cache

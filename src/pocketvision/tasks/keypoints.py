@@ -332,7 +332,9 @@ class KeypointsTask(Task):
     # channels_last changes the convolutions' rounding; "off" keeps the measured keypoint numbers (issue 4)
     engine_defaults = {"channels_last": "off"}
     refuses = {"progressive": "the keypoint heads are built for one input size (their bins and cells are "
-                              "fixed), so keypoint training cannot grow the size"}
+                              "fixed), so keypoint training cannot grow the size",
+               "cache_dir": "keypoint training decodes its photos itself for now (`pocketvision cache` serves "
+                            "classification)"}
     detect_order = 10
 
     def detect(self, data: str | os.PathLike) -> bool:

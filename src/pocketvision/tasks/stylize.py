@@ -445,7 +445,9 @@ class StylizeTask(Task):
                "freeze_epochs": "a stylizer has no pretrained backbone to freeze",
                "backbone_lr_mult": "a stylizer has no pretrained backbone",
                "freeze_bn": "a stylizer has no BatchNorm (it uses instance norm)",
-               "pretrained": "stylizers start from random weights"}
+               "pretrained": "stylizers start from random weights",
+               "cache_dir": "stylizer training decodes its photos itself for now (`pocketvision cache` serves "
+                            "classification)"}
     detect_order = 90  # never chosen from the data alone: a folder of photos is also a classifier's
     model_flag = "--style"
 

@@ -53,6 +53,8 @@ class TrainConfig(BaseModel):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     workers: int | None = Field(None, ge=0, le=64, description="data worker processes (default: cores - 1)")
     cache_mb: int = Field(2048, ge=0, description="decoded-image RAM cache budget (MB)")
+    cache_dir: str | None = Field(None, description="where `pocketvision cache` keeps decoded pixels (default: "
+                                  "$POCKETVISION_CACHE_DIR or the user cache); used when one exists for the data")
     seed: int = Field(0, description="random seed (split, init, augmentation)")
     val_fraction: float = Field(0.15, gt=0, lt=1, description="validation share when the data has no val split")
     augment: dict[str, Any] = Field(default_factory=dict, description="augmentation overrides, e.g. "

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..contract import Contract, load_rgb
+from ..contract import Contract
+from ..data.cache import decode_at
 from ..data.folder import Sample
 from ..errors import ImageDecodeError
 
@@ -30,15 +31,19 @@ def default_workers() -> int:
     return 0 if n <= 1 else min(8, n - 1)
 
 
-def decode_source(path, contract: Contract) -> np.ndarray:
-    """Decode for augmentation: upright RGB, short side capped at SOURCE_MARGIN x the model side."""
-    side = math.ceil(max(contract.size) * SOURCE_MARGIN)
-    img = load_rgb(path, min_size=(side, side))
-    s = min(img.size)
-    if s > side:
-        img = img.resize((max(1, round(img.width * side / s)), max(1, round(img.height * side / s))),
-                         Image.Resampling.BILINEAR)
-    return np.asarray(img, dtype=np.uint8)
+def source_side(contract: Contract) -> int:
+    return math.ceil(max(contract.size) * SOURCE_MARGIN)
+
+
+def decode_source(path, contract: Contract, pixels=None) -> np.ndarray:
+    """Decode for augmentation: upright RGB, short side capped at SOURCE_MARGIN x the model side. ``pixels``:
+    a ``data.cache.PixelCache`` to read instead of the file (when it holds this file unchanged)."""
+    side = source_side(contract)
+    if pixels is not None:
+        a = pixels.source_pixels(path, side)
+        if a is not None:
+            return a
+    return decode_at(path, side)
 
 
 def decode_all(samples: Sequence[Sample], fn: Callable, threads: int = 0) -> tuple[list, list[str]]:
@@ -68,8 +73,9 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __init__(self, samples: Sequence[Sample], contract: Contract, augment: Callable | None = None,
                  seed: int = 0, cache: list[np.ndarray | None] | None = None, fitted: bool = False,
-                 sizes: dict[int, tuple[int, int]] | None = None):
+                 sizes: dict[int, tuple[int, int]] | None = None, pixels=None):
         self.samples, self.contract, self.augment = list(samples), contract, augment
+        self.pixels = pixels  # a PixelCache read in the workers (memory-mapped) when the RAM cache is off
         self.seed, self.epoch, self.cache, self.fitted = seed, 0, cache, fitted
         # epoch -> augmented output (h, w) for progressive resizing. A dict travels to the workers with the
         # dataset; the epoch comes with each key (EpochSampler), so every worker uses the epoch's size.
@@ -84,10 +90,16 @@ class ImageDataset(torch.utils.data.Dataset):
     def _source(self, i: int):
         if self.cache is not None:
             return self.cache[i]
+        if self.pixels is not None and self.augment is not None:
+            # The cached pixels as they are: the random resized crop reads its box from them and resizes once
+            # (no intermediate downscale to the decode size).
+            a = self.pixels.get(self.samples[i].path)
+            if a is not None:
+                return a
         try:
             if self.augment is None:
                 return self.contract.load(self.samples[i].path)
-            return decode_source(self.samples[i].path, self.contract)
+            return decode_source(self.samples[i].path, self.contract, self.pixels)
         except ImageDecodeError:
             return None  # reported by the scan; the collate drops it, never a crash mid-epoch
 

@@ -1,0 +1,91 @@
+"""`pocketvision cache`: decoded pixels kept on disk, invalidated by what changed, used by training."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import one_line_error, run_cli
+from pocketvision.data.cache import PixelCache, build, decode_at
+from pocketvision.errors import PocketVisionError
+
+pytestmark = pytest.mark.shared_data
+
+
+@pytest.fixture
+def data(hotdog_small, tmp_path):
+    d = tmp_path / "photos"
+    shutil.copytree(hotdog_small, d)
+    return d
+
+
+def test_pixels_are_the_decoded_files_and_only_changes_are_decoded_again(data, tmp_path):
+    cache, stats = build(data, 128, tmp_path / "c")
+    files = sorted(p for p in data.rglob("*.jpg"))
+    assert stats["images"] == len(files) == stats["decoded"] and stats["reused"] == 0
+    for p in files[:5]:
+        np.testing.assert_array_equal(cache.get(p), decode_at(p, 128))
+        assert min(cache.get(p).shape[:2]) <= 128
+    a, b, c = files[0], files[1], files[2]
+    os.utime(a, ns=(a.stat().st_atime_ns, a.stat().st_mtime_ns + 10**9))  # touched, same bytes
+    shutil.copy(files[3], b)  # replaced by another photo
+    c.unlink()  # gone
+    found = PixelCache.find(data, 100, tmp_path / "c")
+    assert found.stale.changed == [b.relative_to(data).as_posix()]
+    assert found.stale.missing == [c.relative_to(data).as_posix()]
+    assert found.get(b) is None and found.get(a) is not None  # a changed file is never served stale
+    assert PixelCache.find(data, 129, tmp_path / "c") is None  # too small for that model
+    cache, stats = build(data, 128, tmp_path / "c")
+    assert (stats["decoded"], stats["removed"], stats["reused"]) == (1, 1, len(files) - 2)
+    np.testing.assert_array_equal(cache.get(b), decode_at(b, 128))
+    # What the RAM-cached training path takes: the cached pixels downscaled to the augmentation source size.
+    from pocketvision.contract import Contract
+    from pocketvision.training.loader import decode_source, source_side
+    src = decode_source(a, Contract(size=(96, 96)), cache)
+    assert min(src.shape[:2]) == source_side(Contract(size=(96, 96))) == 111
+
+
+def test_bad_caches_and_bad_input_get_one_line(data, tmp_path):
+    cache, _ = build(data, 64, tmp_path / "c")
+    index = cache.folder / "index.json"
+    doc = json.loads(index.read_text())
+    index.write_text(json.dumps({**doc, "source": "/elsewhere"}))
+    with pytest.raises(PocketVisionError, match="a cache of /elsewhere"):
+        PixelCache.find(data, 64, tmp_path / "c")
+    logs = []
+    _, stats = build(data, 64, tmp_path / "c", log=logs.append)  # rebuilt, with the reason
+    assert "rebuilding" in logs[0] and stats["decoded"] == stats["images"]
+    index.write_text("{not json")
+    with pytest.raises(PocketVisionError, match="not a readable pixel cache"):
+        PixelCache.read(cache.folder)
+    (data / "train" / "hotdog" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    _, stats = build(data, 64, tmp_path / "c")
+    assert len(stats["unreadable"]) == 1 and "broken.jpg" in stats["unreadable"][0]
+    for args, words in ((["--size", "8"], "between 16 and 4096"), ([], "not a folder")):
+        target = str(data) if args else str(tmp_path / "nope")
+        one_line_error(run_cli("cache", target, "--cache-dir", str(tmp_path / "c"), *args), words)
+
+
+def test_training_reads_the_cache_and_learns(data, tmp_path):
+    r = run_cli("cache", str(data), "--size", "128", "--cache-dir", str(tmp_path / "c"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["images"] > 300
+    r = run_cli("train", str(data), "--out", str(tmp_path / "m.pvb"), "--arch", "deepdog", "--arch-args",
+                "alpha=0.25", "--size", "96", "--epochs", "6", "--lr", "3e-3", "--cache-dir", str(tmp_path / "c"),
+                "--no-recipe", "--workers", "0", "--cache-mb", "0")  # lazy: the memory-mapped pixels, per epoch
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "pixel cache" in r.stderr + r.stdout and "from the pixel cache" in r.stderr + r.stdout
+    import pocketvision as pv
+    acc = pv.load(tmp_path / "m.pvb").evaluate(data)["accuracy"]
+    assert acc > 0.6  # above chance (0.5) on the 80 real val photos, decoded from the files
+    env = {**os.environ, "POCKETVISION_CACHE_DIR": str(tmp_path / "elsewhere")}
+    r = run_cli("check", str(data), env=env)
+    assert r.returncode == 0 and "pixel cache" not in r.stdout  # none there: none reported
+    env = {**os.environ, "POCKETVISION_CACHE_DIR": str(tmp_path / "c")}
+    r = run_cli("check", str(data), env=env)
+    assert "pixel cache" in r.stdout and "images at 128 px" in r.stdout, r.stdout
+    one_line_error(run_cli("train", str(data), "--task", "keypoints", "--cache-dir", "x"), "--cache-dir")
