@@ -170,10 +170,11 @@ def test_gatys_cli_lowers_the_loss(tmp_path, shared_data):
 def test_all_three_tasks_run_through_the_one_engine(trained_bundle, kp_bundle, style_bundle):
     """One engine: the same history columns, checkpoints and logs for every task."""
     from pathlib import Path
-    common = {"epoch", "phase", "train_loss", "lr", "img_per_s", "seconds"}
+    common = {"epoch", "phase", "train_loss", "lr", "img_per_s", "data_wait", "seconds"}
     for b in (pv.load(trained_bundle), kp_bundle, pv.load(style_bundle)):
         rows = [h for h in b.meta["history"] if h["phase"] != "probe"]
         assert rows and all(common <= set(h) for h in rows), b.task
+        assert all(0 <= h["data_wait"] <= 1 for h in rows), b.task  # the model's idle share, measured
         run = Path(b.meta["report"]).parent.parent
         assert (run / "checkpoint.json").exists() and (run / "log.csv").exists(), b.task
         assert json.loads((run / "checkpoint.json").read_text())["config"]["task"] == b.task

@@ -66,6 +66,20 @@ def set_bn_eval(model: nn.Module) -> None:
             m.eval()
 
 
+def _timed(batches, waited: list[float]):
+    """``batches``, adding the time spent waiting for each one to ``waited[0]``: the model's idle share, the
+    number that says whether the input pipeline (not the model) limits training."""
+    it = iter(batches)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        waited[0] += time.perf_counter() - t0
+        yield batch
+
+
 def progressive_plan(cfg, contract: Contract, takes_any_size: bool) -> dict[int, tuple[int, int]] | None:
     """epoch -> training input size for ``--progressive`` (checked before any image is decoded)."""
     if not cfg.progressive:
@@ -206,10 +220,11 @@ class Engine:
 
     def record(self, epoch: int, phase: str, v, *, train_loss: float = float("nan"), lr: float = 0.0,
                img_per_s: float = 0.0, train_time: float | None = None, scored: nn.Module | None = None,
-               label: str | None = None) -> bool:
-        """One finished epoch (or a task's epoch 0: its linear probe): history, log, console, best weights."""
+               label: str | None = None, data_wait: float = float("nan")) -> bool:
+        """One finished epoch (or a task's epoch 0: its linear probe): history, log, console, best weights.
+        ``data_wait``: the share of the epoch's training time spent waiting for the next batch."""
         row = {"epoch": epoch, "phase": phase, "train_loss": train_loss, **v.row, "lr": lr, "img_per_s": img_per_s,
-               "seconds": time.perf_counter() - self.t_start}
+               "data_wait": data_wait, "seconds": time.perf_counter() - self.t_start}
         self.history.append(row)
         self.logger.epoch(row)
         improved = self.best_score is None or v.score > self.best_score
@@ -225,6 +240,7 @@ class Engine:
         what = label or f"epoch {epoch}/{self.epochs}"
         took = f"  {train_time:.0f}s" if train_time is not None else f"  ({row['seconds']:.0f}s)"
         speed = f"  {img_per_s:.0f} img/s" if train_time is not None else ""
+        speed += f" (data wait {data_wait:.0%})" if not math.isnan(data_wait) else ""
         loss = f"  train loss {train_loss:.4f}" if not math.isnan(train_loss) else ""
         self.console.print(f"{what}{loss}  {v.text}{speed}{took}{self.run.epoch_note(epoch) if epoch else ''}"
                            f"{'  *best' if improved else ''}")
@@ -297,7 +313,8 @@ class Engine:
                             set_bn_eval(net)
                         bar = progress.add_task("train", total=steps_per_epoch, epoch=epoch, of=epochs, info="")
                         t_ep, seen, loss_sum, lr = time.perf_counter(), 0, 0.0, optimizer.param_groups[-1]["lr"]
-                        for bi, batch in enumerate(run.batches(epoch)):
+                        waited = [0.0]
+                        for bi, batch in enumerate(_timed(run.batches(epoch), waited)):
                             if batch is None:
                                 continue
                             if epoch == start_epoch and bi == 0 and self.logger.tb:
@@ -322,13 +339,15 @@ class Engine:
                             loss_sum += float(loss.detach()) * n
                             if step % 10 == 0:
                                 self.logger.scalar("lr", lr, step)
-                            ips = seen / (time.perf_counter() - t_ep)
-                            progress.update(bar, advance=1, info=f"loss {loss_sum / seen:.4f}  lr {lr:.2e}  {ips:.0f} img/s")
+                            elapsed = time.perf_counter() - t_ep
+                            progress.update(bar, advance=1, info=f"loss {loss_sum / seen:.4f}  lr {lr:.2e}  "
+                                            f"{seen / elapsed:.0f} img/s  data wait {waited[0] / elapsed:.0%}")
                         train_time = time.perf_counter() - t_ep
                         v = run.validate(scored)
                         progress.remove_task(bar)
                         self.record(epoch, "frozen" if frozen else run.phase(epoch), v, train_loss=loss_sum / max(1, seen), lr=lr,
-                                    img_per_s=seen / train_time, train_time=train_time, scored=scored)
+                                    img_per_s=seen / train_time, train_time=train_time, scored=scored,
+                                    data_wait=waited[0] / train_time)
                         if ema is not None:
                             save_ema(self.run_dir, ema)
                         save_checkpoint(self.run_dir, run.model, optimizer,
