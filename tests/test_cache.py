@@ -42,6 +42,8 @@ def test_pixels_are_the_decoded_files_and_only_changes_are_decoded_again(data, t
     cache, stats = build(data, 128, tmp_path / "c")
     assert (stats["decoded"], stats["removed"], stats["reused"]) == (1, 1, len(files) - 2)
     np.testing.assert_array_equal(cache.get(b), decode_at(b, 128))
+    import pickle
+    assert len(pickle.dumps(cache)) < 1 << 20  # to a spawned worker: the index, never the mapped shards
     # What the RAM-cached training path takes: the cached pixels downscaled to the augmentation source size.
     from pocketvision.contract import Contract
     from pocketvision.training.loader import decode_source, source_side

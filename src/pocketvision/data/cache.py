@@ -130,6 +130,11 @@ class PixelCache:
         self.stale = Stale(changed, missing)
         return self.stale
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Sent to DataLoader workers that are spawned (macOS, Windows): a memory map would be pickled as a copy of
+        # its whole shard; each worker maps the shards again itself.
+        return {**self.__dict__, "_shards": {}}
+
     # -- reading -------------------------------------------------------------------------------------------
     def _shard(self, n: int) -> np.ndarray:
         if n not in self._shards:
