@@ -73,6 +73,7 @@ class PixelCache:
         self.entries: dict[str, dict[str, Any]] = index["entries"]
         self._shards: dict[int, np.ndarray] = {}
         self._rel: dict[Any, str] = {}
+        self._unusable: set[str] = set()  # changed or missing since the build (``check``)
         self.stale: Stale | None = None
 
     # -- opening -------------------------------------------------------------------------------------------
@@ -128,6 +129,7 @@ class PixelCache:
             if (st.st_size, st.st_mtime_ns) != (e["bytes"], e["mtime_ns"]) and sha256_file(p) != e["sha256"]:
                 changed.append(rel)
         self.stale = Stale(changed, missing)
+        self._unusable = set(changed) | set(missing)  # looked up once per image per epoch: a set, not the lists
         return self.stale
 
     def __getstate__(self) -> dict[str, Any]:
@@ -150,7 +152,7 @@ class PixelCache:
             except ValueError:
                 return None
         e = self.entries.get(rel)
-        if e is None or (self.stale and (rel in self.stale.changed or rel in self.stale.missing)):
+        if e is None or rel in self._unusable:
             return None
         n = e["h"] * e["w"] * 3
         return self._shard(e["shard"])[e["offset"]:e["offset"] + n].reshape(e["h"], e["w"], 3)

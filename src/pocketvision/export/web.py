@@ -202,10 +202,9 @@ def add_updates(folder: str | Path, server: str, model: str, token: str, root: s
         raise PocketVisionError(f"{folder}: exported before over-the-air updates existed; export it again.")
     config = {"server": server.rstrip("/"), "model": model, "channel": channel, "token": token,
               "app_version": app_version, "interval_s": interval_s}
-    for name, data in (("root.json", Path(root).read_bytes()), ("update.json", json.dumps(config, indent=2).encode())):
-        tmp = folder / f".{name}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, folder / name)
+    from ..bundle import atomic_write_bytes
+    atomic_write_bytes(folder / "root.json", Path(root).read_bytes())
+    atomic_write_bytes(folder / "update.json", json.dumps(config, indent=2).encode())
     return folder
 
 
