@@ -22,15 +22,18 @@ __all__ = ["Bundle", "ExportResult", "find_lr", "load", "load_any", "train"]
 
 
 def train(data: str | Path, out: str | Path | None = None, *, model: nn.Module | None = None,
-          resume: str | Path | None = None, console=None, **options: Any) -> Bundle:
+          resume: str | Path | None = None, console=None, **options: Any) -> Bundle | None:
     """Train a model for any task on ``data`` and return (and write, with ``out``) its bundle.
 
     ``options`` are the engine's :class:`pocketvision.training.config.TrainConfig` fields (arch, epochs, lr...)
     plus the task's own options (``pocketvision.tasks.get_task(name).Options``); ``task`` picks the task
     (default: from the data). ``model`` brings your own ``torch.nn.Module`` (classify: float NCHW in, logits out).
+    Under torchrun every process calls this; rank 0 gets the bundle (and writes ``out``), the others None.
     """
     from .training.run import train_model
     meta, net = train_model(data, options, user_model=model, resume=resume, console=console)
+    if meta is None:  # a distributed run's other processes (torchrun): rank 0 has the bundle
+        return None
     b = Bundle(meta, net)
     if out is not None:
         b.save(out)

@@ -136,6 +136,10 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     opts = _given(a, [TrainConfig] + [m for _, m in _task_models("Options")])
     opts["progress"] = not a.json
+    if opts.get("devices", 1) > 1:
+        launched = _launch_devices(a, opts)
+        if launched is not None:
+            return launched
     if a.find_lr:
         r = pv.find_lr(a.data, **opts)
         if a.json:
@@ -147,6 +151,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         b = pv.train(a.data, out=a.out, resume=a.resume, console=_console(), **opts)
     except KeyboardInterrupt:
         return 130
+    if b is None:  # a distributed run's other processes: rank 0 writes and reports
+        return 0
     if a.json:
         _print_json({"bundle": str(b.path), "metrics": b.plugin.brief(b.metrics), "report": b.meta.get("report")})
     else:
@@ -154,6 +160,30 @@ def cmd_train(a: argparse.Namespace) -> int:
         b.plugin.render_metrics(b.metrics, Console())
         print(f"bundle: {b.path}\nreport: {b.meta.get('report')}")
     return 0
+
+
+def _launch_devices(a: argparse.Namespace, opts: dict) -> int | None:
+    """``--devices N`` outside torchrun: check what the processes would refuse, then start them -> exit code.
+    None under torchrun (this process is one of them)."""
+    import time
+
+    from .training import distributed
+    from .training.config import split_options
+    if distributed.from_env().active:
+        return None
+    if a.find_lr:
+        raise PocketVisionError("--find-lr runs in one process: leave --devices out.")
+    devices = opts["devices"]
+    distributed.check_available(devices, opts.get("device", "auto"))
+    if a.resume:
+        run_dir = Path(a.resume)
+        max_restarts = opts.get("max_restarts", 1)
+    else:
+        _, cfg, _, _ = split_options(a.data, opts)
+        distributed.local_batch(cfg.batch_size, (0, devices))
+        run_dir = cfg.run_dir or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+        max_restarts = cfg.max_restarts
+    return distributed.launch(a.argv, devices, run_dir, max_restarts)
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -720,10 +750,13 @@ def _command(c):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `--devices N` re-runs the same command line
     try:
         return args.fn(args)
     except PocketVisionError as e:
-        print(f"error: {e}", file=sys.stderr)
+        from .training.distributed import report_error
+        if not report_error(str(e)):  # one of `--devices N`'s processes: the launcher prints it once
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

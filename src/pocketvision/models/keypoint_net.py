@@ -245,8 +245,10 @@ class KeypointNet(nn.Module):
     def forward_raw(self, x: torch.Tensor):
         return self.head(self.features(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head.decode(self.forward_raw(x))
+    def forward(self, x: torch.Tensor, raw: bool = False) -> torch.Tensor:
+        """Decoded points (the exported graph); ``raw``: the head's training outputs, through ``__call__`` so
+        that a DistributedDataParallel wrapper sees the training forward."""
+        return self.forward_raw(x) if raw else self.head.decode(self.forward_raw(x))
 
     def head_parameters(self):
         return self.head.parameters()

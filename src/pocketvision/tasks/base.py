@@ -116,6 +116,9 @@ class TaskRun:
     pretrained: bool = False  # backbone/head learning rates and frozen BN statistics by default
     channels_last_ok: bool = True  # a user's module may .view() a feature map: channels_last would break it
     problems: list[str]
+    # (rank, processes) of a distributed run, set by the engine before ``prologue``: training batches are this
+    # process's share (``make_loader(..., shard=self.shard)``), ``cfg.batch_size`` the global batch.
+    shard: tuple[int, int] = (0, 1)
 
     @property
     def trainable(self) -> nn.Module:

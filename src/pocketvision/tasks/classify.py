@@ -400,17 +400,17 @@ class ClassifyRun(TaskRun):
         from ..training.loader import make_loader
         if self._train_loader is None:
             self._train_loader = make_loader(self.train_ds, self.cfg.batch_size, True, self.workers, self.cfg.seed,
-                                             drop_last=len(self.train_ds) > self.cfg.batch_size)
+                                             drop_last=len(self.train_ds) > self.cfg.batch_size, shard=self.shard)
         return self._train_loader
 
     def steps_per_epoch(self) -> int:
         if self._top is not None:
-            return self._top.steps(self._batch_size())
+            return self._top.steps(self._batch_size(), self.shard)
         return len(self._loader())
 
     def batches(self, epoch: int):
         if self._top is not None:
-            return self._top.batches(self._batch_size())
+            return self._top.batches(self._batch_size(), self.shard)
         self.train_ds.set_epoch(epoch)
         return self._loader()
 

@@ -253,7 +253,8 @@ class KeypointRun(TaskRun):
         from ..training.loader import make_loader
         if self._train_loader is None:
             self._train_loader = make_loader(self.train_ds, self.cfg.batch_size, True, self.workers, self.cfg.seed,
-                                             drop_last=len(self.train_ds) > self.cfg.batch_size, collate_fn=_collate)
+                                             drop_last=len(self.train_ds) > self.cfg.batch_size, collate_fn=_collate,
+                                             shard=self.shard)
         return self._train_loader
 
     def prologue(self, engine, resuming: bool) -> None:
@@ -267,7 +268,7 @@ class KeypointRun(TaskRun):
         return self._loader()
 
     def forward(self, net, batch):
-        return net.forward_raw(self.engine.to_input(batch[0]))
+        return net(self.engine.to_input(batch[0]), raw=True)  # through net's __call__: DDP's hooks see it
 
     def loss(self, outputs, batch):
         return self.model.head.loss(outputs, batch[1].to(self.engine.device), self.loss_kind)

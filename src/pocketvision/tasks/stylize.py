@@ -244,7 +244,8 @@ class StylizeRun(TaskRun):
     def _loader(self):
         if self._train_loader is None:
             self._train_loader = self._make_loader(self.train_ds, self.cfg.batch_size, True, self.workers,
-                                                   self.cfg.seed, drop_last=len(self.train_ds) > self.cfg.batch_size)
+                                                   self.cfg.seed, drop_last=len(self.train_ds) > self.cfg.batch_size,
+                                                   shard=self.shard)
         return self._train_loader
 
     def prologue(self, engine, resuming: bool) -> None:

@@ -51,6 +51,11 @@ class TrainConfig(BaseModel):
     channels_last: Literal["auto", "on", "off"] = Field("auto", description="channels_last memory format (auto: on, "
                                                         "except a user module on CPU)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    devices: int = Field(1, ge=1, le=1024, description="train on N processes of this machine (GPUs, or CPU cores "
+                         "with gloo) with DistributedDataParallel, launched through torchrun; --batch-size stays "
+                         "the global batch. Across machines: torchrun ... -m pocketvision train ...")
+    max_restarts: int = Field(1, ge=0, le=100, description="with --devices N: how often torchrun restarts the "
+                              "processes after one dies; they resume from the last checkpoint")
     workers: int | None = Field(None, ge=0, le=64, description="data worker processes (default: cores - 1)")
     cache_mb: int = Field(2048, ge=0, description="decoded-image RAM cache budget (MB)")
     cache_dir: str | None = Field(None, description="where `pocketvision cache` keeps decoded pixels (default: "

@@ -32,6 +32,7 @@ from torch import nn
 from ..bundle import atomic_write_bytes
 from ..contract import Contract
 from ..errors import PocketVisionError
+from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .loader import to_input
 from .schedules import progressive_sizes
@@ -39,6 +40,8 @@ from .schedules import progressive_sizes
 EMA_FILE = "ema.safetensors"
 BEST_FILE = "best.safetensors"
 INTERRUPT_ENV = "POCKETVISION_INTERRUPT_AFTER_EPOCH"
+# With several processes: only this rank is interrupted, with this signal (SIGKILL: a process that dies).
+INTERRUPT_RANK_ENV, INTERRUPT_SIGNAL_ENV = "POCKETVISION_INTERRUPT_RANK", "POCKETVISION_INTERRUPT_SIGNAL"
 
 
 def pick_device(name: str) -> torch.device:
@@ -94,12 +97,14 @@ def progressive_plan(cfg, contract: Contract, takes_any_size: bool) -> dict[int,
 
 
 class Logger:
-    """CSV always; TensorBoard when available and asked for."""
+    """CSV always; TensorBoard when available and asked for. ``write=False``: nothing (the other processes of a
+    distributed run; rank 0 logs)."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool):
+    def __init__(self, run_dir: Path, tensorboard: bool, write: bool = True):
         self.csv_path = run_dir / "log.csv"
+        self.write = write
         self.tb = None
-        if tensorboard:
+        if tensorboard and write:
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 self.tb = SummaryWriter(str(run_dir / "tb"))
@@ -107,6 +112,8 @@ class Logger:
                 self.tb = None
 
     def epoch(self, row: dict[str, Any]) -> None:
+        if not self.write:
+            return
         new = not self.csv_path.exists()
         with open(self.csv_path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(row))
@@ -190,7 +197,9 @@ class Engine:
         self.console = console or Console(stderr=True)
         self.config_dump = config_dump or cfg.model_dump(mode="json")
         self.t_start = time.perf_counter()
-        self.device = pick_device(cfg.device)
+        self.dist = dist = distributed.from_env()  # train_model checked --devices against it
+        self.device = distributed.setup(dist, cfg.device) if dist.active else pick_device(cfg.device)
+        run.shard = (dist.rank, dist.world)
         cuda = self.device.type == "cuda"
         # auto = on for our registry models on CPU too: PyTorch's CPU (oneDNN) convolutions also run faster in NHWC
         # (2 cores, DeepDog alpha=0.5 @160 model step: 180 img/s against 134 in NCHW). A user's own module stays NCHW
@@ -202,9 +211,9 @@ class Engine:
         run.model = run.model.to(self.device)
         if self.channels_last:
             run.model = run.model.to(memory_format=torch.channels_last)
-        self.run_dir = Path(resume or cfg.run_dir or Path("runs") / time.strftime(f"{name}-%Y%m%d-%H%M%S"))
+        self.run_dir = distributed.run_dir_for(resume or cfg.run_dir, name, dist)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.logger = Logger(self.run_dir, cfg.tensorboard)
+        self.logger = Logger(self.run_dir, cfg.tensorboard, write=dist.main)
         self.history: list[dict[str, Any]] = []
         self.best_score: tuple | None = None
         self.best, self.best_epoch, self.best_state = None, 0, None
@@ -222,7 +231,9 @@ class Engine:
                img_per_s: float = 0.0, train_time: float | None = None, scored: nn.Module | None = None,
                label: str | None = None, data_wait: float = float("nan")) -> bool:
         """One finished epoch (or a task's epoch 0: its linear probe): history, log, console, best weights.
-        ``data_wait``: the share of the epoch's training time spent waiting for the next batch."""
+        ``data_wait``: the share of the epoch's training time spent waiting for the next batch. Rank 0 only."""
+        if not self.dist.main:
+            return False
         row = {"epoch": epoch, "phase": phase, "train_loss": train_loss, **v.row, "lr": lr, "img_per_s": img_per_s,
                "data_wait": data_wait, "seconds": time.perf_counter() - self.t_start}
         self.history.append(row)
@@ -249,7 +260,7 @@ class Engine:
     # -- the loop -----------------------------------------------------------------------------------
     def fit(self) -> EngineResult:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-        run, cfg, console = self.run, self.cfg, self.console
+        run, cfg, console, dist = self.run, self.cfg, self.console, self.dist
         self.epochs = epochs = run.epochs(cfg)
         start_epoch, opt_state = 1, {}
         if self.resume is not None:
@@ -279,7 +290,7 @@ class Engine:
             own = run.scheduler(optimizer, epochs * steps_per_epoch)  # a task's own torch LR scheduler, or None
             sched_fn = None if own else run.schedule(cfg.schedule, epochs * steps_per_epoch, steps_per_epoch,
                                                      cfg.clr_cycle_epochs)
-            ema = make_ema(run.model, cfg.ema, self.run_dir if self.resume is not None else None)
+            ema = make_ema(run.model, cfg.ema, self.run_dir if self.resume is not None else None) if dist.main else None
             scored = ema.module if ema is not None else run.model  # what is evaluated and kept
             step = (start_epoch - 1) * steps_per_epoch
             if own:
@@ -296,11 +307,14 @@ class Engine:
 
             freeze_bn = cfg.freeze_bn if cfg.freeze_bn is not None else run.pretrained
             interrupt_at = int(os.environ.get(INTERRUPT_ENV, "0") or 0)
+            interrupt_rank = os.environ.get(INTERRUPT_RANK_ENV, "")
+            interrupt_sig = getattr(signal, os.environ.get(INTERRUPT_SIGNAL_ENV, "SIGINT"))
+            ddp, ddp_frozen = None, None  # DistributedDataParallel wraps what is trainable in this phase
             old_handler = signal.getsignal(signal.SIGINT)
             progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[of]}"), BarColumn(),
                                 TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), TextColumn("ETA"),
                                 TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
-                                disable=not cfg.progress, transient=True)
+                                disable=not cfg.progress or not dist.main, transient=True)
             try:
                 with progress:
                     for epoch in range(start_epoch, epochs + 1):
@@ -311,6 +325,12 @@ class Engine:
                         net.train()
                         if freeze_bn or frozen:
                             set_bn_eval(net)
+                        if dist.active and ddp_frozen is not frozen:
+                            # DDP reduces the gradients of the parameters that require them when it is built: a
+                            # new wrapper when the frozen backbone thaws.
+                            ddp = distributed.wrap(net, self.device)
+                            ddp_frozen = frozen
+                        stepper = ddp if ddp is not None else net
                         bar = progress.add_task("train", total=steps_per_epoch, epoch=epoch, of=epochs, info="")
                         t_ep, seen, loss_sum, lr = time.perf_counter(), 0, 0.0, optimizer.param_groups[-1]["lr"]
                         waited = [0.0]
@@ -324,7 +344,7 @@ class Engine:
                                                              dataformats="HWC")
                             lr = set_lr(step)
                             with self.autocast():
-                                outputs = run.forward(net, batch)
+                                outputs = run.forward(stepper, batch)
                             loss = run.loss(outputs, batch)
                             optimizer.zero_grad(set_to_none=True)
                             loss.backward()
@@ -341,23 +361,28 @@ class Engine:
                                 self.logger.scalar("lr", lr, step)
                             elapsed = time.perf_counter() - t_ep
                             progress.update(bar, advance=1, info=f"loss {loss_sum / seen:.4f}  lr {lr:.2e}  "
-                                            f"{seen / elapsed:.0f} img/s  data wait {waited[0] / elapsed:.0%}")
+                                            f"{seen * dist.world / elapsed:.0f} img/s  data wait {waited[0] / elapsed:.0%}")
                         train_time = time.perf_counter() - t_ep
-                        v = run.validate(scored)
                         progress.remove_task(bar)
-                        self.record(epoch, "frozen" if frozen else run.phase(epoch), v, train_loss=loss_sum / max(1, seen), lr=lr,
-                                    img_per_s=seen / train_time, train_time=train_time, scored=scored,
-                                    data_wait=waited[0] / train_time)
-                        if ema is not None:
-                            save_ema(self.run_dir, ema)
-                        save_checkpoint(self.run_dir, run.model, optimizer,
-                                        {"next_epoch": epoch + 1, "best": self.best_score, "best_epoch": self.best_epoch,
-                                         "history": self.history, "config": self.config_dump, "spec": run.spec})
-                        if epoch == interrupt_at:
-                            os.kill(os.getpid(), signal.SIGINT)
-                        if cfg.early_stopping and self.stale >= cfg.early_stopping:
+                        if dist.main:  # one process validates, logs and writes; the others wait in `agree`
+                            v = run.validate(scored)
+                            self.record(epoch, "frozen" if frozen else run.phase(epoch), v,
+                                        train_loss=loss_sum / max(1, seen), lr=lr,
+                                        img_per_s=seen * dist.world / train_time, train_time=train_time,
+                                        scored=scored, data_wait=waited[0] / train_time)
+                            if ema is not None:
+                                save_ema(self.run_dir, ema)
+                            save_checkpoint(self.run_dir, run.model, optimizer,
+                                            {"next_epoch": epoch + 1, "best": self.best_score,
+                                             "best_epoch": self.best_epoch, "history": self.history,
+                                             "config": self.config_dump, "spec": run.spec})
+                        stop = distributed.agree(bool(cfg.early_stopping and self.stale >= cfg.early_stopping), dist)
+                        if epoch == interrupt_at and interrupt_rank in ("", str(dist.rank)):
+                            os.kill(os.getpid(), interrupt_sig)
+                        if stop:
                             console.print(f"early stopping: no improvement for {self.stale} epochs")
                             break
+                distributed.check_in_sync(net, dist)
             except KeyboardInterrupt:
                 interrupted = True
                 signal.signal(signal.SIGINT, old_handler)
@@ -368,6 +393,10 @@ class Engine:
         if interrupted:
             self.logger.close()
             return EngineResult(history=self.history, run_dir=self.run_dir, interrupted=True)
+        distributed.teardown()
+        if not dist.main:  # rank 0 keeps the best weights and writes the bundle
+            self.logger.close()
+            return EngineResult(run_dir=self.run_dir, seconds=time.perf_counter() - self.t_start)
         if self.best_state is not None:
             run.model.load_state_dict(self.best_state)
         run.on_end(self)

@@ -27,7 +27,8 @@ SOURCE_MARGIN = 1.15
 
 
 def default_workers() -> int:
-    n = os.cpu_count() or 1
+    # under torchrun the cores are shared by this machine's training processes
+    n = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     return 0 if n <= 1 else min(8, n - 1)
 
 
@@ -133,7 +134,10 @@ def collate(batch):
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """Yields ``(epoch, index)`` keys, shuffled per epoch from ``(seed, epoch)``.
+    """Yields ``(epoch, index)`` keys, shuffled per epoch from ``(seed, epoch)``; with ``shard=(rank, world)``
+    only this process's share of that order: every ``world``-th key from ``rank``, the order padded by repeating
+    its start so that every process takes the same number of steps (as ``DistributedSampler``). Consecutive
+    global positions go to different processes, so step k of every process together is step k of one process.
 
     Persistent worker processes hold a copy of the dataset made when they started, so an epoch set on
     the dataset in the main process never reaches them (every epoch would replay the same
@@ -141,26 +145,32 @@ class EpochSampler(torch.utils.data.Sampler):
     makes each epoch's augmentation new, and the order reproducible on resume.
     """
 
-    def __init__(self, ds, shuffle: bool, seed: int):
-        self.ds, self.shuffle, self.seed = ds, shuffle, seed
+    def __init__(self, ds, shuffle: bool, seed: int, shard: tuple[int, int] = (0, 1)):
+        self.ds, self.shuffle, self.seed, self.shard = ds, shuffle, seed, shard
 
     def __len__(self) -> int:
-        return len(self.ds)
+        return math.ceil(len(self.ds) / self.shard[1])
 
     def __iter__(self):
         epoch = self.ds.epoch
         order = (np.random.default_rng([self.seed, epoch]).permutation(len(self.ds)) if self.shuffle
                  else np.arange(len(self.ds)))
+        rank, world = self.shard
+        if world > 1:
+            order = np.resize(order, len(self) * world)[rank::world]  # np.resize repeats from the start
         return iter([(epoch, int(i)) for i in order])
 
 
 def make_loader(ds, batch_size: int, shuffle: bool, workers: int, seed: int, drop_last: bool = False,
-                collate_fn=collate) -> torch.utils.data.DataLoader:
-    """Datasets take ``(epoch, index)`` keys and have ``epoch``/``set_epoch`` (see :class:`EpochSampler`)."""
+                collate_fn=collate, shard: tuple[int, int] = (0, 1)) -> torch.utils.data.DataLoader:
+    """Datasets take ``(epoch, index)`` keys and have ``epoch``/``set_epoch`` (see :class:`EpochSampler`).
+    ``shard=(rank, world)``: this process's share of a distributed run; ``batch_size`` is the global batch."""
+    from .distributed import local_batch
     kw = dict(num_workers=workers, collate_fn=collate_fn, drop_last=drop_last, pin_memory=torch.cuda.is_available())
     if workers > 0:
         kw.update(persistent_workers=True, prefetch_factor=4)
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=EpochSampler(ds, shuffle, seed), **kw)
+    return torch.utils.data.DataLoader(ds, batch_size=local_batch(batch_size, shard),
+                                       sampler=EpochSampler(ds, shuffle, seed, shard), **kw)
 
 
 def to_input(x: torch.Tensor, contract: Contract, device: torch.device, channels_last: bool,

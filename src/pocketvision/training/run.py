@@ -13,22 +13,36 @@ import torch
 from torch import nn
 
 from .. import bundle as bundle_io
-from .checkpoint import load_checkpoint
+from ..errors import PocketVisionError
+from .checkpoint import CKPT_META, load_checkpoint
 from .config import split_options
 from .engine import Engine
 
 # Options a resumed run may change: they affect the display and the machine, not the result.
-RESUME_OVERRIDES = ("progress", "tensorboard", "workers")
+RESUME_OVERRIDES = ("progress", "tensorboard", "workers", "devices", "max_restarts")
 
 
 def train_model(data: str | Path, options: dict[str, Any], *, user_model: nn.Module | None = None,
                 resume: str | Path | None = None, console=None) -> tuple[dict[str, Any], nn.Module]:
-    """-> (bundle metadata, trained model on the CPU). Ctrl-C raises KeyboardInterrupt after the checkpoint."""
+    """-> (bundle metadata, trained model on the CPU). Ctrl-C raises KeyboardInterrupt after the checkpoint.
+
+    Under torchrun (``--devices N``) every process trains its share; rank 0 returns the result, the others
+    ``(None, None)``. A group that torchrun restarted after a process died resumes from the run's checkpoint."""
+    from . import distributed
+    dist = distributed.from_env()
+    if not dist.main:
+        from rich.console import Console
+        console = Console(stderr=True, quiet=True)  # one voice: rank 0's
+    if resume is None and dist.restart:
+        where = distributed.run_dir_for(options.get("run_dir"), "train", dist)
+        if (where / CKPT_META).exists():
+            resume = where
     if resume is not None:
         _, _, meta = load_checkpoint(Path(resume))
         options = {**meta.get("config", {}), **{k: v for k, v in options.items() if k in RESUME_OVERRIDES}}
     # A resumed run has every field set already; a model the user brings is not the recipe's architecture.
     task, cfg, opts, recipe = split_options(data, options, recipe=resume is None and user_model is None)
+    distributed.check_devices(cfg.devices, dist)  # before any image is decoded
     config = {**cfg.model_dump(mode="json"), **opts.model_dump(mode="json")}
     if recipe is not None:
         from rich.console import Console
@@ -40,6 +54,8 @@ def train_model(data: str | Path, options: dict[str, Any], *, user_model: nn.Mod
     result = engine.fit()
     if result.interrupted:
         raise KeyboardInterrupt
+    if not dist.main:
+        return None, None
     parts = run.finish(result.best, result.run_dir)
     labels, metrics = parts.pop("labels"), parts.pop("metrics")
     metrics.update(best_epoch=result.best_epoch, train_seconds=round(result.seconds, 1))
@@ -57,7 +73,11 @@ def find_lr(data: str | Path, options: dict[str, Any], out_png: str | Path, star
     import numpy as np
 
     from ..bundle import atomic_write_bytes
+    from . import distributed
+    if distributed.from_env().active:
+        raise PocketVisionError("the LR range test runs in one process: start it without torchrun.")
     task, cfg, opts, _ = split_options(data, {**options, "tensorboard": False})
+    distributed.check_devices(cfg.devices, distributed.Dist())
     torch.manual_seed(cfg.seed)
     run = task.setup(data, cfg, opts, console, resuming=False, user_model=None)
     engine = Engine(run, cfg, None, console, name="find-lr")

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..contract import Contract
+from .distributed import local_batch
 
 
 def supports_top_tune(model: nn.Module, blocks: int) -> bool:
@@ -88,11 +89,21 @@ class TopTune:
         return [{"params": [p for p in params if id(p) not in head_ids], "lr": lr, "name": "top"},
                 {"params": [p for p in params if id(p) in head_ids], "lr": lr * 3, "name": "head"}]
 
-    def steps(self, batch_size: int) -> int:
-        return (len(self.acts) + batch_size - 1) // batch_size
+    def steps(self, batch_size: int, shard: tuple[int, int] = (0, 1)) -> int:
+        per_process, b = -(-len(self.acts) // shard[1]), local_batch(batch_size, shard)
+        return -(-per_process // b)
 
-    def batches(self, batch_size: int):
-        return torch.randperm(len(self.acts), generator=self.generator).split(batch_size)
+    def batches(self, batch_size: int, shard: tuple[int, int] = (0, 1)):
+        """Index batches; with ``shard=(rank, world)`` this process's share (see ``loader.EpochSampler``)."""
+        return self._order(shard).split(local_batch(batch_size, shard))
+
+    def _order(self, shard: tuple[int, int]) -> torch.Tensor:
+        order = torch.randperm(len(self.acts), generator=self.generator)
+        rank, world = shard
+        if world > 1:
+            n = -(-len(order) // world) * world
+            order = order.repeat(-(-n // len(order)))[:n][rank::world]
+        return order
 
     def forward(self, net: nn.Module, idx: torch.Tensor) -> torch.Tensor:
         return net(self.acts[idx].float())

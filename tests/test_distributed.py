@@ -1,0 +1,66 @@
+"""`pocketvision train --devices N`: DistributedDataParallel over torchrun's processes (gloo on CPU), for real.
+
+Two processes must reach one process's accuracy (the same global batches: `--batch-size` is the global batch), and a
+run whose process is killed must come back from its last checkpoint and finish the same bundle.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import pocketvision as pv
+from conftest import one_line_error, run_cli
+from pocketvision.errors import PocketVisionError
+
+pytestmark = pytest.mark.shared_data
+
+# small and quick, still well above the majority class (110 of 187 val photos: 0.59) after 4 epochs
+RECIPE = ("--arch", "deepdog", "--arch-args", "alpha=0.25", "--scratch", "--size", "64", "--epochs", "4",
+          "--device", "cpu", "--no-tensorboard", "--json", "--seed", "0")
+
+
+def _val_acc(bundle) -> tuple[list[int], float]:
+    rows = [r for r in pv.load(bundle).meta["history"] if r["phase"] != "probe"]
+    return [r["epoch"] for r in rows], max(r["val_acc"] for r in rows)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_and_resume_after_one_is_killed(shared_data, tmp_path):
+    env = {**os.environ, "POCKETVISION_CACHE_DIR": str(tmp_path / "no-cache")}
+    one = run_cli("train", str(shared_data / "hotdog"), *RECIPE, "--out", "one.pvb", cwd=tmp_path, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    # process 1 dies (SIGKILL, as an out-of-memory kill would) right after epoch 2's checkpoint is on disk
+    kill = {**env, "POCKETVISION_INTERRUPT_AFTER_EPOCH": "2", "POCKETVISION_INTERRUPT_RANK": "1",
+            "POCKETVISION_INTERRUPT_SIGNAL": "SIGKILL"}
+    two = run_cli("train", str(shared_data / "hotdog"), *RECIPE, "--out", "two.pvb", "--devices", "2",
+                  "--run-dir", "run2", cwd=tmp_path, env=kill)
+    assert two.returncode == 0, two.stderr[-3000:]
+    err = " ".join(two.stderr.split())
+    assert "process 1 was killed by SIGKILL" in err and "restart 1 of 1" in err, err[-3000:]
+    assert "resuming run2 at epoch 3" in err, err[-3000:]
+    epochs1, acc1 = _val_acc(tmp_path / "one.pvb")
+    epochs2, acc2 = _val_acc(tmp_path / "two.pvb")
+    assert epochs1 == epochs2 == [1, 2, 3, 4]  # each epoch once: the resumed group redid nothing, skipped nothing
+    assert acc1 > 0.65 and acc2 > 0.65, (acc1, acc2)
+    assert abs(acc1 - acc2) <= 0.08, (acc1, acc2)  # the same steps on the same images; BN sees half batches
+    assert '"bundle": "two.pvb"' in two.stdout  # rank 0 reported, once
+    assert two.stdout.count('"bundle"') == 1
+
+
+def test_bad_device_counts_and_environments_get_one_line(hotdog_small, tmp_path):
+    data = str(hotdog_small)
+    one_line_error(run_cli("train", data, "--device", "cpu", "--devices", "1000", cwd=tmp_path),
+                   "--devices 1000", "CPU cores")
+    one_line_error(run_cli("train", data, "--device", "cpu", "--devices", "2", "--batch-size", "33", cwd=tmp_path),
+                   "--batch-size 33", "multiple of 2")
+    one_line_error(run_cli("train", data, "--device", "cpu", "--devices", "2", "--find-lr", cwd=tmp_path),
+                   "--find-lr", "one process")
+    # a hand-written launch script that set some of torchrun's variables
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2"}
+    one_line_error(run_cli("train", data, "--device", "cpu", cwd=tmp_path, env=env),
+                   "torchrun environment incomplete", "LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT missing")
+    with pytest.raises(PocketVisionError, match="needs one process per device"):
+        pv.train(data, device="cpu", devices=2, epochs=1, run_dir=tmp_path / "r")
+    assert not (tmp_path / "r").exists()  # refused before anything was decoded or written
