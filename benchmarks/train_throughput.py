@@ -10,12 +10,17 @@ Pipelines, each one pass over the train split in batches of 64 through a DataLoa
 - pocketvision, from the files: the training loader without a cache (reduced-scale JPEG decode, then our
   augmentation: crop+resize in one PIL call, flip, colour jitter, flash glare, moire; uint8 out).
 - pocketvision, from the pixel cache: the same augmentation reading `pocketvision cache` shards (memory-mapped).
-The model is not run: this is the data side alone (what a training step waits for).
+- pocketvision, RAM cache, per image / batched: what training does when the decoded sources fit in RAM (decoded
+  once at 1.15x the side), augmented per image (Pillow) or a whole batch at once with torch (`--batch-augment on`;
+  on a CPU in the worker's collate, on a GPU on the device: data/batch_augment.py).
+The model is not run: this is the data side alone (what a training step waits for). The end-to-end table adds
+"model only": the same steps on one batch made in advance (the rate the model allows, no data pipeline).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
@@ -35,7 +40,8 @@ from pocketvision.contract import Contract  # noqa: E402
 from pocketvision.data.augment import AugmentConfig, Augmenter  # noqa: E402
 from pocketvision.data.cache import build  # noqa: E402
 from pocketvision.data.folder import scan  # noqa: E402
-from pocketvision.training.loader import ImageDataset, make_loader  # noqa: E402
+from pocketvision.training.loader import (ImageDataset, collate_sources, decode_all, decode_source,  # noqa: E402
+                                          make_loader)
 
 MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
 
@@ -121,8 +127,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "hotdog"))
     ap.add_argument("--sizes", default="96,224")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
-    ap.add_argument("--e2e", default="deepdog:0.25:96:40,deepdog:1.0:224:8",
-                    help="end-to-end training runs, arch:alpha:side:steps (empty: data side only)")
+    ap.add_argument("--e2e", default="deepdog:0.25:96:40,deepdog:1.0:224:8,efficientnet_lite0:-:224:6",
+                    help="end-to-end training runs, arch:alpha:side:steps, alpha '-' for none (empty: data side only)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
@@ -140,6 +146,8 @@ def main() -> None:
         for size in (int(s) for s in a.sizes.split(",")):
             contract = Contract(size=(size, size))
             aug = Augmenter(AugmentConfig(), contract)
+            ram, _ = decode_all(train, lambda p, c=contract: decode_source(p, c))
+            batched = functools.partial(collate_sources, augment_mode="bilinear")
             rows = {
                 "standard (full decode + torchvision-style transforms, float tensors)":
                     torch.utils.data.DataLoader(Standard(train, size), batch_size=64, shuffle=True,
@@ -148,6 +156,11 @@ def main() -> None:
                                                             a.workers, 0),
                 "pocketvision, from the pixel cache": make_loader(ImageDataset(train, contract, aug, pixels=cache),
                                                                   64, True, a.workers, 0),
+                "pocketvision, RAM cache, per image": make_loader(ImageDataset(train, contract, aug, cache=ram),
+                                                                  64, True, a.workers, 0),
+                "pocketvision, RAM cache, batched (torch, in the worker)": make_loader(
+                    ImageDataset(train, contract, aug, cache=ram, batched=True), 64, True, a.workers, 0,
+                    collate_fn=batched),
             }
             base = None
             for name, loader in rows.items():
@@ -167,16 +180,29 @@ def main() -> None:
             size, steps = int(side), int(steps)
             contract = Contract(size=(size, size))
             aug = Augmenter(AugmentConfig(), contract)
+            ram, _ = decode_all(train, lambda p, c=contract: decode_source(p, c))
+            one = next(iter(make_loader(ImageDataset(train, contract, aug, cache=ram), 64, True, 0, 0)))
+            batched = functools.partial(collate_sources, augment_mode="bilinear")
             base = None
             for name, ds in (("standard", Standard(train, size)),
                              ("pocketvision, from the files", ImageDataset(train, contract, aug)),
-                             ("pocketvision, from the pixel cache", ImageDataset(train, contract, aug, pixels=cache))):
+                             ("pocketvision, from the pixel cache", ImageDataset(train, contract, aug, pixels=cache)),
+                             ("pocketvision, RAM cache, per image", ImageDataset(train, contract, aug, cache=ram)),
+                             ("pocketvision, RAM cache, batched (in the worker)",
+                              ImageDataset(train, contract, aug, cache=ram, batched=True)),
+                             ("model only (one batch made in advance)", [one])):
                 torch.manual_seed(0)
-                model = build_model({"name": arch, "args": {"alpha": float(alpha), "num_classes": 2}})
+                args = {"num_classes": 2} if alpha == "-" else {"alpha": float(alpha), "num_classes": 2}
+                model = build_model({"name": arch, "args": args})
                 model = model.to(memory_format=torch.channels_last).train()
-                loader = (torch.utils.data.DataLoader(ds, batch_size=64, shuffle=True, num_workers=a.workers,
-                                                      persistent_workers=True, prefetch_factor=4)
-                          if isinstance(ds, Standard) else make_loader(ds, 64, True, a.workers, 0))
+                if isinstance(ds, list):
+                    loader = ds
+                elif isinstance(ds, Standard):
+                    loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=True, num_workers=a.workers,
+                                                         persistent_workers=True, prefetch_factor=4)
+                else:
+                    kw = {"collate_fn": batched} if ds.batched else {}
+                    loader = make_loader(ds, 64, True, a.workers, 0, **kw)
                 rate, wait = train_steps(loader, model, contract, steps)
                 base = base or rate
                 print(f"| {arch} alpha {alpha} | {size} | {name} | {rate:,.0f} | {wait:.0%} | {rate / base:.2f}x |",

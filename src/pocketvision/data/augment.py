@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -121,29 +122,58 @@ class Augmenter:
         ``size`` (h, w) overrides the contract's output size, e.g. for progressive resizing."""
         if not self.cfg.enabled:
             return np.array(self.contract.fit(img))
-        cfg = self.cfg
-        rng = np.random.default_rng(rng)  # a Generator passes through unchanged
         if img.mode != "RGB":
             img = img.convert("RGB")
+        return self.apply(img, self.draw(img.width, img.height, rng), size)
+
+    def draw(self, width: int, height: int, rng: np.random.Generator | int | None) -> Draw:
+        """Every random choice for one ``width`` x ``height`` image, in one place: the per-image path (``apply``)
+        and the batched one (``data/batch_augment.py``) use the same draws, so their distributions cannot drift."""
+        cfg = self.cfg
+        rng = np.random.default_rng(rng)  # a Generator passes through unchanged
+        d = Draw(box=self._crop_box(width, height, rng), flip=bool(rng.random() < cfg.hflip))
+        moire, glare = rng.random() < cfg.moire, rng.random() < cfg.glare
+        if cfg.brightness or cfg.contrast or cfg.saturation or cfg.hue:
+            d.jitter = self.draw_jitter(rng)
+        # Camera effects after the jitter: glare is blown-out white, whatever the white balance did.
+        if moire:
+            d.moire = (rng.uniform(3.0, 6.0), rng.uniform(0, math.pi),
+                       math.radians(rng.uniform(2.0, 10.0)) * rng.choice((-1.0, 1.0)), rng.uniform(0.94, 1.06),
+                       rng.uniform(-1.0, 1.0), rng.uniform(0.1, 0.4), rng.uniform(0.04, 0.12), rng.uniform(0.3, 1.0))
+        if glare:
+            d.glare = self.draw_glare(rng)
+        return d
+
+    def draw_jitter(self, rng: np.random.Generator) -> tuple[float, float, float, float]:
+        """(brightness, contrast, saturation factors, hue angle in radians)."""
+        cfg = self.cfg
+        return (rng.uniform(1 - cfg.brightness, 1 + cfg.brightness), rng.uniform(1 - cfg.contrast, 1 + cfg.contrast),
+                rng.uniform(1 - cfg.saturation, 1 + cfg.saturation), 2 * math.pi * rng.uniform(-cfg.hue, cfg.hue))
+
+    @staticmethod
+    def draw_glare(rng: np.random.Generator) -> tuple:
+        """(centre x, y as fractions of the side, radius as a fraction of the short side, minor/major axis ratio,
+        angle, halo strength, edge hardness, exposure lift (1: none))."""
+        return (rng.uniform(0.15, 0.85), rng.uniform(0.15, 0.85), rng.uniform(0.04, 0.14), rng.uniform(0.45, 1.0),
+                rng.uniform(0, math.pi), rng.uniform(0.1, 0.35), rng.uniform(0.0, 1.0),
+                rng.uniform(1.03, 1.15) if rng.random() < 0.5 else 1.0)
+
+    def apply(self, img: Image.Image, d: Draw, size: tuple[int, int] | None = None) -> np.ndarray:
         h, w = size or self.contract.size
-        box = self._crop_box(img.width, img.height, rng)
-        small = img.resize((w, h), self._resample, box=box, reducing_gap=None)
-        if rng.random() < cfg.hflip:
+        small = img.resize((w, h), self._resample, box=d.box, reducing_gap=None)
+        if d.flip:
             # Flip the small output, and in PIL: a reversed numpy view would make every later op strided.
             small = small.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         out = np.array(small)
-        moire, glare = rng.random() < cfg.moire, rng.random() < cfg.glare
-        jitter = cfg.brightness or cfg.contrast or cfg.saturation or cfg.hue
-        if not (jitter or moire or glare):
+        if d.jitter is None and d.moire is None and d.glare is None:
             return out
         x = out.astype(np.float32)
-        if jitter:
-            x = self._jitter(x, rng)
-        # Camera effects after the jitter: glare is blown-out white, whatever the white balance did.
-        if moire:
-            self._moire(x, rng)
-        if glare:
-            self._glare(x, rng)
+        if d.jitter is not None:
+            x = self._jitter(x, d.jitter)
+        if d.moire is not None:
+            self._moire(x, d.moire)
+        if d.glare is not None:
+            self._glare(x, d.glare)
         x += 0.5  # round, not truncate, in the uint8 cast
         return np.clip(x, 0.0, 255.0, out=x).astype(np.uint8)
 
@@ -164,35 +194,33 @@ class Augmenter:
         x0, y0 = (width - cw) / 2, (height - ch) / 2
         return _inside(x0, y0, x0 + cw, y0 + ch, width, height)
 
-    def _jitter(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Brightness -> contrast -> saturation -> hue, all affine in RGB, so one 3x3 matmul + offset."""
-        c = self.cfg
-        fb = rng.uniform(1 - c.brightness, 1 + c.brightness)
-        fc = rng.uniform(1 - c.contrast, 1 + c.contrast)
-        fs = rng.uniform(1 - c.saturation, 1 + c.saturation)
-        theta = 2 * math.pi * rng.uniform(-c.hue, c.hue)
+    @staticmethod
+    def jitter_matrix(fb: float, fc: float, fs: float, theta: float) -> np.ndarray:
+        """Brightness -> contrast -> saturation -> hue, all linear in RGB: one 3x3 matrix (the contrast offset
+        is added separately: it depends on the image's mean grey)."""
+        sat = fs * np.eye(3) + (1 - fs) * np.outer(np.ones(3), _LUMA)
+        return (_hue_matrix(theta) @ sat * (fb * fc)).astype(np.float32)
+
+    def _jitter(self, x: np.ndarray, j: tuple[float, float, float, float]) -> np.ndarray:
+        fb, fc, fs, theta = j
         # Contrast pivots on the mean grey. (A matvec, because mean(axis=0) over (N, 3) is 5x slower.)
         mean_luma = float((x.reshape(-1, 3) @ _LUMA).mean()) * fb
-        sat = fs * np.eye(3) + (1 - fs) * np.outer(np.ones(3), _LUMA)
-        m = (_hue_matrix(theta) @ sat * (fb * fc)).astype(np.float32)
-        y = x @ m.T
+        y = x @ self.jitter_matrix(fb, fc, fs, theta).T
         # Saturation and hue leave grey (v, v, v) unchanged, so the contrast offset passes straight through.
         y += np.float32((1 - fc) * mean_luma)
         return y
 
-    def _glare(self, x: np.ndarray, rng: np.random.Generator) -> None:
+    def _glare(self, x: np.ndarray, g: tuple) -> None:
         """Phone-flash specular highlight: a soft ellipse blown out to white with a faint wide halo."""
         h, w = x.shape[:2]
         xx, yy = self._grids(h, w)
         s = min(h, w)
-        cx, cy = rng.uniform(0.15, 0.85) * w, rng.uniform(0.15, 0.85) * h
-        ra = rng.uniform(0.04, 0.14) * s
-        rb = ra * rng.uniform(0.45, 1.0)
-        ang = rng.uniform(0, math.pi)
-        halo = rng.uniform(0.1, 0.35)
-        hard = np.float32(rng.uniform(0.0, 1.0))  # edge sharpness: wet/glossy surfaces give hard edges
-        if rng.random() < 0.5:  # the flash also lifts the whole exposure a little
-            x *= np.float32(rng.uniform(1.03, 1.15))
+        fcx, fcy, fra, rb_ratio, ang, halo, hard, lift = g
+        cx, cy, ra = fcx * w, fcy * h, fra * s
+        rb = ra * rb_ratio
+        hard = np.float32(hard)  # edge sharpness: wet/glossy surfaces give hard edges
+        if lift != 1.0:  # the flash also lifts the whole exposure a little
+            x *= np.float32(lift)
         dx, dy = xx - np.float32(cx), yy - np.float32(cy)
         cos, sin = np.float32(math.cos(ang)), np.float32(math.sin(ang))
         d2 = ((dx * cos + dy * sin) / np.float32(ra)) ** 2 + ((dy * cos - dx * sin) / np.float32(rb)) ** 2
@@ -203,39 +231,53 @@ class Augmenter:
         np.minimum(m, 1.0, out=m)
         x += (255.0 - x) * m[..., None]
 
-    def _moire(self, x: np.ndarray, rng: np.random.Generator) -> None:
+    def _moire(self, x: np.ndarray, mo: tuple) -> None:
         """Photo of a screen: two fine gratings (screen pixels vs. sensor) at a small angle multiply into
         slow beat bands; the R, G, B sub-pixels sit at different phases, hence the rainbow fringes."""
         h, w = x.shape[:2]
         xx, yy = self._grids(h, w)
-        period = rng.uniform(3.0, 6.0)  # in output pixels
-        th1 = rng.uniform(0, math.pi)
-        th2 = th1 + math.radians(rng.uniform(2.0, 10.0)) * rng.choice((-1.0, 1.0))
+        period, th1, dth, k_ratio, curve_u, fine, amp, fringe_u = mo  # period in output pixels
+        th2 = th1 + dth
         k1 = 2 * math.pi / period
-        k2 = k1 * rng.uniform(0.94, 1.06)
+        k2 = k1 * k_ratio
         # A gently curved second grating: screens are photographed off-axis through a lens.
-        curve = rng.uniform(-1.0, 1.0) * math.pi / (h * h + w * w)
+        curve = curve_u * math.pi / (h * h + w * w)
         dx, dy = xx - np.float32(w / 2), yy - np.float32(h / 2)
         a = dx * np.float32(k1 * math.cos(th1)) + dy * np.float32(k1 * math.sin(th1))
         b = dx * np.float32(k2 * math.cos(th2)) + dy * np.float32(k2 * math.sin(th2))
         b += np.float32(curve) * (dx * dx + dy * dy)
         # cos(a)cos(b) = (cos(a-b) + cos(a+b)) / 2: the slow beat plus a fine texture near the pixel
         # pitch. The camera's low-pass optics attenuate the fine term most, so it gets the smaller weight.
-        fine = rng.uniform(0.1, 0.4)
-        amp = rng.uniform(0.04, 0.12)
-        fringe = rng.uniform(0.3, 1.0) * 2 * math.pi / 3
         waves = np.empty((4, h, w), np.float32)
         np.cos(a - b, out=waves[0]), np.sin(a - b, out=waves[1])
         np.cos(a + b, out=waves[2]), np.sin(a + b, out=waves[3])
         # Per channel: cos(t + phi) = cos t cos phi - sin t sin phi. One (N, 4) @ (4, 3) matmul gives the
         # HxWx3 factor directly (broadcasting into a last axis of 3 is 4x slower). The weights
         # (1 - fine) + fine = 1, so the relative change of any pixel is at most amp.
-        phi = np.array([-fringe, 0.0, fringe])
-        coef = amp * np.stack([(1 - fine) * np.cos(phi), -(1 - fine) * np.sin(phi),
-                               fine * np.cos(phi), -fine * np.sin(phi)])
-        factor = waves.reshape(4, -1).T @ coef.astype(np.float32)
+        factor = waves.reshape(4, -1).T @ moire_coefficients(fine, amp, fringe_u)
         factor += 1.0
         x *= factor.reshape(h, w, 3)
+
+
+def moire_coefficients(fine: float, amp: float, fringe_u: float) -> np.ndarray:
+    """(4, 3): per channel, the weights of cos(a-b), sin(a-b), cos(a+b), sin(a+b) in the moiré factor."""
+    fringe = fringe_u * 2 * math.pi / 3
+    phi = np.array([-fringe, 0.0, fringe])
+    return (amp * np.stack([(1 - fine) * np.cos(phi), -(1 - fine) * np.sin(phi),
+                            fine * np.cos(phi), -fine * np.sin(phi)])).astype(np.float32)
+
+
+@dataclass
+class Draw:
+    """One image's random augmentation choices (``Augmenter.draw``). ``box``: the crop in source pixels (x0, y0,
+    x1, y1); ``jitter``: (brightness, contrast, saturation factors, hue angle); ``moire``/``glare``: their
+    parameters, None when the effect is off for this image."""
+
+    box: tuple[float, float, float, float]
+    flip: bool = False
+    jitter: tuple[float, float, float, float] | None = None
+    moire: tuple | None = None
+    glare: tuple | None = None
 
 
 def eval_transform(contract: Contract) -> Callable[[Image.Image], np.ndarray]:

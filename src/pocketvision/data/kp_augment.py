@@ -209,9 +209,9 @@ class KeypointAugmenter:
         x = out.astype(np.float32)
         c = self.cfg
         if c.brightness or c.contrast or c.saturation or c.hue:
-            x = self._photo._jitter(x, rng)
+            x = self._photo._jitter(x, self._photo.draw_jitter(rng))
         if c.glare and rng.random() < c.glare:
-            self._photo._glare(x, rng)
+            self._photo._glare(x, self._photo.draw_glare(rng))
         if c.grayscale and rng.random() < c.grayscale:
             x[:] = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
         if c.occlude and rng.random() < c.occlude:

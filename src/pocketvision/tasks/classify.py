@@ -289,8 +289,11 @@ class ClassifyRun(TaskRun):
         self.problems = problems
         self.train_samples, self.val_samples, self.train_cache, self.use_cache = (train_samples, val_samples,
                                                                                  train_cache, use_cache)
+        # whole batches augmented on the training device (data/batch_augment.py): auto = on CUDA
+        self.batched = augmenter.cfg.enabled and (cfg.batch_augment == "on" or (
+            cfg.batch_augment == "auto" and pick_device(cfg.device).type == "cuda"))
         self.train_ds = ImageDataset(train_samples, contract, augmenter, cfg.seed, train_cache, sizes=self.sizes,
-                                     pixels=pixels)
+                                     pixels=pixels, batched=self.batched)
         self.plain_train_ds = ImageDataset(train_samples, contract, None, cfg.seed, train_cache)
         self.val_ds = ImageDataset(val_samples, contract, None, cfg.seed, val_cache, fitted=True)
         self.val_cache = val_cache
@@ -397,11 +400,36 @@ class ClassifyRun(TaskRun):
         return self.cfg.batch_size if "batch_size" in self.cfg.model_fields_set else 64
 
     def _loader(self):
-        from ..training.loader import make_loader
+        import functools
+
+        from ..training.loader import collate, collate_sources, make_loader
         if self._train_loader is None:
+            fn = collate
+            if self.batched:  # on the GPU: augmented in `_augmented`; on a CPU: in the workers' collate
+                fn = functools.partial(collate_sources, augment_mode=None if self._on_gpu else self._sample_mode)
             self._train_loader = make_loader(self.train_ds, self.cfg.batch_size, True, self.workers, self.cfg.seed,
-                                             drop_last=len(self.train_ds) > self.cfg.batch_size, shard=self.shard)
+                                             drop_last=len(self.train_ds) > self.cfg.batch_size, shard=self.shard,
+                                             collate_fn=fn)
         return self._train_loader
+
+    @property
+    def _on_gpu(self) -> bool:
+        return self.engine.device.type != "cpu"
+
+    @property
+    def _sample_mode(self) -> str:
+        return self.contract.interpolation if self.contract.interpolation in ("bilinear", "bicubic") else "bilinear"
+
+    def _augmented(self, loader):
+        """Batches of sources -> augmented uint8 batches on the training device."""
+        from ..data.batch_augment import augment
+        mode = self._sample_mode
+        for batch in loader:
+            if batch is None:
+                yield None
+                continue
+            src, y, idx = batch
+            yield augment(src.to(self.engine.device), mode), y, idx
 
     def steps_per_epoch(self) -> int:
         if self._top is not None:
@@ -412,7 +440,7 @@ class ClassifyRun(TaskRun):
         if self._top is not None:
             return self._top.batches(self._batch_size(), self.shard)
         self.train_ds.set_epoch(epoch)
-        return self._loader()
+        return self._augmented(self._loader()) if self.batched and self._on_gpu else self._loader()
 
     def forward(self, net, batch):
         if self._top is not None:
@@ -445,7 +473,7 @@ class ClassifyRun(TaskRun):
 
     def preview(self, batch):
         if self._top is None:
-            return batch[0]
+            return batch[0].cpu()
         if self.train_cache is None:
             return None
         # the cached path trains on the photos and their mirrors: show those views, not activations

@@ -335,7 +335,9 @@ class KeypointsTask(Task):
     refuses = {"progressive": "the keypoint heads are built for one input size (their bins and cells are "
                               "fixed), so keypoint training cannot grow the size",
                "cache_dir": "keypoint training decodes its photos itself for now (`pocketvision cache` serves "
-                            "classification)"}
+                            "classification)",
+               "batch_augment": "keypoint augmentation (one homography per photo) runs per image in the workers for "
+                                "now; batched augmentation serves classification"}
     detect_order = 10
 
     def detect(self, data: str | os.PathLike) -> bool:

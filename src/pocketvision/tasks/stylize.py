@@ -443,6 +443,8 @@ class StylizeTask(Task):
     # falling (21.2 at epoch 4, 19.5 at 8: benchmarks/RESULTS.md). Batch 4 and Adam at 1e-3 are Johnson et al.'s.
     engine_defaults = {"size": 256, "batch_size": 4, "epochs": 8, "weight_decay": 0.0, "val_fraction": 0.02}
     refuses = {"progressive": "a stylizer's loss statistics are tied to the crop size it trains at",
+               "batch_augment": "a stylizer's crops are augmented per image; batched augmentation serves "
+                                "classification",
                "freeze_epochs": "a stylizer has no pretrained backbone to freeze",
                "backbone_lr_mult": "a stylizer has no pretrained backbone",
                "freeze_bn": "a stylizer has no BatchNorm (it uses instance norm)",

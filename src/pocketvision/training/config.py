@@ -56,6 +56,9 @@ class TrainConfig(BaseModel):
                          "the global batch. Across machines: torchrun ... -m pocketvision train ...")
     max_restarts: int = Field(1, ge=0, le=100, description="with --devices N: how often torchrun restarts the "
                               "processes after one dies; they resume from the last checkpoint")
+    batch_augment: Literal["auto", "on", "off"] = Field("auto", description="augment whole batches with torch on "
+                                                        "the training device, data workers only gather pixels (auto: "
+                                                        "on CUDA; on a CPU the per-image Pillow path is faster)")
     workers: int | None = Field(None, ge=0, le=64, description="data worker processes (default: cores - 1)")
     cache_mb: int = Field(2048, ge=0, description="decoded-image RAM cache budget (MB)")
     cache_dir: str | None = Field(None, description="where `pocketvision cache` keeps decoded pixels (default: "

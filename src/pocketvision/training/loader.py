@@ -74,8 +74,11 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __init__(self, samples: Sequence[Sample], contract: Contract, augment: Callable | None = None,
                  seed: int = 0, cache: list[np.ndarray | None] | None = None, fitted: bool = False,
-                 sizes: dict[int, tuple[int, int]] | None = None, pixels=None):
+                 sizes: dict[int, tuple[int, int]] | None = None, pixels=None, batched: bool = False):
         self.samples, self.contract, self.augment = list(samples), contract, augment
+        # batched: items are (source pixels, the augmentation's draws) for ``collate_sources``; the pixels are
+        # augmented a whole batch at a time on the training device (data/batch_augment.py)
+        self.batched = batched and augment is not None
         self.pixels = pixels  # a PixelCache read in the workers (memory-mapped) when the RAM cache is off
         self.seed, self.epoch, self.cache, self.fitted = seed, 0, cache, fitted
         # epoch -> augmented output (h, w) for progressive resizing. A dict travels to the workers with the
@@ -91,7 +94,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def _source(self, i: int):
         if self.cache is not None:
             return self.cache[i]
-        if self.pixels is not None and self.augment is not None:
+        if self.pixels is not None and self.augment is not None and not self.batched:
             # The cached pixels as they are: the random resized crop reads its box from them and resizes once
             # (no intermediate downscale to the decode size).
             a = self.pixels.get(self.samples[i].path)
@@ -109,6 +112,10 @@ class ImageDataset(torch.utils.data.Dataset):
         src = self._source(i)
         if src is None:
             return None
+        if self.batched:  # the same draws as the per-image path; the pixels travel as they are
+            size = self.sizes[epoch] if self.sizes and epoch in self.sizes else self.contract.size
+            return src, self.augment.draw(src.shape[1], src.shape[0], np.random.default_rng([self.seed, epoch, i])), \
+                tuple(size), self.samples[i].label, i
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, epoch, i])
             kw = {"size": self.sizes[epoch]} if self.sizes and epoch in self.sizes else {}
@@ -131,6 +138,20 @@ def collate(batch):
     y = torch.tensor([b[1] for b in batch], dtype=torch.long)
     idx = torch.tensor([b[2] for b in batch], dtype=torch.long)
     return x, y, idx
+
+
+def collate_sources(batch, augment_mode: str | None = None):
+    """Items of a ``batched`` ImageDataset -> (data.batch_augment.Sources, labels, indices): edge-padded source pixels
+    and the draws, augmented later on the training device. With ``augment_mode`` (training on the CPU) the batch is
+    augmented here, in the worker, in one vectorised pass -> (uint8 NHWC, labels, indices)."""
+    from ..data.batch_augment import Sources, augment, pad_sources, stack_draws
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return None
+    src = Sources(pad_sources([b[0] for b in batch]), stack_draws([b[1] for b in batch]), batch[0][2])
+    y = torch.tensor([b[3] for b in batch], dtype=torch.long)
+    idx = torch.tensor([b[4] for b in batch], dtype=torch.long)
+    return (augment(src, augment_mode) if augment_mode else src), y, idx
 
 
 class EpochSampler(torch.utils.data.Sampler):
