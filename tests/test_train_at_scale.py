@@ -89,3 +89,51 @@ def test_bad_device_counts_and_environments_get_one_line(hotdog_small, shared_da
     # a task that augments per image says so instead of ignoring the flag
     one_line_error(run_cli("train", str(shared_data / "faces5"), "--device", "cpu", "--batch-augment", "on",
                            cwd=tmp_path), "--batch-augment", "keypoint")
+
+
+def test_a_bigger_batch_scales_the_default_lr_never_a_given_one(shared_data):
+    from pocketvision.training.config import lr_factor, split_options
+    data = shared_data / "hotdog"
+    base = {"arch": "deepdog", "pretrained": False, "device": "cpu"}
+    _, cfg, _, _ = split_options(data, base)
+    assert lr_factor(cfg) == (1.0, "")  # the recipe as measured
+    recipe_lr, recipe_batch = cfg.lr, cfg.batch_size
+    _, big, _, _ = split_options(data, {**base, "batch_size": recipe_batch * 8})
+    assert big.optimizer == "sgd" and big.lr == recipe_lr and big.lr_reference_batch == recipe_batch
+    f, said = lr_factor(big)
+    assert f == 8.0 and "linear" in said  # SGD: linear (Goyal et al.)
+    _, adam, _, _ = split_options(data, {**base, "optimizer": "adamw", "batch_size": 128})
+    assert lr_factor(adam)[0] == pytest.approx(2.0)  # Adam-type: square root of 128 / 32
+    _, given, _, _ = split_options(data, {**base, "batch_size": 256, "lr": 0.05})
+    assert lr_factor(given) == (1.0, "") and given.lr == 0.05
+    with pytest.raises(PocketVisionError, match="--lr-scaling linear with --lr"):
+        split_options(data, {**base, "batch_size": 256, "lr": 0.05, "lr_scaling": "linear"})
+
+
+def test_compile_that_fails_says_so_once_and_trains_uncompiled(hotdog_small, tmp_path, monkeypatch):
+    import io
+
+    import torch
+    import torch._inductor.config as inductor
+    from rich.console import Console
+    from torch import nn
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.fc = nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.fc(self.body(x))
+
+    # a machine without a C++ compiler, for real: inductor cannot build its kernels in the first step
+    monkeypatch.setattr(inductor.cpp, "cxx", (None, str(tmp_path / "no-such-g++")))
+    torch._dynamo.reset()
+    out = io.StringIO()
+    b = pv.train(hotdog_small, model=Tiny(), size=32, epochs=2, device="cpu", compile=True, run_dir=tmp_path / "run",
+                 progress=False, tensorboard=False, workers=0, console=Console(file=out, width=400))
+    torch._dynamo.reset()
+    said = out.getvalue()
+    assert said.count("--compile: torch.compile failed") == 1 and "InvalidCxxCompiler" in said, said[-2000:]
+    assert [r["epoch"] for r in b.meta["history"]] == [1, 2]

@@ -40,6 +40,12 @@ class TrainConfig(BaseModel):
     optimizer: Literal["adamw", "sgd", "rmsprop"] = Field("adamw", description="optimizer")
     lr: float | None = Field(None, gt=0, lt=10, description="peak learning rate (default: the task's; classify: "
                              "3e-3 from scratch, 3e-5 top fine-tune, 1e-4 full fine-tune)")
+    lr_scaling: Literal["auto", "linear", "sqrt", "off"] = Field(
+        "auto", description="when you change --batch-size and leave --lr to the default or the recipe, scale that LR "
+        "with the batch: linear (SGD, Goyal et al. 2017) or square root (Adam-type, Malladi et al. 2022); auto: "
+        "linear for sgd, sqrt otherwise. An --lr you give is used as it is")
+    lr_reference_batch: int | None = Field(None, ge=1, description="the batch size the default LR goes with "
+                                           "(default: the recipe's or the task's batch size)")
     weight_decay: float = Field(0.02, ge=0, lt=1, description="weight decay")
     schedule: Schedule = Field("onecycle", description="LR schedule (triangular* and exp_range are cyclical LRs)")
     clr_cycle_epochs: float = Field(2.0, gt=0, description="half-cycle length of the cyclical schedules")
@@ -48,6 +54,8 @@ class TrainConfig(BaseModel):
     freeze_bn: bool | None = Field(None, description="keep BN statistics frozen (default: on when pretrained)")
     early_stopping: int | None = Field(None, ge=1, description="stop after N epochs without validation improvement")
     amp: Literal["auto", "on", "off"] = Field("auto", description="mixed precision (auto: on CUDA)")
+    compile: bool = Field(False, description="torch.compile the model for training (opt-in: compiling costs "
+                          "minutes up front; a model or machine it fails on trains uncompiled, with a one-line warning)")
     channels_last: Literal["auto", "on", "off"] = Field("auto", description="channels_last memory format (auto: on, "
                                                         "except a user module on CPU)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
@@ -132,19 +140,46 @@ def split_options(data: str | Path, options: dict[str, Any], *, recipe: bool = T
                                 f"({'; '.join(why)}). Leave {'them' if many else 'it'} out.")
     refuse_foreign(task, rest, "Options", "training")  # unknown names: 'did you mean'
     given = {k: getattr(cfg, k) for k in cfg.model_fields_set}
-    record = None
+    record, recipe_engine = None, {}
     if recipe and cfg.recipe and not cfg.init_from:  # a run from a bundle is a fine-tune, not a fresh recipe
         from .recipes import apply_recipe, describe
         ctx = recipe_context(task, data, cfg)
         chosen = task.recipe(ctx)
         if chosen is not None:
+            recipe_engine = chosen.engine
             engine_set, options_set, record = apply_recipe(chosen, given, rest)
             given = {**given, **engine_set}
             rest = {**options_set, **rest}
             record["line"] = describe(record, ctx)
     defaults = {k: v for k, v in task.engine_defaults.items() if k not in given}
     cfg = make_config(**{**defaults, **given, "task": task.name})
+    # the batch the default or recipe LR goes with: the recipe's, else the task's default, else the engine's
+    cfg = _lr_reference(cfg, set(engine), recipe_engine.get("batch_size") or task.engine_defaults.get("batch_size")
+                        or TrainConfig.model_fields["batch_size"].default)
     return task, cfg, parse_options(task.Options, rest, "training"), record
+
+
+def _lr_reference(cfg: TrainConfig, user: set[str], reference: int) -> TrainConfig:
+    """Record which batch size (``reference``) the default or recipe LR goes with, so that the engine can scale it
+    when the user changed --batch-size (``lr_scaling``); an LR the user gave is never scaled."""
+    if "lr" in user:
+        if "lr_scaling" in user and cfg.lr_scaling != "off":
+            raise PocketVisionError(f"--lr-scaling {cfg.lr_scaling} with --lr: an LR you give is used as it is; "
+                                    "leave one of them out.")
+        return cfg.model_copy(update={"lr_scaling": "off"})
+    if "batch_size" not in user or cfg.lr_reference_batch is not None:
+        return cfg
+    return cfg.model_copy(update={"lr_reference_batch": reference})
+
+
+def lr_factor(cfg: TrainConfig) -> tuple[float, str]:
+    """-> (factor on the default/recipe peak LR, what was done) for ``--lr-scaling``."""
+    ref = cfg.lr_reference_batch
+    if cfg.lr_scaling == "off" or not ref or ref == cfg.batch_size:
+        return 1.0, ""
+    rule = cfg.lr_scaling if cfg.lr_scaling != "auto" else ("linear" if cfg.optimizer == "sgd" else "sqrt")
+    f = cfg.batch_size / ref if rule == "linear" else (cfg.batch_size / ref) ** 0.5
+    return f, f"LR x{f:.3g} for batch {cfg.batch_size} (the default LR goes with {ref}; {rule} scaling)"
 
 
 def recipe_context(task, data: str | Path, cfg: TrainConfig):

@@ -177,6 +177,32 @@ def save_ema(run_dir: Path, ema) -> None:
     atomic_write_bytes(run_dir / EMA_FILE, st_save(state))
 
 
+class Compiled:
+    """``--compile``: the training module through ``torch.compile``. Compilation happens in the first step (forward
+    and backward); if it fails there (no C++ compiler, an op the compiler cannot take) the run says so in one line
+    and goes on uncompiled. A failure in a later step is a real error and is raised."""
+
+    def __init__(self, console):
+        self.console, self.ok, self.module, self.compiled = console, True, None, None
+
+    def step(self, module: nn.Module, forward_backward):
+        if not self.ok:
+            return forward_backward(module)
+        first = self.module is not module  # a new wrapper (DDP after the backbone thawed) compiles again
+        if first:
+            self.module, self.compiled = module, torch.compile(module)
+        if not first:
+            return forward_backward(self.compiled)
+        try:
+            return forward_backward(self.compiled)
+        except Exception as e:  # noqa: BLE001 - any compiler failure; the eager step below re-raises a real error
+            what = (str(e).strip().splitlines() or [""])[0][:160]
+            self.console.print(f"[yellow]--compile: torch.compile failed ({type(e).__name__}: {what}); training "
+                               "without it[/]")
+            self.ok = False
+            return forward_backward(module)
+
+
 @dataclass
 class EngineResult:
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -280,7 +306,11 @@ class Engine:
         if epochs and start_epoch <= epochs:
             net = run.trainable
             steps_per_epoch = max(1, run.steps_per_epoch())
-            peak = cfg.lr or run.default_lr
+            from .config import lr_factor
+            factor, said = lr_factor(cfg)
+            peak = (cfg.lr or run.default_lr) * factor
+            if said and dist.main and start_epoch == 1:
+                console.print(said)
             groups = run.param_groups(peak, cfg.backbone_lr_mult)
             for g in groups:
                 g["initial_lr"] = g["lr"]
@@ -310,6 +340,7 @@ class Engine:
             interrupt_rank = os.environ.get(INTERRUPT_RANK_ENV, "")
             interrupt_sig = getattr(signal, os.environ.get(INTERRUPT_SIGNAL_ENV, "SIGINT"))
             ddp, ddp_frozen = None, None  # DistributedDataParallel wraps what is trainable in this phase
+            compiled = Compiled(console) if cfg.compile else None
             old_handler = signal.getsignal(signal.SIGINT)
             progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[of]}"), BarColumn(),
                                 TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), TextColumn("ETA"),
@@ -343,11 +374,15 @@ class Engine:
                                     self.logger.tb.add_image("inputs/augmented", grid(shown[:32]), epoch,
                                                              dataformats="HWC")
                             lr = set_lr(step)
-                            with self.autocast():
-                                outputs = run.forward(stepper, batch)
-                            loss = run.loss(outputs, batch)
-                            optimizer.zero_grad(set_to_none=True)
-                            loss.backward()
+
+                            def forward_backward(module):
+                                with self.autocast():
+                                    outputs = run.forward(module, batch)
+                                loss = run.loss(outputs, batch)
+                                optimizer.zero_grad(set_to_none=True)
+                                loss.backward()
+                                return loss
+                            loss = compiled.step(stepper, forward_backward) if compiled else forward_backward(stepper)
                             optimizer.step()
                             if own:
                                 own.step()

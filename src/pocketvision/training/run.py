@@ -78,6 +78,9 @@ def find_lr(data: str | Path, options: dict[str, Any], out_png: str | Path, star
         raise PocketVisionError("the LR range test runs in one process: start it without torchrun.")
     task, cfg, opts, _ = split_options(data, {**options, "tensorboard": False})
     distributed.check_devices(cfg.devices, distributed.Dist())
+    if cfg.compile:
+        raise PocketVisionError("--compile: the LR range test runs uncompiled (a few hundred steps do not repay the "
+                                "compile time); leave it out.")
     torch.manual_seed(cfg.seed)
     run = task.setup(data, cfg, opts, console, resuming=False, user_model=None)
     engine = Engine(run, cfg, None, console, name="find-lr")
