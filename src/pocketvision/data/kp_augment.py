@@ -13,6 +13,7 @@ numpy + Pillow only, so data-loading workers do not need torch.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -175,13 +176,32 @@ def transform_points(points: np.ndarray, m: np.ndarray, size: tuple[int, int], f
     return out
 
 
-def occlude(x: np.ndarray, rng: np.random.Generator) -> None:
-    """Hide one rectangle of ``x`` (H, W, 3 float, in place): 10-40% of each side, anywhere, mid grey or noise."""
-    h, w = x.shape[:2]
+def draw_occlusion(h: int, w: int, rng: np.random.Generator) -> tuple[int, int, int, int, np.ndarray | None]:
+    """One hidden rectangle of an (h, w) image: 10-40% of each side, anywhere -> (top, left, rh, rw, noise or None
+    for mid grey)."""
     rh, rw = (int(round(side * rng.uniform(0.1, 0.4))) for side in (h, w))
     top, left = int(rng.integers(0, h - rh + 1)), int(rng.integers(0, w - rw + 1))
-    patch = x[top:top + rh, left:left + rw]
-    patch[:] = 114.0 if rng.random() < 0.5 else rng.uniform(0, 255, patch.shape)
+    noise = None if rng.random() < 0.5 else rng.uniform(0, 255, (rh, rw, 3))
+    return top, left, rh, rw, noise
+
+
+def occlude(x: np.ndarray, occ: tuple) -> None:
+    """Hide the rectangle ``occ`` (``draw_occlusion``) of ``x`` (H, W, 3 float, in place)."""
+    top, left, rh, rw, noise = occ
+    x[top:top + rh, left:left + rw] = 114.0 if noise is None else noise
+
+
+@dataclass
+class KeypointDraw:
+    """One photo's random choices (``KeypointAugmenter.draw``): ``total`` maps source pixels to model-input pixels
+    (the contract's resize and the random geometry), ``points`` are already mapped (and relabelled when mirrored)."""
+
+    total: np.ndarray
+    points: np.ndarray
+    jitter: tuple[float, float, float, float] | None = None
+    glare: tuple | None = None
+    gray: bool = False
+    occlude: tuple | None = None
 
 
 class KeypointAugmenter:
@@ -198,23 +218,38 @@ class KeypointAugmenter:
         self._resample = Image.Resampling[contract.interpolation.upper()]
 
     def __call__(self, img: Image.Image, points: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
-        rng = np.random.default_rng(rng)
-        base = contract_matrix(img.width, img.height, self.contract)
         if not self.cfg.enabled:
+            base = contract_matrix(img.width, img.height, self.contract)
             return np.array(warp_image(img, base, self.size, self._resample)), transform_points(points, base, self.size, None, True)
-        m, flipped = random_matrix(rng, self.cfg, *self.size)
-        total = m @ base
-        out = np.array(warp_image(img, total, self.size, self._resample))
-        pts = transform_points(points, total, self.size, self.flip_perm if flipped else None)
-        x = out.astype(np.float32)
+        d = self.draw(img.width, img.height, points, rng)
+        return self.apply(img, d), d.points
+
+    def draw(self, width: int, height: int, points: np.ndarray, rng) -> KeypointDraw:
+        """Every random choice for one photo, in one place: the per-image path (``apply``) and the batched one
+        (``data/batch_augment.py``) use the same draws."""
+        rng = np.random.default_rng(rng)
         c = self.cfg
+        m, flipped = random_matrix(rng, c, *self.size)
+        total = m @ contract_matrix(width, height, self.contract)
+        d = KeypointDraw(total, transform_points(points, total, self.size, self.flip_perm if flipped else None))
         if c.brightness or c.contrast or c.saturation or c.hue:
-            x = self._photo._jitter(x, self._photo.draw_jitter(rng))
+            d.jitter = self._photo.draw_jitter(rng)
         if c.glare and rng.random() < c.glare:
-            self._photo._glare(x, self._photo.draw_glare(rng))
-        if c.grayscale and rng.random() < c.grayscale:
-            x[:] = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+            d.glare = self._photo.draw_glare(rng)
+        d.gray = bool(c.grayscale and rng.random() < c.grayscale)
         if c.occlude and rng.random() < c.occlude:
-            occlude(x, rng)
+            d.occlude = draw_occlusion(self.size[1], self.size[0], rng)
+        return d
+
+    def apply(self, img: Image.Image, d: KeypointDraw) -> np.ndarray:
+        x = np.array(warp_image(img, d.total, self.size, self._resample)).astype(np.float32)
+        if d.jitter is not None:
+            x = self._photo._jitter(x, d.jitter)
+        if d.glare is not None:
+            self._photo._glare(x, d.glare)
+        if d.gray:
+            x[:] = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+        if d.occlude is not None:
+            occlude(x, d.occlude)
         x += 0.5
-        return np.clip(x, 0, 255, out=x).astype(np.uint8), pts
+        return np.clip(x, 0, 255, out=x).astype(np.uint8)

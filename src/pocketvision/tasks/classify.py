@@ -290,8 +290,8 @@ class ClassifyRun(TaskRun):
         self.train_samples, self.val_samples, self.train_cache, self.use_cache = (train_samples, val_samples,
                                                                                  train_cache, use_cache)
         # whole batches augmented on the training device (data/batch_augment.py): auto = on CUDA
-        self.batched = augmenter.cfg.enabled and (cfg.batch_augment == "on" or (
-            cfg.batch_augment == "auto" and pick_device(cfg.device).type == "cuda"))
+        from ..training.loader import batch_augment_wanted
+        self.batched = batch_augment_wanted(cfg, augmenter.cfg.enabled)
         self.train_ds = ImageDataset(train_samples, contract, augmenter, cfg.seed, train_cache, sizes=self.sizes,
                                      pixels=pixels, batched=self.batched)
         self.plain_train_ds = ImageDataset(train_samples, contract, None, cfg.seed, train_cache)
@@ -402,34 +402,17 @@ class ClassifyRun(TaskRun):
     def _loader(self):
         import functools
 
-        from ..training.loader import collate, collate_sources, make_loader
+        from ..training.loader import collate, collate_sources, grid_mode, make_loader
         if self._train_loader is None:
             fn = collate
-            if self.batched:  # on the GPU: augmented in `_augmented`; on a CPU: in the workers' collate
-                fn = functools.partial(collate_sources, augment_mode=None if self._on_gpu else self._sample_mode)
+            if self.batched:  # on the GPU: augmented in `batches`; on a CPU: in the workers' collate
+                on_gpu = self.engine.device.type != "cpu"
+                fn = functools.partial(collate_sources, augment_mode=None if on_gpu else grid_mode(self.contract))
             self._train_loader = make_loader(self.train_ds, self.cfg.batch_size, True, self.workers, self.cfg.seed,
                                              drop_last=len(self.train_ds) > self.cfg.batch_size, shard=self.shard,
                                              collate_fn=fn)
         return self._train_loader
 
-    @property
-    def _on_gpu(self) -> bool:
-        return self.engine.device.type != "cpu"
-
-    @property
-    def _sample_mode(self) -> str:
-        return self.contract.interpolation if self.contract.interpolation in ("bilinear", "bicubic") else "bilinear"
-
-    def _augmented(self, loader):
-        """Batches of sources -> augmented uint8 batches on the training device."""
-        from ..data.batch_augment import augment
-        mode = self._sample_mode
-        for batch in loader:
-            if batch is None:
-                yield None
-                continue
-            src, y, idx = batch
-            yield augment(src.to(self.engine.device), mode), y, idx
 
     def steps_per_epoch(self) -> int:
         if self._top is not None:
@@ -440,7 +423,10 @@ class ClassifyRun(TaskRun):
         if self._top is not None:
             return self._top.batches(self._batch_size(), self.shard)
         self.train_ds.set_epoch(epoch)
-        return self._augmented(self._loader()) if self.batched and self._on_gpu else self._loader()
+        if self.batched and self.engine.device.type != "cpu":
+            from ..training.loader import augmented_on, grid_mode
+            return augmented_on(self.engine.device, self._loader(), grid_mode(self.contract))
+        return self._loader()
 
     def forward(self, net, batch):
         if self._top is not None:

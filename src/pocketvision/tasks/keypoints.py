@@ -102,8 +102,9 @@ def decode_sample(s, contract: Contract) -> tuple[np.ndarray, np.ndarray, tuple[
     return np.asarray(img, np.uint8), pts, (w0, h0)
 
 
-def _dataset(images, points, contract, augment, seed):
-    """-> a torch Dataset of (uint8 HWC at the contract size, points (K, 3) in model-input pixels, index)."""
+def _dataset(images, points, contract, augment, seed, batched: bool = False):
+    """-> a torch Dataset of (uint8 HWC at the contract size, points (K, 3) in model-input pixels, index);
+    ``batched``: (the decoded photo as it is, its ``KeypointDraw``, index) for ``_collate_sources``."""
     import torch
     from PIL import Image
 
@@ -121,6 +122,9 @@ def _dataset(images, points, contract, augment, seed):
 
         def __getitem__(self, key):
             epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
+            if batched:  # the pixels travel as they are; the device warps them by the draw's homography
+                h, w = images[i].shape[:2]
+                return images[i], augment.draw(w, h, points[i], np.random.default_rng([seed, epoch, i])), i
             img = Image.fromarray(images[i])
             if augment is not None:
                 x, p = augment(img, points[i], np.random.default_rng([seed, epoch, i]))
@@ -135,6 +139,19 @@ def _collate(batch):
     import torch
     return (torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch]),
             torch.tensor([b[2] for b in batch]))
+
+
+def _collate_sources(batch, size: tuple[int, int], augment_mode: str | None = None):
+    """Batched items -> (data.batch_augment.Sources, points (N, K, 3), indices): photos padded with the warp's grey,
+    each photo's inverse homography (its points were mapped by the same matrix in ``draw``). With ``augment_mode``
+    (training on the CPU) the pixels are warped here, in the worker."""
+    import torch
+
+    from ..data.batch_augment import Sources, augment, pad_sources, stack_keypoint_draws
+    draws = [b[1] for b in batch]
+    src = Sources(pad_sources([b[0] for b in batch], fill=114.0), stack_keypoint_draws(draws, size), size, fill=114.0)
+    pts = torch.from_numpy(np.stack([d.points for d in draws]).astype(np.float32))
+    return (augment(src, augment_mode) if augment_mode else src), pts, torch.tensor([b[2] for b in batch])
 
 
 def _points_in_model_frame(samples, kept: list[int], contract: Contract) -> np.ndarray:
@@ -241,7 +258,10 @@ class KeypointRun(TaskRun):
                           "training labels' roll; --augment rotate=N to choose)")
         self.augment = augment
         augmenter = KeypointAugmenter(augment, contract, schema.flip_perm)
-        self.train_ds = _dataset([d[0] for d in train_d], [d[1] for d in train_d], contract, augmenter, cfg.seed)
+        from ..training.loader import batch_augment_wanted
+        self.batched = batch_augment_wanted(cfg, augmenter.cfg.enabled)  # data/batch_augment.py
+        self.train_ds = _dataset([d[0] for d in train_d], [d[1] for d in train_d], contract, augmenter, cfg.seed,
+                                 batched=self.batched)
         val_ds = _dataset([d[0] for d in val_d], [d[1] for d in val_d], contract, None, cfg.seed)
         self.val_s, self.val_sizes = val_s, [d[2] for d in val_d]
         self.val_gt = np.stack([s.points for s in val_s])
@@ -250,10 +270,17 @@ class KeypointRun(TaskRun):
         self._train_loader = None
 
     def _loader(self):
-        from ..training.loader import make_loader
+        import functools
+
+        from ..training.loader import grid_mode, make_loader
         if self._train_loader is None:
+            fn = _collate
+            if self.batched:  # on the GPU: warped in `batches`; on a CPU: in the workers' collate
+                on_gpu = self.engine.device.type != "cpu"
+                fn = functools.partial(_collate_sources, size=tuple(self.contract.size),
+                                       augment_mode=None if on_gpu else grid_mode(self.contract))
             self._train_loader = make_loader(self.train_ds, self.cfg.batch_size, True, self.workers, self.cfg.seed,
-                                             drop_last=len(self.train_ds) > self.cfg.batch_size, collate_fn=_collate,
+                                             drop_last=len(self.train_ds) > self.cfg.batch_size, collate_fn=fn,
                                              shard=self.shard)
         return self._train_loader
 
@@ -265,6 +292,9 @@ class KeypointRun(TaskRun):
 
     def batches(self, epoch: int):
         self.train_ds.set_epoch(epoch)
+        if self.batched and self.engine.device.type != "cpu":
+            from ..training.loader import augmented_on, grid_mode
+            return augmented_on(self.engine.device, self._loader(), grid_mode(self.contract))
         return self._loader()
 
     def forward(self, net, batch):
@@ -274,7 +304,7 @@ class KeypointRun(TaskRun):
         return self.model.head.loss(outputs, batch[1].to(self.engine.device), self.loss_kind)
 
     def preview(self, batch):
-        return batch[0]
+        return batch[0].cpu()
 
     def _predict_val(self, net) -> np.ndarray:
         import torch
@@ -335,9 +365,7 @@ class KeypointsTask(Task):
     refuses = {"progressive": "the keypoint heads are built for one input size (their bins and cells are "
                               "fixed), so keypoint training cannot grow the size",
                "cache_dir": "keypoint training decodes its photos itself for now (`pocketvision cache` serves "
-                            "classification)",
-               "batch_augment": "keypoint augmentation (one homography per photo) runs per image in the workers for "
-                                "now; batched augmentation serves classification"}
+                            "classification)"}
     detect_order = 10
 
     def detect(self, data: str | os.PathLike) -> bool:

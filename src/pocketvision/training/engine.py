@@ -188,11 +188,10 @@ class Compiled:
     def step(self, module: nn.Module, forward_backward):
         if not self.ok:
             return forward_backward(module)
-        first = self.module is not module  # a new wrapper (DDP after the backbone thawed) compiles again
-        if first:
-            self.module, self.compiled = module, torch.compile(module)
-        if not first:
+        if self.module is module:
             return forward_backward(self.compiled)
+        # the first step, or a new DDP wrapper after the backbone thawed: compiled now
+        self.module, self.compiled = module, torch.compile(module)
         try:
             return forward_backward(self.compiled)
         except Exception as e:  # noqa: BLE001 - any compiler failure; the eager step below re-raises a real error

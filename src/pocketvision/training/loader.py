@@ -140,6 +140,29 @@ def collate(batch):
     return x, y, idx
 
 
+def batch_augment_wanted(cfg, augment_enabled: bool) -> bool:
+    """``--batch-augment``: on, off, or auto = on when training on CUDA (where per-image workers cannot keep up)."""
+    from .engine import pick_device
+    return augment_enabled and (cfg.batch_augment == "on" or (
+        cfg.batch_augment == "auto" and pick_device(cfg.device).type == "cuda"))
+
+
+def grid_mode(contract: Contract) -> str:
+    """The contract's resampling as ``grid_sample`` names it (it has bilinear and bicubic)."""
+    return contract.interpolation if contract.interpolation in ("bilinear", "bicubic") else "bilinear"
+
+
+def augmented_on(device, batches, mode: str):
+    """Batches whose first item is ``data.batch_augment.Sources`` -> the same batches with that item augmented on
+    ``device`` (uint8 NHWC there)."""
+    from ..data.batch_augment import augment
+    for batch in batches:
+        if batch is None:
+            yield None
+            continue
+        yield (augment(batch[0].to(device), mode), *batch[1:])
+
+
 def collate_sources(batch, augment_mode: str | None = None):
     """Items of a ``batched`` ImageDataset -> (data.batch_augment.Sources, labels, indices): edge-padded source pixels
     and the draws, augmented later on the training device. With ``augment_mode`` (training on the CPU) the batch is
@@ -148,7 +171,7 @@ def collate_sources(batch, augment_mode: str | None = None):
     batch = [b for b in batch if b is not None]
     if not batch:
         return None
-    src = Sources(pad_sources([b[0] for b in batch]), stack_draws([b[1] for b in batch]), batch[0][2])
+    src = Sources(pad_sources([b[0] for b in batch]), stack_draws([b[1] for b in batch], batch[0][2]), batch[0][2])
     y = torch.tensor([b[3] for b in batch], dtype=torch.long)
     idx = torch.tensor([b[4] for b in batch], dtype=torch.long)
     return (augment(src, augment_mode) if augment_mode else src), y, idx
