@@ -290,7 +290,7 @@ class ClassifyRun(TaskRun):
         self.train_samples, self.val_samples, self.train_cache, self.use_cache = (train_samples, val_samples,
                                                                                  train_cache, use_cache)
         # whole batches augmented on the training device (data/batch_augment.py): auto = on CUDA
-        from ..training.loader import batch_augment_wanted
+        from ..training.engine import batch_augment_wanted
         self.batched = batch_augment_wanted(cfg, augmenter.cfg.enabled)
         self.train_ds = ImageDataset(train_samples, contract, augmenter, cfg.seed, train_cache, sizes=self.sizes,
                                      pixels=pixels, batched=self.batched)

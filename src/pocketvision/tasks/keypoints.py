@@ -258,7 +258,7 @@ class KeypointRun(TaskRun):
                           "training labels' roll; --augment rotate=N to choose)")
         self.augment = augment
         augmenter = KeypointAugmenter(augment, contract, schema.flip_perm)
-        from ..training.loader import batch_augment_wanted
+        from ..training.engine import batch_augment_wanted
         self.batched = batch_augment_wanted(cfg, augmenter.cfg.enabled)  # data/batch_augment.py
         self.train_ds = _dataset([d[0] for d in train_d], [d[1] for d in train_d], contract, augmenter, cfg.seed,
                                  batched=self.batched)

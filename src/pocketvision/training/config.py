@@ -172,16 +172,6 @@ def _lr_reference(cfg: TrainConfig, user: set[str], reference: int) -> TrainConf
     return cfg.model_copy(update={"lr_reference_batch": reference})
 
 
-def lr_factor(cfg: TrainConfig) -> tuple[float, str]:
-    """-> (factor on the default/recipe peak LR, what was done) for ``--lr-scaling``."""
-    ref = cfg.lr_reference_batch
-    if cfg.lr_scaling == "off" or not ref or ref == cfg.batch_size:
-        return 1.0, ""
-    rule = cfg.lr_scaling if cfg.lr_scaling != "auto" else ("linear" if cfg.optimizer == "sgd" else "sqrt")
-    f = cfg.batch_size / ref if rule == "linear" else (cfg.batch_size / ref) ** 0.5
-    return f, f"LR x{f:.3g} for batch {cfg.batch_size} (the default LR goes with {ref}; {rule} scaling)"
-
-
 def recipe_context(task, data: str | Path, cfg: TrainConfig):
     """What the recipe depends on: the architecture (the task's default when none was given), whether ImageNet
     weights will load, the device and the number of training images (the task counts them)."""

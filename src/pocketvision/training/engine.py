@@ -35,7 +35,7 @@ from ..errors import PocketVisionError
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .loader import to_input
-from .schedules import progressive_sizes
+from .schedules import lr_factor, progressive_sizes
 
 EMA_FILE = "ema.safetensors"
 BEST_FILE = "best.safetensors"
@@ -53,6 +53,12 @@ def pick_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise PocketVisionError(f"device={name!r} is not a torch device (auto, cpu, cuda, cuda:N).") from None
+
+
+def batch_augment_wanted(cfg, augment_enabled: bool) -> bool:
+    """``--batch-augment``: on, off, or auto = on when training on CUDA (where per-image workers cannot keep up)."""
+    return augment_enabled and (cfg.batch_augment == "on" or (
+        cfg.batch_augment == "auto" and pick_device(cfg.device).type == "cuda"))
 
 
 def make_optimizer(cfg, groups: list[dict]) -> torch.optim.Optimizer:
@@ -305,7 +311,6 @@ class Engine:
         if epochs and start_epoch <= epochs:
             net = run.trainable
             steps_per_epoch = max(1, run.steps_per_epoch())
-            from .config import lr_factor
             factor, said = lr_factor(cfg)
             peak = (cfg.lr or run.default_lr) * factor
             if said and dist.main and start_epoch == 1:

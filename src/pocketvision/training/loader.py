@@ -140,13 +140,6 @@ def collate(batch):
     return x, y, idx
 
 
-def batch_augment_wanted(cfg, augment_enabled: bool) -> bool:
-    """``--batch-augment``: on, off, or auto = on when training on CUDA (where per-image workers cannot keep up)."""
-    from .engine import pick_device
-    return augment_enabled and (cfg.batch_augment == "on" or (
-        cfg.batch_augment == "auto" and pick_device(cfg.device).type == "cuda"))
-
-
 def grid_mode(contract: Contract) -> str:
     """The contract's resampling as ``grid_sample`` names it (it has bilinear and bicubic)."""
     return contract.interpolation if contract.interpolation in ("bilinear", "bicubic") else "bilinear"

@@ -66,3 +66,13 @@ def progressive_sizes(start: int, final: tuple[int, int], epochs: int, until: fl
         f = (start + (side - start) * (e - 1) / ramp) / side
         sizes[e] = tuple(max(multiple, int(d * f) // multiple * multiple) for d in (h, w))
     return sizes
+
+
+def lr_factor(cfg) -> tuple[float, str]:
+    """-> (factor on the default/recipe peak LR, what was done) for ``--lr-scaling``."""
+    ref = cfg.lr_reference_batch
+    if cfg.lr_scaling == "off" or not ref or ref == cfg.batch_size:
+        return 1.0, ""
+    rule = cfg.lr_scaling if cfg.lr_scaling != "auto" else ("linear" if cfg.optimizer == "sgd" else "sqrt")
+    f = cfg.batch_size / ref if rule == "linear" else (cfg.batch_size / ref) ** 0.5
+    return f, f"LR x{f:.3g} for batch {cfg.batch_size} (the default LR goes with {ref}; {rule} scaling)"
