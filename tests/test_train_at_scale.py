@@ -87,8 +87,9 @@ def test_bad_device_counts_and_environments_get_one_line(hotdog_small, shared_da
         pv.train(data, device="cpu", devices=2, epochs=1, run_dir=tmp_path / "r")
     assert not (tmp_path / "r").exists()  # refused before anything was decoded or written
     # a task that augments per image says so instead of ignoring the flag
-    one_line_error(run_cli("train", str(shared_data / "faces5"), "--device", "cpu", "--batch-augment", "on",
-                           cwd=tmp_path), "--batch-augment", "keypoint")
+    style = str(shared_data / "style" / "styles" / "starry_night.jpg")
+    one_line_error(run_cli("train", data, "--task", "stylize", "--style", style, "--device", "cpu",
+                           "--batch-augment", "on", cwd=tmp_path), "--batch-augment", "stylizer")
 
 
 def test_a_bigger_batch_scales_the_default_lr_never_a_given_one(shared_data):

@@ -106,7 +106,7 @@ def make_config(**kwargs: Any) -> TrainConfig:
         raise PocketVisionError(f"invalid training option: {problems}") from None
 
 
-def split_options(data: str | Path, options: dict[str, Any], *, recipe: bool = True):
+def split_options(data: str | Path, options: dict[str, Any], *, recipe: bool = True, resuming: bool = False):
     """A flat ``train(**options)`` -> (task plug-in, engine config, the task's options, recipe record or None).
 
     The task is ``task=`` or, with ``auto``, the one that owns the task options given, else the first whose
@@ -154,19 +154,21 @@ def split_options(data: str | Path, options: dict[str, Any], *, recipe: bool = T
     defaults = {k: v for k, v in task.engine_defaults.items() if k not in given}
     cfg = make_config(**{**defaults, **given, "task": task.name})
     # the batch the default or recipe LR goes with: the recipe's, else the task's default, else the engine's
-    cfg = _lr_reference(cfg, set(engine), recipe_engine.get("batch_size") or task.engine_defaults.get("batch_size")
-                        or TrainConfig.model_fields["batch_size"].default)
+    if not resuming:  # a resumed run keeps the reference it started with (its config holds it)
+        cfg = _lr_reference(cfg, {k for k, v in engine.items() if v is not None},
+                            recipe_engine.get("batch_size") or task.engine_defaults.get("batch_size")
+                            or TrainConfig.model_fields["batch_size"].default)
     return task, cfg, parse_options(task.Options, rest, "training"), record
 
 
 def _lr_reference(cfg: TrainConfig, user: set[str], reference: int) -> TrainConfig:
     """Record which batch size (``reference``) the default or recipe LR goes with, so that the engine can scale it
     when the user changed --batch-size (``lr_scaling``); an LR the user gave is never scaled."""
-    if "lr" in user:
-        if "lr_scaling" in user and cfg.lr_scaling != "off":
+    if "lr" in user:  # used as it is: no reference batch, no scaling
+        if "lr_scaling" in user and cfg.lr_scaling in ("linear", "sqrt"):
             raise PocketVisionError(f"--lr-scaling {cfg.lr_scaling} with --lr: an LR you give is used as it is; "
                                     "leave one of them out.")
-        return cfg.model_copy(update={"lr_scaling": "off"})
+        return cfg
     if "batch_size" not in user or cfg.lr_reference_batch is not None:
         return cfg
     return cfg.model_copy(update={"lr_reference_batch": reference})

@@ -41,7 +41,8 @@ def train_model(data: str | Path, options: dict[str, Any], *, user_model: nn.Mod
         _, _, meta = load_checkpoint(Path(resume))
         options = {**meta.get("config", {}), **{k: v for k, v in options.items() if k in RESUME_OVERRIDES}}
     # A resumed run has every field set already; a model the user brings is not the recipe's architecture.
-    task, cfg, opts, recipe = split_options(data, options, recipe=resume is None and user_model is None)
+    task, cfg, opts, recipe = split_options(data, options, recipe=resume is None and user_model is None,
+                                            resuming=resume is not None)
     distributed.check_devices(cfg.devices, dist)  # before any image is decoded
     config = {**cfg.model_dump(mode="json"), **opts.model_dump(mode="json")}
     if recipe is not None:
