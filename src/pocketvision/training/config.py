@@ -62,8 +62,8 @@ class TrainConfig(BaseModel):
     devices: int = Field(1, ge=1, le=1024, description="train on N processes of this machine (GPUs, or CPU cores "
                          "with gloo) with DistributedDataParallel, launched through torchrun; --batch-size stays "
                          "the global batch. Across machines: torchrun ... -m pocketvision train ...")
-    max_restarts: int = Field(1, ge=0, le=100, description="with --devices N: how often torchrun restarts the "
-                              "processes after one dies; they resume from the last checkpoint")
+    max_restarts: int = Field(1, ge=0, le=100, description="with --devices N: how often the processes are "
+                              "restarted after one dies (they resume from the last checkpoint; a bad input stops)")
     batch_augment: Literal["auto", "on", "off"] = Field("auto", description="augment whole batches with torch on "
                                                         "the training device, data workers only gather pixels (auto: "
                                                         "on CUDA; on a CPU the per-image Pillow path is faster)")
