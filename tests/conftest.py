@@ -127,3 +127,20 @@ def style_bundle(hotdog_small, shared_data, tmp_path_factory):
                  arch_args={"width": 16, "blocks": 2}, report_gatys=1, run_dir=out / "run", progress=False,
                  tensorboard=False, workers=0)
     return b.path
+
+
+def tiny_classifier():
+    """A user's own two-class torch module (float NCHW in, logits out): the smallest bring-your-own model.
+    torch is imported here, not at the top: conftest also serves the torch-free tests."""
+    from torch import nn
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.fc = nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.fc(self.body(x))
+
+    return Tiny()

@@ -48,7 +48,8 @@ def test_batched_batches_depend_on_seed_and_epoch_not_on_workers(hotdog_small):
 
     def epoch_batches(workers: int, epoch: int):
         ds.set_epoch(epoch)
-        loader = make_loader(ds, 16, True, workers, seed=5, collate_fn=functools.partial(collate_sources, augment_mode="bilinear"))
+        collate = functools.partial(collate_sources, augment_mode="bilinear")
+        loader = make_loader(ds, 16, True, workers, seed=5, collate_fn=collate)
         return [(x.clone(), y.clone()) for x, y, _ in loader]
 
     a, b, c = epoch_batches(0, 1), epoch_batches(2, 1), epoch_batches(0, 2)
@@ -73,7 +74,8 @@ def test_batched_keypoint_warp_moves_pixels_with_the_points(shared_data):
     draws = [aug.draw(im.shape[1], im.shape[0], pts, np.random.default_rng([0, 2, i]))
              for i, (im, pts, _) in enumerate(decoded)]
     assert any(d.occlude for d in draws) and any(d.gray for d in draws) and any(d.glare for d in draws)
-    per_image = [aug(Image.fromarray(im), pts, np.random.default_rng([0, 2, i])) for i, (im, pts, _) in enumerate(decoded)]
+    per_image = [aug(Image.fromarray(im), pts, np.random.default_rng([0, 2, i]))
+                 for i, (im, pts, _) in enumerate(decoded)]
     src = Sources(pad_sources([d[0] for d in decoded], fill=114.0), stack_keypoint_draws(draws, (96, 96)), (96, 96),
                   fill=114.0)
     batched = augment(src).numpy().astype(np.int16)

@@ -13,7 +13,7 @@ import os
 import pytest
 
 import pocketvision as pv
-from conftest import one_line_error, run_cli
+from conftest import one_line_error, run_cli, tiny_classifier
 from pocketvision.errors import PocketVisionError
 
 pytestmark = pytest.mark.shared_data
@@ -118,23 +118,14 @@ def test_compile_that_fails_says_so_once_and_trains_uncompiled(hotdog_small, tmp
     import torch
     import torch._inductor.config as inductor
     from rich.console import Console
-    from torch import nn
-
-    class Tiny(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-            self.fc = nn.Linear(8, 2)
-
-        def forward(self, x):
-            return self.fc(self.body(x))
 
     # a machine without a C++ compiler, for real: inductor cannot build its kernels in the first step
     monkeypatch.setattr(inductor.cpp, "cxx", (None, str(tmp_path / "no-such-g++")))
     torch._dynamo.reset()
     out = io.StringIO()
-    b = pv.train(hotdog_small, model=Tiny(), size=32, epochs=2, device="cpu", compile=True, run_dir=tmp_path / "run",
-                 progress=False, tensorboard=False, workers=0, console=Console(file=out, width=400))
+    b = pv.train(hotdog_small, model=tiny_classifier(), size=32, epochs=2, device="cpu", compile=True,
+                 run_dir=tmp_path / "run", progress=False, tensorboard=False, workers=0,
+                 console=Console(file=out, width=400))
     torch._dynamo.reset()
     said = out.getvalue()
     assert said.count("--compile: torch.compile failed") == 1 and "InvalidCxxCompiler" in said, said[-2000:]

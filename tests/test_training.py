@@ -8,7 +8,7 @@ import re
 import pytest
 
 import pocketvision as pv
-from conftest import run_cli
+from conftest import run_cli, tiny_classifier
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 
@@ -74,26 +74,17 @@ def test_find_lr_writes_a_plot(hotdog_small, tmp_path):
 
 def test_bring_your_own_module(hotdog_small, tmp_path):
     import torch
-    from torch import nn
 
     from pocketvision.errors import BundleError
 
-    class Tiny(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-            self.fc = nn.Linear(8, 2)
-
-        def forward(self, x):
-            return self.fc(self.body(x))
-
     torch.manual_seed(0)
-    b = pv.train(hotdog_small, out=tmp_path / "byo.pvb", model=Tiny(), size=64, epochs=1, run_dir=tmp_path / "run",
+    b = pv.train(hotdog_small, out=tmp_path / "byo.pvb", model=tiny_classifier(), size=64, epochs=1,
+                 run_dir=tmp_path / "run",
                  progress=False, tensorboard=False, workers=0)
     assert b.meta["arch"]["name"] == "custom"
     with pytest.raises(BundleError, match="model=MyModel"):
         pv.load(tmp_path / "byo.pvb")
-    b2 = pv.load(tmp_path / "byo.pvb", model=Tiny())
+    b2 = pv.load(tmp_path / "byo.pvb", model=tiny_classifier())
     res = b2.export(tmp_path / "byo.onnx", data=hotdog_small)
     assert res.verification["passed"]
 

@@ -55,7 +55,8 @@ class TrainConfig(BaseModel):
     early_stopping: int | None = Field(None, ge=1, description="stop after N epochs without validation improvement")
     amp: Literal["auto", "on", "off"] = Field("auto", description="mixed precision (auto: on CUDA)")
     compile: bool = Field(False, description="torch.compile the model for training (opt-in: compiling costs "
-                          "minutes up front; a model or machine it fails on trains uncompiled, with a one-line warning)")
+                          "minutes up front; a model or machine it fails on trains uncompiled, with a one-line "
+                          "warning)")
     channels_last: Literal["auto", "on", "off"] = Field("auto", description="channels_last memory format (auto: on, "
                                                         "except a user module on CPU)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")

@@ -399,8 +399,9 @@ class Engine:
                             if step % 10 == 0:
                                 self.logger.scalar("lr", lr, step)
                             elapsed = time.perf_counter() - t_ep
+                            rate = seen * dist.world / elapsed  # all processes together
                             progress.update(bar, advance=1, info=f"loss {loss_sum / seen:.4f}  lr {lr:.2e}  "
-                                            f"{seen * dist.world / elapsed:.0f} img/s  data wait {waited[0] / elapsed:.0%}")
+                                            f"{rate:.0f} img/s  data wait {waited[0] / elapsed:.0%}")
                         train_time = time.perf_counter() - t_ep
                         progress.remove_task(bar)
                         if dist.main:  # one process validates, logs and writes; the others wait in `agree`
