@@ -92,4 +92,65 @@ def test_training_reads_the_cache_and_learns(data, tmp_path):
     env = {**os.environ, "POCKETVISION_CACHE_DIR": str(tmp_path / "c")}
     r = run_cli("check", str(data), env=env)
     assert "pixel cache" in r.stdout and "images at 128 px" in r.stdout, r.stdout
-    one_line_error(run_cli("train", str(data), "--task", "keypoints", "--cache-dir", "x"), "--cache-dir")
+
+
+def test_jpeg_storage_is_small_close_and_rebuilt_when_the_format_changes(data, tmp_path):
+    raw, raw_stats = build(data, 128, tmp_path / "raw")
+    logs = []
+    cache, stats = build(data, 128, tmp_path / "raw", encoding="jpeg", quality=90, log=logs.append)
+    assert "rebuilding: stored as raw pixels, now JPEG q90" in logs[0] and stats["decoded"] == stats["images"]
+    assert stats["megabytes"] < raw_stats["megabytes"] / 4  # measured: ~10x smaller
+    assert sorted(p.name for p in cache.folder.glob("shard-*")) == ["shard-001.npy"]  # the raw shard is gone
+    found = PixelCache.find(data, 100, tmp_path / "raw")
+    assert found.encoding == "jpeg" and "as JPEG q90" in found.describe()
+    files = sorted(data.rglob("*.jpg"))[:10]
+    diffs = []
+    for p in files:
+        a, b = found.get(p).astype(int), decode_at(p, 128).astype(int)
+        assert a.shape == b.shape
+        diffs.append(np.abs(a - b).mean())
+    assert np.mean(diffs) < 3 and max(diffs) < 4.5, diffs  # re-encoding at q90, 4:4:4, costs a couple of levels
+    # Augmentation sources: libjpeg decodes the cached JPEG at a reduced scale when the model is small.
+    src = found.source_pixels(files[0], 40)
+    assert min(src.shape[:2]) == 40
+    for args, words in ((["--quality", "90"], "--quality is the JPEG quality"),
+                        (["--format", "jpeg", "--quality", "20"], "between 50 and 100")):
+        one_line_error(run_cli("cache", str(data), "--cache-dir", str(tmp_path / "c"), *args), words)
+
+
+@pytest.mark.shared_data
+def test_keypoint_training_reads_the_cache(faces5, tmp_path):
+    """Keypoint photos come from the cache; their points come from the annotations as they are now, scaled to the
+    cached pixels, so the two paths give the same points and nearly the same pixels."""
+    from pocketvision.contract import Contract
+    from pocketvision.data.keypoints import load_keypoints
+    from pocketvision.tasks.keypoints import decode_sample
+    d = tmp_path / "faces"
+    (d / "images").mkdir(parents=True)
+    for split, n in (("train", 600), ("val", 60)):
+        doc = json.loads((faces5 / f"{split}.json").read_text())
+        doc["images"] = doc["images"][::len(doc["images"]) // n][:n]
+        ids = {im["id"] for im in doc["images"]}
+        doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] in ids]
+        for im in doc["images"]:
+            shutil.copy(faces5 / im["file_name"], d / im["file_name"])
+        (d / f"{split}.json").write_text(json.dumps(doc))
+    cache, _ = build(d, 96, tmp_path / "c")
+    ks = load_keypoints(d)
+    contract = Contract(size=(48, 48))  # sources at 56 px: the cached 80 px faces are downscaled
+    for s in ks.train[:20]:
+        a, pa, size_a = decode_sample(s, contract, cache)
+        b, pb, size_b = decode_sample(s, contract)
+        assert a.shape == b.shape and size_a == size_b
+        np.testing.assert_allclose(pa, pb, rtol=1e-6)
+        assert np.abs(a.astype(int) - b.astype(int)).mean() < 2
+    # The default model's sources are 92 px, and these faces are 80 px: the cache holds exactly the files' pixels,
+    # so training from it is the same run, step for step, as training from the files.
+    nme = {}
+    for where in ("c", "none"):
+        r = run_cli("train", str(d), "--out", str(tmp_path / f"kp-{where}.pvb"), "--epochs", "1", "--workers", "0",
+                    "--cache-dir", str(tmp_path / where), "--json", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert ("pixel cache" in " ".join(r.stderr.split())) == (where == "c")
+        nme[where] = json.loads(r.stdout)["metrics"]["nme"]
+    assert nme["c"] == pytest.approx(nme["none"], abs=1e-9)

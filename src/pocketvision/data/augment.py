@@ -5,7 +5,7 @@ full photo first); everything after that works on the small output as float32. B
 and colour jitter there are two phone-photo effects the Not Hotdog team needed: camera-flash glare and
 screen moiré (people photograph a hot dog on someone else's screen).
 
-numpy + Pillow only, so data loading workers do not need torch.
+numpy, Pillow and OpenCV only, so data loading workers do not need torch.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -203,12 +204,15 @@ class Augmenter:
 
     def _jitter(self, x: np.ndarray, j: tuple[float, float, float, float]) -> np.ndarray:
         fb, fc, fs, theta = j
-        # Contrast pivots on the mean grey. (A matvec, because mean(axis=0) over (N, 3) is 5x slower.)
-        mean_luma = float((x.reshape(-1, 3) @ _LUMA).mean()) * fb
-        y = x @ self.jitter_matrix(fb, fc, fs, theta).T
+        # Contrast pivots on the mean grey. OpenCV's per-channel mean and its 3x4 colour transform (matrix and
+        # offset in one SIMD pass) take a fifth of the time numpy's (N, 3) @ (3, 3) does: at 224 px that matmul
+        # was a third of the whole augmentation.
+        mean_luma = float(np.dot(cv2.mean(x)[:3], _LUMA)) * fb
+        m = np.empty((3, 4), np.float32)
+        m[:, :3] = self.jitter_matrix(fb, fc, fs, theta)
         # Saturation and hue leave grey (v, v, v) unchanged, so the contrast offset passes straight through.
-        y += np.float32((1 - fc) * mean_luma)
-        return y
+        m[:, 3] = (1 - fc) * mean_luma
+        return cv2.transform(x, m)
 
     def _glare(self, x: np.ndarray, g: tuple) -> None:
         """Phone-flash specular highlight: a soft ellipse blown out to white with a faint wide halo."""

@@ -2,13 +2,14 @@
 
 A JPEG from a phone costs tens of milliseconds to decode; a 2-core machine spends more time on that than on a
 small model's training step. The cache decodes each image once (reduced-scale JPEG decoding, then a resize so
-the short side is ``size``) and stores the uint8 pixels:
+the short side is ``size``) and stores the uint8 pixels, or (``--format jpeg``) the resized image re-encoded as a
+JPEG, ~10x smaller, for data sets whose pixels would not fit in RAM or the page cache:
 
     <cache-dir>/<hash of DATA's path>-<size>/
-        index.json          {"format", "source", "size", "entries": {relative path: entry}}
+        index.json          {"format", "source", "size", "encoding", "quality", "entries": {relative path: entry}}
         shard-000.npy ...   flat uint8 arrays in NumPy's .npy format (memory-mapped when read, ~256 MB each)
 
-An entry is ``{bytes, mtime_ns, sha256, shard, offset, h, w}``. A source file whose size and mtime are unchanged
+An entry is ``{bytes, mtime_ns, sha256, shard, offset, h, w}`` (+ ``n``, the JPEG's length). A source file whose size and mtime are unchanged
 is trusted; a changed one is hashed, and only different content is decoded again (into a new shard). New shards
 and the index are written to temporary names and renamed, index last: a build that is killed leaves the previous
 cache whole. Training and ``check`` use a cache when one exists for DATA (default location: the user cache, or
@@ -19,6 +20,7 @@ from the source again, never served stale.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -38,6 +40,7 @@ from ..errors import ImageDecodeError, PocketVisionError
 
 FORMAT = "pocketvision-pixel-cache/1"
 SHARD_BYTES = 256 << 20
+ENCODINGS = ("pixels", "jpeg")
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -70,6 +73,8 @@ class PixelCache:
     def __init__(self, folder: Path, index: dict[str, Any]):
         self.folder, self.index = folder, index
         self.source, self.size = Path(index["source"]), int(index["size"])
+        # Indexes written before JPEG storage existed hold raw pixels.
+        self.encoding, self.quality = index.get("encoding", "pixels"), index.get("quality")
         self.entries: dict[str, dict[str, Any]] = index["entries"]
         self._shards: dict[int, np.ndarray] = {}
         self._rel: dict[Any, str] = {}
@@ -143,25 +148,43 @@ class PixelCache:
             self._shards[n] = np.load(self.folder / f"shard-{n:03d}.npy", mmap_mode="r")
         return self._shards[n]
 
-    def get(self, path: str | os.PathLike) -> np.ndarray | None:
-        """The cached pixels of ``path`` (HWC uint8, a read-only view), or None when not cached or changed."""
+    def _relative(self, path) -> str | None:
         rel = self._rel.get(path)
         if rel is None:  # resolving walks the path's folders: once per file, not once per epoch
             try:
                 rel = self._rel[path] = Path(path).resolve().relative_to(self.source).as_posix()
-            except ValueError:
+            except ValueError:  # outside the cached folder (an annotation file may name any path)
                 return None
-        e = self.entries.get(rel)
+        return rel
+
+    def get(self, path: str | os.PathLike) -> np.ndarray | None:
+        """The cached pixels of ``path`` (HWC uint8; a read-only view of raw pixels), or None when not cached or
+        changed."""
+        rel = self._relative(path)
+        e = self.entries.get(rel) if rel is not None else None
         if e is None or rel in self._unusable:
             return None
+        if self.encoding == "jpeg":
+            return self._decode(rel, e, None)
         n = e["h"] * e["w"] * 3
         return self._shard(e["shard"])[e["offset"]:e["offset"] + n].reshape(e["h"], e["w"], 3)
 
+    def _decode(self, rel: str, e: dict[str, Any], side: int | None) -> np.ndarray:
+        data = self._shard(e["shard"])[e["offset"]:e["offset"] + e["n"]].tobytes()
+        try:  # ``side``: libjpeg decodes at 1/2..1/8 scale when the model needs that little
+            img = load_rgb(data, min_size=(side, side) if side else None)
+        except ImageDecodeError:
+            raise PocketVisionError(f"{self.folder}: the cached JPEG of {rel} is damaged; run `pocketvision cache "
+                                    f"{self.source}` again.") from None
+        return np.asarray(img, dtype=np.uint8)
+
     def source_pixels(self, path, side: int) -> np.ndarray | None:
         """Pixels with the short side at most ``side`` (what augmentation starts from), from the cache."""
-        a = self.get(path)
-        if a is None:
+        rel = self._relative(path)
+        e = self.entries.get(rel) if rel is not None else None
+        if e is None or rel in self._unusable:
             return None
+        a = self._decode(rel, e, side) if self.encoding == "jpeg" else self.get(path)
         h, w = a.shape[:2]
         if min(h, w) <= side:
             return np.array(a)
@@ -174,17 +197,28 @@ class PixelCache:
         st = self.stale or Stale([], [])
         extra = f"; {len(st.changed)} changed and {len(st.missing)} missing since (decoded from the source)" \
             if st.changed or st.missing else ""
-        return f"pixel cache {self.folder} ({len(self.entries)} images at {self.size} px{extra})"
+        how = f" as JPEG q{self.quality}" if self.encoding == "jpeg" else ""
+        return f"pixel cache {self.folder} ({len(self.entries)} images at {self.size} px{how}{extra})"
 
 
 def build(data: str | os.PathLike, size: int = 256, cache_dir=None, threads: int = 0,
-          log: Callable[[str], None] = lambda s: None) -> tuple[PixelCache, dict[str, Any]]:
-    """Create or bring up to date the cache of every image under ``data`` at short side ``size``."""
+          log: Callable[[str], None] = lambda s: None, encoding: str = "pixels",
+          quality: int | None = None) -> tuple[PixelCache, dict[str, Any]]:
+    """Create or bring up to date the cache of every image under ``data`` at short side ``size``, stored as raw
+    pixels or (``encoding="jpeg"``) re-encoded at ``quality`` (default 90)."""
     data = Path(data)
     if not data.is_dir():
         raise PocketVisionError(f"{data}: not a folder of images.")
     if not 16 <= size <= 4096:
         raise PocketVisionError(f"--size {size}: between 16 and 4096 pixels (the short side kept).")
+    if encoding not in ENCODINGS:
+        raise PocketVisionError(f"--format {encoding}: one of {', '.join(ENCODINGS)}.")
+    if encoding == "pixels" and quality is not None:
+        raise PocketVisionError("--quality is the JPEG quality of --format jpeg; raw pixels have none.")
+    quality = (90 if quality is None else quality) if encoding == "jpeg" else None
+    if quality is not None and not 50 <= quality <= 100:
+        raise PocketVisionError(f"--quality {quality}: between 50 and 100 (lower smears the details a model "
+                                "learns from).")
     t0 = time.perf_counter()
     folder = PixelCache.folder_for(data, size, cache_dir)
     old: PixelCache | None = None
@@ -193,6 +227,10 @@ def build(data: str | os.PathLike, size: int = 256, cache_dir=None, threads: int
             old = PixelCache.read(folder, data, size)
         except PocketVisionError as e:
             log(f"rebuilding: {e}")
+        if old is not None and (old.encoding, old.quality) != (encoding, quality):
+            log(f"rebuilding: stored as {_storage(old.encoding, old.quality)}, now "
+                f"{_storage(encoding, quality)}")
+            old = None
     files = sorted(p for p in data.rglob("*") if p.is_file() and is_image_file(p)
                    and not any(part.startswith(".") for part in p.relative_to(data).parts))
     if not files:
@@ -217,11 +255,19 @@ def build(data: str | os.PathLike, size: int = 256, cache_dir=None, threads: int
     def one(item):
         rel, p, st, digest = item
         try:
-            return rel, decode_at(p, size), st, digest or sha256_file(p), None
+            a = decode_at(p, size)
         except ImageDecodeError as e:
             return rel, None, st, None, str(e)
+        if encoding == "jpeg":  # kept as (bytes, h, w): the shard stores the JPEG, the entry the decoded size
+            buf = io.BytesIO()
+            # 4:4:4: halving the colour resolution (JPEG's default) costs 1.5 more levels of mean error at 128 px
+            Image.fromarray(a).save(buf, "JPEG", quality=quality, subsampling=0)
+            a = (np.frombuffer(buf.getvalue(), np.uint8), a.shape[0], a.shape[1])
+        return rel, a, st, digest or sha256_file(p), None
 
-    first = max((e["shard"] for e in entries.values()), default=-1) + 1
+    # New shards take numbers no shard on disk has: a rebuild (other format, damaged index) must not overwrite a
+    # shard the previous index still points at before the new index is in place.
+    first = max((int(p.stem.split("-")[1]) for p in folder.glob("shard-*.npy")), default=-1) + 1
     shard_no, problems, written = first, [], []
     folder.mkdir(parents=True, exist_ok=True)
     pending: list[tuple[str, np.ndarray, os.stat_result, str]] = []
@@ -230,16 +276,18 @@ def build(data: str | os.PathLike, size: int = 256, cache_dir=None, threads: int
         nonlocal shard_no, pending
         if not pending:
             return
-        total = sum(a.size for _, a, _, _ in pending)
+        total = sum(_flat(a).size for _, a, _, _ in pending)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".shard-", suffix=".npy")
         os.close(fd)
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(total,))
         off = 0
         for rel, a, st, digest in pending:
-            arr[off:off + a.size] = a.reshape(-1)
+            flat = _flat(a)
+            arr[off:off + flat.size] = flat
+            h, w = (a[1], a[2]) if isinstance(a, tuple) else a.shape[:2]
             entries[rel] = {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest, "shard": shard_no,
-                            "offset": off, "h": int(a.shape[0]), "w": int(a.shape[1])}
-            off += a.size
+                            "offset": off, "h": int(h), "w": int(w), **({"n": flat.size} if encoding == "jpeg" else {})}
+            off += flat.size
         arr.flush()
         del arr
         os.replace(tmp, folder / f"shard-{shard_no:03d}.npy")
@@ -254,7 +302,7 @@ def build(data: str | os.PathLike, size: int = 256, cache_dir=None, threads: int
                 problems.append(problem)
                 continue
             pending.append((rel, a, st, digest))
-            size_now += a.size
+            size_now += _flat(a).size
             if size_now >= SHARD_BYTES:
                 flush()
                 size_now = 0
@@ -264,7 +312,8 @@ def build(data: str | os.PathLike, size: int = 256, cache_dir=None, threads: int
     # Shards no entry points at any more (every image in them changed or went away) are removed after the new
     # index is in place.
     used = {e["shard"] for e in entries.values()}
-    index = {"format": FORMAT, "source": str(data.resolve()), "size": size, "entries": entries}
+    index = {"format": FORMAT, "source": str(data.resolve()), "size": size, "encoding": encoding,
+             "quality": quality, "entries": entries}
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".index-", suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(index, f)
@@ -276,9 +325,17 @@ def build(data: str | os.PathLike, size: int = 256, cache_dir=None, threads: int
     stats = {"folder": str(folder), "images": len(entries), "decoded": len(todo) - len(problems),
              "reused": reused, "unreadable": problems,
              "removed": len(set(old.entries) - {p.relative_to(data).as_posix() for p in files}) if old else 0,
-             "shards": len(used),
+             "shards": len(used), "stored_as": _storage(encoding, quality),
              "megabytes": round(nbytes / 2**20, 1), "seconds": round(time.perf_counter() - t0, 2)}
     return PixelCache(folder, index), stats
+
+
+def _flat(a) -> np.ndarray:
+    return a[0] if isinstance(a, tuple) else a.reshape(-1)
+
+
+def _storage(encoding: str, quality: int | None) -> str:
+    return f"JPEG q{quality}" if encoding == "jpeg" else "raw pixels"
 
 
 __all__ = ["PixelCache", "build", "cache_root", "decode_at"]

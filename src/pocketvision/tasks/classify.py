@@ -193,7 +193,7 @@ class ClassifyRun(TaskRun):
         from ..models import build_model, check_input_size, model_entry
         from ..training.engine import progressive_plan
         from ..training.loader import (ImageDataset, decode_all, decode_source, default_workers, estimate_cache_mb,
-                                       make_loader)
+                                       find_pixels, make_loader)
         from .base import load_parent
 
         self.task, self.data, self.cfg, self.opts = task, Path(data), cfg, opts
@@ -251,14 +251,7 @@ class ClassifyRun(TaskRun):
                       f"train {len(train_samples)}, val {len(val_samples)} "
                       f"({'folders' if splits.explicit else f'stratified split, seed {cfg.seed}'})")
         t0 = time.perf_counter()
-        # `pocketvision cache` pixels, when they exist for this folder at a large enough size: training images
-        # are read from them instead of decoded. Validation photos are always decoded from the files, so the
-        # score is computed on exactly the pixels a device would see.
-        from ..data.cache import PixelCache
-        from ..training.loader import source_side
-        pixels = PixelCache.find(splits.root, source_side(contract), cfg.cache_dir)
-        if pixels is not None:
-            console.print(pixels.describe())
+        pixels = find_pixels(splits.root, contract, cfg.cache_dir, console)
         val_cache, p = decode_all(val_samples, contract.load)
         problems += p
         train_cache = None

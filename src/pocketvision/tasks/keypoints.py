@@ -83,13 +83,20 @@ def _exclude_set(value: str | set[str] | None) -> set[str]:
 
 
 # -- training data ---------------------------------------------------------------------------------------
-def decode_sample(s, contract: Contract) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+def decode_sample(s, contract: Contract, pixels=None) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """-> (RGB array with the short side capped near the model's, points in that array's pixels,
-    original (w, h))."""
+    original (w, h)). ``pixels``: a `pocketvision cache` to read the photo from; its points come from the
+    annotations as they are now (scaled by the annotated size), so an edited label is never served stale."""
     from PIL import Image
 
     from ..training.loader import SOURCE_MARGIN
     side = math.ceil(max(contract.size) * SOURCE_MARGIN)
+    a = pixels.source_pixels(s.path, side) if pixels is not None and s.size else None
+    if a is not None:
+        pts = s.points.copy()
+        pts[:, 0] *= a.shape[1] / s.size[0]
+        pts[:, 1] *= a.shape[0] / s.size[1]
+        return a, pts, s.size
     img = load_rgb(s.path, min_size=(side, side))
     w0, h0 = s.size or img.size
     scale = min(1.0, side / min(img.size))
@@ -182,7 +189,7 @@ class KeypointRun(TaskRun):
         from ..data.kp_augment import KeypointAugmenter
         from ..models import check_input_size, model_entry
         from ..models.keypoint_net import build_keypoint_model, keypoint_spec
-        from ..training.loader import default_workers, make_loader
+        from ..training.loader import default_workers, find_pixels, make_loader
         from .base import load_parent
 
         self.task, self.data, self.cfg, self.opts = task, Path(data), cfg, opts
@@ -230,10 +237,12 @@ class KeypointRun(TaskRun):
         t0 = time.perf_counter()
         problems: list[str] = []
 
-        def decode_split(samples):
+        pixels = find_pixels(ds.source, contract, cfg.cache_dir, console)
+
+        def decode_split(samples, pixels=None):
             def one(s):
                 try:
-                    return decode_sample(s, contract)
+                    return decode_sample(s, contract, pixels)
                 except ImageDecodeError as e:
                     problems.append(str(e))
                     return None
@@ -241,7 +250,7 @@ class KeypointRun(TaskRun):
                 res = list(ex.map(one, samples))
             keep = [i for i, r in enumerate(res) if r is not None]
             return [samples[i] for i in keep], [res[i] for i in keep]
-        train_s, train_d = decode_split(ds.train)
+        train_s, train_d = decode_split(ds.train, pixels)
         val_s, val_d = decode_split(ds.val)
         for msg in problems:
             console.print(f"[yellow]skipped unreadable image[/] {msg}")
@@ -363,9 +372,7 @@ class KeypointsTask(Task):
     # channels_last changes the convolutions' rounding; "off" keeps the measured keypoint numbers (issue 4)
     engine_defaults = {"channels_last": "off"}
     refuses = {"progressive": "the keypoint heads are built for one input size (their bins and cells are "
-                              "fixed), so keypoint training cannot grow the size",
-               "cache_dir": "keypoint training decodes its photos itself for now (`pocketvision cache` serves "
-                            "classification)"}
+                              "fixed), so keypoint training cannot grow the size"}
     detect_order = 10
 
     def detect(self, data: str | os.PathLike) -> bool:

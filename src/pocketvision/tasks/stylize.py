@@ -176,7 +176,8 @@ class StylizeRun(TaskRun):
         from ..data.photos import scan_photos
         from ..models import build_model, check_input_size, model_entry
         from ..style.perceptual import check_image_side
-        from ..training.loader import ImageDataset, decode_all, decode_source, default_workers, make_loader
+        from ..training.loader import (ImageDataset, decode_all, decode_source, default_workers, find_pixels,
+                                       make_loader)
         from .base import load_parent
 
         self.task, self.data, self.cfg, self.opts = task, Path(data), cfg, opts
@@ -219,7 +220,8 @@ class StylizeRun(TaskRun):
                       f"style {', '.join(names)} at {style_size} px; loss network {opts.features}")
         t0 = time.perf_counter()
         train = [Sample(p, 0) for p in photos.train]
-        cache, problems = decode_all(train, lambda p: decode_source(p, contract))
+        pixels = find_pixels(photos.root, contract, cfg.cache_dir, console)
+        cache, problems = decode_all(train, lambda p: decode_source(p, contract, pixels))
         val_px, p2 = decode_all([Sample(p, 0) for p in photos.val], contract.load)
         self.problems = problems + p2
         for msg in self.problems:
@@ -444,13 +446,11 @@ class StylizeTask(Task):
     engine_defaults = {"size": 256, "batch_size": 4, "epochs": 8, "weight_decay": 0.0, "val_fraction": 0.02}
     refuses = {"progressive": "a stylizer's loss statistics are tied to the crop size it trains at",
                "batch_augment": "a stylizer's crops are augmented per image; batched augmentation serves "
-                                "classification",
+                                "classification and keypoints",
                "freeze_epochs": "a stylizer has no pretrained backbone to freeze",
                "backbone_lr_mult": "a stylizer has no pretrained backbone",
                "freeze_bn": "a stylizer has no BatchNorm (it uses instance norm)",
-               "pretrained": "stylizers start from random weights",
-               "cache_dir": "stylizer training decodes its photos itself for now (`pocketvision cache` serves "
-                            "classification)"}
+               "pretrained": "stylizers start from random weights"}
     detect_order = 90  # never chosen from the data alone: a folder of photos is also a classifier's
     model_flag = "--style"
 

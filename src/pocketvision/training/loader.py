@@ -13,12 +13,14 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image
 
 from ..contract import Contract
-from ..data.cache import decode_at
+from ..data.cache import PixelCache, decode_at
 from ..data.folder import Sample
 from ..errors import ImageDecodeError
 
@@ -45,6 +47,18 @@ def decode_source(path, contract: Contract, pixels=None) -> np.ndarray:
         if a is not None:
             return a
     return decode_at(path, side)
+
+
+def find_pixels(root, contract: Contract, cache_dir=None, console=None):
+    """The `pocketvision cache` of the data at ``root`` (a folder, or an annotation file in it) whose pixels are
+    large enough for ``contract``, announced on ``console``; None when there is none. Every task reads its
+    training photos through it; validation photos are decoded from the files, so scores are computed on exactly
+    the pixels a device sees."""
+    root = Path(root)
+    pixels = PixelCache.find(root if root.is_dir() else root.parent, source_side(contract), cache_dir)
+    if pixels is not None and console is not None:
+        console.print(pixels.describe())
+    return pixels
 
 
 def decode_all(samples: Sequence[Sample], fn: Callable, threads: int = 0) -> tuple[list, list[str]]:
@@ -198,6 +212,13 @@ class EpochSampler(torch.utils.data.Sampler):
         return iter([(epoch, int(i)) for i in order])
 
 
+def _one_thread(_worker_id: int) -> None:
+    """torch gives each worker one thread; OpenCV (colour jitter) would start a pool per core in every worker,
+    and N workers x N threads fight the training step for the same cores."""
+    import cv2
+    cv2.setNumThreads(1)
+
+
 def make_loader(ds, batch_size: int, shuffle: bool, workers: int, seed: int, drop_last: bool = False,
                 collate_fn=collate, shard: tuple[int, int] = (0, 1)) -> torch.utils.data.DataLoader:
     """Datasets take ``(epoch, index)`` keys and have ``epoch``/``set_epoch`` (see :class:`EpochSampler`).
@@ -205,7 +226,7 @@ def make_loader(ds, batch_size: int, shuffle: bool, workers: int, seed: int, dro
     from .distributed import local_batch
     kw = dict(num_workers=workers, collate_fn=collate_fn, drop_last=drop_last, pin_memory=torch.cuda.is_available())
     if workers > 0:
-        kw.update(persistent_workers=True, prefetch_factor=4)
+        kw.update(persistent_workers=True, prefetch_factor=4, worker_init_fn=_one_thread)
     return torch.utils.data.DataLoader(ds, batch_size=local_batch(batch_size, shard),
                                        sampler=EpochSampler(ds, shuffle, seed, shard), **kw)
 
