@@ -9,9 +9,9 @@ JPEG, ~10x smaller, for data sets whose pixels would not fit in RAM or the page 
         index.json          {"format", "source", "size", "encoding", "quality", "entries": {relative path: entry}}
         shard-000.npy ...   flat uint8 arrays in NumPy's .npy format (memory-mapped when read, ~256 MB each)
 
-An entry is ``{bytes, mtime_ns, sha256, shard, offset, h, w}`` (+ ``n``, the JPEG's length). A source file whose size and mtime are unchanged
-is trusted; a changed one is hashed, and only different content is decoded again (into a new shard). New shards
-and the index are written to temporary names and renamed, index last: a build that is killed leaves the previous
+An entry is ``{bytes, mtime_ns, sha256, shard, offset, h, w}`` (+ ``n``, the JPEG's length). A source file whose
+size and mtime are unchanged is trusted; a changed one is hashed, and only different content is decoded again (into
+a new shard). New shards and the index are written to temporary names and renamed, index last: a build that is killed leaves the previous
 cache whole. Training and ``check`` use a cache when one exists for DATA (default location: the user cache, or
 ``--cache-dir`` / ``POCKETVISION_CACHE_DIR`` for a shared one); files changed since it was built are decoded
 from the source again, never served stale.
