@@ -9,7 +9,9 @@ Pipelines, each one pass over the train split in batches of 64 through a DataLoa
   with PIL because torchvision is not installed here (its CPU build is not on this machine's local disk).
 - pocketvision, from the files: the training loader without a cache (reduced-scale JPEG decode, then our
   augmentation: crop+resize in one PIL call, flip, colour jitter, flash glare, moire; uint8 out).
-- pocketvision, from the pixel cache: the same augmentation reading `pocketvision cache` shards (memory-mapped).
+- pocketvision, from the pixel cache: the same augmentation reading `pocketvision cache` shards (memory-mapped);
+  "stored as JPEG": `--format jpeg` (q90, ~10x smaller, decoded at a reduced DCT scale when the model is small).
+- pocketvision, from WebDataset shards: `pocketvision shards --size 256` tars read in place by member offset.
 - pocketvision, RAM cache, per image / batched: what training does when the decoded sources fit in RAM (decoded
   once at 1.15x the side), augmented per image (Pillow) or a whole batch at once with torch (`--batch-augment on`;
   on a CPU in the worker's collate, on a GPU on the device: data/batch_augment.py).
@@ -38,6 +40,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 from pocketvision.contract import Contract  # noqa: E402
 from pocketvision.data.augment import AugmentConfig, Augmenter  # noqa: E402
+from pocketvision.api import write_shards  # noqa: E402
 from pocketvision.data.cache import build  # noqa: E402
 from pocketvision.data.folder import scan  # noqa: E402
 from pocketvision.training.loader import (ImageDataset, collate_sources, decode_all, decode_source,  # noqa: E402
@@ -140,6 +143,15 @@ def main() -> None:
         t0 = time.perf_counter()
         cache, stats = build(a.data, 256, tmp)
         print(f"`pocketvision cache --size 256`: {stats['images']} images, {stats['megabytes']} MB, "
+              f"{time.perf_counter() - t0:.1f} s (once)")
+        t0 = time.perf_counter()
+        jcache, stats = build(a.data, 256, Path(tmp) / "jpeg", encoding="jpeg")
+        print(f"`pocketvision cache --size 256 --format jpeg`: {stats['megabytes']} MB, "
+              f"{time.perf_counter() - t0:.1f} s (once)")
+        t0 = time.perf_counter()
+        stats = write_shards(a.data, Path(tmp) / "shards", size=256)
+        shard_train = list(scan(Path(tmp) / "shards").train)
+        print(f"`pocketvision shards --size 256` (WebDataset tars): {stats['megabytes']} MB, "
               f"{time.perf_counter() - t0:.1f} s (once)\n")
         print("| side | pipeline | img/s (median of 3 passes) | vs standard |")
         print("|---|---|---|---|")
@@ -156,6 +168,10 @@ def main() -> None:
                                                             a.workers, 0),
                 "pocketvision, from the pixel cache": make_loader(ImageDataset(train, contract, aug, pixels=cache),
                                                                   64, True, a.workers, 0),
+                "pocketvision, from the pixel cache stored as JPEG": make_loader(
+                    ImageDataset(train, contract, aug, pixels=jcache), 64, True, a.workers, 0),
+                "pocketvision, from WebDataset shards (in place)": make_loader(
+                    ImageDataset(shard_train, contract, aug), 64, True, a.workers, 0),
                 "pocketvision, RAM cache, per image": make_loader(ImageDataset(train, contract, aug, cache=ram),
                                                                   64, True, a.workers, 0),
                 "pocketvision, RAM cache, batched (torch, in the worker)": make_loader(

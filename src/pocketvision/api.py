@@ -18,7 +18,7 @@ from torch import nn
 from .model_bundle import Bundle, ExportResult, load
 from .runtime.artifact import load_any
 
-__all__ = ["Bundle", "ExportResult", "find_lr", "load", "load_any", "train"]
+__all__ = ["Bundle", "ExportResult", "fetch_shards", "find_lr", "load", "load_any", "train", "write_shards"]
 
 
 def train(data: str | Path, out: str | Path | None = None, *, model: nn.Module | None = None,
@@ -48,3 +48,38 @@ def find_lr(data: str | Path, **options: Any) -> dict[str, Any]:
     from .training.run import find_lr as _find_lr
     run_dir = Path(options.pop("run_dir", None) or "runs/find-lr")
     return _find_lr(data, {**options, "run_dir": run_dir}, run_dir / "lr_find.png")
+
+
+def write_shards(data: str | Path, out: str | Path, *, task: str = "auto", size: int = 256, quality: int = 90,
+                 shard_mb: int = 256, val_fraction: float = 0.15, seed: int = 0, threads: int = 0,
+                 log=lambda s: None) -> dict[str, Any]:
+    """Write ``data`` (any task's training data) as WebDataset shards in the new folder ``out``: each image at
+    short side ``size``, JPEG ``quality``, with its annotation, in the splits training on ``data`` would use
+    (``data/shards.py``). ``pv.train(out)`` then trains from the shards. -> counts, megabytes, unreadable files."""
+    from .data.cache import decode_at, encode_jpeg, upright_size
+    from .data.shards import write
+    from .errors import PocketVisionError
+    from .tasks import get_task
+    from .tasks.base import detect_task
+    if not 16 <= size <= 4096:
+        raise PocketVisionError(f"--size {size}: between 16 and 4096 pixels (the short side kept).")
+    if not 50 <= quality <= 100:
+        raise PocketVisionError(f"--quality {quality}: between 50 and 100.")
+    if not Path(data).exists():
+        raise PocketVisionError(f"{data}: no such file or folder.")
+    t = get_task(task) if task != "auto" else detect_task(data)
+    meta, splits = t.shard_records(data, val_fraction, seed)
+
+    def encode(path: Path, annotation: Any) -> tuple[bytes, Any]:
+        a = decode_at(path, size)
+        stored = (a.shape[1], a.shape[0])
+        return encode_jpeg(a, quality), t.stored_annotation(annotation, stored, upright_size(path))
+
+    return {"task": t.name, **write(out, t.name, meta, splits, encode, size, quality, shard_mb, threads, log)}
+
+
+def fetch_shards(url: str, out: str | Path, threads: int = 4, log=lambda s: None) -> dict[str, Any]:
+    """Copy a shard set from ``url`` (its ``shards.json`` over http(s)://, file://, or a path) into ``out``,
+    checking every shard's SHA-256; run again to resume."""
+    from .data.shards import fetch
+    return fetch(url, out, threads, log)

@@ -370,6 +370,32 @@ def cmd_cache(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shards(a: argparse.Namespace) -> int:
+    from .api import write_shards
+    st = write_shards(a.data, a.out, task=a.task, size=a.size, quality=a.quality, shard_mb=a.shard_mb,
+                      val_fraction=a.val_fraction, seed=a.seed, threads=a.threads, log=lambda m: print(m, flush=True))
+    if a.json:
+        _print_json(st)
+    else:
+        for problem in st["unreadable"]:
+            print(f"skipped unreadable image {problem}")
+        counts = ", ".join(f"{k} {v}" for k, v in st["samples"].items())
+        print(f"{st['task']} shards in {st['folder']}: {counts} ({st['shards']} shard(s), {st['megabytes']} MB, "
+              f"{st['seconds']} s); train on them: pocketvision train {st['folder']}")
+    return 0
+
+
+def cmd_fetch_shards(a: argparse.Namespace) -> int:
+    from .api import fetch_shards
+    st = fetch_shards(a.url, a.out, a.threads)
+    if a.json:
+        _print_json(st)
+    else:
+        print(f"{st['folder']}: {st['fetched']} shard(s) fetched, {st['kept']} already there and complete "
+              f"({st['megabytes']} MB, {st['seconds']} s)")
+    return 0
+
+
 def cmd_fetch_web_runtime(a: argparse.Namespace) -> int:
     from .export.web import ORT_WEB_VERSION, fetch_runtime
     path = fetch_runtime(a.version or ORT_WEB_VERSION)
@@ -461,10 +487,9 @@ def _print_bench(r: dict) -> None:
 
 
 def cmd_check(a: argparse.Namespace) -> int:
-    from .tasks import all_tasks, get_task
-    from .tasks.base import parse_options, refuse_foreign
-    task = get_task(a.task) if a.task != "auto" else next(
-        t for t in sorted(all_tasks(), key=lambda t: t.detect_order) if t.detect(a.data))
+    from .tasks import get_task
+    from .tasks.base import detect_task, parse_options, refuse_foreign
+    task = get_task(a.task) if a.task != "auto" else detect_task(a.data)
     given = _given(a, [m for _, m in _task_models("CheckOptions")])
     refuse_foreign(task, given, "CheckOptions", "check")
     report, render = task.check(a.data, parse_options(task.CheckOptions, given, "check"))
@@ -551,7 +576,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .tasks import all_tasks
-    from .training.config import TrainConfig
+    from .training.config import TaskName, TrainConfig
     p = argparse.ArgumentParser(prog="pocketvision", description="From a folder of photos to a verified "
                                 "on-device vision model.", epilog=EPILOG, formatter_class=_Fmt)
     p.add_argument("--version", action="version", version=f"pocketvision {__version__}")
@@ -637,8 +662,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="bundle to write (default: NAME-<bits>bit.pvb)")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    s = verb("shards", "Write a data set as WebDataset tar shards (each image resized and re-encoded as JPEG, with "
+             "its annotation) for data sets larger than RAM or kept on object storage; train reads them in place.",
+             cmd_shards)
+    s.add_argument("data", help="training data (image folder, keypoint annotations...)")
+    s.add_argument("--out", required=True, help="new folder for the shards and shards.json")
+    s.add_argument("--task", choices=typing.get_args(TaskName), default="auto", help="whose data (default: detected)")
+    s.add_argument("--size", type=int, default=256, help="short side kept, in pixels")
+    s.add_argument("--quality", type=int, default=90, help="JPEG quality (50-100)")
+    s.add_argument("--shard-mb", type=int, default=256, help="shard size (MB of images per tar)")
+    s.add_argument("--val-fraction", type=float, default=0.15, help="validation share when DATA has no val split "
+                   "(the same split `train` would make with this and --seed)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--threads", type=int, default=0, help="decoding threads (default: all cores)")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    s = verb("fetch-shards", "Download a shard set (its shards.json URL: https://, file://, a bucket's HTTPS "
+             "endpoint) into a folder, checking each shard's SHA-256; run again to resume.", cmd_fetch_shards)
+    s.add_argument("url", help="URL or path of shards.json")
+    s.add_argument("--out", required=True, help="folder to fetch into")
+    s.add_argument("--threads", type=int, default=4, help="parallel downloads")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+
     s = verb("fetch-web-runtime", "Download the onnxruntime-web runtime files (npm package) that `export --to web` "
-             "copies into each web folder; the only command that downloads.", cmd_fetch_web_runtime)
+             "copies into each web folder (an explicit download, like fetch-shards).", cmd_fetch_web_runtime)
     s.add_argument("--version", default=None, help="onnxruntime-web version (default: the tested one)")
 
     s = verb("verify", "Run the same real images through a bundle and its export; non-zero exit above tolerance.",
@@ -686,7 +733,6 @@ def build_parser() -> argparse.ArgumentParser:
     s = verb("check", "Check training data: counts, imbalance, duplicates/leakage, tiny and unreadable files "
              "(image folders); per-point visibility, points outside the image, suspect labels (keypoints).", cmd_check)
     s.add_argument("data", help="image folder, or a COCO keypoints .json / keypoints .csv / folder with train.json")
-    from .training.config import TaskName
     s.add_argument("--task", choices=typing.get_args(TaskName), default="auto", help="whose check to run "
                    "(auto: from the data)")
     s.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -138,6 +138,12 @@ def load_rgb(source: str | os.PathLike | bytes, min_size: tuple[int, int] | None
     name = "<bytes>" if isinstance(source, bytes | bytearray) else str(source)
     try:
         fp = io.BytesIO(source) if isinstance(source, bytes | bytearray) else open(source, "rb")
+    except NotADirectoryError as e:  # SHARD.tar/member: an image inside a WebDataset shard (data/shards.py)
+        from .data.shards import read_member
+        member = read_member(source)
+        if member is None:
+            raise ImageDecodeError(f"{name}: cannot open ({e.strerror or e}).") from None
+        fp = io.BytesIO(member)
     except OSError as e:
         raise ImageDecodeError(f"{name}: cannot open ({e.strerror or e}).") from None
     with fp:

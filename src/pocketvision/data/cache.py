@@ -11,10 +11,10 @@ JPEG, ~10x smaller, for data sets whose pixels would not fit in RAM or the page 
 
 An entry is ``{bytes, mtime_ns, sha256, shard, offset, h, w}`` (+ ``n``, the JPEG's length). A source file whose
 size and mtime are unchanged is trusted; a changed one is hashed, and only different content is decoded again (into
-a new shard). New shards and the index are written to temporary names and renamed, index last: a build that is killed leaves the previous
-cache whole. Training and ``check`` use a cache when one exists for DATA (default location: the user cache, or
-``--cache-dir`` / ``POCKETVISION_CACHE_DIR`` for a shared one); files changed since it was built are decoded
-from the source again, never served stale.
+a new shard). New shards and the index are written to temporary names and renamed, index last: a build that is
+killed leaves the previous cache whole. Training and ``check`` use a cache when one exists for DATA (default
+location: the user cache, or ``--cache-dir`` / ``POCKETVISION_CACHE_DIR`` for a shared one); files changed since
+it was built are decoded from the source again, never served stale.
 """
 
 from __future__ import annotations
@@ -61,6 +61,23 @@ def decode_at(path: Path, side: int) -> np.ndarray:
         img = img.resize((max(1, round(img.width * side / s)), max(1, round(img.height * side / s))),
                          Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
+
+
+def encode_jpeg(a: np.ndarray, quality: int) -> bytes:
+    buf = io.BytesIO()
+    # 4:4:4: halving the colour resolution (JPEG's default) costs 1.5 more levels of mean error at 128 px
+    Image.fromarray(a).save(buf, "JPEG", quality=quality, subsampling=0)
+    return buf.getvalue()
+
+
+def upright_size(path: Path) -> tuple[int, int]:
+    """(w, h) of the image as ``load_rgb`` turns it upright (EXIF orientations 5-8 swap the sides), from the header."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            return (h, w) if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (w, h)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageDecodeError(f"{path}: not a readable image ({e}). Remove or replace the file.") from None
 
 
 @dataclass
@@ -259,10 +276,7 @@ def build(data: str | os.PathLike, size: int = 256, cache_dir=None, threads: int
         except ImageDecodeError as e:
             return rel, None, st, None, str(e)
         if encoding == "jpeg":  # kept as (bytes, h, w): the shard stores the JPEG, the entry the decoded size
-            buf = io.BytesIO()
-            # 4:4:4: halving the colour resolution (JPEG's default) costs 1.5 more levels of mean error at 128 px
-            Image.fromarray(a).save(buf, "JPEG", quality=quality, subsampling=0)
-            a = (np.frombuffer(buf.getvalue(), np.uint8), a.shape[0], a.shape[1])
+            a = (np.frombuffer(encode_jpeg(a, quality), np.uint8), a.shape[0], a.shape[1])
         return rel, a, st, digest or sha256_file(p), None
 
     # New shards take numbers no shard on disk has: a rebuild (other format, damaged index) must not overwrite a
@@ -338,4 +352,4 @@ def _storage(encoding: str, quality: int | None) -> str:
     return f"JPEG q{quality}" if encoding == "jpeg" else "raw pixels"
 
 
-__all__ = ["PixelCache", "build", "cache_root", "decode_at"]
+__all__ = ["PixelCache", "build", "cache_root", "decode_at", "encode_jpeg", "upright_size"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..contract import is_image_file
 from ..errors import PocketVisionError
+from . import shards
 
 SPLITS = ("train", "val", "test")
 
@@ -46,9 +47,15 @@ class Splits:
         h = hashlib.sha256()
         for split in SPLITS:
             for s in sorted(getattr(self, split), key=lambda s: str(s.path)):
-                st = s.path.stat()
-                h.update(f"{split}|{self.classes[s.label]}|{s.path.name}|{st.st_size}\n".encode())
+                h.update(f"{split}|{self.classes[s.label]}|{s.path.name}|{_size(s.path)}\n".encode())
         return h.hexdigest()[:16]
+
+
+def _size(p: Path) -> int:
+    try:
+        return p.stat().st_size
+    except NotADirectoryError:  # an image inside a shard
+        return shards.member_size(p) or 0
 
 
 def _class_dirs(folder: Path) -> list[Path]:
@@ -70,9 +77,31 @@ def scan(root: str | Path, val_fraction: float = 0.15, test_fraction: float = 0.
     if not 0.0 <= val_fraction < 1.0 or not 0.0 <= test_fraction < 1.0 or val_fraction + test_fraction >= 1.0:
         raise PocketVisionError(
             f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be in [0, 1) and sum below 1.")
+    if shards.is_shard_set(root):
+        return _scan_shards(root, classes)
     if (root / "train").is_dir():
         return _scan_explicit(root, classes)
     return _scan_auto(root, val_fraction, test_fraction, seed, classes)
+
+
+def _scan_shards(root: Path, classes: list[str] | None) -> Splits:
+    """A shard set written by `pocketvision shards` from a classification folder: its splits, as written."""
+    desc = shards.read_descriptor(root)
+    names = desc.get("meta", {}).get("classes")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise PocketVisionError(f"{root / shards.DESCRIPTOR}: a {desc.get('task')} shard set, not a classifier's "
+                                "(no class list); train it with --task " + str(desc.get("task")) + ".")
+    names = _check_classes(names, root / shards.DESCRIPTOR, classes)
+    out = Splits(root=root, classes=names, explicit=True)
+    for split in SPLITS:
+        for path, ann in shards.samples(root, split):
+            label = ann.get("label") if isinstance(ann, dict) else None
+            if label not in names:
+                raise PocketVisionError(f"{path}: label {label!r} is not among the classes {names}.")
+            getattr(out, split).append(Sample(path, names.index(label)))
+    if not out.train or not out.val:
+        raise PocketVisionError(f"{root}: the shard set has no {'train' if not out.train else 'val'} samples.")
+    return out
 
 
 def _check_classes(found: list[str], where: Path, classes: list[str] | None) -> list[str]:
@@ -153,6 +182,14 @@ def labelled_samples(root: str | Path, classes: list[str], split: str = "auto",
     root = Path(root)
     if not root.is_dir():
         raise PocketVisionError(f"{root}: data folder not found.")
+    if shards.is_shard_set(root):
+        found = _scan_shards(root, classes)
+        if split == "auto":
+            split = next(s for s in ("test", "val") if getattr(found, s))
+        if split not in (*SPLITS, "all"):
+            raise PocketVisionError(f"{root}: a shard set has the splits {', '.join(SPLITS)} and all, not {split!r}.")
+        picked = [s for sp in SPLITS for s in getattr(found, sp)] if split == "all" else getattr(found, split)
+        return picked, split
     if split == "auto":
         split = next((s for s in ("test", "val") if (root / s).is_dir()), "all")
     base = root if split == "all" else root / split

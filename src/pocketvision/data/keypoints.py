@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PocketVisionError
+from . import shards
 
 # How far outside the image a labelled point may lie (fraction of the image side) before it is an
 # error. Tight face crops put eye corners a few pixels past the edge (MTFL: up to 9%); further out
@@ -422,6 +423,8 @@ def _load_keypoints(path: str | Path, *, val_fraction: float, seed: int, flip_pa
     p = Path(path)
     if not p.exists():
         raise PocketVisionError(f"{p}: no such file or folder.")
+    if shards.is_shard_set(p):
+        return _read_shards(p, flip_pairs)
     if p.is_dir():
         for suf in (".json", ".csv"):
             tr, va = p / f"train{suf}", p / f"val{suf}"
@@ -437,6 +440,30 @@ def _load_keypoints(path: str | Path, *, val_fraction: float, seed: int, flip_pa
         raise PocketVisionError(f"{p}: no train.json or train.csv inside (or pass the annotation file itself).")
     schema, samples, notes = read_annotations(p, flip_pairs)
     return _split(p, schema, samples, notes, val_fraction, seed)
+
+
+def _read_shards(p: Path, flip_pairs) -> KeypointSet:
+    """A shard set written by `pocketvision shards` from keypoint data: points and sizes in the stored pixels."""
+    desc = shards.read_descriptor(p)
+    try:
+        saved = KeypointSchema.from_dict(desc["meta"]["schema"])
+    except (KeyError, TypeError, ValueError):
+        raise PocketVisionError(f"{p / shards.DESCRIPTOR}: a {desc.get('task')} shard set, not keypoints (no point "
+                                f"schema); train it with --task {desc.get('task')}.") from None
+    schema = make_schema(list(saved.names), saved.skeleton, flip_pairs) if flip_pairs is not None else saved
+    out = KeypointSet(p, schema, explicit=True)
+    for split in ("train", "val"):
+        for path, ann in shards.samples(p, split):
+            try:
+                pts, size = np.asarray(ann["points"], np.float32), tuple(int(v) for v in ann["size"])
+            except (KeyError, TypeError, ValueError):
+                raise PocketVisionError(f"{path}: its annotation has no points and size.") from None
+            if pts.shape != (len(schema.names), 3):
+                raise PocketVisionError(f"{path}: {pts.shape[0]} points, the set has {len(schema.names)}.")
+            getattr(out, split).append(KpSample(path, pts, size))
+    if not out.train or not out.val:
+        raise PocketVisionError(f"{p}: the shard set has no {'train' if not out.train else 'val'} samples.")
+    return out
 
 
 def _split(p: Path, schema, samples, notes, val_fraction, seed) -> KeypointSet:

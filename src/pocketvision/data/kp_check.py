@@ -5,6 +5,7 @@ its colour, so a mirrored image whose eyes were not swapped shows at a glance).
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any
 
@@ -13,6 +14,7 @@ from PIL import Image, ImageDraw
 
 from ..contract import Contract, load_rgb
 from ..errors import ImageDecodeError
+from . import shards
 from .keypoints import KeypointSet, load_keypoints
 from .kp_augment import KeypointAugmenter
 
@@ -80,7 +82,7 @@ def check_keypoints(source, val_fraction: float = 0.1, seed: int = 0, flip_pairs
                                 "suspect_labels": sus}
     for s in ks.train + ks.val:
         try:
-            with Image.open(s.path) as im:
+            with Image.open(io.BytesIO(shards.read_bytes(s.path))) as im:  # a file, or a shard's member
                 im.verify()
         except Exception as e:  # noqa: BLE001 - any decoder complaint = unreadable
             unreadable.append(f"{s.path}: {e}")

@@ -238,6 +238,17 @@ class Task:
         """-> (training image paths, where they came from) for calibration and palette fine-tuning."""
         raise NotImplementedError
 
+    def shard_records(self, data: str | os.PathLike, val_fraction: float, seed: int
+                      ) -> tuple[dict[str, Any], dict[str, list[tuple[Path, str, Any]]]]:
+        """For `pocketvision shards`: (what the set's descriptor keeps for this task, e.g. the classes;
+        {split: [(image path, its name relative to ``data``, its JSON annotation)]}), with the same splits training
+        on ``data`` would use. The task's reader of ``data`` then reads a shard set too."""
+        raise PocketVisionError(f"`pocketvision shards` does not write {self.name} data.")
+
+    def stored_annotation(self, annotation: Any, stored: tuple[int, int], original: tuple[int, int]) -> Any:
+        """An annotation in the pixels a shard stores (``stored`` (w, h), resized from ``original``)."""
+        return annotation
+
     def count_images(self, data: str | os.PathLike) -> int | None:
         """Training images in ``data`` for the recipe (cheap: a listing, no decoding); None if unknown."""
         return None
@@ -365,6 +376,14 @@ def task_names() -> tuple[str, ...]:
 
 def all_tasks() -> list[Task]:
     return list(_TASKS.values())
+
+
+def detect_task(data: str | os.PathLike) -> Task:
+    """The task ``data`` is for: a shard set names its own, else the first task (``detect_order``) that reads it."""
+    from ..data.shards import shard_task
+    named = shard_task(data)
+    return get_task(named) if named else next(t for t in sorted(all_tasks(), key=lambda t: t.detect_order)
+                                              if t.detect(data))
 
 
 def get_task(name: str) -> Task:

@@ -647,6 +647,14 @@ class ClassifyTask(Task):
     def detect(self, data: str | os.PathLike) -> bool:
         return True
 
+    def shard_records(self, data, val_fraction, seed):
+        from ..data.folder import SPLITS, scan
+        splits = scan(data, val_fraction=val_fraction, seed=seed)
+        root = Path(data)
+        return {"classes": splits.classes}, {
+            split: [(s.path, s.path.relative_to(root).as_posix(), {"label": splits.classes[s.label]})
+                    for s in getattr(splits, split)] for split in SPLITS if getattr(splits, split)}
+
     def count_images(self, data: str | os.PathLike) -> int | None:
         from ..data.folder import scan
         try:

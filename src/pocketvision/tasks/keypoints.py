@@ -379,6 +379,25 @@ class KeypointsTask(Task):
         from ..data.keypoints import is_keypoint_source
         return is_keypoint_source(data)
 
+    def shard_records(self, data, val_fraction, seed):
+        from ..data.keypoints import load_keypoints
+        ks = load_keypoints(data, val_fraction=val_fraction, seed=seed)
+        base = ks.source if ks.source.is_dir() else ks.source.parent
+
+        def name(p: Path) -> str:  # images an annotation file names outside its folder keep their file name
+            return p.relative_to(base).as_posix() if p.is_relative_to(base) else f"external/{p.name}"
+        return {"schema": ks.schema.to_dict()}, {
+            split: [(s.path, name(s.path), {"points": s.points.tolist(), "size": list(s.size) if s.size else None})
+                    for s in samples] for split, samples in (("train", ks.train), ("val", ks.val))}
+
+    def stored_annotation(self, annotation, stored, original):
+        # Points move with the pixels: the shard keeps the photo resized to ``stored``, from the annotated size.
+        w0, h0 = annotation["size"] or original
+        pts = np.asarray(annotation["points"], np.float32)
+        pts[:, 0] *= stored[0] / w0
+        pts[:, 1] *= stored[1] / h0
+        return {"points": pts.tolist(), "size": list(stored)}
+
     def recipe(self, ctx):
         from ..training.recipes import Recipe
         # The README's faces recipe, now the default: on faces5 (after `check --suspects-out` / `train --exclude`)
@@ -607,8 +626,15 @@ def flip_averaged(run, perm: np.ndarray, width: int):
 
 def labelled_keypoints(data: str | Path, split: str = "auto", flip_pairs=None):
     """A COCO/CSV file (all of it) or a folder with train/val files (``auto``: val) -> (schema, samples, split)."""
-    from ..data.keypoints import read_annotations
+    from ..data import shards
+    from ..data.keypoints import load_keypoints, read_annotations
     p = Path(data)
+    if shards.is_shard_set(p):
+        ks = load_keypoints(p, flip_pairs=flip_pairs)
+        split = "val" if split == "auto" else split
+        if split not in ("train", "val", "all"):
+            raise PocketVisionError(f"{p}: a keypoint shard set has the splits train, val and all, not {split!r}.")
+        return ks.schema, ks.train + ks.val if split == "all" else getattr(ks, split), split
     if p.is_dir():
         if split == "auto":
             split = "val" if any((p / f"val{s}").exists() for s in (".json", ".csv")) else "train"

@@ -115,15 +115,15 @@ def split_options(data: str | Path, options: dict[str, Any], *, recipe: bool = T
     With ``recipe`` the task's recipe for this architecture, data and device fills what the user did not set
     (``training/recipes.py``); then the task's engine defaults.
     """
-    from ..tasks import all_tasks, get_task
-    from ..tasks.base import option_owner, parse_options, refuse_foreign
+    from ..tasks import get_task
+    from ..tasks.base import detect_task, option_owner, parse_options, refuse_foreign
     engine = {k: v for k, v in options.items() if k in TrainConfig.model_fields}
     rest = {k: v for k, v in options.items() if k not in TrainConfig.model_fields}
     cfg = make_config(**engine)
     if cfg.task != "auto":
         task = get_task(cfg.task)
     else:  # data that only one task reads, else the task whose options were given, else the fallback
-        found = next(t for t in sorted(all_tasks(), key=lambda t: t.detect_order) if t.detect(data))
+        found = detect_task(data)
         owners = {o for k in rest for o in option_owner(k)}
         if found.fallback and len(owners) == 1 and all(option_owner(k) for k in rest):
             found = get_task(owners.pop())
