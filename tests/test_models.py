@@ -18,7 +18,7 @@ from pocketvision.models import (build_model, check_input_size, count_macs, coun
 from pocketvision.models.deepdog import DEEPDOG_WIDTHS, SeparableConv
 
 SMALL = {"deepdog": {"alpha": 0.25}, "mobilenet_v1": {"alpha": 0.25}, "mobilenet_v2": {"width_mult": 0.35},
-         "efficientnet_lite0": {}}
+         "efficientnet_lite0": {}, "alexnet": {"width": 0.25, "fc": 64}, "searched": {}}
 
 
 def data_root() -> Path:
@@ -29,7 +29,8 @@ def data_root() -> Path:
 
 
 def test_registry_lists_all_families():
-    assert list_models(kind="classifier") == ["deepdog", "efficientnet_lite0", "mobilenet_v1", "mobilenet_v2"]
+    assert list_models(kind="classifier") == ["alexnet", "deepdog", "efficientnet_lite0", "mobilenet_v1",
+                                              "mobilenet_v2", "searched"]
     assert list_models(kind="image") == ["johnson", "stylenet_mobile"]
     assert list_models("mobilenet*") == ["mobilenet_v1", "mobilenet_v2"]
     assert list_models(pretrained=True) == ["efficientnet_lite0"]
@@ -99,7 +100,7 @@ def test_bad_args_are_named_with_valid_options():
         build_model({"name": "deepdog", "args": {"alpha": "big"}})
     with pytest.raises(PocketVisionError, match=r"'alpha' argument of deepdog must be in the range"):
         build_model({"name": "deepdog", "args": {"alpha": -1.0}})
-    with pytest.raises(PocketVisionError, match=r"act='gelu'.*elu, relu, relu6"):
+    with pytest.raises(PocketVisionError, match=r"act='gelu'.*elu, hswish, relu, relu6"):
         build_model({"name": "deepdog", "args": {"act": "gelu"}})
     with pytest.raises(PocketVisionError, match=r"'num_classes' argument of mobilenet_v2 must be an integer"):
         build_model({"name": "mobilenet_v2", "args": {"num_classes": True}})

@@ -34,6 +34,14 @@ def _console():
     return Console(stderr=True)
 
 
+def _ints(s: str) -> list[int]:
+    """'96,128,160' -> [96, 128, 160]."""
+    try:
+        return [int(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {s!r}") from None
+
+
 def _kv(s: str) -> dict[str, Any]:
     """'alpha=0.5,act=relu' -> {'alpha': 0.5, 'act': 'relu'} (JSON values where they parse)."""
     out: dict[str, Any] = {}
@@ -396,6 +404,32 @@ def cmd_fetch_shards(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(a: argparse.Namespace) -> int:
+    from .search import search
+    quiet = a.json
+    summary = search(a.data, target=a.target, precision="int8" if a.int8 else "fp32", max_latency_ms=a.max_latency_ms,
+                     max_size_mb=a.max_size_mb, budget=a.budget, workers=a.workers, ray=a.ray, resume=a.resume,
+                     out=a.out, run_dir=a.run_dir, population=a.population, sample=a.sample, batch=a.batch,
+                     rule=a.rule, objective=a.objective, epochs=a.epochs, final_epochs=a.final_epochs,
+                     batch_size=a.batch_size, seed=a.seed, latency_table=a.latency_table,
+                     **({"resolutions": a.resolutions} if a.resolutions else {}),
+                     log=(lambda m: None) if quiet else (lambda m: print(m, flush=True)))
+    if a.json:
+        _print_json(summary)
+        return 0
+    print(f"{summary['evaluations']} candidates ({summary['feasible']} within the limits) in {summary['run_dir']}")
+    for p in summary["pareto_front"]:
+        print(f"  front: [{p['index']}] score {p['score']:.4f}  {p['latency_ms']:.2f} ms  {p['size_mb']:.2f} MB  "
+              f"{p['architecture']}")
+    if summary.get("best"):
+        print(f"best: [{summary['best']['index']}] {summary['best']['architecture']} -> {summary['best']['arch_file']} "
+              f"(train it again: pocketvision train DATA --arch searched:{summary['best']['arch_file']})")
+    if summary.get("final"):
+        f = summary["final"]
+        print(f"bundle: {f['bundle']} (score {f['score']:.4f}, {f['latency_ms']:.2f} ms, {f['size_mb']:.2f} MB)")
+    return 0
+
+
 def cmd_fetch_web_runtime(a: argparse.Namespace) -> int:
     from .export.web import ORT_WEB_VERSION, fetch_runtime
     path = fetch_runtime(a.version or ORT_WEB_VERSION)
@@ -544,23 +578,39 @@ def cmd_label(a: argparse.Namespace) -> int:
 
 def cmd_info(a: argparse.Namespace) -> int:
     from .models import list_models, model_info
-    size = {"size": (a.size, a.size)} if a.size else {}
-    names = [a.arch] if a.arch else list_models(a.pattern or "*")
-    rows = [model_info(n, **size, **(a.arch_args if a.arch else {})) for n in names]
+    arch, arch_args, side = a.arch, dict(a.arch_args), a.size
+    if arch and arch.startswith("searched:"):  # a `pocketvision search` architecture file
+        from .models.searched import load_searched
+        loaded, resolution = load_searched(arch.split(":", 1)[1])
+        arch, arch_args, side = "searched", {**loaded, **arch_args}, side or resolution
+    size = {"size": (side, side)} if side else {}
+    names = [arch] if arch else list_models(a.pattern or "*")
+    rows = [model_info(n, **size, **(arch_args if arch else {})) for n in names]
     if a.json:
-        _print_json(rows[0] if a.arch else rows)
+        _print_json(rows[0] if arch else rows)
         return 0
     from rich.console import Console
     from rich.table import Table
     t = Table(title="pocketvision models")
     for col in ("arch", "args", "input", "params", "MACs", "weights (fp32)", "ImageNet weights"):
         t.add_column(col, justify="left" if col in ("arch", "args") else "right")
+    blocks = arch_args.pop("blocks", None) if arch else None
     for r in rows:
-        shown = ", ".join(f"{k}={v}" for k, v in a.arch_args.items()) if a.arch else ""
+        shown = ", ".join(f"{k}={v}" for k, v in arch_args.items()) if arch else ""
         t.add_row(r["name"], shown or "defaults", "x".join(map(str, r["size"])),
                   f"{r['params'] / 1e6:.2f} M", f"{r['macs'] / 1e6:.0f} M", f"{r['weight_mb']:.2f} MB",
                   "yes" if r.get("pretrained") else "no")
     Console().print(t)
+    if blocks:
+        from .models.searched import check_blocks
+        bt = Table(title="blocks")
+        for col in ("#", "op", "out", "k", "stride", "expand", "act", "SE", "skip", "BN"):
+            bt.add_column(col)
+        for i, b in enumerate(check_blocks(blocks)):
+            bt.add_row(str(i), b["op"], str(b["out"]), str(b["k"]), str(b["stride"]),
+                       str(b["expand"]) if b["op"] == "mbconv" else "-", b["act"], "yes" if b["se"] else "no",
+                       "yes" if b["skip"] else "no", b["bn"])
+        Console().print(bt)
     return 0
 
 
@@ -684,6 +734,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=4, help="parallel downloads")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    s = verb("search", "Evolve an architecture for DATA within a measured latency/size budget on the target "
+             "(regularized evolution; Optuna trials; local or Ray workers; resumable).", cmd_search)
+    s.add_argument("data", nargs="?", default=None, help="training data (not needed with --resume)")
+    s.add_argument("--target", default="onnx", help="where latency is measured: onnx (onnxruntime) or tflite "
+                   "(LiteRT), 1 thread")
+    s.add_argument("--int8", action="store_true", help="time the int8 export instead of fp32")
+    s.add_argument("--max-latency-ms", type=float, default=None, help="hard limit on the measured latency")
+    s.add_argument("--max-size-mb", type=float, default=None, help="hard limit on the exported file's size")
+    s.add_argument("--budget", default="8h", help="a time (8h, 90m) or a number of candidates (40)")
+    s.add_argument("--workers", type=int, default=1, help="local worker processes (one torch thread each)")
+    s.add_argument("--ray", default=None, metavar="ADDRESS", help="run candidates as tasks on this Ray cluster "
+                   "(e.g. 127.0.0.1:6379, or auto)")
+    s.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a killed or finished search")
+    s.add_argument("--out", default=None, help="train the best architecture with --final-epochs and write this "
+                   "bundle")
+    s.add_argument("--run-dir", default=None, help="folder for the trials and outputs (default: runs/search-<time>)")
+    s.add_argument("--population", type=int, default=12, help="population size (the first ones are random)")
+    s.add_argument("--sample", type=int, default=4, help="tournament size: the parent is the best of this many")
+    s.add_argument("--batch", type=int, default=2, help="candidates proposed together per round (results do not "
+                   "depend on --workers)")
+    s.add_argument("--rule", default="aging", help="aging: the oldest leaves (regularized evolution); worst: the "
+                   "least fit leaves")
+    s.add_argument("--objective", default="constrained", help="constrained: limits are hard; weighted: MnasNet's "
+                   "score x (latency/limit)^-0.07")
+    s.add_argument("--epochs", type=int, default=3, help="training epochs per candidate")
+    s.add_argument("--final-epochs", type=int, default=15, help="training epochs for the final bundle (--out)")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--latency-table", default=None, help="per-block latency table to reuse (default: one in the "
+                   "run folder)")
+    s.add_argument("--resolutions", type=_ints, default=None, help="input sides to search, e.g. 96,128,160 (default: "
+                   "64,96,128,160,192,224)")
+    s.add_argument("--json", action="store_true", help="print the summary (Pareto front, best) as JSON")
+
     s = verb("fetch-web-runtime", "Download the onnxruntime-web runtime files (npm package) that `export --to web` "
              "copies into each web folder (an explicit download, like fetch-shards).", cmd_fetch_web_runtime)
     s.add_argument("--version", default=None, help="onnxruntime-web version (default: the tested one)")
@@ -770,7 +854,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-browser", action="store_true", help="do not open a browser (remote boxes, scripts)")
 
     s = verb("info", "List architectures, or show one: parameters, MACs at a size, weight bytes.", cmd_info)
-    s.add_argument("arch", nargs="?", default=None, help="architecture name (omit to list all)")
+    s.add_argument("arch", nargs="?", default=None, help="architecture name, or searched:FILE for a `pocketvision "
+                   "search` result (omit to list all)")
     s.add_argument("--pattern", default=None, help="glob filter for the list, e.g. 'mobilenet*'")
     s.add_argument("--size", type=int, default=None, help="input side for the MAC count (default: the arch's)")
     s.add_argument("--arch-args", type=_kv, default={}, help="architecture arguments, e.g. alpha=0.5")

@@ -63,6 +63,8 @@ class Target:
     suffix: ClassVar[str]  # file suffix, or a folder suffix for folder formats (".web", ".mlpackage")
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
     install: ClassVar[str] = ""  # the pip command when its converter is missing
+    # One file that a predictor on this machine runs with a thread count: what `search` and `bench` can time.
+    timed: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
     def check(self, task: Task | None, precision: str = "fp32", bits: int | None = None, qat_steps: int = 0) -> None:

@@ -95,6 +95,7 @@ def export_tflite(job: ExportJob) -> Path:
 @register_target
 class LiteRTTarget(Target):
     name = "tflite"
+    timed = True
     suffix = ".tflite"
     precisions = ("fp32", "int8", "fp16")
     install = INSTALL

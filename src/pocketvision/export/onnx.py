@@ -95,6 +95,7 @@ def export_onnx(model: nn.Module, contract: Contract, task: Task, metadata: dict
 @register_target
 class OnnxTarget(Target):
     name = "onnx"
+    timed = True
     suffix = ".onnx"
     precisions = ("fp32", "int8")
     description = "uint8 NHWC in, the task's outputs out, metadata in metadata_props (onnxruntime)"

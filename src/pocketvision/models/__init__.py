@@ -7,7 +7,7 @@ Every model exposes ``num_features``, ``forward_features``, ``forward_head``, ``
 from __future__ import annotations
 
 # Importing the family modules registers their architectures.
-from . import deepdog, efficientnet_lite, mobilenet, stylenet, vgg  # noqa: F401
+from . import deepdog, efficientnet_lite, mobilenet, searched, stylenet, vgg  # noqa: F401
 from .profile import count_macs, count_params, model_info, weight_bytes
 from .registry import build_model, check_input_size, list_models, model_entry, register_model
 

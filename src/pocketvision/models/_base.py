@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import PocketVisionError, unknown_choice
 
-ACTIVATIONS = ("elu", "relu", "relu6")
+ACTIVATIONS = ("elu", "relu", "relu6", "hswish")
 
 
 def make_act(name: str) -> nn.Module:
@@ -25,6 +25,8 @@ def make_act(name: str) -> nn.Module:
         return nn.ReLU(inplace=True)
     if name == "relu6":
         return nn.ReLU6(inplace=True)
+    if name == "hswish":  # MobileNetV3's x * relu6(x + 3) / 6: one HardSwish op in ONNX (opset 14)
+        return nn.Hardswish(inplace=True)
     raise unknown_choice("act", name, ACTIVATIONS)
 
 

@@ -98,6 +98,12 @@ class TrainConfig(BaseModel):
 
 def make_config(**kwargs: Any) -> TrainConfig:
     """Build a TrainConfig, turning pydantic's multi-line report into one line per problem."""
+    if isinstance(kwargs.get("arch"), str) and kwargs["arch"].startswith("searched:"):
+        from ..models.searched import load_searched  # `pocketvision search` output: the blocks and the input side
+        args, resolution = load_searched(kwargs["arch"].split(":", 1)[1])
+        kwargs = {**kwargs, "arch": "searched", "arch_args": {**args, **(kwargs.get("arch_args") or {})}}
+        if resolution and kwargs.get("size") is None:
+            kwargs["size"] = resolution
     try:
         return TrainConfig(**kwargs)
     except ValidationError as e:

@@ -60,6 +60,8 @@ def train_model(data: str | Path, options: dict[str, Any], *, user_model: nn.Mod
     parts = run.finish(result.best, result.run_dir)
     labels, metrics = parts.pop("labels"), parts.pop("metrics")
     metrics.update(best_epoch=result.best_epoch, train_seconds=round(result.seconds, 1))
+    if result.best is not None:  # the task's own "higher is better" number for the best epoch (what search ranks)
+        metrics["val_score"] = float(result.best.score[0])
     meta = bundle_io.new_meta(task.name, run.spec, labels, run.contract, metrics=metrics, train_config=config,
                               history=result.history, **parts)
     if recipe is not None:

@@ -1,0 +1,380 @@
+"""`pocketvision search`: evolve an architecture for the user's data under the user's device budget.
+
+    pocketvision search DATA --target onnx --max-latency-ms 2 [--max-size-mb 1] --budget 8h|40
+                         [--workers N | --ray ADDRESS] [--resume RUN_DIR] [--out best.pvb] [--json]
+
+Trials live in Optuna (a journal file in the run folder, one record per evaluation, written when the evaluation
+ends): that is the checkpoint. Killed, `--resume RUN_DIR` marks what was in flight as failed, replays the
+history and proposes exactly the candidates the uninterrupted search would have (evolution.py), so nothing that
+finished is lost or run twice. Candidates are evaluated in this process (one worker), in local worker processes
+(``--workers N``), or as Ray tasks on a cluster (``--ray ADDRESS``); each trains with one torch thread and a fixed
+seed, so the result does not depend on where it ran. At the end the best feasible architecture is trained with the
+final budget and written as a bundle, with history.json/.csv, pareto.json, arch.json and search.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import PocketVisionError
+from .evolution import OBJECTIVES, RULES, Evaluated, fitness, pareto_front, propose
+from .space import RESOLUTIONS, describe
+
+TABLE_TARGET = "onnx"  # the block table times onnxruntime; other targets are judged on their exports only
+PREDICT_CUTOFF = 1.5  # not trained when the table predicts this many times the limit (the table's error is less)
+
+
+def parse_budget(text: str | int) -> tuple[int | None, float | None]:
+    """``40`` -> 40 candidates; ``8h``, ``90m``, ``2h30m``, ``600s`` -> seconds."""
+    if isinstance(text, int) or str(text).isdigit():
+        n = int(text)
+        if n < 1:
+            raise PocketVisionError(f"--budget {text}: at least 1 candidate.")
+        return n, None
+    m = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?", str(text).strip())
+    if not m or not any(m.groups()):
+        raise PocketVisionError(f"--budget {text!r}: a number of candidates (40) or a time (8h, 90m, 2h30m, 600s).")
+    h, mi, s = (float(g or 0) for g in m.groups())
+    return None, h * 3600 + mi * 60 + s
+
+
+def evaluate(job: dict[str, Any]) -> dict[str, Any]:
+    """Train one candidate briefly and time its export: runs in a worker process or a Ray task."""
+    import torch
+    from rich.console import Console
+
+    from ..api import train
+    from .latency import BlockTable, measure_export
+    torch.set_num_threads(1)  # every candidate trains the same way wherever it runs: the same numbers
+    t0 = time.perf_counter()
+    c, run_dir = job["candidate"], Path(job["run_dir"])
+    lock = run_dir / "latency.lock"
+    predicted = None
+    if job["target"] == TABLE_TARGET and job["precision"] == "fp32":
+        predicted = BlockTable(Path(job["table"]), lock).predict(c, num_classes=2)
+        if job["max_latency_ms"] and predicted > PREDICT_CUTOFF * job["max_latency_ms"]:
+            return {"score": float("nan"), "latency_ms": None, "size_mb": None, "predicted_ms": predicted,
+                    "skipped": f"predicted {predicted:.2f} ms", "seconds": time.perf_counter() - t0}
+    # One folder per attempt (the trial number): a worker orphaned by a killed search may still be finishing the
+    # previous attempt of this candidate.
+    where = run_dir / "candidates" / job["attempt"]
+    if where.exists():
+        shutil.rmtree(where)
+    where.mkdir(parents=True)
+    b = train(job["data"], out=where / "model.pvb", arch="searched", arch_args=c["arch"]["args"],
+              size=c["resolution"], lr=c["lr"], epochs=job["epochs"], batch_size=job["batch_size"],
+              seed=job["seed"], pretrained=False, recipe=False, workers=0, progress=False, tensorboard=False,
+              run_dir=where / "run", console=Console(file=io.StringIO()), **job["train_options"])
+    score = b.meta["metrics"].get("val_score")
+    if score is None:
+        raise PocketVisionError(f"candidate {job['index']}: training gave no validation score.")
+    ms, mb = measure_export(b, job["target"], job["precision"], where, lock)
+    return {"score": float(score), "latency_ms": ms, "size_mb": mb, "predicted_ms": predicted, "skipped": None,
+            "seconds": time.perf_counter() - t0}
+
+
+class _Local:
+    """Evaluations in this process (one worker) or a pool of spawned processes."""
+
+    def __init__(self, workers: int) -> None:
+        self.pool = None
+        if workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_follow_parent, initargs=(os.getpid(),))
+
+    def run(self, jobs: list[dict[str, Any]]):
+        """Yield (job, result) as they finish."""
+        if self.pool is None:
+            for j in jobs:
+                yield j, evaluate(j)
+            return
+        from concurrent.futures import as_completed
+        futures = {self.pool.submit(evaluate, j): j for j in jobs}
+        for f in as_completed(futures):
+            yield futures[f], f.result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
+def _follow_parent(parent: int) -> None:
+    """In each worker: exit when the search process is gone (killed), instead of training for nobody."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+
+
+class _Ray:
+    """Evaluations as Ray tasks (one CPU each) on the cluster at ``address``."""
+
+    def __init__(self, address: str) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise PocketVisionError("--ray needs Ray: pip install 'pocketvision[search]'.") from None
+        try:
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            raise PocketVisionError(f"--ray {address}: cannot connect ({str(e).splitlines()[0]}); start the "
+                                    "cluster with `ray start --head`.") from None
+        self.ray = ray
+        self.remote = ray.remote(num_cpus=1, max_retries=0)(evaluate)
+
+    def run(self, jobs: list[dict[str, Any]]):
+        refs = {self.remote.remote(j): j for j in jobs}
+        pending = list(refs)
+        while pending:
+            done, pending = self.ray.wait(pending, num_returns=1)
+            yield refs[done[0]], self.ray.get(done[0])
+
+    def close(self) -> None:
+        self.ray.shutdown()
+
+
+def _study(run_dir: Path):
+    try:
+        import optuna
+    except ImportError:
+        raise PocketVisionError("search keeps its trials in Optuna: pip install 'pocketvision[search]'.") from None
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(str(run_dir / "trials.jsonl")))
+    return optuna.create_study(study_name="search", storage=storage, directions=["maximize", "minimize"],
+                               load_if_exists=True)
+
+
+def _history(study) -> list[Evaluated]:
+    from optuna.trial import TrialState
+    out = [Evaluated(**t.user_attrs["record"]) for t in study.get_trials(deepcopy=False,
+                                                                          states=(TrialState.COMPLETE,
+                                                                                  TrialState.PRUNED))]
+    return sorted(out, key=lambda e: e.index)
+
+
+def search(data: str | Path | None = None, *, target: str = "onnx", precision: str = "fp32",
+           max_latency_ms: float | None = None, max_size_mb: float | None = None, budget: str | int = "8h",
+           workers: int = 1, ray: str | None = None, resume: str | Path | None = None, out: str | Path | None = None,
+           run_dir: str | Path | None = None, population: int = 12, sample: int = 4, batch: int = 2,
+           rule: str = "aging", objective: str = "constrained", epochs: int = 3, final_epochs: int = 15,
+           batch_size: int = 32, seed: int = 0, latency_table: str | Path | None = None,
+           resolutions: tuple[int, ...] | list[int] = RESOLUTIONS,
+           train_options: dict[str, Any] | None = None, log: Callable[[str], None] = lambda s: None
+           ) -> dict[str, Any]:
+    """Evolve, train the best feasible architecture with the final budget, write the outputs; -> the summary."""
+    if resume is not None:
+        run_dir = Path(resume)
+        try:
+            saved = json.loads((run_dir / "search.json").read_text())
+        except (OSError, ValueError):
+            raise PocketVisionError(f"--resume {resume}: no search.json there (not a search run folder).") from None
+        if data is not None and Path(data).resolve() != Path(saved["data"]):
+            raise PocketVisionError(f"--resume {resume}: that search ran on {saved['data']}, not {data}.")
+        settings = saved
+    else:
+        if data is None or not Path(data).exists():
+            raise PocketVisionError(f"{data}: no such data folder.")
+        settings = {"data": str(Path(data).resolve()), "target": target, "precision": precision,
+                    "max_latency_ms": max_latency_ms, "max_size_mb": max_size_mb, "budget": str(budget),
+                    "population": population, "sample": sample, "batch": batch, "rule": rule, "objective": objective,
+                    "epochs": epochs, "final_epochs": final_epochs, "batch_size": batch_size, "seed": seed,
+                    "resolutions": sorted({int(r) for r in resolutions}),
+                    "train_options": dict(train_options or {})}
+        _check(settings)
+        run_dir = Path(run_dir or Path("runs") / f"search-{datetime.now():%Y%m%d-%H%M%S}")
+        if (run_dir / "search.json").exists():
+            raise PocketVisionError(f"{run_dir}: a search ran there already; --resume it or choose another folder.")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "search.json").write_text(json.dumps(settings, indent=1))
+    s = settings
+    count, seconds = parse_budget(s["budget"])
+    table = Path(latency_table) if latency_table else run_dir / "latency_table.json"
+    study = _study(run_dir)
+    from optuna.trial import TrialState
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(t.number, state=TrialState.FAIL)  # in flight when the search was killed: evaluated again
+    history = _history(study)
+    elapsed = float(study.user_attrs.get("elapsed_s", 0.0))
+    if history:
+        log(f"resuming {run_dir}: {len(history)} evaluations done, {elapsed:.0f} s spent")
+    pool = _Ray(ray) if ray else _Local(workers)
+    kill_after = int(os.environ.get("POCKETVISION_SEARCH_KILL_AFTER", "0"))  # tests: die at a known point
+    told = 0
+    try:
+        while True:
+            done = {(e.round, e.slot) for e in history}
+            rnd = next(r for r in range(10**6) if any((r, k) not in done for k in range(s["batch"])))
+            slots = s["batch"] if count is None else min(s["batch"], count - rnd * s["batch"])
+            if slots <= 0 or (seconds is not None and elapsed >= seconds):
+                break
+            before = [e for e in history if e.round < rnd]
+            proposals = propose(before, rnd, slots, seed=s["seed"], population=s["population"], sample=s["sample"],
+                                rule=s["rule"], objective=s["objective"], max_latency_ms=s["max_latency_ms"],
+                                resolutions=tuple(s["resolutions"]))
+            jobs, trials = [], {}
+            for slot, (cand, parent, how) in enumerate(proposals):
+                if (rnd, slot) in done:
+                    continue
+                index = rnd * s["batch"] + slot
+                trial = study.ask()
+                trials[index] = (trial, slot, parent, how)
+                # Each candidate trains with its own seed (seed + index): an identity mutation then measures the
+                # training noise, as in the papers, and the number is the same wherever the candidate runs.
+                jobs.append({"candidate": cand, "index": index, "attempt": f"{index:04d}-trial{trial.number}",
+                             "data": s["data"], "epochs": s["epochs"],
+                             "batch_size": s["batch_size"], "seed": s["seed"] + index, "target": s["target"],
+                             "precision": s["precision"], "max_latency_ms": s["max_latency_ms"],
+                             "run_dir": str(run_dir), "table": str(table), "train_options": s["train_options"]})
+            t_round = time.perf_counter()
+            for job, res in pool.run(jobs):
+                trial, slot, parent, how = trials[job["index"]]
+                e = Evaluated(round=rnd, slot=slot, candidate=job["candidate"], parent=parent, mutation=how,
+                              score=res["score"], latency_ms=res["latency_ms"], size_mb=res["size_mb"],
+                              predicted_ms=res["predicted_ms"], skipped=res["skipped"],
+                              seconds=round(res["seconds"], 2), index=job["index"])
+                e.feasible = res["skipped"] is None and (s["max_latency_ms"] is None or e.latency_ms <= s[
+                    "max_latency_ms"]) and (s["max_size_mb"] is None or e.size_mb <= s["max_size_mb"])
+                if e.skipped:
+                    e.score = -1.0  # never a parent: its prediction alone broke the limit
+                trial.set_user_attr("record", dataclasses.asdict(e))
+                if e.skipped:
+                    study.tell(trial, state=TrialState.PRUNED)
+                else:
+                    study.tell(trial, [e.score, e.latency_ms])
+                elapsed += time.perf_counter() - t_round
+                t_round = time.perf_counter()
+                study.set_user_attr("elapsed_s", elapsed)
+                history.append(e)
+                history.sort(key=lambda x: x.index)
+                told += 1
+                shown = (f"skipped ({e.skipped})" if e.skipped else f"score {e.score:.4f}  {e.latency_ms:.2f} ms  "
+                         f"{e.size_mb:.2f} MB{'' if e.feasible else '  (over the limit)'}")
+                log(f"[{e.index:3d}] {e.mutation:<16} {shown}  {describe(e.candidate)}")
+                if kill_after and told >= kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+    finally:
+        pool.close()
+    return _finish(run_dir, s, history, out, table, log)
+
+
+def _check(s: dict[str, Any]) -> None:
+    if s["rule"] not in RULES:
+        raise PocketVisionError(f"--rule {s['rule']}: one of {', '.join(RULES)}.")
+    if s["objective"] not in OBJECTIVES:
+        raise PocketVisionError(f"--objective {s['objective']}: one of {', '.join(OBJECTIVES)}.")
+    if s["objective"] == "weighted" and not s["max_latency_ms"]:
+        raise PocketVisionError("--objective weighted needs --max-latency-ms (the latency it weighs against).")
+    for k, lo in (("population", 2), ("sample", 1), ("batch", 1), ("epochs", 1), ("final_epochs", 1)):
+        if not isinstance(s[k], int) or s[k] < lo:
+            raise PocketVisionError(f"--{k.replace('_', '-')} {s[k]}: at least {lo}.")
+    if s["sample"] > s["population"]:
+        raise PocketVisionError(f"--sample {s['sample']}: at most the population ({s['population']}).")
+    for k in ("max_latency_ms", "max_size_mb"):
+        if s[k] is not None and not s[k] > 0:
+            raise PocketVisionError(f"--{k.replace('_', '-')} {s[k]}: must be above 0.")
+    parse_budget(s["budget"])
+    if not s["resolutions"] or not all(32 <= r <= 1024 for r in s["resolutions"]):
+        raise PocketVisionError(f"--resolutions {s['resolutions']}: input sides between 32 and 1024.")
+    from .latency import timed_target
+    timed_target(s["target"])
+
+
+def _finish(run_dir: Path, s: dict[str, Any], history: list[Evaluated], out, table: Path,
+            log: Callable[[str], None]) -> dict[str, Any]:
+    rows = [dataclasses.asdict(e) for e in history]
+    _atomic(run_dir / "history.json", json.dumps(rows, indent=1))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["index", "round", "slot", "parent", "mutation", "score", "latency_ms", "predicted_ms", "size_mb",
+                "feasible", "skipped", "seconds", "resolution", "architecture"])
+    for e in history:
+        w.writerow([e.index, e.round, e.slot, e.parent, e.mutation, e.score, e.latency_ms, e.predicted_ms, e.size_mb,
+                    e.feasible, e.skipped or "", e.seconds, e.candidate["resolution"], describe(e.candidate)])
+    _atomic(run_dir / "history.csv", buf.getvalue())
+    front = pareto_front(history)
+    _atomic(run_dir / "pareto.json", json.dumps([dataclasses.asdict(e) for e in front], indent=1))
+    errors = [abs(e.predicted_ms - e.latency_ms) / e.latency_ms for e in history
+              if e.predicted_ms and e.latency_ms and e.skipped is None]
+    summary: dict[str, Any] = {
+        "run_dir": str(run_dir), "evaluations": len(history), "feasible": sum(e.feasible for e in history),
+        "skipped_by_table": sum(e.skipped is not None for e in history),
+        "table_error_median": float(sorted(errors)[len(errors) // 2]) if errors else None,
+        "pareto_front": [{"index": e.index, "score": e.score, "latency_ms": e.latency_ms, "size_mb": e.size_mb,
+                          "architecture": describe(e.candidate)} for e in front]}
+    _plot(history, pareto_front(history, with_size=False), s, run_dir / "search.png")
+    feasible = [e for e in history if e.feasible and e.skipped is None]
+    if not feasible:
+        log("no candidate met the limits; the history and the plot say how close they came")
+        summary["best"] = None
+        return summary
+    best = max(feasible, key=lambda e: (fitness(e, s["objective"], s["max_latency_ms"]), -e.index))
+    _atomic(run_dir / "arch.json", json.dumps({**best.candidate, "search": {
+        "index": best.index, "score": best.score, "latency_ms": best.latency_ms, "size_mb": best.size_mb,
+        "target": s["target"], "precision": s["precision"]}}, indent=1))
+    summary["best"] = {"index": best.index, "score": best.score, "latency_ms": best.latency_ms,
+                       "size_mb": best.size_mb, "architecture": describe(best.candidate),
+                       "arch_file": str(run_dir / "arch.json")}
+    if out is not None:
+        log(f"training the best architecture ({describe(best.candidate)}) for {s['final_epochs']} epochs")
+        final = evaluate({"candidate": best.candidate, "index": best.index, "attempt": "final", "data": s["data"],
+                          "epochs": s["final_epochs"],
+                          "batch_size": s["batch_size"], "seed": s["seed"], "target": s["target"],
+                          "precision": s["precision"], "max_latency_ms": None, "run_dir": str(run_dir),
+                          "table": str(table), "train_options": s["train_options"]})
+        from ..api import load
+        b = load(run_dir / "candidates" / "final" / "model.pvb")
+        b.meta.setdefault("lineage", []).append({"op": "search", "run_dir": str(run_dir), "index": best.index})
+        b.save(out)
+        summary["final"] = {"bundle": str(out), "score": final["score"], "latency_ms": final["latency_ms"],
+                            "size_mb": final["size_mb"]}
+    _atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
+    return summary
+
+
+def _plot(history: list[Evaluated], front: list[Evaluated], s: dict[str, Any], path: Path) -> None:
+    from matplotlib.figure import Figure
+    pts = [e for e in history if e.skipped is None and e.latency_ms is not None]
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    if pts:
+        sc = ax.scatter([e.latency_ms for e in pts], [e.score for e in pts], c=[e.index for e in pts], cmap="viridis",
+                        s=22, edgecolors=["none" if e.feasible else "red" for e in pts])
+        fig.colorbar(sc, ax=ax, label="evaluation (time)")
+    if front:
+        ax.step([e.latency_ms for e in front], [e.score for e in front], where="post", color="black", lw=1.2,
+                label="Pareto front")
+        ax.legend(loc="lower right")
+    if s["max_latency_ms"]:
+        ax.axvline(s["max_latency_ms"], color="red", ls="--", lw=1)
+    ax.set_xlabel(f"measured latency, {s['target']} {s['precision']}, 1 thread (ms)")
+    ax.set_ylabel("validation score")
+    ax.set_title("architecture search: accuracy against latency")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _atomic(path, buf.getvalue())
+
+
+def _atomic(path: Path, data: str | bytes) -> None:
+    from ..bundle import atomic_write_bytes
+    atomic_write_bytes(path, data.encode() if isinstance(data, str) else data)
+
+
+__all__ = ["evaluate", "parse_budget", "search"]

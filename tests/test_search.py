@@ -1,0 +1,170 @@
+"""`pocketvision search`: the space and the evolution rule (fast, no data), then a real smoke search on real photos,
+killed and resumed with nothing lost or repeated, and the same search as Ray tasks on a local Ray cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import one_line_error, run_cli
+from pocketvision.errors import PocketVisionError
+from pocketvision.models import build_model
+from pocketvision.search.evolution import Evaluated, pareto_front, population_after, propose
+from pocketvision.search.run import parse_budget
+from pocketvision.search.space import MUTATIONS, key, mutate, random_candidate, valid
+
+SMOKE = ["--budget", "4", "--population", "2", "--sample", "2", "--batch", "2", "--epochs", "1", "--batch-size", "32",
+         "--max-latency-ms", "50", "--resolutions", "64,96", "--json"]
+
+
+def test_candidates_build_and_every_mutation_keeps_them_valid():
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(40):
+        c = random_candidate(rng)
+        assert valid(c)
+        for _ in range(5):
+            c, how = mutate(c, rng)
+            assert valid(c)
+            seen.add(how.split(" ")[0])
+        net = build_model(c["arch"])
+        side = c["resolution"]
+        assert net(torch.zeros(1, 3, side, side)).shape == (1, 2)
+    assert seen == set(MUTATIONS)  # every mutation of the papers happens
+
+
+def test_the_rule_is_deterministic_and_ages_or_kills_the_worst():
+    def ev(i, score):
+        return Evaluated(round=i, slot=0, candidate={"i": i}, parent=None, mutation="random", score=score,
+                         latency_ms=1.0 + i, size_mb=1.0, index=i)
+    hist = [ev(0, 0.9), ev(1, 0.5), ev(2, 0.7), ev(3, 0.6)]
+    assert [e.index for e in population_after(hist, 3, "aging", "constrained", None)] == [1, 2, 3]
+    assert [e.index for e in population_after(hist, 3, "worst", "constrained", None)] == [0, 2, 3]
+    real = [Evaluated(round=r, slot=s, candidate=random_candidate(np.random.default_rng([r, s])), parent=None,
+                      mutation="random", score=0.5 + 0.01 * (2 * r + s), latency_ms=1.0, size_mb=1.0, index=2 * r + s)
+            for r in range(3) for s in range(2)]
+    kw = dict(seed=3, population=4, sample=2, rule="aging", objective="constrained", max_latency_ms=None)
+    a, b = propose(real, 3, 2, **kw), propose(real, 3, 2, **kw)
+    assert [key(c) for c, _, _ in a] == [key(c) for c, _, _ in b]  # the same history: the same round
+    assert all(p is not None for _, p, _ in a)  # past the random population: children of the tournament
+    assert [key(c) for c, _, _ in propose(real, 3, 1, **kw)] == [key(a[0][0])]  # a shorter round: its prefix
+    # Pareto: the dominated one (lower score, slower) is out; an infeasible one never enters.
+    front = pareto_front([ev(0, 0.9), ev(1, 0.8), Evaluated(**{**ev(2, 0.95).__dict__, "feasible": False})])
+    assert [e.index for e in front] == [0]
+    assert parse_budget("8h") == (None, 28800) and parse_budget("2h30m") == (None, 9000) and parse_budget("40") == \
+        (40, None)
+    with pytest.raises(PocketVisionError, match="a number of candidates"):
+        parse_budget("soon")
+
+
+@pytest.fixture(scope="module")
+def smoke(hotdog_small, tmp_path_factory):
+    """An uninterrupted smoke search: 4 candidates (2 random, 2 children), one epoch each, then the final bundle."""
+    tmp = tmp_path_factory.mktemp("search")
+    r = run_cli("search", str(hotdog_small), "--run-dir", str(tmp / "run"), "--out", str(tmp / "best.pvb"),
+                "--final-epochs", "1", *SMOKE, cwd=tmp)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return tmp, json.loads(r.stdout)
+
+
+def _history(run_dir):
+    return [(e["index"], e["mutation"], json.dumps(e["candidate"], sort_keys=True), round(e["score"], 6))
+            for e in json.loads((run_dir / "history.json").read_text())]
+
+
+@pytest.mark.shared_data
+def test_smoke_search_writes_a_front_an_architecture_and_a_bundle(smoke, hotdog_small):
+    tmp, summary = smoke
+    run = tmp / "run"
+    hist = json.loads((run / "history.json").read_text())
+    assert [e["index"] for e in hist] == [0, 1, 2, 3] and [e["parent"] is None for e in hist] == [True, True,
+                                                                                                 False, False]
+    assert all(e["latency_ms"] > 0 and e["size_mb"] > 0 for e in hist)  # measured on real onnxruntime exports
+    assert all(e["predicted_ms"] > 0 for e in hist) and summary["table_error_median"] < 1.0
+    assert summary["pareto_front"] and summary["best"]["score"] > 0
+    for name in ("history.csv", "pareto.json", "search.png", "arch.json", "latency_table.json", "trials.jsonl"):
+        assert (run / name).stat().st_size > 0, name
+    import pocketvision as pv
+    b = pv.load(tmp / "best.pvb")
+    assert b.meta["arch"]["name"] == "searched" and b.meta["lineage"][-1]["op"] == "search"
+    # The architecture file trains again, and `info` shows its blocks.
+    r = run_cli("train", str(hotdog_small), "--arch", f"searched:{run / 'arch.json'}", "--epochs", "1", "--out",
+                str(tmp / "again.pvb"), "--scratch", "--no-recipe", cwd=tmp)
+    assert r.returncode == 0, r.stderr[-2000:]
+    arch = json.loads((run / "arch.json").read_text())
+    assert pv.load(tmp / "again.pvb").meta["contract"]["size"] == [arch["resolution"]] * 2
+    r = run_cli("info", f"searched:{run / 'arch.json'}")
+    assert r.returncode == 0 and "blocks" in r.stdout, r.stderr
+
+
+@pytest.mark.shared_data
+def test_a_killed_search_resumes_with_nothing_lost_or_repeated(smoke, hotdog_small, tmp_path):
+    """Two worker processes; the search is SIGKILLed right after its first evaluation is recorded, while the second
+    is still training. The resumed search re-runs only that one and ends exactly where the uninterrupted one
+    (one worker, in-process) ended."""
+    env = {**os.environ, "POCKETVISION_SEARCH_KILL_AFTER": "1"}
+    r = run_cli("search", str(hotdog_small), "--run-dir", str(tmp_path / "run"), "--workers", "2", *SMOKE,
+                cwd=tmp_path, env=env)
+    assert r.returncode == -9, r.stderr[-2000:]
+    assert (tmp_path / "run" / "trials.jsonl").exists() and not (tmp_path / "run" / "history.json").exists()
+    r = run_cli("search", "--resume", str(tmp_path / "run"), "--workers", "2", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _history(tmp_path / "run") == _history(smoke[0] / "run")
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    study = optuna.load_study(study_name="search", storage=JournalStorage(JournalFileBackend(
+        str(tmp_path / "run" / "trials.jsonl"))))
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 4 and states.count("FAIL") == 1  # the one in flight, and only it, ran again
+    one_line_error(run_cli("search", str(hotdog_small), "--resume", str(tmp_path / "nowhere")), "no search.json")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.shared_data
+def test_the_same_search_runs_on_a_local_ray_cluster(smoke, hotdog_small, tmp_path):
+    ray_bin = shutil.which("ray") or os.path.join(os.path.dirname(sys.executable), "ray")
+    port = _free_port()
+    short = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
+    env = {**os.environ, "RAY_TMPDIR": short, "RAY_USAGE_STATS_ENABLED": "0"}
+    start = subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                            "--num-cpus", "2", "--include-dashboard", "false", "--object-store-memory", "100000000",
+                            "--temp-dir", short, "--disable-usage-stats"], capture_output=True, text=True, env=env,
+                           timeout=300)
+    assert start.returncode == 0, start.stderr[-3000:]
+    try:
+        r = run_cli("search", str(hotdog_small), "--run-dir", str(tmp_path / "run"), "--ray", f"127.0.0.1:{port}",
+                    *SMOKE, cwd=tmp_path, env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert _history(tmp_path / "run") == _history(smoke[0] / "run")  # the same candidates and scores
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def test_bad_input_gets_one_line(hotdog_small, tmp_path):
+    for args, words in ((["--budget", "soon"], "a number of candidates"),
+                        (["--rule", "oldest"], "--rule oldest"),
+                        (["--objective", "weighted"], "needs --max-latency-ms"),
+                        (["--sample", "20"], "at most the population"),
+                        (["--target", "coreml"], "--target coreml"),
+                        (["--max-latency-ms", "0"], "must be above 0"),
+                        (["--resolutions", "16"], "between 32 and 1024")):
+        one_line_error(run_cli("search", str(hotdog_small), "--run-dir", str(tmp_path / words[:5]), *args), words)
+    one_line_error(run_cli("search", str(tmp_path / "none")), "no such data folder")
+    one_line_error(run_cli("train", str(hotdog_small), "--arch", f"searched:{tmp_path / 'x.json'}"),
+                   "not a readable architecture JSON")
