@@ -23,6 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..contract import Contract
 from ..errors import PocketVisionError, did_you_mean
 
+# OpenCV runs single-threaded in this process and every process forked from it. Its thread pool does not survive
+# fork(): a DataLoader worker forked after the pool started hung forever on its first OpenCV call (reproduced: a
+# cv2.transform in the parent, then a worker). Parallelism comes from the loader's workers instead, one image each.
+cv2.setNumThreads(0)
+
 # ITU-R BT.601 luma weights: the "grey" used by saturation and contrast (same as PIL's convert("L")).
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 

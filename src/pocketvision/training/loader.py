@@ -212,13 +212,6 @@ class EpochSampler(torch.utils.data.Sampler):
         return iter([(epoch, int(i)) for i in order])
 
 
-def _one_thread(_worker_id: int) -> None:
-    """torch gives each worker one thread; OpenCV (colour jitter) would start a pool per core in every worker,
-    and N workers x N threads fight the training step for the same cores."""
-    import cv2
-    cv2.setNumThreads(1)
-
-
 def make_loader(ds, batch_size: int, shuffle: bool, workers: int, seed: int, drop_last: bool = False,
                 collate_fn=collate, shard: tuple[int, int] = (0, 1)) -> torch.utils.data.DataLoader:
     """Datasets take ``(epoch, index)`` keys and have ``epoch``/``set_epoch`` (see :class:`EpochSampler`).
@@ -226,7 +219,7 @@ def make_loader(ds, batch_size: int, shuffle: bool, workers: int, seed: int, dro
     from .distributed import local_batch
     kw = dict(num_workers=workers, collate_fn=collate_fn, drop_last=drop_last, pin_memory=torch.cuda.is_available())
     if workers > 0:
-        kw.update(persistent_workers=True, prefetch_factor=4, worker_init_fn=_one_thread)
+        kw.update(persistent_workers=True, prefetch_factor=4)
     return torch.utils.data.DataLoader(ds, batch_size=local_batch(batch_size, shard),
                                        sampler=EpochSampler(ds, shuffle, seed, shard), **kw)
 
