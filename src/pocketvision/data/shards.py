@@ -143,8 +143,7 @@ def samples(folder: str | os.PathLike, split: str) -> list[tuple[Path, dict[str,
                 if image not in index:
                     raise PocketVisionError(f"{tar}: {name} has no image {image}.")
                 out.append((tar / image, ann))
-        if len(out) and shard.get("nsamples") is not None and sum(1 for n in index if n.endswith(".json")) != \
-                shard["nsamples"]:
+        if shard.get("nsamples") is not None and sum(1 for n in index if n.endswith(".json")) != shard["nsamples"]:
             raise PocketVisionError(f"{tar}: holds a different number of samples than {DESCRIPTOR} says; fetch or "
                                     "write it again.")
     return out
