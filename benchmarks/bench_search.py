@@ -1,15 +1,17 @@
-"""Architecture search against hand-designed networks on the same data, budget and measurement.
+"""Architecture search against hand-designed networks on the same data, final budget and measurement.
 
-    python benchmarks/bench_search.py [--data ../shared/data/hotdog] [--budget 30m] [--final-epochs 10]
-                                      [--size 224] [--baselines deepdog,mobilenet_v2,efficientnet_lite0,alexnet]
+    python benchmarks/bench_search.py [--data ../shared/data/hotdog] [--budget 30m] [--epochs 5] [--workers 2]
+                                      [--baselines deepdog,mobilenet_v2,efficientnet_lite0,alexnet] [--out DIR]
 
-1. The baselines, from scratch, each trained for --final-epochs at --size and exported to ONNX fp32; latency is the
-   median of 1-thread onnxruntime runs of the exported file (`search/latency.py:measure_export`, what the search
-   itself measures).
-2. `pocketvision search` with --max-latency-ms = deepdog alpha=0.5's measured latency (the architecture must be at
-   least as fast), --budget, 2 epochs per candidate, then the best feasible architecture trained for
-   --final-epochs like the baselines.
-3. A table: validation accuracy, latency, size, and the ratios against deepdog alpha=0.5.
+1. The reference: deepdog alpha=0.5 as its from-scratch recipe builds it (128 px, dw_bn), exported to ONNX fp32 and
+   timed with 1-thread onnxruntime; that latency is the search's --max-latency-ms (the searched network must be at
+   least as fast).
+2. `pocketvision search` with --budget, --epochs per candidate, --workers processes (on the GPU when there is one).
+3. The final budget, the same for every row: each baseline and the best searched architecture are trained the way a
+   user's `pocketvision train DATA --arch A --scratch` trains them (the from-scratch recipe: SGD one-cycle, EMA,
+   120 epochs for ~1,100 images), side by side, then exported to ONNX fp32.
+4. Every row's file is timed again on a quiet machine, interleaved (5 rounds, median of medians), and the table
+   gives val accuracy, latency, size and the ratios against deepdog alpha=0.5.
 """
 
 from __future__ import annotations
@@ -17,75 +19,133 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import multiprocessing
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from rich.console import Console  # noqa: E402
 
-import pocketvision as pv  # noqa: E402
-from pocketvision.search import search  # noqa: E402
-from pocketvision.search.latency import measure_export  # noqa: E402
-
-BASELINES = {"deepdog": {"alpha": 0.5}, "mobilenet_v2": {}, "efficientnet_lite0": {}, "alexnet": {}}
+ALL = "deepdog,mobilenet_v2,efficientnet_lite0,alexnet"
 
 
-def baseline(data: str, arch: str, size: int, epochs: int, work: Path) -> dict:
+def final_train(job: dict) -> dict:
+    """One row: train ``job['arch']`` from scratch with the recipe (the user's default), export ONNX fp32."""
+    from rich.console import Console
+
+    import pocketvision as pv
+    torch.set_num_threads(job["threads"])
     t0 = time.perf_counter()
-    b = pv.train(data, arch=arch, arch_args=BASELINES[arch], size=size, epochs=epochs, pretrained=False,
-                 recipe=False, workers=1, progress=False, tensorboard=False, run_dir=work / arch,
-                 console=Console(file=io.StringIO()))
-    ms, mb = measure_export(b, "onnx", "fp32", work / arch, work / "latency.lock")
-    return {"model": f"{arch} {BASELINES[arch] or ''}".strip(), "size": size, "score": b.meta["metrics"]["val_score"],
-            "latency_ms": ms, "size_mb": mb, "train_s": time.perf_counter() - t0}
+    work = Path(job["work"])
+    extra = {"epochs": job["epochs"]} if job["epochs"] else {}
+    b = pv.train(job["data"], arch=job["arch"], pretrained=False, recipe=True, workers=job["workers"],
+                 progress=False, tensorboard=False, run_dir=work / "run", console=Console(file=io.StringIO()),
+                 seed=job["seed"], device=job["device"], **extra)
+    res = b.export(work / "model.onnx", to="onnx", precision="fp32", verify=False)
+    cfg = b.meta.get("train_config", {})
+    return {"arch": job["arch"], "score": float(b.meta["metrics"]["val_score"]), "onnx": str(res.path),
+            "size_mb": res.size_bytes / 2**20, "input": b.meta["contract"]["size"][0],
+            "recipe": (b.meta.get("recipe") or {}).get("name"), "epochs": cfg.get("epochs"),
+            "arch_args": b.meta["arch"].get("args"), "train_s": time.perf_counter() - t0}
+
+
+def quiet_latency(files: list[str], rounds: int = 5, runs: int = 60) -> dict[str, float]:
+    """Median over ``rounds`` of each file's 1-thread median, the files interleaved so that drift hits all alike."""
+    from pocketvision.runtime.bench import latency
+    seen: dict[str, list[float]] = {f: [] for f in files}
+    for _ in range(rounds):
+        for f in files:
+            seen[f].append(latency(f, threads=1, runs=runs, warmup=10)["p50_ms"])
+    return {f: float(np.median(v)) for f, v in seen.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "hotdog"))
-    ap.add_argument("--budget", default="30m")
-    ap.add_argument("--epochs", type=int, default=2, help="per candidate")
-    ap.add_argument("--final-epochs", type=int, default=10)
-    ap.add_argument("--size", type=int, default=224, help="the baselines' input side")
-    ap.add_argument("--baselines", default="deepdog")
-    ap.add_argument("--resolutions", default="96,128,160,192,224")
-    ap.add_argument("--run-dir", default=None)
+    ap.add_argument("--budget", default="30m", help="the search's: a time (30m) or a number of candidates")
+    ap.add_argument("--epochs", type=int, default=5, help="per candidate")
+    ap.add_argument("--final-epochs", type=int, default=None, help="default: the recipe's (the same for every row)")
+    ap.add_argument("--workers", type=int, default=1, help="search worker processes (and candidates per round)")
+    ap.add_argument("--loader-workers", type=int, default=1, help="data workers of each final training")
+    ap.add_argument("--baselines", default=ALL)
+    ap.add_argument("--resolutions", default="64,96,128,160,192,224")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto", help="training device of every run (auto: the GPU if there is one)")
+    ap.add_argument("--out", default=None, help="copy the table, history, plot and architecture here")
     a = ap.parse_args()
-    torch.set_num_threads(1)
+    from rich.console import Console
+
+    import pocketvision as pv
+    from pocketvision.search import search
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    print(f"machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}")
-    print(f"command: python benchmarks/bench_search.py --budget {a.budget} --epochs {a.epochs} --final-epochs "
-          f"{a.final_epochs} --size {a.size} --baselines {a.baselines} --resolutions {a.resolutions}\n", flush=True)
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    print(f"machine: {cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, "
+          f"torch {torch.__version__}")
+    print("command: python benchmarks/bench_search.py " + " ".join(sys.argv[1:]) + "\n", flush=True)
     work = Path(tempfile.mkdtemp(prefix="bench-search-"))
-    rows = [baseline(a.data, arch, a.size, a.final_epochs, work) for arch in a.baselines.split(",")]
-    ref = rows[0]
-    print(f"reference {ref['model']}: val {ref['score']:.4f}, {ref['latency_ms']:.2f} ms\n", flush=True)
+    t_all = time.perf_counter()
+
+    # 1. The limit: deepdog alpha=0.5 as its recipe builds it (latency does not depend on the weights: one epoch).
+    ref = pv.train(a.data, arch="deepdog", pretrained=False, recipe=True, epochs=1, workers=0, device=a.device,
+                   progress=False, tensorboard=False, run_dir=work / "ref-run", console=Console(file=io.StringIO()))
+    ref_file = ref.export(work / "ref.onnx", to="onnx", precision="fp32", verify=False).path
+    limit = quiet_latency([str(ref_file)])[str(ref_file)]
+    print(f"limit: deepdog {ref.meta['arch'].get('args')} at {ref.meta['contract']['size'][0]} px: "
+          f"{limit:.3f} ms (ORT fp32, 1 thread)\n", flush=True)
+
+    # 2. The search.
     t0 = time.perf_counter()
-    summary = search(a.data, target="onnx", max_latency_ms=ref["latency_ms"], budget=a.budget, epochs=a.epochs,
-                     final_epochs=a.final_epochs, out=work / "searched.pvb",
-                     run_dir=a.run_dir or work / "search", resolutions=[int(r) for r in a.resolutions.split(",")],
-                     log=lambda m: print(m, flush=True))
-    if summary.get("final"):
-        f = summary["final"]
-        rows.append({"model": f"searched: {summary['best']['architecture']}",
-                     "size": json.loads(Path(summary["best"]["arch_file"]).read_text())["resolution"],
-                     "score": f["score"], "latency_ms": f["latency_ms"], "size_mb": f["size_mb"],
-                     "train_s": time.perf_counter() - t0})
-    print(f"\nsearch: {summary['evaluations']} candidates, {summary['feasible']} within {ref['latency_ms']:.2f} ms, "
-          f"block-table median error {summary['table_error_median']:.0%}; run folder {summary['run_dir']}\n")
-    print("| model | input | val accuracy | latency (ms, ORT fp32, 1 thread) | size (MB) | vs deepdog 0.5: "
-          "accuracy, latency | wall time (s) |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['size']} | {r['score']:.4f} | {r['latency_ms']:.2f} | {r['size_mb']:.2f} | "
-              f"{r['score'] - ref['score']:+.4f}, {r['latency_ms'] / ref['latency_ms']:.2f}x | {r['train_s']:.0f} |")
+    summary = search(a.data, target="onnx", max_latency_ms=limit, budget=a.budget, epochs=a.epochs,
+                     workers=a.workers, batch=a.workers, run_dir=work / "search", seed=a.seed,
+                     train_options={"device": a.device},
+                     resolutions=[int(r) for r in a.resolutions.split(",")], log=lambda m: print(m, flush=True))
+    search_s = time.perf_counter() - t0
+    print(f"\nsearch: {summary['evaluations']} candidates in {search_s:.0f} s, {summary['feasible']} within "
+          f"{limit:.2f} ms; block-table median error {summary['table_error_median'] or 0:.0%}\n", flush=True)
+    if not summary.get("best"):
+        sys.exit("no feasible architecture: raise --budget")
+
+    # 3. The final budget, the same for every row, side by side.
+    rows = [*a.baselines.split(","), "searched:" + summary["best"]["arch_file"]]
+    jobs = [{"arch": r, "data": a.data, "epochs": a.final_epochs, "workers": a.loader_workers, "threads": 1,
+             "device": a.device, "seed": a.seed, "work": str(work / f"final-{i}")} for i, r in enumerate(rows)]
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(len(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(final_train, jobs))
+    print(f"final trainings: {time.perf_counter() - t0:.0f} s side by side\n", flush=True)
+
+    # 4. Quiet, interleaved timing of every file; the table.
+    ms = quiet_latency([r["onnx"] for r in results])
+    ref_row = next(r for r in results if r["arch"] == "deepdog") if "deepdog" in rows else results[0]
+    lines = ["| model | input | val accuracy | latency (ms, ORT fp32, 1 thread) | size (MB) | vs deepdog 0.5: "
+             "accuracy, latency | final training |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        name = r["arch"] if not r["arch"].startswith("searched:") else f"searched: {summary['best']['architecture']}"
+        lines.append(f"| {name} | {r['input']} | {r['score']:.4f} | {ms[r['onnx']]:.3f} | {r['size_mb']:.2f} | "
+                     f"{r['score'] - ref_row['score']:+.4f}, {ms[r['onnx']] / ms[ref_row['onnx']]:.2f}x | "
+                     f"{r['recipe']}, {r['epochs']} epochs, {r['train_s']:.0f} s |")
+    table = "\n".join(lines)
+    print(table)
+    print(f"\nwhole benchmark: {time.perf_counter() - t_all:.0f} s")
+    if a.out:
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "table.md").write_text(table + "\n")
+        (out / "results.json").write_text(json.dumps({"limit_ms": limit, "search_s": search_s, "summary": summary,
+                                                      "rows": results, "quiet_ms": ms}, indent=1))
+        run = Path(summary["run_dir"])
+        for f in ("history.csv", "search.png", "arch.json"):
+            if (run / f).exists():
+                shutil.copy(run / f, out / f)
 
 
 if __name__ == "__main__":

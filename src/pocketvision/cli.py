@@ -448,6 +448,8 @@ def cmd_verify(a: argparse.Namespace) -> int:
 def cmd_bench(a: argparse.Namespace) -> int:
     import tempfile
     from .runtime.bench import bench
+    if a.pick:
+        return _bench_pick(a)
     if a.all:
         return _bench_all(a)
     path = Path(a.model)
@@ -468,21 +470,66 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def _thread_list(text: str | None, flag: str = "--threads") -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        counts = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise PocketVisionError(f"{flag} {text}: thread counts such as 1,2,4.")
+    return counts
+
+
+def _bench_variant_list(a: argparse.Namespace, task) -> list[tuple[str, str, int | None]] | None:
+    from .export import check_request
+    if not a.variants:
+        return None
+    chosen = []
+    for item in a.variants.split(","):
+        parts = item.strip().split(":")  # target[:precision[:bits]]
+        target, precision = parts[0], parts[1] if len(parts) > 1 else "fp32"
+        bits = int(parts[2]) if len(parts) > 2 else None
+        check_request(task, target, precision, bits)
+        chosen.append((target, precision, bits))
+    return chosen
+
+
+def _bench_pick(a: argparse.Namespace) -> int:
+    import pocketvision as pv
+    from .runtime import placement
+    from .runtime.artifact import is_artifact
+    if is_artifact(a.model):
+        raise PocketVisionError(f"{a.model}: --pick compares the variants of a bundle (.pvb), not one exported file.")
+    b = pv.load(a.model)
+    out_dir = Path(a.out_dir or Path(a.model).with_suffix("").name + "-placement")
+    log = (lambda s: None) if a.json else (lambda s: print(s, file=sys.stderr))
+    report = placement.pick(b, a.data, out_dir, profile=a.device_profile, variants=_bench_variant_list(a, b.plugin),
+                            threads=_thread_list(a.threads), max_drop=a.max_drop, runs=a.runs, log=log)
+    if a.json:
+        _print_json(report)
+    else:
+        placement.render(report)
+        print(f"recorded in {a.model} (lineage, meta.placement); table: {out_dir / 'placement.json'}")
+    return 0
+
+
+def cmd_device_profile(a: argparse.Namespace) -> int:
+    from .bundle import atomic_write_bytes
+    from .runtime import profiles
+    prof = profiles.measure(_thread_list(a.threads), name=a.name, runs=a.runs, log=print)
+    atomic_write_bytes(Path(a.out), json.dumps(prof, indent=1).encode())
+    print(f"device profile of {prof['name']} ({', '.join(prof['threads'])} thread(s)): {a.out}")
+    return 0
+
+
 def _bench_all(a: argparse.Namespace) -> int:
     import pocketvision as pv
-    from .export import check_request
     from .runtime import variants as V
     from .runtime.bench import machine
     b = pv.load(a.model)
-    chosen = V.default_variants(b.plugin)
-    if a.variants:
-        chosen = []
-        for item in a.variants.split(","):
-            parts = item.strip().split(":")  # target[:precision[:bits]]
-            target, precision = parts[0], parts[1] if len(parts) > 1 else "fp32"
-            bits = int(parts[2]) if len(parts) > 2 else None
-            check_request(b.plugin, target, precision, bits)
-            chosen.append((target, precision, bits))
+    chosen = _bench_variant_list(a, b.plugin) or V.default_variants(b.plugin)
     out_dir = Path(a.out_dir or Path(a.model).with_suffix("").name + "-variants")
     log = (lambda s: None) if a.json else (lambda s: print(s, file=sys.stderr))
     rows = V.bench_variants(b, a.data, out_dir, chosen, max_drop=a.max_drop, runs=a.runs, log=log)
@@ -747,8 +794,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ray", default=None, metavar="ADDRESS", help="run candidates as tasks on this Ray cluster "
                    "(e.g. 127.0.0.1:6379, or auto)")
     s.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a killed or finished search")
-    s.add_argument("--out", default=None, help="train the best architecture with --final-epochs and write this "
-                   "bundle")
+    s.add_argument("--out", default=None,
+                   help="train the best architecture with the from-scratch recipe and write this bundle")
     s.add_argument("--run-dir", default=None, help="folder for the trials and outputs (default: runs/search-<time>)")
     s.add_argument("--population", type=int, default=12, help="population size (the first ones are random)")
     s.add_argument("--sample", type=int, default=4, help="tournament size: the parent is the best of this many")
@@ -759,7 +806,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--objective", default="constrained", help="constrained: limits are hard; weighted: MnasNet's "
                    "score x (latency/limit)^-0.07")
     s.add_argument("--epochs", type=int, default=3, help="training epochs per candidate")
-    s.add_argument("--final-epochs", type=int, default=15, help="training epochs for the final bundle (--out)")
+    s.add_argument("--final-epochs", type=int, default=None,
+                   help="the final bundle's (--out) epochs; default: the from-scratch recipe's, as any network gets")
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--latency-table", default=None, help="per-block latency table to reuse (default: one in the "
@@ -799,7 +847,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-images", type=int, default=50, help="photos used for end-to-end timing")
     s.add_argument("--runs", type=int, default=100, help="timed runs per latency measurement")
     s.add_argument("--batch", type=int, default=32, help="batch size for the throughput measurement")
+    s.add_argument("--pick", action="store_true", help="bundle: verify every variant on --data, time each verified "
+                   "one per thread count and accelerator, pick the fastest within --max-drop and record it in the "
+                   "bundle's lineage")
+    s.add_argument("--device-profile", default="here", metavar="here|FILE", help="with --pick: measure on this "
+                   "machine (here), or predict for the device a `pocketvision device-profile` FILE describes")
+    s.add_argument("--threads", default=None, help="with --pick: thread counts to try, e.g. 1,2,4 (default: 1, 2, "
+                   "4... up to the device's cores)")
     s.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    s = verb("device-profile", "Measure this device's per-kernel onnxruntime latency table (numpy, onnx and "
+             "onnxruntime only: run it on the phone-class board or edge box) for `bench --pick --device-profile`.",
+             cmd_device_profile)
+    s.add_argument("--out", required=True, help="profile file to write (JSON)")
+    s.add_argument("--name", default=None, help="the device's name in reports (default: its CPU)")
+    s.add_argument("--threads", default=None, help="thread counts to measure, e.g. 1,2,4 (default: 1, 2, 4... up "
+                   "to the cores)")
+    s.add_argument("--runs", type=int, default=20, help="timed runs per probe network")
 
     s = verb("cache", "Decode every image under DATA once and keep its pixels (memory-mapped .npy shards): "
              "training reads them instead of the files; changed files are decoded again.", cmd_cache)

@@ -65,6 +65,8 @@ class Target:
     install: ClassVar[str] = ""  # the pip command when its converter is missing
     # One file that a predictor on this machine runs with a thread count: what `search` and `bench` can time.
     timed: ClassVar[bool] = False
+    # The runtime that runs the file: a device profile made for that runtime predicts its latency (`bench --pick`).
+    runtime: ClassVar[str] = ""
     description: ClassVar[str] = ""
 
     def check(self, task: Task | None, precision: str = "fp32", bits: int | None = None, qat_steps: int = 0) -> None:
@@ -91,8 +93,19 @@ class Target:
     def export(self, job: ExportJob) -> None:
         raise NotImplementedError
 
-    def open(self, path: str | Path, threads: int | None = None):
+    def open(self, path: str | Path, threads: int | None = None, accelerator: str | None = None):
+        """A predictor in the real runtime; ``accelerator``: one of :meth:`accelerators` (None: the first)."""
         raise NotImplementedError
+
+    def accelerators(self) -> tuple[str, ...]:
+        """How this machine can run the format (execution providers, delegates), the default first; () where it
+        cannot run here."""
+        return ()
+
+    def _default_only(self, accelerator: str | None) -> None:
+        if accelerator not in (None, *self.accelerators()[:1]):
+            raise PocketVisionError(f"{self.name}: no accelerator {accelerator!r} here (only "
+                                    f"{', '.join(self.accelerators()) or 'none'}).")
 
     def inspect(self, path: str | Path, meta: dict[str, Any], task: Task) -> dict[str, Any] | None:
         """None: verify numerically through ``open``. A dict: the structural check done instead."""

@@ -153,6 +153,7 @@ def _channel_scales_pass():
 @register_target
 class CoreMLTarget(Target):
     name = "coreml"
+    runtime = "Core ML (Apple devices)"
     suffix = ".mlpackage"
     precisions = ("fp32", "fp16", "int8")
     install = INSTALL
@@ -161,7 +162,7 @@ class CoreMLTarget(Target):
     def export(self, job: ExportJob) -> None:
         export_coreml(job)
 
-    def open(self, path: str | Path, threads: int | None = None):
+    def open(self, path: str | Path, threads: int | None = None, accelerator: str | None = None):
         raise PocketVisionError(f"{path}: Core ML models run only on Apple platforms (coremltools on macOS); "
                                 "here they are checked structurally by `pocketvision export`.")
 

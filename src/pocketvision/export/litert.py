@@ -96,6 +96,7 @@ def export_tflite(job: ExportJob) -> Path:
 class LiteRTTarget(Target):
     name = "tflite"
     timed = True
+    runtime = "LiteRT"
     suffix = ".tflite"
     precisions = ("fp32", "int8", "fp16")
     install = INSTALL
@@ -104,9 +105,13 @@ class LiteRTTarget(Target):
     def export(self, job: ExportJob) -> None:
         export_tflite(job)
 
-    def open(self, path: str | Path, threads: int | None = None):
+    def open(self, path: str | Path, threads: int | None = None, accelerator: str | None = None):
         from ..runtime.litert_predictor import LiteRTPredictor
-        return LiteRTPredictor(path, threads)
+        return LiteRTPredictor(path, threads, accelerator)
+
+    def accelerators(self) -> tuple[str, ...]:
+        from ..runtime.litert_predictor import ACCELERATORS
+        return ACCELERATORS
 
     def owns(self, path: Path) -> bool:
         if path.suffix == self.suffix:

@@ -96,6 +96,7 @@ def export_onnx(model: nn.Module, contract: Contract, task: Task, metadata: dict
 class OnnxTarget(Target):
     name = "onnx"
     timed = True
+    runtime = "onnxruntime"
     suffix = ".onnx"
     precisions = ("fp32", "int8")
     description = "uint8 NHWC in, the task's outputs out, metadata in metadata_props (onnxruntime)"
@@ -107,6 +108,10 @@ class OnnxTarget(Target):
             return
         export_onnx(job.model, job.contract, job.task, job.meta, job.out, job.opset)
 
-    def open(self, path: str | Path, threads: int | None = None):
+    def open(self, path: str | Path, threads: int | None = None, accelerator: str | None = None):
         from ..runtime.onnx_predictor import OnnxPredictor
-        return OnnxPredictor(path, threads)
+        return OnnxPredictor(path, threads, accelerator)
+
+    def accelerators(self) -> tuple[str, ...]:
+        from ..runtime.onnx_predictor import accelerators
+        return accelerators()

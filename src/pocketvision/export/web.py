@@ -211,6 +211,7 @@ def add_updates(folder: str | Path, server: str, model: str, token: str, root: s
 @register_target
 class WebTarget(Target):
     name = "web"
+    runtime = "onnxruntime-web (WebAssembly, in a browser)"
     suffix = ".web"
     precisions = ("fp32", "int8")
     description = "static folder: index.html, app.js, the task's renderer, model.json, model + onnxruntime-web"
@@ -223,9 +224,13 @@ class WebTarget(Target):
         job.report.update(onnx_job.report)
         export_web(onnx_job.out, {**job.meta, "precision": job.precision}, job.out, job.task.outputs)
 
-    def open(self, path: str | Path, threads: int | None = None):
+    def open(self, path: str | Path, threads: int | None = None, accelerator: str | None = None):
         from ..runtime.web_predictor import WebPredictor
+        self._default_only(accelerator)
         return WebPredictor(path, threads)
+
+    def accelerators(self) -> tuple[str, ...]:
+        return ("wasm",)  # onnxruntime-web's WebAssembly backend in Chromium (no GPU here for WebGPU)
 
     def owns(self, path: Path) -> bool:
         from ..runtime.web_predictor import is_web_folder

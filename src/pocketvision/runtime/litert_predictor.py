@@ -31,8 +31,20 @@ def read_metadata(data: bytes) -> dict[str, Any]:
     return parse_metadata(out, "LiteRT metadata")
 
 
+ACCELERATORS = ("xnnpack", "builtin")  # LiteRT's default XNNPACK delegate, or its built-in kernels alone
+
+
+def _resolver(accelerator: str | None):
+    from ai_edge_litert.interpreter import OpResolverType
+    if accelerator in (None, "xnnpack"):
+        return OpResolverType.AUTO
+    if accelerator == "builtin":
+        return OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    raise PocketVisionError(f"LiteRT accelerator {accelerator!r}: one of {', '.join(ACCELERATORS)}.")
+
+
 class LiteRTPredictor(Predictor):
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, accelerator: str | None = None):
         self.path = Path(path)
         if not self.path.exists():
             raise PocketVisionError(f"{self.path}: model file not found.")
@@ -44,7 +56,8 @@ class LiteRTPredictor(Predictor):
         try:
             meta = read_metadata(data)
             with silence_fd2():
-                self.interpreter = Interpreter(model_content=data, num_threads=threads or 1)
+                self.interpreter = Interpreter(model_content=data, num_threads=threads or 1,
+                                               experimental_op_resolver_type=_resolver(accelerator))
                 self.interpreter.allocate_tensors()
         except Exception as e:  # noqa: BLE001 - flatbuffer/interpreter errors for a bad file
             raise PocketVisionError(f"{self.path}: LiteRT cannot load this model ({str(e).splitlines()[0]}).") from None

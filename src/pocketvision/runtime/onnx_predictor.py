@@ -22,8 +22,18 @@ def _ort():
     return ort
 
 
+# Execution providers a CPU build of onnxruntime can offer, by the name `bench --pick` uses.
+PROVIDERS = {"xnnpack": "XnnpackExecutionProvider"}
+
+
+def accelerators() -> tuple[str, ...]:
+    """The ways this machine's onnxruntime can run a model: the CPU provider, and XNNPACK where it was built in."""
+    have = _ort().get_available_providers()
+    return ("cpu",) + tuple(k for k, v in PROVIDERS.items() if v in have)
+
+
 class OnnxPredictor(Predictor):
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, accelerator: str | None = None):
         ort = _ort()
         self.path = Path(path)
         if not self.path.exists():
@@ -33,8 +43,16 @@ class OnnxPredictor(Predictor):
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ["CPUExecutionProvider"]
+        if accelerator not in (None, "cpu"):
+            name = PROVIDERS.get(accelerator)
+            if name is None or name not in ort.get_available_providers():
+                raise PocketVisionError(f"onnxruntime provider {accelerator!r} is not available here (this "
+                                        f"onnxruntime has: {', '.join(accelerators())}).")
+            # XNNPACK runs the ops it has and leaves the rest to the CPU provider; it takes its own threads
+            providers = [(name, {"intra_op_num_threads": str(threads or 1)}), "CPUExecutionProvider"]
         try:
-            self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(self.path), so, providers=providers)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises several types for bad files
             raise PocketVisionError(f"{self.path}: onnxruntime cannot load this model ({str(e).splitlines()[0]}).") from None
         meta = self.session.get_modelmeta().custom_metadata_map

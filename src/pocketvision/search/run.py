@@ -55,7 +55,7 @@ def evaluate(job: dict[str, Any]) -> dict[str, Any]:
     from rich.console import Console
 
     from ..api import train
-    from .latency import BlockTable, measure_export
+    from .latency import BlockTable
     torch.set_num_threads(1)  # every candidate trains the same way wherever it runs: the same numbers
     t0 = time.perf_counter()
     c, run_dir = job["candidate"], Path(job["run_dir"])
@@ -72,16 +72,42 @@ def evaluate(job: dict[str, Any]) -> dict[str, Any]:
     if where.exists():
         shutil.rmtree(where)
     where.mkdir(parents=True)
+    if job.get("final"):
+        # The winner trains as a user's `train --arch searched:arch.json --scratch` would: with the task's
+        # from-scratch recipe (optimiser, schedule, EMA, augmentation, epochs for the data's size), the same budget
+        # a hand-designed network gets; --final-epochs overrides the recipe's epochs.
+        budget = {"recipe": True} | ({"epochs": job["epochs"]} if job["epochs"] else {})
+    else:  # a candidate: a short run at its own learning rate, nothing else that varies
+        budget = {"recipe": False, "epochs": job["epochs"], "lr": c["lr"], "batch_size": job["batch_size"]}
     b = train(job["data"], out=where / "model.pvb", arch="searched", arch_args=c["arch"]["args"],
-              size=c["resolution"], lr=c["lr"], epochs=job["epochs"], batch_size=job["batch_size"],
-              seed=job["seed"], pretrained=False, recipe=False, workers=0, progress=False, tensorboard=False,
-              run_dir=where / "run", console=Console(file=io.StringIO()), **job["train_options"])
+              size=c["resolution"], seed=job["seed"], pretrained=False, workers=0, progress=False,
+              tensorboard=False, run_dir=where / "run", console=Console(file=io.StringIO()),
+              **budget, **job["train_options"])
     score = b.meta["metrics"].get("val_score")
     if score is None:
         raise PocketVisionError(f"candidate {job['index']}: training gave no validation score.")
-    ms, mb = measure_export(b, job["target"], job["precision"], where, lock)
+    ms, mb = _measured(b, c, job, where, lock)
     return {"score": float(score), "latency_ms": ms, "size_mb": mb, "predicted_ms": predicted, "skipped": None,
             "seconds": time.perf_counter() - t0}
+
+
+def _measured(b, c: dict[str, Any], job: dict[str, Any], where: Path, lock: Path) -> tuple[float, float]:
+    """(ms, MB) of the candidate's export. Latency and size depend on the network and input side, not on the
+    weights or the learning rate: the first measurement of a network is kept (``latency_memo.json``) and reused,
+    so that identity and learning-rate mutations are judged against the same number instead of a new noisy one."""
+    from .latency import exclusive, measure_export
+    memo = Path(job["run_dir"]) / "latency_memo.json"
+    net = json.dumps([c["arch"], c["resolution"], job["target"], job["precision"]], sort_keys=True)
+    with exclusive(lock):
+        known = json.loads(memo.read_text()) if memo.exists() else {}
+    if net in known and not job.get("final"):
+        return tuple(known[net])
+    ms, mb = measure_export(b, job["target"], job["precision"], where, lock)
+    with exclusive(lock):
+        known = json.loads(memo.read_text()) if memo.exists() else {}
+        known.setdefault(net, [ms, mb])
+        _atomic(memo, json.dumps(known))
+    return tuple(known[net]) if not job.get("final") else (ms, mb)
 
 
 class _Local:
@@ -174,7 +200,7 @@ def search(data: str | Path | None = None, *, target: str = "onnx", precision: s
            max_latency_ms: float | None = None, max_size_mb: float | None = None, budget: str | int = "8h",
            workers: int = 1, ray: str | None = None, resume: str | Path | None = None, out: str | Path | None = None,
            run_dir: str | Path | None = None, population: int = 12, sample: int = 4, batch: int = 2,
-           rule: str = "aging", objective: str = "constrained", epochs: int = 3, final_epochs: int = 15,
+           rule: str = "aging", objective: str = "constrained", epochs: int = 3, final_epochs: int | None = None,
            batch_size: int = 32, seed: int = 0, latency_table: str | Path | None = None,
            resolutions: tuple[int, ...] | list[int] = RESOLUTIONS,
            train_options: dict[str, Any] | None = None, log: Callable[[str], None] = lambda s: None
@@ -283,6 +309,8 @@ def _check(s: dict[str, Any]) -> None:
     if s["objective"] == "weighted" and not s["max_latency_ms"]:
         raise PocketVisionError("--objective weighted needs --max-latency-ms (the latency it weighs against).")
     for k, lo in (("population", 2), ("sample", 1), ("batch", 1), ("epochs", 1), ("final_epochs", 1)):
+        if k == "final_epochs" and s[k] is None:  # the recipe's
+            continue
         if not isinstance(s[k], int) or s[k] < lo:
             raise PocketVisionError(f"--{k.replace('_', '-')} {s[k]}: at least {lo}.")
     if s["sample"] > s["population"]:
@@ -333,9 +361,10 @@ def _finish(run_dir: Path, s: dict[str, Any], history: list[Evaluated], out, tab
                        "size_mb": best.size_mb, "architecture": describe(best.candidate),
                        "arch_file": str(run_dir / "arch.json")}
     if out is not None:
-        log(f"training the best architecture ({describe(best.candidate)}) for {s['final_epochs']} epochs")
+        log(f"training the best architecture ({describe(best.candidate)}) with the from-scratch recipe"
+            + (f", {s['final_epochs']} epochs" if s["final_epochs"] else ""))
         final = evaluate({"candidate": best.candidate, "index": best.index, "attempt": "final", "data": s["data"],
-                          "epochs": s["final_epochs"],
+                          "epochs": s["final_epochs"], "final": True,
                           "batch_size": s["batch_size"], "seed": s["seed"], "target": s["target"],
                           "precision": s["precision"], "max_latency_ms": None, "run_dir": str(run_dir),
                           "table": str(table), "train_options": s["train_options"]})
