@@ -168,3 +168,31 @@ def test_bad_input_gets_one_line(hotdog_small, tmp_path):
     one_line_error(run_cli("search", str(tmp_path / "none")), "no such data folder")
     one_line_error(run_cli("train", str(hotdog_small), "--arch", f"searched:{tmp_path / 'x.json'}"),
                    "not a readable architecture JSON")
+
+
+@pytest.mark.shared_data
+def test_weight_inheritance_starts_children_from_their_parents(hotdog_small, tmp_path):
+    from safetensors.torch import load as st_load
+
+    from pocketvision import bundle as bundle_io
+    from pocketvision.training.run import inherit
+    r = run_cli("search", str(hotdog_small), "--run-dir", str(tmp_path / "run"), "--inherit", *SMOKE, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    children = [e for e in hist if e["parent"] is not None]
+    assert children
+    for e in children:
+        child = next((tmp_path / "run" / "candidates").glob(f"{e['index']:04d}-trial*/model.pvb"))
+        parent = next((tmp_path / "run" / "candidates").glob(f"{e['parent']:04d}-trial*/model.pvb"))
+        assert bundle_io.read(child).meta["train_config"]["inherit_from"] == str(parent)
+        # What inheritance copies: every tensor of the parent whose name and shape fit, the rest left fresh.
+        net = build_model(e["candidate"]["arch"])
+        fresh = {k: v.clone() for k, v in net.state_dict().items()}
+        n, total = inherit(net, parent)
+        theirs = st_load(bundle_io.read(parent).weights)
+        fits = [k for k, v in fresh.items() if k in theirs and theirs[k].shape == v.shape]
+        assert n == len(fits) > 0 and total == len(fresh)
+        for k, v in net.state_dict().items():
+            assert torch.equal(v, theirs[k] if k in fits else fresh[k]), k
+    one_line_error(run_cli("train", str(hotdog_small), "--inherit-from", str(parent), "--init-from", str(parent),
+                           "--epochs", "1"), "choose one")

@@ -411,7 +411,7 @@ def cmd_search(a: argparse.Namespace) -> int:
                      max_size_mb=a.max_size_mb, budget=a.budget, workers=a.workers, ray=a.ray, resume=a.resume,
                      out=a.out, run_dir=a.run_dir, population=a.population, sample=a.sample, batch=a.batch,
                      rule=a.rule, objective=a.objective, epochs=a.epochs, final_epochs=a.final_epochs,
-                     batch_size=a.batch_size, seed=a.seed, latency_table=a.latency_table,
+                     batch_size=a.batch_size, seed=a.seed, latency_table=a.latency_table, inherit=a.inherit,
                      **({"resolutions": a.resolutions} if a.resolutions else {}),
                      log=(lambda m: None) if quiet else (lambda m: print(m, flush=True)))
     if a.json:
@@ -814,6 +814,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "run folder)")
     s.add_argument("--resolutions", type=_ints, default=None, help="input sides to search, e.g. 96,128,160 (default: "
                    "64,96,128,160,192,224)")
+    s.add_argument("--inherit", action="store_true", help="weight inheritance: a child starts from its parent's "
+                   "trained tensors wherever name and shape match (the rest fresh), as in Real et al.")
     s.add_argument("--json", action="store_true", help="print the summary (Pareto front, best) as JSON")
 
     s = verb("fetch-web-runtime", "Download the onnxruntime-web runtime files (npm package) that `export --to web` "

@@ -9,7 +9,8 @@ history and proposes exactly the candidates the uninterrupted search would have 
 finished is lost or run twice. Candidates are evaluated in this process (one worker), in local worker processes
 (``--workers N``), or as Ray tasks on a cluster (``--ray ADDRESS``); each trains with one torch thread and a fixed
 seed, so the result does not depend on where it ran. At the end the best feasible architecture is trained with the
-final budget and written as a bundle, with history.json/.csv, pareto.json, arch.json and search.png.
+final budget and written as a bundle, with history.json/.csv, pareto.json, arch.json and search.png. With
+``inherit`` a child starts from its parent's trained bundle wherever a tensor's name and shape match.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def evaluate(job: dict[str, Any]) -> dict[str, Any]:
         budget = {"recipe": True} | ({"epochs": job["epochs"]} if job["epochs"] else {})
     else:  # a candidate: a short run at its own learning rate, nothing else that varies
         budget = {"recipe": False, "epochs": job["epochs"], "lr": c["lr"], "batch_size": job["batch_size"]}
+        if job.get("inherit_from"):  # --inherit: the parent's trained tensors where name and shape match
+            budget["inherit_from"] = job["inherit_from"]
     b = train(job["data"], out=where / "model.pvb", arch="searched", arch_args=c["arch"]["args"],
               size=c["resolution"], seed=job["seed"], pretrained=False, workers=0, progress=False,
               tensorboard=False, run_dir=where / "run", console=Console(file=io.StringIO()),
@@ -202,7 +205,7 @@ def search(data: str | Path | None = None, *, target: str = "onnx", precision: s
            run_dir: str | Path | None = None, population: int = 12, sample: int = 4, batch: int = 2,
            rule: str = "aging", objective: str = "constrained", epochs: int = 3, final_epochs: int | None = None,
            batch_size: int = 32, seed: int = 0, latency_table: str | Path | None = None,
-           resolutions: tuple[int, ...] | list[int] = RESOLUTIONS,
+           resolutions: tuple[int, ...] | list[int] = RESOLUTIONS, inherit: bool = False,
            train_options: dict[str, Any] | None = None, log: Callable[[str], None] = lambda s: None
            ) -> dict[str, Any]:
     """Evolve, train the best feasible architecture with the final budget, write the outputs; -> the summary."""
@@ -222,7 +225,7 @@ def search(data: str | Path | None = None, *, target: str = "onnx", precision: s
                     "max_latency_ms": max_latency_ms, "max_size_mb": max_size_mb, "budget": str(budget),
                     "population": population, "sample": sample, "batch": batch, "rule": rule, "objective": objective,
                     "epochs": epochs, "final_epochs": final_epochs, "batch_size": batch_size, "seed": seed,
-                    "resolutions": sorted({int(r) for r in resolutions}),
+                    "resolutions": sorted({int(r) for r in resolutions}), "inherit": bool(inherit),
                     "train_options": dict(train_options or {})}
         _check(settings)
         run_dir = Path(run_dir or Path("runs") / f"search-{datetime.now():%Y%m%d-%H%M%S}")
@@ -268,7 +271,8 @@ def search(data: str | Path | None = None, *, target: str = "onnx", precision: s
                              "data": s["data"], "epochs": s["epochs"],
                              "batch_size": s["batch_size"], "seed": s["seed"] + index, "target": s["target"],
                              "precision": s["precision"], "max_latency_ms": s["max_latency_ms"],
-                             "run_dir": str(run_dir), "table": str(table), "train_options": s["train_options"]})
+                             "run_dir": str(run_dir), "table": str(table), "train_options": s["train_options"],
+                             "inherit_from": _bundle_of(run_dir, parent) if s.get("inherit") else None})
             t_round = time.perf_counter()
             for job, res in pool.run(jobs):
                 trial, slot, parent, how = trials[job["index"]]
@@ -299,6 +303,15 @@ def search(data: str | Path | None = None, *, target: str = "onnx", precision: s
     finally:
         pool.close()
     return _finish(run_dir, s, history, out, table, log)
+
+
+def _bundle_of(run_dir: Path, index: int | None) -> str | None:
+    """The trained bundle of evaluation ``index`` (its last attempt), or None (a random candidate has no parent)."""
+    if index is None:
+        return None
+    found = sorted((run_dir / "candidates").glob(f"{index:04d}-trial*/model.pvb"),
+                   key=lambda p: int(p.parent.name.split("trial")[1]))
+    return str(found[-1]) if found else None
 
 
 def _check(s: dict[str, Any]) -> None:

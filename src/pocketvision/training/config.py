@@ -89,6 +89,9 @@ class TrainConfig(BaseModel):
                        "that is evaluated and kept instead of the raw weights (0 = off; e.g. 0.998)")
     init_from: str | None = Field(None, description="bundle whose weights (and contract) start the run; "
                                   "its architecture spec must match (fine-tuning a pruned bundle, retraining)")
+    inherit_from: str | None = Field(None, description="bundle whose tensors start every layer of this network "
+                                     "with the same name and shape, the rest starting fresh (weight inheritance, "
+                                     "as architecture search uses it: a mutated child from its parent)")
     run_dir: Path | None = Field(None, description="where checkpoints, logs, TensorBoard and the report go "
                                  "(default runs/train-TIMESTAMP)")
     tensorboard: bool = Field(True, description="TensorBoard logs beside the CSV log",

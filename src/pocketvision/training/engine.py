@@ -346,6 +346,9 @@ class Engine:
             ddp, ddp_frozen = None, None  # DistributedDataParallel wraps what is trainable in this phase
             compiled = Compiled(console) if cfg.compile else None
             old_handler = signal.getsignal(signal.SIGINT)
+            armed = interrupt_at and interrupt_sig == signal.SIGINT and old_handler == signal.SIG_IGN
+            if armed:  # started in the background, SIGINT arrives ignored; the hook stands for Ctrl-C at a terminal
+                signal.signal(signal.SIGINT, signal.default_int_handler)
             progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[of]}"), BarColumn(),
                                 TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), TextColumn("ETA"),
                                 TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
@@ -430,6 +433,8 @@ class Engine:
                               f"{self.run_dir}`")
             finally:
                 run.close()
+                if armed:
+                    signal.signal(signal.SIGINT, old_handler)
         if interrupted:
             self.logger.close()
             return EngineResult(history=self.history, run_dir=self.run_dir, interrupted=True)

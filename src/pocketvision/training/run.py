@@ -49,8 +49,15 @@ def train_model(data: str | Path, options: dict[str, Any], *, user_model: nn.Mod
         from rich.console import Console
         (console or Console(stderr=True)).print(f"[bold]{recipe['line']}[/]", highlight=False)
         recipe.pop("line")
+    if cfg.inherit_from and cfg.init_from:
+        raise PocketVisionError("--init-from continues a bundle as it is, --inherit-from takes what fits of one: "
+                                "choose one.")
     torch.manual_seed(cfg.seed)
     run = task.setup(data, cfg, opts, console, resuming=resume is not None, user_model=user_model)
+    if cfg.inherit_from and resume is None:
+        n, total = inherit(run.model, cfg.inherit_from)
+        if console is not None:
+            console.print(f"inherited {n} of {total} tensors from {cfg.inherit_from}")
     engine = Engine(run, cfg, Path(resume) if resume else None, console, config, name=task.name)
     result = engine.fit()
     if result.interrupted:
@@ -69,6 +76,17 @@ def train_model(data: str | Path, options: dict[str, Any], *, user_model: nn.Mod
     return meta, run.model
 
 
+def inherit(model: nn.Module, path: str | Path) -> tuple[int, int]:
+    """Copy into ``model`` every tensor of the bundle at ``path`` whose name and shape match; -> (copied, total).
+    Any bundle will do (another architecture, another task): what does not match keeps its fresh init."""
+    from safetensors.torch import load as st_load
+    parent = st_load(bundle_io.read(path).weights)
+    state = model.state_dict()
+    same = {k: v for k, v in parent.items() if k in state and state[k].shape == v.shape and state[k].dtype == v.dtype}
+    model.load_state_dict(same, strict=False)
+    return len(same), len(state)
+
+
 def find_lr(data: str | Path, options: dict[str, Any], out_png: str | Path, start: float = 1e-6, end: float = 1.0,
             steps: int = 100, console=None) -> dict[str, Any]:
     """LR range test (Smith 2015) on any task's training loss -> {"suggested_lr", "lrs", "losses", "plot"};
@@ -84,6 +102,9 @@ def find_lr(data: str | Path, options: dict[str, Any], out_png: str | Path, star
     if cfg.compile:
         raise PocketVisionError("--compile: the LR range test runs uncompiled (a few hundred steps do not repay the "
                                 "compile time); leave it out.")
+    if cfg.inherit_from and cfg.init_from:
+        raise PocketVisionError("--init-from continues a bundle as it is, --inherit-from takes what fits of one: "
+                                "choose one.")
     torch.manual_seed(cfg.seed)
     run = task.setup(data, cfg, opts, console, resuming=False, user_model=None)
     engine = Engine(run, cfg, None, console, name="find-lr")
