@@ -40,7 +40,11 @@ def _time(fn, runs: int, warmup: int) -> list[float]:
 def latency(path: Path, threads: int, batch: int = 1, runs: int = 100, warmup: int = 10,
             accelerator: str | None = None) -> dict[str, float]:
     from .artifact import open_predictor  # .onnx (onnxruntime) or .tflite (LiteRT interpreter)
-    p = open_predictor(path, threads=threads, accelerator=accelerator)
+    return predictor_latency(open_predictor(path, threads=threads, accelerator=accelerator), batch, runs, warmup)
+
+
+def predictor_latency(p, batch: int = 1, runs: int = 100, warmup: int = 10) -> dict[str, float]:
+    """Percentiles of ``p.run_pixels`` on random uint8 images of the model's input size."""
     h, w = p.contract.size
     x = np.random.default_rng(0).integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
     return _percentiles(_time(lambda: p.run_pixels(x), runs, warmup))

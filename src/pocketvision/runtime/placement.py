@@ -54,7 +54,7 @@ def pick(bundle, data: str | Path | None, out_dir: str | Path, profile: str | Pa
     """Verify, time and rank every variant of ``bundle`` for ``profile``; record the fastest in the bundle."""
     from ..export import get_target
     from . import profiles
-    from .bench import latency, machine
+    from .bench import machine
     prof = None if str(profile) == "here" else profiles.load(profile)
     device = machine() if prof is None else prof["name"]
     if threads:
@@ -66,7 +66,7 @@ def pick(bundle, data: str | Path | None, out_dir: str | Path, profile: str | Pa
         counts = thread_counts(os.cpu_count() or 1) if prof is None else profiles.thread_counts(prof)
     out_dir = Path(out_dir)
     rows = V.bench_variants(bundle, data, out_dir, variants or V.default_variants(bundle.plugin), max_drop=max_drop,
-                            runs=runs, log=log)
+                            runs=runs, log=log, timed=False)
     reference = rows[0]
     options: list[Option] = []
     for r in rows[1:]:
@@ -74,6 +74,8 @@ def pick(bundle, data: str | Path | None, out_dir: str | Path, profile: str | Pa
             continue
         target = get_target(r.target)
         accels = target.accelerators() if prof is None else (target.accelerators()[:1] or ("-",))
+        predicted = prof is not None and target.runtime == prof.get("runtime")
+        nodes = profiles.kernels(r.path, 1)[0] if predicted else None  # the same kernels at every thread count
         for acc in accels:
             for t in counts:
                 o = Option(r.name, r.target, r.precision, r.bits, r.path, acc, t, r.accuracy, r.size_bytes)
@@ -81,11 +83,11 @@ def pick(bundle, data: str | Path | None, out_dir: str | Path, profile: str | Pa
                 if prof is None:
                     log(f"{r.name}, {acc}, {t} thread(s): timing")
                     try:
-                        o.ms, o.how = _measure(r, acc, t, runs, latency), "measured"
+                        o.ms, o.how = _measure(r, acc, t, runs), "measured"
                     except PocketVisionError as e:
                         o.how = f"not measured: {e}"
-                elif target.runtime == prof.get("runtime"):
-                    p = profiles.predict(r.path, prof, t)
+                elif predicted:
+                    p = profiles.predict(r.path, prof, t, nodes)
                     o.ms, o.how, o.guessed = p["ms"], "predicted", p["guessed"]
                 else:
                     o.how = (f"not predicted: the profile describes {prof.get('runtime')}; {r.target} runs in "
@@ -111,17 +113,18 @@ def pick(bundle, data: str | Path | None, out_dir: str | Path, profile: str | Pa
     return report
 
 
-def _measure(r: V.Variant, accelerator: str, threads: int, runs: int, latency) -> float:
+def _measure(r: V.Variant, accelerator: str, threads: int, runs: int) -> float:
     from .artifact import open_predictor
+    from .bench import predictor_latency
     pred = open_predictor(r.path, threads=threads, accelerator=accelerator)
     try:
         if hasattr(pred, "latency_ms"):  # a page: timed inside the browser at this thread count
             pred.url = pred.url.split("?")[0] + f"?threads={threads}"
             pred.visit()
             return float(pred.latency_ms(runs)["p50_ms"])
+        return float(predictor_latency(pred, runs=runs)["p50_ms"])
     finally:
         getattr(pred, "close", lambda: None)()
-    return float(latency(Path(r.path), threads, runs=runs, accelerator=accelerator)["p50_ms"])
 
 
 def render(report: dict[str, Any]) -> None:

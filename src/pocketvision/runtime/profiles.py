@@ -82,10 +82,14 @@ def kernels(model: str | Path | bytes, threads: int, runs: int = 0, warmup: int 
     from ..quiet import silence_fd2
     from .bench import _time
     raw = model if isinstance(model, bytes) else Path(model).read_bytes()
-    with tempfile.TemporaryDirectory() as tmp:
+
+    def options():
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # what OnnxPredictor runs
+        return so
+    with tempfile.TemporaryDirectory() as tmp:
+        so = options()
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(tmp) / "prof")
         so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
@@ -112,10 +116,7 @@ def kernels(model: str | Path | bytes, threads: int, runs: int = 0, warmup: int 
     nodes = [{**info[n], "ms": float(np.median(v[warmup:] or v))} for n, v in per.items()]
     plain = None
     if runs:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sess = ort.InferenceSession(raw, so, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(raw, options(), providers=["CPUExecutionProvider"])
         plain = float(np.median(_time(lambda: sess.run(None, feed), runs, warmup)))
     return nodes, plain
 
@@ -321,13 +322,16 @@ def thread_counts(profile: dict[str, Any]) -> list[int]:
     return sorted(int(t) for t in profile["threads"])
 
 
-def predict(model: str | Path, profile: dict[str, Any], threads: int) -> dict[str, Any]:
-    """-> {"ms": predicted latency on the profile's device, "guessed": kernels the profile has no entry for}."""
+def predict(model: str | Path, profile: dict[str, Any], threads: int,
+            nodes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """-> {"ms": predicted latency on the profile's device, "guessed": kernels the profile has no entry for}.
+    ``nodes``: ``kernels(model, 1)[0]`` when the caller already has it (it is the same for every thread count)."""
     table = profile["threads"].get(str(threads))
     if table is None:
         raise PocketVisionError(f"the profile {profile.get('name')!r} has no {threads}-thread table (it has "
                                 f"{', '.join(map(str, thread_counts(profile)))}).")
-    nodes, _ = kernels(model, 1)
+    if nodes is None:
+        nodes = kernels(model, 1)[0]
     total = _sum(nodes, table["ops"])
     return {"ms": float(table["alpha"] * total + table["beta"]),
             "guessed": sorted({n["op"] for n in nodes if n["op"] not in table["ops"]})}

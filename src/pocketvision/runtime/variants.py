@@ -76,7 +76,10 @@ def _latency(pred, threads_all: int, runs: int) -> tuple[float, float]:
 
 def bench_variants(bundle, data: str | Path | None, out_dir: str | Path,
                    variants: list[tuple[str, str, int | None]] | None = None, max_drop: float = 1.0,
-                   runs: int = 50, log: Callable[[str], None] = lambda s: None) -> list[Variant]:
+                   runs: int = 50, log: Callable[[str], None] = lambda s: None, timed: bool = True
+                   ) -> list[Variant]:
+    """Export, run and judge each variant; ``timed``: also its p50 at 1 thread and at all (`--pick` times its own
+    grid instead)."""
     from ..export import get_target
     from ..pixels import batched
     from .artifact import open_predictor
@@ -139,7 +142,8 @@ def bench_variants(bundle, data: str | Path | None, out_dir: str | Path,
             v.status, v.reason = (VERIFIED if ok else FAILED), why
             if hasattr(pred, "page_info"):  # navigation -> ready (model loaded, session warm), first visit
                 v.extra["page_ready_s"] = round(pred.page_info["ready_s"], 3)
-            v.p50_1t_ms, v.p50_all_ms = _latency(pred, cores, runs)
+            if timed:
+                v.p50_1t_ms, v.p50_all_ms = _latency(pred, cores, runs)
         except Exception as e:  # noqa: BLE001 - one broken variant must not hide the others
             v.status, v.reason = FAILED, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         finally:
