@@ -2,11 +2,13 @@
 
     python benchmarks/bench_search.py [--data ../shared/data/hotdog] [--budget 30m] [--epochs 5] [--workers 2]
                                       [--baselines deepdog,mobilenet_v2,efficientnet_lite0,alexnet] [--out DIR]
+                                      [--population 12] [--sample 4] [--inherit] [--start-from-reference]
 
 1. The reference: deepdog alpha=0.5 as its from-scratch recipe builds it (128 px, dw_bn), exported to ONNX fp32 and
    timed with 1-thread onnxruntime; that latency is the search's --max-latency-ms (the searched network must be at
    least as fast).
-2. `pocketvision search` with --budget, --epochs per candidate, --workers processes (on the GPU when there is one).
+2. `pocketvision search` with --budget, --epochs per candidate, --workers processes (on the GPU when there is one);
+   with --start-from-reference it begins from deepdog alpha=0.5's own architecture (`search --start ref.pvb`).
 3. The final budget, the same for every row: each baseline and the best searched architecture are trained the way a
    user's `pocketvision train DATA --arch A --scratch` trains them (the from-scratch recipe: SGD one-cycle, EMA,
    120 epochs for ~1,100 images), side by side, then exported to ONNX fp32.
@@ -79,6 +81,11 @@ def main() -> None:
     ap.add_argument("--baselines", default=ALL)
     ap.add_argument("--resolutions", default="64,96,128,160,192,224")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--population", type=int, default=12)
+    ap.add_argument("--sample", type=int, default=4)
+    ap.add_argument("--inherit", action="store_true", help="weight inheritance in the search")
+    ap.add_argument("--start-from-reference", action="store_true",
+                    help="the search begins from deepdog alpha=0.5 itself (search --start) instead of random networks")
     ap.add_argument("--device", default="auto", help="training device of every run (auto: the GPU if there is one)")
     ap.add_argument("--out", default=None, help="copy the table, history, plot and architecture here")
     a = ap.parse_args()
@@ -95,8 +102,9 @@ def main() -> None:
     t_all = time.perf_counter()
 
     # 1. The limit: deepdog alpha=0.5 as its recipe builds it (latency does not depend on the weights: one epoch).
-    ref = pv.train(a.data, arch="deepdog", pretrained=False, recipe=True, epochs=1, workers=0, device=a.device,
-                   progress=False, tensorboard=False, run_dir=work / "ref-run", console=Console(file=io.StringIO()))
+    ref = pv.train(a.data, out=work / "ref.pvb", arch="deepdog", pretrained=False, recipe=True, epochs=1, workers=0,
+                   device=a.device, progress=False, tensorboard=False, run_dir=work / "ref-run",
+                   console=Console(file=io.StringIO()))
     ref_file = ref.export(work / "ref.onnx", to="onnx", precision="fp32", verify=False).path
     limit = quiet_latency([str(ref_file)])[str(ref_file)]
     print(f"limit: deepdog {ref.meta['arch'].get('args')} at {ref.meta['contract']['size'][0]} px: "
@@ -106,7 +114,8 @@ def main() -> None:
     t0 = time.perf_counter()
     summary = search(a.data, target="onnx", max_latency_ms=limit, budget=a.budget, epochs=a.epochs,
                      workers=a.workers, batch=a.workers, run_dir=work / "search", seed=a.seed,
-                     train_options={"device": a.device},
+                     population=a.population, sample=a.sample, inherit=a.inherit,
+                     start=[work / "ref.pvb"] if a.start_from_reference else None, train_options={"device": a.device},
                      resolutions=[int(r) for r in a.resolutions.split(",")], log=lambda m: print(m, flush=True))
     search_s = time.perf_counter() - t0
     print(f"\nsearch: {summary['evaluations']} candidates in {search_s:.0f} s, {summary['feasible']} within "

@@ -196,3 +196,53 @@ def test_weight_inheritance_starts_children_from_their_parents(hotdog_small, tmp
             assert torch.equal(v, theirs[k] if k in fits else fresh[k]), k
     one_line_error(run_cli("train", str(hotdog_small), "--inherit-from", str(parent), "--init-from", str(parent),
                            "--epochs", "1"), "choose one")
+
+
+def test_hand_designed_separable_networks_are_points_of_the_space():
+    """deepdog (with BN after the depthwise conv) and MobileNetV1 convert to searched blocks that are the same network:
+    the same tensors in the same order, and the same outputs once the weights are copied across."""
+    from pocketvision.models.searched import as_searched
+    for spec in ({"name": "deepdog", "args": {"alpha": 0.5, "dw_bn": True, "act": "elu", "num_classes": 2}},
+                 {"name": "mobilenet_v1", "args": {"alpha": 0.25, "num_classes": 2}}):
+        torch.manual_seed(0)
+        theirs = build_model(spec).eval()
+        ours = build_model({"name": "searched", "args": {**as_searched(spec), "num_classes": 2}}).eval()
+        a, b = theirs.state_dict(), ours.state_dict()
+        assert [v.shape for v in a.values()] == [v.shape for v in b.values()]
+        ours.load_state_dict(dict(zip(b, a.values())))
+        x = torch.randn(2, 3, 96, 96)
+        assert torch.equal(theirs(x), ours(x)), spec["name"]
+    with pytest.raises(PocketVisionError, match="no equivalent in the search space"):
+        as_searched({"name": "deepdog", "args": {"dw_bn": False}})
+    with pytest.raises(PocketVisionError, match="no equivalent in the search space"):
+        as_searched({"name": "mobilenet_v2", "args": {}})
+
+
+@pytest.mark.shared_data
+def test_a_search_starts_from_the_users_own_network(hotdog_small, trained_bundle, tmp_path):
+    """--start BUNDLE: the first candidate is the bundle's network at its input side, the rest of the first population
+    are its mutants; the starting point is kept in search.json, so a resumed search proposes the same ones."""
+    import pocketvision as pv
+    from pocketvision.models.searched import as_searched
+    b = pv.train(hotdog_small, out=tmp_path / "dd.pvb", arch="deepdog", arch_args={"alpha": 0.25, "dw_bn": True},
+                 size=64, epochs=1, run_dir=tmp_path / "dd", progress=False, tensorboard=False, workers=0,
+                 recipe=False)
+    r = run_cli("search", str(hotdog_small), "--run-dir", str(tmp_path / "run"), "--start", str(b.path),
+                "--budget", "2", "--population", "2", "--sample", "2", "--epochs", "1", "--resolutions", "64,96",
+                "--max-latency-ms", "0.001", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert hist[0]["mutation"] == "start" and hist[0]["candidate"]["resolution"] == 64
+    assert hist[0]["candidate"]["arch"]["args"] == as_searched(b.meta["arch"])
+    assert hist[1]["mutation"].startswith("start: ") and hist[1]["candidate"] != hist[0]["candidate"]
+    # Far over an impossible limit: the given network is still trained and measured (the point to beat), its mutant
+    # is judged by the block table alone and not trained.
+    assert hist[0]["skipped"] is None and hist[0]["score"] > 0 and hist[0]["latency_ms"] > 0
+    assert not hist[0]["feasible"] and hist[1]["skipped"].startswith("predicted")
+    saved = json.loads((tmp_path / "run" / "search.json").read_text())
+    assert saved["start"] == [hist[0]["candidate"]]
+    # The Keras-style deepdog (nothing between depthwise and pointwise) is not in the space: one line, nothing run.
+    one_line_error(run_cli("search", str(hotdog_small), "--run-dir", str(tmp_path / "bad"), "--start",
+                           str(trained_bundle)), "no equivalent in the search space")
+    one_line_error(run_cli("search", str(hotdog_small), "--run-dir", str(tmp_path / "bad2"), "--start",
+                           str(tmp_path / "none.pvb")), "--start")

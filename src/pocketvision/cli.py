@@ -412,7 +412,7 @@ def cmd_search(a: argparse.Namespace) -> int:
                      out=a.out, run_dir=a.run_dir, population=a.population, sample=a.sample, batch=a.batch,
                      rule=a.rule, objective=a.objective, epochs=a.epochs, final_epochs=a.final_epochs,
                      batch_size=a.batch_size, seed=a.seed, latency_table=a.latency_table, inherit=a.inherit,
-                     **({"resolutions": a.resolutions} if a.resolutions else {}),
+                     start=a.start, **({"resolutions": a.resolutions} if a.resolutions else {}),
                      log=(lambda m: None) if quiet else (lambda m: print(m, flush=True)))
     if a.json:
         _print_json(summary)
@@ -816,6 +816,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "64,96,128,160,192,224)")
     s.add_argument("--inherit", action="store_true", help="weight inheritance: a child starts from its parent's "
                    "trained tensors wherever name and shape match (the rest fresh), as in Real et al.")
+    s.add_argument("--start", action="append", default=None, metavar="FILE", help="begin from this network "
+                   "instead of random ones (repeatable): a trained bundle (searched, deepdog or mobilenet_v1 with BN "
+                   "after the depthwise conv) or an arch.json; the first population is it and its mutants")
     s.add_argument("--json", action="store_true", help="print the summary (Pareto front, best) as JSON")
 
     s = verb("fetch-web-runtime", "Download the onnxruntime-web runtime files (npm package) that `export --to web` "

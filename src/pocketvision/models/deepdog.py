@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
 from ._base import ACTIVATIONS, ClassifierNet, ConvBnAct, check_range, make_divisible
 from .registry import register_model
+from .searched import expressible
 from ..errors import PocketVisionError, unknown_choice
 
 DEEPDOG_WIDTHS = (32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024)
@@ -71,3 +73,22 @@ def deepdog(*, num_classes: int = 2, alpha: float = 1.0, act: str = "elu", dw_bn
     validate_common("deepdog", alpha=alpha, act=act, dropout=dropout)
     return SeparableNet(DEEPDOG_WIDTHS, SEPARABLE_STRIDES, alpha=alpha, act=act, dw_bn=dw_bn,
                         num_classes=num_classes, dropout=dropout, channels=channels)
+
+
+@expressible("deepdog")
+def deepdog_as_searched(args: dict[str, Any]) -> dict[str, Any]:
+    """DeepDog as searched ``sep`` blocks: with dw_bn the layers are the same (conv -> BN -> act after the depthwise
+    and the pointwise conv, no skips), so a search can start from it. Without dw_bn (Keras SeparableConv2D: nothing
+    between the two convs) there is no searched equivalent."""
+    if not args["dw_bn"]:
+        raise PocketVisionError("deepdog without dw_bn (nothing between the depthwise and pointwise convs) has no "
+                                "equivalent in the search space; start from a dw_bn=true model (the recipe's).")
+    return separable_as_searched(DEEPDOG_WIDTHS, args["alpha"], args["act"], args["dropout"], args["channels"])
+
+
+def separable_as_searched(widths: Sequence[int], alpha: float, act: str, dropout: float,
+                          channels: Sequence[int] | None) -> dict[str, Any]:
+    w = list(channels) if channels else [make_divisible(c * alpha, 8) for c in (32, *widths)]
+    blocks = [{"op": "sep", "out": cout, "k": 3, "stride": s, "expand": 1, "act": act, "se": False, "skip": False,
+               "bn": "post"} for cout, s in zip(w[1:], SEPARABLE_STRIDES)]
+    return {"stem": w[0], "stem_act": act, "head": 0, "dropout": dropout, "blocks": blocks}

@@ -5,8 +5,9 @@ from __future__ import annotations
 from torch import nn
 
 from ._base import ClassifierNet, ConvBnAct, InvertedResidual, check_range, make_divisible
-from .deepdog import SEPARABLE_STRIDES, SeparableNet, validate_common
+from .deepdog import SEPARABLE_STRIDES, SeparableNet, separable_as_searched, validate_common
 from .registry import register_model
+from .searched import expressible
 
 # Pixel-unit ImageNet statistics (torchvision's 0-1 values x 255), so mean/std apply to raw uint8.
 IMAGENET_CONTRACT = dict(size=(224, 224), resize="squash", mean=(123.675, 116.28, 103.53),
@@ -22,6 +23,11 @@ def mobilenet_v1(*, num_classes: int = 1000, alpha: float = 1.0, dropout: float 
     validate_common("mobilenet_v1", alpha=alpha, act="relu", dropout=dropout)
     return SeparableNet(MOBILENET_V1_WIDTHS, SEPARABLE_STRIDES, alpha=alpha, act="relu", dw_bn=True,
                         num_classes=num_classes, dropout=dropout, channels=channels)
+
+
+@expressible("mobilenet_v1")
+def mobilenet_v1_as_searched(args: dict) -> dict:
+    return separable_as_searched(MOBILENET_V1_WIDTHS, args["alpha"], "relu", args["dropout"], args["channels"])
 
 
 # (expansion t, channels c, repeats n, first stride s) from the MobileNetV2 paper, table 2.

@@ -17,6 +17,7 @@ width). Every field is checked at the entry with one message naming the block.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -168,6 +169,38 @@ def load_searched(path: str) -> tuple[dict[str, Any], int | None]:
                                 "\"searched\", \"args\": {\"blocks\": [...]}}}}).")
     res = doc.get("resolution") if isinstance(doc.get("resolution"), int) else None
     return {k: v for k, v in args.items() if k != "num_classes"}, res
+
+
+# Hand-designed networks whose layers are exactly some searched blocks register a converter here (model name ->
+# fn(args) -> searched args), so that `pocketvision search --start BUNDLE` can begin from the user's own network.
+_CONVERTERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def expressible(name: str) -> Callable:
+    """Decorator: ``fn(args) -> searched args`` for the registered model ``name`` (raise PocketVisionError for
+    arguments that have no searched equivalent)."""
+    def deco(fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        _CONVERTERS[name] = fn
+        return fn
+    return deco
+
+
+def as_searched(spec: dict[str, Any]) -> dict[str, Any]:
+    """The ``searched`` arguments (without num_classes) that build the same layers as the model ``spec``."""
+    from .registry import model_entry
+    name = spec.get("name")
+    if name not in _CONVERTERS:
+        raise PocketVisionError(f"a {name} network has no equivalent in the search space; a search can start from "
+                                f"{', '.join(sorted(_CONVERTERS))} networks or an architecture JSON.")
+    args = {**model_entry(name).default_args, **spec.get("args", {})}
+    out = _CONVERTERS[name](args)
+    check_blocks(out["blocks"])
+    return out
+
+
+@expressible("searched")
+def _searched_as_searched(args: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in args.items() if k != "num_classes"}
 
 
 def total_stride(blocks: list[dict[str, Any]]) -> int:

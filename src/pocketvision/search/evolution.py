@@ -5,7 +5,9 @@ stood after the previous round, with a generator seeded by (seed, round): so the
 whole search, do not depend on how many workers evaluate them or in which order they finish, and a resumed search
 proposes exactly what the interrupted one would have.
 
-Population: the first ``population`` evaluations are random architectures; after that each child joins and one
+Population: the first ``population`` evaluations are random architectures, or, when the search starts from known
+networks (``starts``: the user's own model, a hand-designed reference), those networks and mutants of them; after
+that each child joins and one
 member leaves, the oldest (``aging``, the regularized rule: every architecture must keep being re-discovered to
 stay) or the least fit (``worst``). Parent: the fittest of ``sample`` members drawn at random (tournament).
 Fitness: the validation score when the candidate meets the hard limits (measured latency, size), else the score
@@ -66,15 +68,22 @@ def population_after(history: list[Evaluated], size: int, rule: str, objective: 
 
 
 def propose(history: list[Evaluated], rnd: int, batch: int, *, seed: int, population: int, sample: int,
-            rule: str, objective: str, max_latency_ms: float | None, resolutions: tuple[int, ...] = RESOLUTIONS
-            ) -> list[tuple[dict[str, Any], int | None, str]]:
+            rule: str, objective: str, max_latency_ms: float | None, resolutions: tuple[int, ...] = RESOLUTIONS,
+            starts: list[dict[str, Any]] | None = None) -> list[tuple[dict[str, Any], int | None, str]]:
     """Round ``rnd``'s candidates: (candidate, parent index or None, mutation), from ``history`` before it."""
     rng = np.random.default_rng([seed, rnd])
     out: list[tuple[dict[str, Any], int | None, str]] = []
     pop = population_after(history, population, rule, objective, max_latency_ms)
     for slot in range(batch):
         if len(history) + slot < population or len(pop) < 2:
-            out.append((random_candidate(rng, resolutions), None, "random"))
+            i = len(history) + slot
+            if not starts:
+                out.append((random_candidate(rng, resolutions), None, "random"))
+            elif i < len(starts):
+                out.append((starts[i], None, "start"))
+            else:  # the first population spreads around the starting networks (one mutation each)
+                child, how = mutate(starts[i % len(starts)], rng, resolutions)
+                out.append((child, None, f"start: {how}"))
             continue
         picks = rng.choice(len(pop), size=min(sample, len(pop)), replace=False)
         parent = max((pop[int(i)] for i in picks), key=lambda e: (fitness(e, objective, max_latency_ms), -e.index))

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from ..errors import PocketVisionError
 from .evolution import OBJECTIVES, RULES, Evaluated, fitness, pareto_front, propose
-from .space import RESOLUTIONS, describe
+from .space import MAX_BLOCKS, RESOLUTIONS, describe
 
 TABLE_TARGET = "onnx"  # the block table times onnxruntime; other targets are judged on their exports only
 PREDICT_CUTOFF = 1.5  # not trained when the table predicts this many times the limit (the table's error is less)
@@ -64,7 +64,9 @@ def evaluate(job: dict[str, Any]) -> dict[str, Any]:
     predicted = None
     if job["target"] == TABLE_TARGET and job["precision"] == "fp32":
         predicted = BlockTable(Path(job["table"]), lock).predict(c, num_classes=2)
-        if job["max_latency_ms"] and predicted > PREDICT_CUTOFF * job["max_latency_ms"]:
+        # A network the user started from is always trained and measured: it is the point to beat, and the table's
+        # guess (blocks timed one by one) must not throw it away.
+        if job["max_latency_ms"] and predicted > PREDICT_CUTOFF * job["max_latency_ms"] and not job.get("given"):
             return {"score": float("nan"), "latency_ms": None, "size_mb": None, "predicted_ms": predicted,
                     "skipped": f"predicted {predicted:.2f} ms", "seconds": time.perf_counter() - t0}
     # One folder per attempt (the trial number): a worker orphaned by a killed search may still be finishing the
@@ -206,7 +208,8 @@ def search(data: str | Path | None = None, *, target: str = "onnx", precision: s
            rule: str = "aging", objective: str = "constrained", epochs: int = 3, final_epochs: int | None = None,
            batch_size: int = 32, seed: int = 0, latency_table: str | Path | None = None,
            resolutions: tuple[int, ...] | list[int] = RESOLUTIONS, inherit: bool = False,
-           train_options: dict[str, Any] | None = None, log: Callable[[str], None] = lambda s: None
+           start: list[str | Path] | None = None, train_options: dict[str, Any] | None = None,
+           log: Callable[[str], None] = lambda s: None
            ) -> dict[str, Any]:
     """Evolve, train the best feasible architecture with the final budget, write the outputs; -> the summary."""
     if resume is not None:
@@ -228,6 +231,8 @@ def search(data: str | Path | None = None, *, target: str = "onnx", precision: s
                     "resolutions": sorted({int(r) for r in resolutions}), "inherit": bool(inherit),
                     "train_options": dict(train_options or {})}
         _check(settings)
+        # Kept as candidates in search.json, so a resumed search proposes the same first population.
+        settings["start"] = [start_candidate(p, settings["resolutions"]) for p in start or []]
         run_dir = Path(run_dir or Path("runs") / f"search-{datetime.now():%Y%m%d-%H%M%S}")
         if (run_dir / "search.json").exists():
             raise PocketVisionError(f"{run_dir}: a search ran there already; --resume it or choose another folder.")
@@ -257,7 +262,7 @@ def search(data: str | Path | None = None, *, target: str = "onnx", precision: s
             before = [e for e in history if e.round < rnd]
             proposals = propose(before, rnd, slots, seed=s["seed"], population=s["population"], sample=s["sample"],
                                 rule=s["rule"], objective=s["objective"], max_latency_ms=s["max_latency_ms"],
-                                resolutions=tuple(s["resolutions"]))
+                                resolutions=tuple(s["resolutions"]), starts=s.get("start"))
             jobs, trials = [], {}
             for slot, (cand, parent, how) in enumerate(proposals):
                 if (rnd, slot) in done:
@@ -272,7 +277,7 @@ def search(data: str | Path | None = None, *, target: str = "onnx", precision: s
                              "batch_size": s["batch_size"], "seed": s["seed"] + index, "target": s["target"],
                              "precision": s["precision"], "max_latency_ms": s["max_latency_ms"],
                              "run_dir": str(run_dir), "table": str(table), "train_options": s["train_options"],
-                             "inherit_from": _bundle_of(run_dir, parent) if s.get("inherit") else None})
+                             "given": how == "start", "inherit_from": _bundle_of(run_dir, parent) if s.get("inherit") else None})
             t_round = time.perf_counter()
             for job, res in pool.run(jobs):
                 trial, slot, parent, how = trials[job["index"]]
@@ -312,6 +317,29 @@ def _bundle_of(run_dir: Path, index: int | None) -> str | None:
     found = sorted((run_dir / "candidates").glob(f"{index:04d}-trial*/model.pvb"),
                    key=lambda p: int(p.parent.name.split("trial")[1]))
     return str(found[-1]) if found else None
+
+
+def start_candidate(path: str | Path, resolutions: list[int]) -> dict[str, Any]:
+    """``--start``: a candidate with the architecture and input side of a trained bundle (.pvb) whose network the
+    search space can express (its own, deepdog or MobileNetV1 with BN after the depthwise conv), or of an
+    architecture JSON (what a search wrote); it trains at the middle learning rate of the space."""
+    from ..models.searched import as_searched, load_searched
+    from .space import LRS, valid
+    p = Path(path)
+    if not p.is_file():
+        raise PocketVisionError(f"--start {path}: no such file; give a trained bundle (.pvb) or an arch.json.")
+    if p.suffix == ".pvb":
+        from ..bundle import read
+        meta = read(p).meta
+        args, side = as_searched(meta["arch"]), int(meta["contract"]["size"][0])
+    else:
+        args, side = load_searched(str(p))
+        side = side or resolutions[len(resolutions) // 2]
+    c = {"arch": {"name": "searched", "args": args}, "resolution": side, "lr": LRS[len(LRS) // 2]}
+    if not valid(c):
+        raise PocketVisionError(f"--start {path}: outside the search space (1-{MAX_BLOCKS} blocks, at least 2 px "
+                                "left after the last stride).")
+    return c
 
 
 def _check(s: dict[str, Any]) -> None:
