@@ -277,7 +277,8 @@ def search(data: str | Path | None = None, *, target: str = "onnx", precision: s
                              "batch_size": s["batch_size"], "seed": s["seed"] + index, "target": s["target"],
                              "precision": s["precision"], "max_latency_ms": s["max_latency_ms"],
                              "run_dir": str(run_dir), "table": str(table), "train_options": s["train_options"],
-                             "given": how == "start", "inherit_from": _bundle_of(run_dir, parent) if s.get("inherit") else None})
+                             "given": how == "start",
+                             "inherit_from": _bundle_of(run_dir, parent) if s.get("inherit") else None})
             t_round = time.perf_counter()
             for job, res in pool.run(jobs):
                 trial, slot, parent, how = trials[job["index"]]
