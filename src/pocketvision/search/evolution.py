@@ -9,8 +9,9 @@ Population: the first ``population`` evaluations are random architectures, or, w
 networks (``starts``: the user's own model, a hand-designed reference), those networks and mutants of them; after
 that each child joins and one member leaves, the oldest (``aging``, the regularized rule: every architecture must
 keep being re-discovered to stay) or the least fit (``worst``). Parent: the fittest of ``sample`` members drawn at
-random (tournament). Fitness: the validation score when the candidate meets the hard limits (measured latency, size), else the score
-minus 1 (``constrained``); or MnasNet's weighted product score * (latency / limit) ^ -0.07 (``weighted``).
+random (tournament). Fitness: the validation score when the candidate meets the hard limits (measured latency,
+size), else the score minus 1 (``constrained``); or MnasNet's weighted product score * (latency / limit) ^ -0.07
+(``weighted``).
 """
 
 from __future__ import annotations
