@@ -1,19 +1,22 @@
-"""Architecture search against hand-designed networks on the same data, final budget and measurement.
+"""Architecture search against hand-designed networks on the same data, final budget, seeds and measurement.
 
     python benchmarks/bench_search.py [--data ../shared/data/hotdog] [--budget 30m] [--epochs 5] [--workers 2]
                                       [--baselines deepdog,mobilenet_v2,efficientnet_lite0,alexnet] [--out DIR]
-                                      [--population 12] [--sample 4] [--inherit] [--start-from-reference]
+                                      [--population 12] [--sample 4] [--inherit] [--start-from-reference | --start F]
+                                      [--finalists K] [--scale-up] [--final-seeds N]
 
 1. The reference: deepdog alpha=0.5 as its from-scratch recipe builds it (128 px, dw_bn), exported to ONNX fp32 and
    timed with 1-thread onnxruntime; that latency is the search's --max-latency-ms (the searched network must be at
    least as fast).
-2. `pocketvision search` with --budget, --epochs per candidate, --workers processes (on the GPU when there is one);
-   with --start-from-reference it begins from deepdog alpha=0.5's own architecture (`search --start ref.pvb`).
-3. The final budget, the same for every row: each baseline and the best searched architecture are trained the way a
-   user's `pocketvision train DATA --arch A --scratch` trains them (the from-scratch recipe: SGD one-cycle, EMA,
-   120 epochs for ~1,100 images), side by side, then exported to ONNX fp32.
-4. Every row's file is timed again on a quiet machine, interleaved (5 rounds, median of medians), and the table
-   gives val accuracy, latency, size and the ratios against deepdog alpha=0.5.
+2. `pocketvision search ... --out` with --budget, --epochs per candidate, --workers processes (on the GPU when there
+   is one); with --start-from-reference it begins from deepdog alpha=0.5's own architecture (`search --start
+   ref.pvb`), with --start from a given network. Its final stage trains the --finalists best distinct architectures
+   (and, with --scale-up, each scaled up to the limit) with the final budget for --final-seeds seeds.
+3. The final budget, the same for every row: each baseline is trained the way a user's `pocketvision train DATA
+   --arch A --scratch` trains it (the from-scratch recipe: SGD one-cycle, EMA, 120 epochs for ~1,100 images), with
+   the same seeds, --workers side by side, then exported to ONNX fp32.
+4. Every row's file is timed again, interleaved (5 rounds, median of medians), and the table gives val accuracy per
+   seed and its mean, latency, size and the ratios against deepdog alpha=0.5.
 """
 
 from __future__ import annotations
@@ -86,6 +89,11 @@ def main() -> None:
     ap.add_argument("--inherit", action="store_true", help="weight inheritance in the search")
     ap.add_argument("--start-from-reference", action="store_true",
                     help="the search begins from deepdog alpha=0.5 itself (search --start) instead of random networks")
+    ap.add_argument("--start", action="append", default=None, metavar="FILE",
+                    help="the search begins from this network (search --start: a bundle or an arch.json)")
+    ap.add_argument("--finalists", type=int, default=1, help="the search's final stage (search --finalists)")
+    ap.add_argument("--final-seeds", type=int, default=1, help="seeds of every final training, the baselines' too")
+    ap.add_argument("--scale-up", action="store_true", help="the search's final stage (search --scale-up)")
     ap.add_argument("--device", default="auto", help="training device of every run (auto: the GPU if there is one)")
     ap.add_argument("--out", default=None, help="copy the table, history, plot and architecture here")
     a = ap.parse_args()
@@ -110,38 +118,57 @@ def main() -> None:
     print(f"limit: deepdog {ref.meta['arch'].get('args')} at {ref.meta['contract']['size'][0]} px: "
           f"{limit:.3f} ms (ORT fp32, 1 thread)\n", flush=True)
 
-    # 2. The search.
+    # 2. The search, and its final stage: the finalists trained with the final budget and seeds (search --out).
     t0 = time.perf_counter()
+    starts = [Path(f) for f in a.start] if a.start else [work / "ref.pvb"] if a.start_from_reference else None
     summary = search(a.data, target="onnx", max_latency_ms=limit, budget=a.budget, epochs=a.epochs,
                      workers=a.workers, batch=a.workers, run_dir=work / "search", seed=a.seed,
-                     population=a.population, sample=a.sample, inherit=a.inherit,
-                     start=[work / "ref.pvb"] if a.start_from_reference else None, train_options={"device": a.device},
+                     population=a.population, sample=a.sample, inherit=a.inherit, start=starts,
+                     train_options={"device": a.device}, out=work / "best.pvb", final_epochs=a.final_epochs,
+                     finalists=a.finalists, final_seeds=a.final_seeds, scale_up=a.scale_up,
                      resolutions=[int(r) for r in a.resolutions.split(",")], log=lambda m: print(m, flush=True))
     search_s = time.perf_counter() - t0
-    print(f"\nsearch: {summary['evaluations']} candidates in {search_s:.0f} s, {summary['feasible']} within "
-          f"{limit:.2f} ms; block-table median error {summary['table_error_median'] or 0:.0%}\n", flush=True)
+    print(f"\nsearch and final stage: {summary['evaluations']} candidates, {summary['feasible']} within "
+          f"{limit:.2f} ms, block-table median error {summary['table_error_median'] or 0:.0%}; {search_s:.0f} s\n",
+          flush=True)
     if not summary.get("best"):
         sys.exit("no feasible architecture: raise --budget")
 
-    # 3. The final budget, the same for every row, side by side.
-    rows = [*a.baselines.split(","), "searched:" + summary["best"]["arch_file"]]
+    # 3. The baselines with the same final budget and seeds, side by side.
+    seeds = [a.seed + i for i in range(a.final_seeds)]
     jobs = [{"arch": r, "data": a.data, "epochs": a.final_epochs, "workers": a.loader_workers, "threads": 1,
-             "device": a.device, "seed": a.seed, "work": str(work / f"final-{i}")} for i, r in enumerate(rows)]
+             "device": a.device, "seed": sd, "work": str(work / f"final-{r}-{sd}")}
+            for r in a.baselines.split(",") if r for sd in seeds]
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(len(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max(1, a.workers), mp_context=multiprocessing.get_context("spawn")) as pool:
         results = list(pool.map(final_train, jobs))
-    print(f"final trainings: {time.perf_counter() - t0:.0f} s side by side\n", flush=True)
+    print(f"baseline trainings: {time.perf_counter() - t0:.0f} s, {a.workers} side by side\n", flush=True)
+    rows = []
+    for r in dict.fromkeys(j["arch"] for j in jobs):
+        mine = [x for x in results if x["arch"] == r]
+        rows.append({"name": r, "input": mine[0]["input"], "scores": [x["score"] for x in mine],
+                     "file": mine[0]["onnx"], "size_mb": mine[0]["size_mb"],
+                     "how": f"{mine[0]['recipe']}, {mine[0]['epochs']} epochs, {mine[0]['train_s']:.0f} s"})
+    for f in summary["finals"]:
+        win = " **(chosen)**" if f["finalist"] == summary["final"]["finalist"] else ""
+        how = f"from evaluation {f['from']}" + (f", scaled x{f['scaled']:g} width" if f["scaled"] else "")
+        rows.append({"name": f"searched finalist {f['finalist']}{win}: {f['architecture']}", "input":
+                     int(f["architecture"].split("px")[0]), "scores": f["scores"], "file": f["file"],
+                     "size_mb": f["size_mb"], "how": how + ", the same recipe and seeds"})
 
     # 4. Quiet, interleaved timing of every file; the table.
-    ms = quiet_latency([r["onnx"] for r in results])
-    ref_row = next(r for r in results if r["arch"] == "deepdog") if "deepdog" in rows else results[0]
-    lines = ["| model | input | val accuracy | latency (ms, ORT fp32, 1 thread) | size (MB) | vs deepdog 0.5: "
-             "accuracy, latency | final training |", "|---|---|---|---|---|---|---|"]
-    for r in results:
-        name = r["arch"] if not r["arch"].startswith("searched:") else f"searched: {summary['best']['architecture']}"
-        lines.append(f"| {name} | {r['input']} | {r['score']:.4f} | {ms[r['onnx']]:.3f} | {r['size_mb']:.2f} | "
-                     f"{r['score'] - ref_row['score']:+.4f}, {ms[r['onnx']] / ms[ref_row['onnx']]:.2f}x | "
-                     f"{r['recipe']}, {r['epochs']} epochs, {r['train_s']:.0f} s |")
+    ms = quiet_latency([r["file"] for r in rows])
+    ref_row = next((r for r in rows if r["name"] == "deepdog"), rows[0])
+
+    def mean(r: dict) -> float:
+        return float(np.mean(r["scores"]))
+    lines = [f"| model | input | val accuracy, seeds {', '.join(map(str, seeds))} | mean | latency (ms, ORT fp32, "
+             "1 thread) | size (MB) | vs deepdog 0.5: mean accuracy, latency | final training |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['input']} | {' / '.join(f'{x:.4f}' for x in r['scores'])} | {mean(r):.4f} | "
+                     f"{ms[r['file']]:.3f} | {r['size_mb']:.2f} | {mean(r) - mean(ref_row):+.4f}, "
+                     f"{ms[r['file']] / ms[ref_row['file']]:.2f}x | {r['how']} |")
     table = "\n".join(lines)
     print(table)
     print(f"\nwhole benchmark: {time.perf_counter() - t_all:.0f} s")
@@ -150,9 +177,9 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "table.md").write_text(table + "\n")
         (out / "results.json").write_text(json.dumps({"limit_ms": limit, "search_s": search_s, "summary": summary,
-                                                      "rows": results, "quiet_ms": ms}, indent=1))
+                                                      "rows": rows, "quiet_ms": ms}, indent=1))
         run = Path(summary["run_dir"])
-        for f in ("history.csv", "search.png", "arch.json"):
+        for f in ("history.csv", "search.png", "arch.json", "finals.json"):
             if (run / f).exists():
                 shutil.copy(run / f, out / f)
 

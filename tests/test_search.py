@@ -68,10 +68,11 @@ def test_the_rule_is_deterministic_and_ages_or_kills_the_worst():
 
 @pytest.fixture(scope="module")
 def smoke(hotdog_small, tmp_path_factory):
-    """An uninterrupted smoke search: 4 candidates (2 random, 2 children), one epoch each, then the final bundle."""
+    """An uninterrupted smoke search: 4 candidates (2 random, 2 children), one epoch each, then the final stage:
+    the 2 best distinct networks and each scaled up to the limit, one epoch each, and the winner's bundle."""
     tmp = tmp_path_factory.mktemp("search")
     r = run_cli("search", str(hotdog_small), "--run-dir", str(tmp / "run"), "--out", str(tmp / "best.pvb"),
-                "--final-epochs", "1", *SMOKE, cwd=tmp)
+                "--final-epochs", "1", "--finalists", "2", "--scale-up", *SMOKE, cwd=tmp)
     assert r.returncode == 0, r.stderr[-3000:]
     return tmp, json.loads(r.stdout)
 
@@ -96,6 +97,24 @@ def test_smoke_search_writes_a_front_an_architecture_and_a_bundle(smoke, hotdog_
     import pocketvision as pv
     b = pv.load(tmp / "best.pvb")
     assert b.meta["arch"]["name"] == "searched" and b.meta["lineage"][-1]["op"] == "search"
+    # The final stage: the two best distinct networks, each also scaled up (measured within 95% of the 50 ms limit),
+    # every one trained with the final budget; the bundle is the winner's and arch.json its architecture.
+    finals = json.loads((run / "finals.json").read_text())
+    plain = [f for f in finals["finalists"] if f["scaled"] is None]
+    grown = [f for f in finals["finalists"] if f["scaled"]]
+    assert len(plain) == 2 and len({f["from"] for f in plain}) == 2 and len(grown) == 2
+    for g in grown:
+        base = next(f for f in plain if f["from"] == g["from"])["candidate"]
+        assert g["search_ms"] <= 0.95 * 50 and g["candidate"]["resolution"] >= base["resolution"]
+        assert [x["out"] for x in g["candidate"]["arch"]["args"]["blocks"]] >= [x["out"] for x in base["arch"][
+            "args"]["blocks"]] and g["candidate"] != base
+    assert sorted(finals["runs"]) == [f"{i}/0" for i in range(4)]
+    chosen = summary["final"]
+    assert chosen["mean"] == max(f["mean"] for f in summary["finals"])
+    assert b.meta["metrics"]["val_score"] == pytest.approx(chosen["score"])
+    arch = json.loads((run / "arch.json").read_text())
+    assert arch["arch"]["args"]["blocks"] == finals["finalists"][chosen["finalist"]]["candidate"]["arch"]["args"][
+        "blocks"] and b.meta["contract"]["size"][0] == arch["resolution"]
     # The architecture file trains again, and `info` shows its blocks.
     r = run_cli("train", str(hotdog_small), "--arch", f"searched:{run / 'arch.json'}", "--epochs", "1", "--out",
                 str(tmp / "again.pvb"), "--scratch", "--no-recipe", cwd=tmp)
@@ -127,6 +146,56 @@ def test_a_killed_search_resumes_with_nothing_lost_or_repeated(smoke, hotdog_sma
     states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") == 4 and states.count("FAIL") == 1  # the one in flight, and only it, ran again
     one_line_error(run_cli("search", str(hotdog_small), "--resume", str(tmp_path / "nowhere")), "no search.json")
+
+
+@pytest.mark.shared_data
+def test_a_search_killed_in_its_final_stage_resumes_it(smoke, hotdog_small, tmp_path):
+    """The finished smoke search without its final stage, resumed with --out: SIGKILLed right after the first final
+    training is recorded, resumed again: the recorded one is not trained again, and every final score is the
+    uninterrupted run's."""
+    run = tmp_path / "run"
+    shutil.copytree(smoke[0] / "run", run)
+    (run / "finals.json").unlink()
+    for d in (run / "candidates").glob("final-*"):
+        shutil.rmtree(d)
+    out = ["--out", str(tmp_path / "best.pvb"), "--json"]
+    r = run_cli("search", "--resume", str(run), *out, cwd=tmp_path,
+                env={**os.environ, "POCKETVISION_SEARCH_KILL_AFTER": "1"})
+    assert r.returncode == -9, r.stderr[-2000:]
+    first = json.loads((run / "finals.json").read_text())["runs"]
+    assert len(first) == 1
+    kept = next((run / "candidates").glob("final-*/model.pvb"))
+    stamp = kept.stat().st_mtime_ns
+    r = run_cli("search", "--resume", str(run), *out, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert kept.stat().st_mtime_ns == stamp  # not trained again
+    def scores(d):
+        return {k: v["score"] for k, v in json.loads((d / "finals.json").read_text())["runs"].items()}
+    assert scores(run) == scores(smoke[0] / "run")
+    assert json.loads(r.stdout)["final"]["finalist"] == smoke[1]["final"]["finalist"]
+
+
+def test_the_final_stage_picks_distinct_networks_scales_them_and_judges_by_the_mean():
+    from pocketvision.search.final import finalists, net_key, winner
+    from pocketvision.search.space import scaled
+    rng = np.random.default_rng(3)
+    a, b = random_candidate(rng), random_candidate(rng)
+    a_lr = {**a, "lr": a["lr"] * 2}  # the same network at another learning rate: the recipe sets the final one
+    hist = [Evaluated(round=0, slot=i, candidate=c, parent=None, mutation="random", score=sc, latency_ms=1.0,
+                      size_mb=1.0, feasible=f, index=i)
+            for i, (c, sc, f) in enumerate(((a, 0.8, True), (a_lr, 0.9, True), (b, 0.7, True), (b, 0.95, False)))]
+    top = finalists(hist, 3, "constrained", 2.0)
+    assert [e.index for e in top] == [1, 2]  # a once (its best), b's infeasible evaluation never
+    assert net_key(a) == net_key(a_lr) != net_key(b)
+    big = scaled(a, 1.5, 224)
+    assert big["resolution"] == 224 and big["arch"]["args"]["stem"] % 8 == 0
+    assert all(x["out"] % 8 == 0 and x["out"] >= y["out"] for x, y in zip(big["arch"]["args"]["blocks"],
+                                                                            a["arch"]["args"]["blocks"]))
+    assert scaled(a, 1.0, a["resolution"]) == a and valid(big)
+    runs = {"0/0": {"score": 0.75}, "0/1": {"score": 0.25}, "1/0": {"score": 0.625}, "1/1": {"score": 0.625}}
+    assert winner([{}, {}], runs, [0, 1]) == 1  # the best mean, not the best single seed
+    tie = {**runs, "1/0": {"score": 0.5}, "1/1": {"score": 0.5}}
+    assert winner([{}, {}], tie, [0, 1]) == 0  # a tie: the fitter (earlier) one
 
 
 def _free_port() -> int:
@@ -163,7 +232,10 @@ def test_bad_input_gets_one_line(hotdog_small, tmp_path):
                         (["--sample", "20"], "at most the population"),
                         (["--target", "coreml"], "--target coreml"),
                         (["--max-latency-ms", "0"], "must be above 0"),
-                        (["--resolutions", "16"], "between 32 and 1024")):
+                        (["--resolutions", "16"], "between 32 and 1024"),
+                        (["--finalists", "0", "--out", "b.pvb"], "--finalists 0: at least 1"),
+                        (["--scale-up", "--out", "b.pvb"], "--scale-up scales"),
+                        (["--final-seeds", "2"], "add --out")):
         one_line_error(run_cli("search", str(hotdog_small), "--run-dir", str(tmp_path / words[:5]), *args), words)
     one_line_error(run_cli("search", str(tmp_path / "none")), "no such data folder")
     one_line_error(run_cli("train", str(hotdog_small), "--arch", f"searched:{tmp_path / 'x.json'}"),
@@ -228,10 +300,11 @@ def test_a_search_starts_from_the_users_own_network(hotdog_small, trained_bundle
                  size=64, epochs=1, run_dir=tmp_path / "dd", progress=False, tensorboard=False, workers=0,
                  recipe=False)
     r = run_cli("search", str(hotdog_small), "--run-dir", str(tmp_path / "run"), "--start", str(b.path),
-                "--budget", "2", "--population", "2", "--sample", "2", "--epochs", "1", "--resolutions", "64,96",
+                "--budget", "3", "--population", "2", "--sample", "2", "--epochs", "1", "--resolutions", "64,96",
                 "--max-latency-ms", "0.001", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert len(hist) == 3  # a budget that is not a multiple of --batch (2) ends with a shorter round
     assert hist[0]["mutation"] == "start" and hist[0]["candidate"]["resolution"] == 64
     assert hist[0]["candidate"]["arch"]["args"] == as_searched(b.meta["arch"])
     assert hist[1]["mutation"].startswith("start: ") and hist[1]["candidate"] != hist[0]["candidate"]

@@ -412,7 +412,8 @@ def cmd_search(a: argparse.Namespace) -> int:
                      out=a.out, run_dir=a.run_dir, population=a.population, sample=a.sample, batch=a.batch,
                      rule=a.rule, objective=a.objective, epochs=a.epochs, final_epochs=a.final_epochs,
                      batch_size=a.batch_size, seed=a.seed, latency_table=a.latency_table, inherit=a.inherit,
-                     start=a.start, **({"resolutions": a.resolutions} if a.resolutions else {}),
+                     start=a.start, finalists=a.finalists, final_seeds=a.final_seeds, scale_up=a.scale_up,
+                     **({"resolutions": a.resolutions} if a.resolutions else {}),
                      log=(lambda m: None) if quiet else (lambda m: print(m, flush=True)))
     if a.json:
         _print_json(summary)
@@ -421,12 +422,21 @@ def cmd_search(a: argparse.Namespace) -> int:
     for p in summary["pareto_front"]:
         print(f"  front: [{p['index']}] score {p['score']:.4f}  {p['latency_ms']:.2f} ms  {p['size_mb']:.2f} MB  "
               f"{p['architecture']}")
-    if summary.get("best"):
-        print(f"best: [{summary['best']['index']}] {summary['best']['architecture']} -> {summary['best']['arch_file']} "
-              f"(train it again: pocketvision train DATA --arch searched:{summary['best']['arch_file']})")
+    best = summary.get("best")
+    if best:  # arch.json: the search's best, or the final stage's winner when there was one
+        print(f"best in the search: [{best['index']}] {best['architecture']}")
+    for f in summary.get("finals") or []:
+        scaled = f" scaled x{f['scaled']:g}" if f["scaled"] else ""
+        scores = " ".join(f"{x:.4f}" for x in f["scores"])
+        print(f"  finalist {f['finalist']}: from [{f['from']}]{scaled}  scores {scores} (mean {f['mean']:.4f})  "
+              f"{f['latency_ms']:.2f} ms  {f['architecture']}")
+    if best:
+        print(f"architecture: {best['arch_file']} (train it again: pocketvision train DATA --arch "
+              f"searched:{best['arch_file']})")
     if summary.get("final"):
         f = summary["final"]
-        print(f"bundle: {f['bundle']} (score {f['score']:.4f}, {f['latency_ms']:.2f} ms, {f['size_mb']:.2f} MB)")
+        print(f"bundle: {f['bundle']} (finalist {f['finalist']}: score {f['score']:.4f}, mean of the seeds "
+              f"{f['mean']:.4f}, {f['latency_ms']:.2f} ms, {f['size_mb']:.2f} MB)")
     return 0
 
 
@@ -808,6 +818,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=3, help="training epochs per candidate")
     s.add_argument("--final-epochs", type=int, default=None,
                    help="the final bundle's (--out) epochs; default: the from-scratch recipe's, as any network gets")
+    s.add_argument("--finalists", type=int, default=1, help="with --out: train this many of the best distinct "
+                   "architectures with the final budget and keep the best (a short-training score is a rough guide)")
+    s.add_argument("--final-seeds", type=int, default=1, help="with --out: train each finalist with this many seeds "
+                   "and pick by the mean")
+    s.add_argument("--scale-up", action="store_true", help="with --out: also enter each finalist scaled up (wider, "
+                   "larger input) to just under --max-latency-ms, measured")
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--latency-table", default=None, help="per-block latency table to reuse (default: one in the "

@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import PocketVisionError
 
 RUNS, WARMUP = 30, 5
+PREDICT_CUTOFF = 1.5  # not trained when the table predicts this many times the limit (the table's error is less)
 
 
 @contextlib.contextmanager
@@ -149,4 +150,4 @@ def _time_module(module: Any, shape: tuple[int, ...]) -> float:
     return float(np.median(ts))
 
 
-__all__ = ["BlockTable", "exclusive", "measure_export", "timed_target"]
+__all__ = ["PREDICT_CUTOFF", "BlockTable", "exclusive", "measure_export", "timed_target"]

@@ -30,10 +30,10 @@ from typing import Any, Callable
 
 from ..errors import PocketVisionError
 from .evolution import OBJECTIVES, RULES, Evaluated, fitness, pareto_front, propose
+from .latency import PREDICT_CUTOFF
 from .space import MAX_BLOCKS, RESOLUTIONS, describe
 
 TABLE_TARGET = "onnx"  # the block table times onnxruntime; other targets are judged on their exports only
-PREDICT_CUTOFF = 1.5  # not trained when the table predicts this many times the limit (the table's error is less)
 
 
 def parse_budget(text: str | int) -> tuple[int | None, float | None]:
@@ -79,7 +79,12 @@ def evaluate(job: dict[str, Any]) -> dict[str, Any]:
         # The winner trains as a user's `train --arch searched:arch.json --scratch` would: with the task's
         # from-scratch recipe (optimiser, schedule, EMA, augmentation, epochs for the data's size), the same budget
         # a hand-designed network gets; --final-epochs overrides the recipe's epochs.
-        budget = {"recipe": True} | ({"epochs": job["epochs"]} if job["epochs"] else {})
+        budget: dict[str, Any] = {"recipe": True} | ({"epochs": job["epochs"]} if job["epochs"] else {})
+        # ... and the reference's progressive resizing (deepdog's recipe: 3/4 of the side, full size by 90% of the
+        # epochs), so that a searched network and deepdog train on the same schedule.
+        start = 3 * c["resolution"] // 4 // 16 * 16
+        if 16 <= start < c["resolution"]:
+            budget |= {"progressive": start, "progressive_until": 0.9}
     else:  # a candidate: a short run at its own learning rate, nothing else that varies
         budget = {"recipe": False, "epochs": job["epochs"], "lr": c["lr"], "batch_size": job["batch_size"]}
         if job.get("inherit_from"):  # --inherit: the parent's trained tensors where name and shape match
@@ -209,9 +214,12 @@ def search(data: str | Path | None = None, *, target: str = "onnx", precision: s
            batch_size: int = 32, seed: int = 0, latency_table: str | Path | None = None,
            resolutions: tuple[int, ...] | list[int] = RESOLUTIONS, inherit: bool = False,
            start: list[str | Path] | None = None, train_options: dict[str, Any] | None = None,
+           finalists: int = 1, final_seeds: int = 1, scale_up: bool = False,
            log: Callable[[str], None] = lambda s: None
            ) -> dict[str, Any]:
-    """Evolve, train the best feasible architecture with the final budget, write the outputs; -> the summary."""
+    """Evolve, write the outputs; with ``out``, train the ``finalists`` best distinct architectures (and, with
+    ``scale_up``, each scaled up to the limit) with the final budget for ``final_seeds`` seeds and write the best
+    mean's bundle (final.py); -> the summary."""
     if resume is not None:
         run_dir = Path(resume)
         try:
@@ -229,8 +237,12 @@ def search(data: str | Path | None = None, *, target: str = "onnx", precision: s
                     "population": population, "sample": sample, "batch": batch, "rule": rule, "objective": objective,
                     "epochs": epochs, "final_epochs": final_epochs, "batch_size": batch_size, "seed": seed,
                     "resolutions": sorted({int(r) for r in resolutions}), "inherit": bool(inherit),
-                    "train_options": dict(train_options or {})}
+                    "train_options": dict(train_options or {}), "finalists": finalists,
+                    "final_seeds": final_seeds, "scale_up": bool(scale_up)}
         _check(settings)
+        if out is None and (finalists != 1 or final_seeds != 1 or scale_up):
+            raise PocketVisionError("--finalists, --final-seeds and --scale-up choose the final bundle: add --out "
+                                    "best.pvb (without it the search only writes arch.json and the history).")
         # Kept as candidates in search.json, so a resumed search proposes the same first population.
         settings["start"] = [start_candidate(p, settings["resolutions"]) for p in start or []]
         run_dir = Path(run_dir or Path("runs") / f"search-{datetime.now():%Y%m%d-%H%M%S}")
@@ -250,15 +262,15 @@ def search(data: str | Path | None = None, *, target: str = "onnx", precision: s
     if history:
         log(f"resuming {run_dir}: {len(history)} evaluations done, {elapsed:.0f} s spent")
     pool = _Ray(ray) if ray else _Local(workers)
-    kill_after = int(os.environ.get("POCKETVISION_SEARCH_KILL_AFTER", "0"))  # tests: die at a known point
-    told = 0
+    killer = _Killer()
     try:
         while True:
+            if (count is not None and len(history) >= count) or (seconds is not None and elapsed >= seconds):
+                break
             done = {(e.round, e.slot) for e in history}
             rnd = next(r for r in range(10**6) if any((r, k) not in done for k in range(s["batch"])))
+            # A budget that is not a multiple of --batch ends with a shorter round.
             slots = s["batch"] if count is None else min(s["batch"], count - rnd * s["batch"])
-            if slots <= 0 or (seconds is not None and elapsed >= seconds):
-                break
             before = [e for e in history if e.round < rnd]
             proposals = propose(before, rnd, slots, seed=s["seed"], population=s["population"], sample=s["sample"],
                                 rule=s["rule"], objective=s["objective"], max_latency_ms=s["max_latency_ms"],
@@ -300,15 +312,26 @@ def search(data: str | Path | None = None, *, target: str = "onnx", precision: s
                 study.set_user_attr("elapsed_s", elapsed)
                 history.append(e)
                 history.sort(key=lambda x: x.index)
-                told += 1
                 shown = (f"skipped ({e.skipped})" if e.skipped else f"score {e.score:.4f}  {e.latency_ms:.2f} ms  "
                          f"{e.size_mb:.2f} MB{'' if e.feasible else '  (over the limit)'}")
                 log(f"[{e.index:3d}] {e.mutation:<16} {shown}  {describe(e.candidate)}")
-                if kill_after and told >= kill_after:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                killer.tick()
+        return _finish(run_dir, s, history, out, table, pool, killer, log)
     finally:
         pool.close()
-    return _finish(run_dir, s, history, out, table, log)
+
+
+class _Killer:
+    """Tests: SIGKILL this search after POCKETVISION_SEARCH_KILL_AFTER recorded results (evaluations and final
+    trainings), a known point rather than a race with a timer."""
+
+    def __init__(self) -> None:
+        self.after, self.told = int(os.environ.get("POCKETVISION_SEARCH_KILL_AFTER", "0")), 0
+
+    def tick(self) -> None:
+        self.told += 1
+        if self.after and self.told >= self.after:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _bundle_of(run_dir: Path, index: int | None) -> str | None:
@@ -350,7 +373,10 @@ def _check(s: dict[str, Any]) -> None:
         raise PocketVisionError(f"--objective {s['objective']}: one of {', '.join(OBJECTIVES)}.")
     if s["objective"] == "weighted" and not s["max_latency_ms"]:
         raise PocketVisionError("--objective weighted needs --max-latency-ms (the latency it weighs against).")
-    for k, lo in (("population", 2), ("sample", 1), ("batch", 1), ("epochs", 1), ("final_epochs", 1)):
+    if s["scale_up"] and not s["max_latency_ms"]:
+        raise PocketVisionError("--scale-up scales the finalists up to --max-latency-ms: give that limit.")
+    for k, lo in (("population", 2), ("sample", 1), ("batch", 1), ("epochs", 1), ("final_epochs", 1),
+                  ("finalists", 1), ("final_seeds", 1)):
         if k == "final_epochs" and s[k] is None:  # the recipe's
             continue
         if not isinstance(s[k], int) or s[k] < lo:
@@ -367,7 +393,7 @@ def _check(s: dict[str, Any]) -> None:
     timed_target(s["target"])
 
 
-def _finish(run_dir: Path, s: dict[str, Any], history: list[Evaluated], out, table: Path,
+def _finish(run_dir: Path, s: dict[str, Any], history: list[Evaluated], out, table: Path, pool, killer: _Killer,
             log: Callable[[str], None]) -> dict[str, Any]:
     rows = [dataclasses.asdict(e) for e in history]
     _atomic(run_dir / "history.json", json.dumps(rows, indent=1))
@@ -403,21 +429,60 @@ def _finish(run_dir: Path, s: dict[str, Any], history: list[Evaluated], out, tab
                        "size_mb": best.size_mb, "architecture": describe(best.candidate),
                        "arch_file": str(run_dir / "arch.json")}
     if out is not None:
-        log(f"training the best architecture ({describe(best.candidate)}) with the from-scratch recipe"
-            + (f", {s['final_epochs']} epochs" if s["final_epochs"] else ""))
-        final = evaluate({"candidate": best.candidate, "index": best.index, "attempt": "final", "data": s["data"],
-                          "epochs": s["final_epochs"], "final": True,
-                          "batch_size": s["batch_size"], "seed": s["seed"], "target": s["target"],
-                          "precision": s["precision"], "max_latency_ms": None, "run_dir": str(run_dir),
-                          "table": str(table), "train_options": s["train_options"]})
-        from ..api import load
-        b = load(run_dir / "candidates" / "final" / "model.pvb")
-        b.meta.setdefault("lineage", []).append({"op": "search", "run_dir": str(run_dir), "index": best.index})
-        b.save(out)
-        summary["final"] = {"bundle": str(out), "score": final["score"], "latency_ms": final["latency_ms"],
-                            "size_mb": final["size_mb"]}
+        summary["finals"], summary["final"] = _final_stage(run_dir, s, history, out, table, pool, killer, log)
     _atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
     return summary
+
+
+def _final_stage(run_dir: Path, s: dict[str, Any], history: list[Evaluated], out, table: Path, pool,
+                 killer: _Killer, log: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Train the finalists (final.py) with the final budget and seeds on the search's workers, keep each result
+    in finals.json as it ends, write the best mean's bundle to ``out`` and its architecture to arch.json."""
+    from .final import plan, run_key, winner
+    path = run_dir / "finals.json"
+    state = json.loads(path.read_text()) if path.exists() else None
+    if state is None:
+        state = {"finalists": plan(history, s, run_dir, table, _bundle_of, log), "runs": {}}
+        _atomic(path, json.dumps(state, indent=1))
+    finals, runs = state["finalists"], state["runs"]
+    seeds = [s["seed"] + i for i in range(s.get("final_seeds", 1))]
+    jobs = [{"candidate": f["candidate"], "index": f["from"], "finalist": i, "attempt": f"final-{i}-seed{sd}",
+             "data": s["data"], "epochs": s["final_epochs"], "final": True, "batch_size": s["batch_size"],
+             "seed": sd, "target": s["target"], "precision": s["precision"], "max_latency_ms": None,
+             "run_dir": str(run_dir), "table": str(table), "train_options": s["train_options"]}
+            for i, f in enumerate(finals) for sd in seeds if run_key(i, sd) not in runs]
+    log(f"final stage: {len(finals)} finalist(s) x {len(seeds)} seed(s) with the from-scratch recipe"
+        + (f", {s['final_epochs']} epochs" if s["final_epochs"] else "") + f"; {len(jobs)} training(s) to run")
+    for job, res in pool.run(jobs):
+        runs[run_key(job["finalist"], job["seed"])] = {k: res[k] for k in ("score", "latency_ms", "size_mb",
+                                                                            "seconds")}
+        _atomic(path, json.dumps(state, indent=1))
+        log(f"  finalist {job['finalist']} seed {job['seed']}: score {res['score']:.4f}  {res['latency_ms']:.2f} ms  "
+            f"{describe(job['candidate'])}")
+        killer.tick()
+    table_rows = []
+    for i, f in enumerate(finals):
+        scores = [runs[run_key(i, sd)]["score"] for sd in seeds]
+        first = runs[run_key(i, seeds[0])]
+        table_rows.append({"finalist": i, "from": f["from"], "scaled": f["scaled"], "architecture": f["architecture"],
+                           "search_score": f["search_score"], "scores": scores, "mean": sum(scores) / len(scores),
+                           "latency_ms": first["latency_ms"], "size_mb": first["size_mb"],
+                           "file": str(next((run_dir / "candidates" / f"final-{i}-seed{seeds[0]}")
+                                                    .glob("candidate.*"), ""))})
+    w = winner(finals, runs, seeds)
+    chosen = table_rows[w]
+    from ..api import load
+    b = load(run_dir / "candidates" / f"final-{w}-seed{seeds[0]}" / "model.pvb")
+    b.meta.setdefault("lineage", []).append({"op": "search", "run_dir": str(run_dir), "index": chosen["from"],
+                                             "scaled": chosen["scaled"], "final_scores": chosen["scores"]})
+    b.save(out)
+    _atomic(run_dir / "arch.json", json.dumps({**finals[w]["candidate"], "search": {
+        "index": chosen["from"], "scaled": chosen["scaled"], "final_scores": chosen["scores"],
+        "final_mean": chosen["mean"], "latency_ms": chosen["latency_ms"], "size_mb": chosen["size_mb"],
+        "target": s["target"], "precision": s["precision"]}}, indent=1))
+    return table_rows, {"bundle": str(out), "finalist": w, "score": chosen["scores"][0], "mean": chosen["mean"],
+                        "scores": chosen["scores"], "latency_ms": chosen["latency_ms"], "size_mb": chosen["size_mb"],
+                        "architecture": chosen["architecture"]}
 
 
 def _plot(history: list[Evaluated], front: list[Evaluated], s: dict[str, Any], path: Path) -> None:

@@ -33,6 +33,7 @@ LRS = (1e-3, 2e-3, 3e-3, 5e-3, 1e-2)
 MUTATIONS = ("width", "depth+", "depth-", "kernel", "stride", "activation", "se", "skip", "bn", "op", "expand",
              "resolution", "lr", "identity")
 MAX_BLOCKS = 20
+WIDTH_SCALES = (1.0, 1.25, 1.5, 2.0)  # the final stage's scaling up (final.py)
 
 
 def key(c: dict[str, Any]) -> str:
@@ -131,6 +132,20 @@ def mutate(parent: dict[str, Any], rng: np.random.Generator, resolutions: tuple[
     return copy.deepcopy(parent), "identity"
 
 
+def scaled(c: dict[str, Any], width: float, resolution: int) -> dict[str, Any]:
+    """``c`` with every width (stem, blocks, head) times ``width`` at input side ``resolution``: two of
+    EfficientNet's three compound-scaling axes. Depth stays: the search chose the number of blocks per stage."""
+    c = copy.deepcopy(c)
+    args = c["arch"]["args"]
+    args["stem"] = make_divisible(args["stem"] * width, 8)
+    if args.get("head"):
+        args["head"] = make_divisible(args["head"] * width, 8)
+    for b in args["blocks"]:
+        b["out"] = make_divisible(b["out"] * width, 8)
+    c["resolution"] = int(resolution)
+    return c
+
+
 def describe(c: dict[str, Any]) -> str:
     """A short human summary: resolution, stages as op/width/kernel, activation(s)."""
     blocks = c["arch"]["args"]["blocks"]
@@ -140,4 +155,4 @@ def describe(c: dict[str, Any]) -> str:
     return f"{c['resolution']}px {len(blocks)} blocks [{' '.join(parts)}] {'/'.join(acts)} lr {c['lr']:g}"
 
 
-__all__ = ["MUTATIONS", "describe", "key", "mutate", "random_candidate", "valid"]
+__all__ = ["MUTATIONS", "WIDTH_SCALES", "describe", "key", "mutate", "random_candidate", "scaled", "valid"]
