@@ -156,3 +156,32 @@ def test_resume_after_interrupt(hotdog_small, tmp_path):
     assert r.returncode == 0, r.stderr
     hist = pv.load(tmp_path / "r.pvb").meta["history"]
     assert [h["epoch"] for h in hist] == list(range(1, 7))
+
+
+def test_resume_continues_a_top_fine_tune(hotdog_small, tmp_path):
+    """The pretrained default on a CPU fine-tunes the last blocks on cached activations (--finetune top). Interrupted
+    after epoch 2 and resumed, it goes on the same way: every epoch a "top" epoch, the linear probe fitted once
+    (not again over the checkpoint's head), and the trunk still the ImageNet weights."""
+    import os
+
+    import torch
+    from safetensors.torch import load as st_load
+
+    from pocketvision import bundle as bundle_io
+    from pocketvision.models import build_model
+    run = tmp_path / "run"
+    args = ["train", str(hotdog_small), "--epochs", "4", "--workers", "0", "--run-dir", str(run), "--out",
+            str(tmp_path / "t.pvb"), "--no-tensorboard", "--json"]
+    p = run_cli(*args, env={**os.environ, "POCKETVISION_INTERRUPT_AFTER_EPOCH": "2"})
+    assert p.returncode == 130, p.stderr[-2000:]
+    r = run_cli("train", str(hotdog_small), "--resume", str(run), "--out", str(tmp_path / "t.pvb"), "--json",
+                "--no-tensorboard")
+    assert r.returncode == 0, r.stderr[-2000:]
+    b = pv.load(tmp_path / "t.pvb")
+    hist = b.meta["history"]
+    assert [(h["epoch"], h["phase"]) for h in hist] == [(0, "probe"), *((e, "top") for e in range(1, 5))]
+    assert b.meta["metrics"]["accuracy"] > 0.8  # Lite0 on 80 real val photos
+    trained = st_load(bundle_io.read(tmp_path / "t.pvb").weights)
+    ref = build_model(b.meta["arch"], pretrained=True).state_dict()
+    frozen = [k for k in ref if k.startswith("features.0.") and k in trained]
+    assert frozen and all(torch.equal(trained[k], ref[k]) for k in frozen)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import os
 import shutil
 import threading
 
@@ -66,6 +67,8 @@ def test_training_evaluation_and_check_read_shards_in_place(hotdog_shards, tmp_p
     r = run_cli("check", str(out), "--json")
     assert r.returncode == 0, r.stderr
     assert not json.loads(r.stdout)["unreadable"]
+    r = run_cli("check", str(out), env={**os.environ, "COLUMNS": "400"})  # one line per title
+    assert r.returncode == 0 and "(the shard set's own splits)" in r.stdout, r.stdout + r.stderr
 
 
 def test_keypoints_travel_with_their_photos(faces_small, tmp_path):

@@ -192,7 +192,8 @@ def render_check(report: CheckReport, console: Any = None) -> None:
         except ValueError:
             return escape(p)
 
-    how = "train/val folders" if report.explicit_splits else "automatic seeded split"
+    how = ("the shard set's own splits" if shards.is_shard_set(root) else "train/val folders"
+           if report.explicit_splits else "automatic seeded split")
     splits = [s for s in SPLITS if s != "test" or sum(report.counts["test"].values())]
     # Titles are printed as lines, not Table(title=...), which would wrap them to the table's width.
     console.print(f"[bold]{escape(report.root)}[/]: {report.n_images} images, {len(report.classes)} classes ({how})")

@@ -230,7 +230,9 @@ class ClassifyRun(TaskRun):
         self.channels_last_ok = spec["name"] != "custom"
         from ..training.top_tune import supports_top_tune
         from ..training.engine import pick_device
-        self.top = (not resuming and pretrained and opts.finetune == "top" and supports_top_tune(model, opts.top_blocks)
+        # A resumed run takes the same path: its checkpoint holds the top blocks and head trained so far (the trunk
+        # is frozen, so its cached activations come out the same).
+        self.top = (pretrained and opts.finetune == "top" and supports_top_tune(model, opts.top_blocks)
                     and pick_device(cfg.device).type == "cpu")
         if self.top:  # the last blocks train on cached activations of full-size, un-augmented images
             clash = [f for f, on in (("--progressive", cfg.progressive), ("--ema", cfg.ema), ("--mixup", opts.mixup),
@@ -330,7 +332,7 @@ class ClassifyRun(TaskRun):
         if self.weights is not None:
             self.weights = self.weights.to(engine.device)
         if self.top:
-            self._prologue_top(engine)
+            self._prologue_top(engine, resuming)
             return
         # -- linear probe: the frozen-feature baseline, and the head's starting point --------------------
         if not resuming and self.pretrained and (self.opts.linear_probe or self.opts.probe_init):
@@ -344,10 +346,10 @@ class ClassifyRun(TaskRun):
         if self.opts.distill and self.epochs(self.cfg):
             self.teacher = Teacher(self.opts.distill, self.splits.classes, engine, self.opts.distill_t)
 
-    def _prologue_top(self, engine) -> None:
+    def _prologue_top(self, engine, resuming: bool) -> None:
         from ..training.top_tune import TopTune
         probe = None
-        if self.opts.probe_init or self.opts.linear_probe:
+        if not resuming and (self.opts.probe_init or self.opts.linear_probe):  # resumed: the head is the checkpoint's
             n = len(self.splits.classes)
             balanced = self.opts.class_weights == "auto"
             probe = lambda f, y: fit_probe(f, y, n, balanced)  # noqa: E731
@@ -414,7 +416,7 @@ class ClassifyRun(TaskRun):
 
     def batches(self, epoch: int):
         if self._top is not None:
-            return self._top.batches(self._batch_size(), self.shard)
+            return self._top.batches(self._batch_size(), self.shard, epoch)
         self.train_ds.set_epoch(epoch)
         if self.batched and self.engine.device.type != "cpu":
             from ..training.loader import augmented_on, grid_mode

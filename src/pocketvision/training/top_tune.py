@@ -73,6 +73,7 @@ class TopTune:
         self.net = TopNet(model, k)
         self.model = model
         self.generator = torch.Generator().manual_seed(seed)
+        self.drawn = 0  # epochs' orders drawn from the generator
 
     @torch.no_grad()
     def run(self, a: torch.Tensor, features: bool = False) -> np.ndarray:
@@ -93,12 +94,17 @@ class TopTune:
         per_process, b = -(-len(self.acts) // shard[1]), local_batch(batch_size, shard)
         return -(-per_process // b)
 
-    def batches(self, batch_size: int, shard: tuple[int, int] = (0, 1)):
-        """Index batches; with ``shard=(rank, world)`` this process's share (see ``loader.EpochSampler``)."""
+    def batches(self, batch_size: int, shard: tuple[int, int] = (0, 1), epoch: int | None = None):
+        """Index batches; with ``shard=(rank, world)`` this process's share (see ``loader.EpochSampler``). A run
+        resumed at ``epoch`` first draws the orders of the epochs it skipped: it then sees the batches that the
+        uninterrupted run would have."""
+        while epoch is not None and self.drawn < epoch - 1:
+            self._order(shard)
         return self._order(shard).split(local_batch(batch_size, shard))
 
     def _order(self, shard: tuple[int, int]) -> torch.Tensor:
         order = torch.randperm(len(self.acts), generator=self.generator)
+        self.drawn += 1
         rank, world = shard
         if world > 1:
             n = -(-len(order) // world) * world
