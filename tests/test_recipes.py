@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 
 import pocketvision as pv
@@ -50,6 +51,21 @@ def test_a_flag_wins_and_the_fields_that_go_with_it_stay_with_it(shared_data):
                           augment={"hflip": 0.0})
     assert cfg["arch_args"] == {"alpha": 1.0, "dw_bn": True} and cfg["augment"] == {"scale": [0.4, 1.0], "hflip": 0.0}
     assert record["overridden"] == ["arch_args.alpha"]
+
+
+def test_a_searched_network_gets_progressive_resizing_from_its_own_side(shared_data):
+    """`train --arch searched:arch.json --scratch` trains as the search's final stage did: deepdog's schedule, the
+    start at 3/4 of the side the architecture file (or the user) gives; a --progressive of the user's own wins."""
+    from pocketvision.search.space import random_candidate
+    args = random_candidate(np.random.default_rng(0))["arch"]["args"]
+    hotdog = shared_data / "hotdog"
+    for side, start in ((128, 96), (160, 112), (64, 48)):
+        cfg, _, record = _cfg(hotdog, arch="searched", arch_args=args, size=side, pretrained=False)
+        assert (cfg["size"], cfg["progressive"], cfg["progressive_until"]) == (side, start, 0.9)
+        assert record["name"] == "scratch-sgd-ema-progressive" and not record["overridden"]
+        assert cfg["optimizer"] == "sgd" and cfg["epochs"] == 120
+    cfg, _, record = _cfg(hotdog, arch="searched", arch_args=args, size=128, progressive=64, pretrained=False)
+    assert cfg["progressive"] == 64 and record["overridden"] == ["progressive"]
 
 
 def test_pretrained_default_and_keypoints_name_their_recipe(shared_data):

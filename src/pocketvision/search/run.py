@@ -80,11 +80,6 @@ def evaluate(job: dict[str, Any]) -> dict[str, Any]:
         # from-scratch recipe (optimiser, schedule, EMA, augmentation, epochs for the data's size), the same budget
         # a hand-designed network gets; --final-epochs overrides the recipe's epochs.
         budget: dict[str, Any] = {"recipe": True} | ({"epochs": job["epochs"]} if job["epochs"] else {})
-        # ... and the reference's progressive resizing (deepdog's recipe: 3/4 of the side, full size by 90% of the
-        # epochs), so that a searched network and deepdog train on the same schedule.
-        start = 3 * c["resolution"] // 4 // 16 * 16
-        if 16 <= start < c["resolution"]:
-            budget |= {"progressive": start, "progressive_until": 0.9}
     else:  # a candidate: a short run at its own learning rate, nothing else that varies
         budget = {"recipe": False, "epochs": job["epochs"], "lr": c["lr"], "batch_size": job["batch_size"]}
         if job.get("inherit_from"):  # --inherit: the parent's trained tensors where name and shape match

@@ -186,7 +186,8 @@ def _lr_reference(cfg: TrainConfig, user: set[str], reference: int) -> TrainConf
 
 def recipe_context(task, data: str | Path, cfg: TrainConfig):
     """What the recipe depends on: the architecture (the task's default when none was given), whether ImageNet
-    weights will load, the device and the number of training images (the task counts them)."""
+    weights will load, the device, the number of training images (the task counts them) and the input side asked
+    for."""
     from ..models import model_entry
     from .recipes import RecipeContext
     arch = cfg.arch or task.default_arch[0]
@@ -196,4 +197,4 @@ def recipe_context(task, data: str | Path, cfg: TrainConfig):
         from .engine import pick_device
         device = pick_device(cfg.device).type
     return RecipeContext(arch=arch, pretrained=bool(cfg.pretrained and entry.pretrained), device=device,
-                         n_images=task.count_images(data))
+                         n_images=task.count_images(data), size=cfg.size)

@@ -21,6 +21,7 @@ class RecipeContext:
     pretrained: bool  # ImageNet weights will be loaded (the architecture has them and --scratch was not given)
     device: str  # "cpu" or "cuda"
     n_images: int | None  # training images (None: not counted)
+    size: int | None = None  # the input side asked for (a flag, or a searched architecture's file); None: not given
 
 
 @dataclass(frozen=True)
