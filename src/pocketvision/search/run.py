@@ -8,9 +8,10 @@ ends): that is the checkpoint. Killed, `--resume RUN_DIR` marks what was in flig
 history and proposes exactly the candidates the uninterrupted search would have (evolution.py), so nothing that
 finished is lost or run twice. Candidates are evaluated in this process (one worker), in local worker processes
 (``--workers N``), or as Ray tasks on a cluster (``--ray ADDRESS``); each trains with one torch thread and a fixed
-seed, so the result does not depend on where it ran. At the end the best feasible architecture is trained with the
-final budget and written as a bundle, with history.json/.csv, pareto.json, arch.json and search.png. With
-``inherit`` a child starts from its parent's trained bundle wherever a tensor's name and shape match.
+seed, so the result does not depend on where it ran. At the end: history.json/.csv, pareto.json, arch.json and
+search.png; with ``--out``, the final stage (final.py) trains the best distinct architectures with the final budget
+on the same workers and writes the winner as a bundle. With ``inherit`` a child starts from its parent's trained
+bundle wherever a tensor's name and shape match.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def evaluate(job: dict[str, Any]) -> dict[str, Any]:
         shutil.rmtree(where)
     where.mkdir(parents=True)
     if job.get("final"):
-        # The winner trains as a user's `train --arch searched:arch.json --scratch` would: with the task's
+        # A finalist trains as a user's `train --arch searched:arch.json --scratch` would: with the task's
         # from-scratch recipe (optimiser, schedule, EMA, augmentation, epochs for the data's size), the same budget
         # a hand-designed network gets; --final-epochs overrides the recipe's epochs.
         budget: dict[str, Any] = {"recipe": True} | ({"epochs": job["epochs"]} if job["epochs"] else {})
