@@ -106,6 +106,26 @@ def test_binary_threshold_for_target_precision():
     json.dumps(m, allow_nan=False)
 
 
+def test_a_costly_precision_target_is_spelled_out():
+    """A target the model reaches only far out in its scores costs recall: the metrics keep the argmax numbers beside
+    the threshold's, and the sentence under the table says what the target costs and how to trade it back."""
+    from rich.console import Console
+    s = np.array([0.95, 0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1, 0.05])
+    y = np.array([0, 0, 1, 0, 0, 1, 1, 1, 1, 1])
+    m = classification_metrics(y, binary_probs(s), LB, target_precision=0.9)
+    assert m["threshold"] == pytest.approx(0.85) and m["threshold_accuracy"] == pytest.approx(0.8)
+    assert (m["argmax_accuracy"], m["argmax_precision"], m["argmax_recall"]) == pytest.approx((0.9, 0.8, 1.0))
+    console = Console(file=io.StringIO(), width=400)
+    render_table(m, console)
+    out = console.file.getvalue()
+    assert "The target costs 10.0 points of accuracy against argmax (precision 0.800, recall 1.000)" in out
+    assert "--target-precision" in out
+    # A target that costs nothing (argmax already meets it) gets no such sentence.
+    console = Console(file=io.StringIO(), width=400)
+    render_table(classification_metrics(y, binary_probs(s), LB, target_precision=0.8), console)
+    assert "Say \"hotdog\"" in console.file.getvalue() and "costs" not in console.file.getvalue()
+
+
 def test_threshold_ties_and_unreachable():
     # Tied scores go together: cutting at .8 gives 1/2, so only "everything" (2/3) meets target .6;
     # any t in (-inf, .6] does that, and 0.5 is inside.

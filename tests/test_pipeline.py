@@ -9,7 +9,8 @@ import onnx
 import pytest
 
 import pocketvision as pv
-from conftest import run_cli
+from conftest import one_line_error, run_cli
+from pocketvision import bundle as bundle_io
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 
@@ -151,11 +152,23 @@ def test_resume_after_interrupt(hotdog_small, tmp_path):
     assert p.returncode == 130, p.stderr
     assert "--resume" in p.stderr and not (tmp_path / "r.pvb").exists()
     assert json.loads((run / "checkpoint.json").read_text())["next_epoch"] == 4
+    # An option that would change the training is refused, not silently replaced by the run's own.
+    one_line_error(run_cli("train", str(hotdog_small), "--resume", str(run), "--epochs", "9", "--size", "64"),
+                   "--epochs 9 (the run has 6)", "start a new run")
+    assert json.loads((run / "checkpoint.json").read_text())["next_epoch"] == 4
     r = run_cli("train", str(hotdog_small), "--resume", str(run), "--out", str(tmp_path / "r.pvb"), "--json",
                 "--no-tensorboard")
     assert r.returncode == 0, r.stderr
-    hist = pv.load(tmp_path / "r.pvb").meta["history"]
-    assert [h["epoch"] for h in hist] == list(range(1, 7))
+    b = pv.load(tmp_path / "r.pvb")
+    assert [h["epoch"] for h in b.meta["history"]] == list(range(1, 7))
+    # A finished run chooses its threshold again for another precision target, with the same trained weights.
+    r = run_cli("train", str(hotdog_small), "--resume", str(run), "--target-precision", "0.6", "--out",
+                str(tmp_path / "r6.pvb"), "--json", "--no-tensorboard")
+    assert r.returncode == 0, r.stderr
+    b6 = pv.load(tmp_path / "r6.pvb")
+    assert b.meta["threshold"]["target_precision"] == 0.9 and b6.meta["threshold"]["target_precision"] == 0.6
+    assert b6.meta["history"] == b.meta["history"]
+    assert bundle_io.read(tmp_path / "r6.pvb").weights == bundle_io.read(tmp_path / "r.pvb").weights
 
 
 def test_resume_continues_a_top_fine_tune(hotdog_small, tmp_path):
@@ -167,7 +180,6 @@ def test_resume_continues_a_top_fine_tune(hotdog_small, tmp_path):
     import torch
     from safetensors.torch import load as st_load
 
-    from pocketvision import bundle as bundle_io
     from pocketvision.models import build_model
     run = tmp_path / "run"
     args = ["train", str(hotdog_small), "--epochs", "4", "--workers", "0", "--run-dir", str(run), "--out",

@@ -159,6 +159,12 @@ def _binary(y: np.ndarray, p: np.ndarray, labels: list[str], threshold: float | 
         "threshold_fpr": _ratio(fp, n_neg),
         "threshold_accuracy": (tp + tn) / len(y),
     })
+    # The same at argmax, beside it: a precision target a model only reaches far out in its scores costs recall,
+    # and the report says how much (a target the model cannot reach at all leaves argmax in place).
+    am = p.argmax(axis=1) == pos
+    atp, afp = int((am & is_pos).sum()), int((am & ~is_pos).sum())
+    out.update(argmax_accuracy=(atp + n_neg - afp) / len(y), argmax_precision=_ratio(atp, atp + afp),
+               argmax_recall=_ratio(atp, n_pos))
     return out
 
 

@@ -35,6 +35,11 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+# From this many points of val accuracy lost to the precision target the report spells out the trade (a point or
+# two is one or two photos of a small val split: not worth a sentence).
+COSTLY_TARGET = 0.02
+
+
 def _threshold_sentence(m: dict[str, Any]) -> str:
     """One line saying when the app should say "positive" and what that buys."""
     if m.get("task") != "binary":
@@ -47,7 +52,14 @@ def _threshold_sentence(m: dict[str, Any]) -> str:
         why = (f"not reachable with 95% confidence on {sel['images']}" if sel else "not reachable on this data")
         return f"Target precision {target:.2f} is {why}; falling back to p({pos}) >= 0.5: {at}."
     how = "given" if m["threshold_source"] == "given" else f"chosen for precision >= {target:.2f}"
-    return f'Say "{pos}" when p({pos}) >= {t:.4f} ({how}): {at}.'
+    said = f'Say "{pos}" when p({pos}) >= {t:.4f} ({how}): {at}.'
+    cost = m.get("argmax_accuracy", 0.0) - m["threshold_accuracy"]
+    if m["threshold_source"] == "target_precision" and cost >= COSTLY_TARGET:
+        said += (f" The target costs {100 * cost:.1f} points of accuracy against argmax (precision "
+                 f"{_fmt(m['argmax_precision'])}, recall {_fmt(m['argmax_recall'])}): a lower --target-precision "
+                 "trades them back (a finished run chooses again in seconds: train --resume RUN "
+                 "--target-precision P).")
+    return said
 
 
 def _headline(m: dict[str, Any]) -> list[tuple[str, str]]:

@@ -214,6 +214,9 @@ class Task:
     default_arch: ClassVar[tuple[str, dict[str, Any]]] = ("deepdog", {"alpha": 0.5})
     engine_defaults: ClassVar[dict[str, Any]] = {}  # TrainConfig fields this task defaults differently
     refuses: ClassVar[dict[str, str]] = {}  # TrainConfig field -> why this task cannot use it
+    # Options that act only after the last epoch (how the decision threshold is chosen, say): a resumed run may
+    # change them, so a finished run is finished again in seconds with another value. Other options stay the run's.
+    finish_options: ClassVar[frozenset[str]] = frozenset()
     detect_order: ClassVar[int] = 50  # auto detection asks lower numbers first
     fallback: ClassVar[bool] = False  # accepts any data: chosen by --task auto only when nothing more specific fits
     model_flag: ClassVar[str | None] = None  # a flag naming the model of `filter` (``--style BUNDLE``)

@@ -645,6 +645,7 @@ class ClassifyTask(Task):
     detect_order = 100
     fallback = True  # any folder of images
     shift_keeps_truth = True  # a blurred, dark or tilted hot dog is still a hot dog
+    finish_options = frozenset({"target_precision", "calibrate"})  # both act in finish(), on the trained weights
 
     def detect(self, data: str | os.PathLike) -> bool:
         return True

@@ -18,8 +18,47 @@ from .checkpoint import CKPT_META, load_checkpoint
 from .config import split_options
 from .engine import Engine
 
-# Options a resumed run may change: they affect the display and the machine, not the result.
-RESUME_OVERRIDES = ("progress", "tensorboard", "workers", "devices", "max_restarts")
+# Options a resumed run may change: they affect the display and the machine, not the result. A task adds the
+# options that act only after the last epoch (Task.finish_options); any other given option must equal the run's.
+RESUME_OVERRIDES = ("progress", "tensorboard", "workers", "devices", "max_restarts", "run_dir", "device",
+                    "cache_dir", "cache_mb")
+
+
+def resumed_options(saved: dict[str, Any], given: dict[str, Any], run: Path) -> dict[str, Any]:
+    """The options a run resumed from ``run`` trains with: its checkpoint's, plus those of ``given`` it may change.
+
+    Silently training with the checkpoint's value of an option the user changed would hand back a model made
+    otherwise than asked: such an option is refused, in one line that names it and both values. Values are compared
+    once validated (``--arch searched:FILE`` is the architecture the run stored), so repeating the run's own command
+    line is fine."""
+    from ..tasks import get_task
+    from ..tasks.base import parse_options
+    from .config import TrainConfig, make_config
+    task = get_task(saved["task"]) if saved.get("task") not in (None, "auto") else None
+    may = set(RESUME_OVERRIDES) | set(task.finish_options if task else ())
+    own = task.Options.model_fields if task else {}
+
+    def settled(values: dict[str, Any]) -> dict[str, Any]:
+        out = make_config(**{k: v for k, v in values.items() if k in TrainConfig.model_fields}).model_dump(mode="json")
+        if task is not None:
+            out.update(parse_options(task.Options, {k: v for k, v in values.items() if k in own}, "training")
+                       .model_dump(mode="json"))
+        return out
+
+    before = settled(saved)
+    # A dict option (--arch-args) is compared on the keys given: the recipe may have added others to the run's.
+    asked = {k: {**saved[k], **v} if isinstance(v, dict) and isinstance(saved.get(k), dict) else v
+             for k, v in given.items() if k not in may}
+    after = settled({**saved, **asked})
+    differ = [f"--{k.replace('_', '-')} {given[k]} (the run has {before[k]})"
+              for k in given if k not in may and k in before and after[k] != before[k]]
+    if differ:
+        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(may - set(RESUME_OVERRIDES)))
+        also = f" (after its last epoch a run may still change {flags})" if flags else ""
+        them = "them" if len(differ) > 1 else "it"
+        raise PocketVisionError(f"--resume {run}: {', '.join(differ)}: a resumed run keeps the options it started "
+                                f"with; leave {them} out or start a new run{also}.")
+    return {**saved, **{k: v for k, v in given.items() if k in may}}
 
 
 def train_model(data: str | Path, options: dict[str, Any], *, user_model: nn.Module | None = None,
@@ -39,7 +78,7 @@ def train_model(data: str | Path, options: dict[str, Any], *, user_model: nn.Mod
             resume = where
     if resume is not None:
         _, _, meta = load_checkpoint(Path(resume))
-        options = {**meta.get("config", {}), **{k: v for k, v in options.items() if k in RESUME_OVERRIDES}}
+        options = resumed_options(meta.get("config", {}), options, Path(resume))
     # A resumed run has every field set already; a model the user brings is not the recipe's architecture.
     task, cfg, opts, recipe = split_options(data, options, recipe=resume is None and user_model is None,
                                             resuming=resume is not None)
