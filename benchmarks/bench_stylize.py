@@ -69,8 +69,14 @@ def main() -> None:
     ap.add_argument("--style", default=str(DATA / "style" / "styles" / "starry_night.jpg"))
     ap.add_argument("--photos", type=int, default=20, help="held-out photos for the quality part (0: skip it)")
     ap.add_argument("--equivalent", type=int, default=5, help="photos that also get the equivalent-iterations run")
+    ap.add_argument("--quality-only", action="store_true", help="parts 1-2 only (no timing: two bundles can be "
+                    "measured side by side, one thread each)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for training and the optimisation method")
+    ap.add_argument("--out", default=None, help="folder for the JSON and images (default benchmarks/out/stylize)")
     a = ap.parse_args()
-    torch.set_num_threads(2)
+    global OUT
+    OUT = Path(a.out) if a.out else OUT
+    torch.set_num_threads(a.threads)
     OUT.mkdir(parents=True, exist_ok=True)
     report: dict = {"machine": machine(), "command": "python benchmarks/bench_stylize.py " + " ".join(sys.argv[1:])}
     print(f"{report['machine']}\n{report['command']}\n")
@@ -128,7 +134,8 @@ def main() -> None:
                           "single_scale_total_300": one.history[-1]["total"]}
             rows.append({**row_eq, "stylizer_total": float(ours["total"]), "gatys_total": float(theirs["total"]),
                          "content_ratio": float(ours["content"] / theirs["content"]),
-                         "style_ratio": float(ours["style"] / theirs["style"]), "stylizer_content": float(ours["content"]),
+                         "style_ratio": float(ours["style"] / theirs["style"]),
+                         "stylizer_content": float(ours["content"]),
                          "stylizer_style": float(ours["style"]), "gatys_content": float(theirs["content"]),
                          "gatys_style": float(theirs["style"]), "gatys_seconds": t_g})
             if i < 4:
@@ -145,6 +152,10 @@ def main() -> None:
         if eq:
             print(f"the stylizer's total loss = single-scale L-BFGS after {eq} iterations (first {len(eq)} photos; "
                   "None = not reached in 300)")
+
+    if a.quality_only:
+        (OUT / "results.json").write_text(json.dumps(report, indent=2, default=str))
+        return
 
     # 3-5. exports: size, speed, parity -----------------------------------------------------------------------
     ex = {}
