@@ -5,9 +5,11 @@
   (64, 32) instead of transposed convolutions, which leave checkerboard patterns (Odena et al. 2016), and a
   9x9 conv to RGB. Instance norm throughout (Ulyanov et al. 2016). ~1.7 M parameters, ~10 GMACs at 256x256.
 * ``stylenet_mobile`` -- the same shape made for phones: depthwise-separable convs, a thin trunk at 1/4
-  resolution, a stride-2 3x3 stem. Default (width 48, 5 blocks): 33 k parameters (~33 KB as int8), 0.2 GMACs at
-  256x256; exported to ONNX it runs in 15 ms at 256x256 (65 fps) and 40 ms at 384x384 in onnxruntime on one
-  thread of the 2-core Xeon here (width 64: 18 / 48 ms; width 32: 8 / 22 ms; johnson: 199 / 449 ms).
+  resolution, a stride-2 3x3 stem. Default (width 64, 5 blocks): 55 k parameters (~55 KB as int8); exported to
+  ONNX it runs in 16.5 ms at 256x256 (61 fps) and 39.5 ms at 384x384 in onnxruntime on one thread of the 2-core
+  AMD EPYC here on 2026-12-05 (width 48: 14.0 / 32.5 ms; on the 2-core Xeon of 2026-12-01, width 64: 18 / 48 ms,
+  width 48: 15 / 40, width 32: 8 / 22, johnson: 199 / 449 ms). Width 64 is the default because, trained the same
+  way (8 epochs), it ends at a 12% lower validation loss than width 48 (17.25 against 19.53; benchmarks/RESULTS.md).
 
 Both: conditional instance norm (Dumoulin, Shlens & Kudlur 2017, "A Learned Representation for Artistic
 Style") with ``num_styles`` (gamma, beta) pairs per norm layer; ``forward(x, style=None)`` where ``style`` is an
@@ -162,7 +164,7 @@ def johnson(*, num_styles: int = 1) -> StyleNet:
 
 @register_model("stylenet_mobile", kind="image", default_contract=STYLE_CONTRACT, min_size=TOTAL_STRIDE,
                 size_multiple=TOTAL_STRIDE)
-def stylenet_mobile(*, width: int = 48, blocks: int = 5, num_styles: int = 1, skip: bool = False) -> StyleNet:
+def stylenet_mobile(*, width: int = 64, blocks: int = 5, num_styles: int = 1, skip: bool = False) -> StyleNet:
     """Mobile stylizer: depthwise-separable, ``width`` channels at 1/4 size, ``blocks`` residual blocks."""
     check_range("stylenet_mobile", "width", width, 8, 256)
     check_range("stylenet_mobile", "blocks", blocks, 0, 16)

@@ -441,7 +441,8 @@ class StylizeTask(Task):
     compressions = frozenset({"int8", "fp16"})
     model_kind = "image"
     default_arch = ("stylenet_mobile", {})
-    # 8 epochs of the hotdog photos (~8,700 crops) take 19-28 min on 2 CPU cores; at 4 the validation loss was still
+    # 8 epochs of the hotdog photos (~8,700 crops) take 19-28 min on 2 CPU cores at width 48 (width 64, the default
+    # since 2026-12-05: 37 min on one thread beside another training); at 4 the validation loss was still
     # falling (21.2 at epoch 4, 19.5 at 8: benchmarks/RESULTS.md). Batch 4 and Adam at 1e-3 are Johnson et al.'s.
     engine_defaults = {"size": 256, "batch_size": 4, "epochs": 8, "weight_decay": 0.0, "val_fraction": 0.02}
     refuses = {"progressive": "a stylizer's loss statistics are tied to the crop size it trains at",
