@@ -53,7 +53,8 @@ def _threshold_sentence(m: dict[str, Any]) -> str:
         return f"Target precision {target:.2f} is {why}; falling back to p({pos}) >= 0.5: {at}."
     how = "given" if m["threshold_source"] == "given" else f"chosen for precision >= {target:.2f}"
     said = f'Say "{pos}" when p({pos}) >= {t:.4f} ({how}): {at}.'
-    cost = m.get("argmax_accuracy", 0.0) - m["threshold_accuracy"]
+    # metrics stored by an older bundle have no argmax figures: no cost sentence for them
+    cost = m.get("argmax_accuracy", m["threshold_accuracy"]) - m["threshold_accuracy"]
     if m["threshold_source"] == "target_precision" and cost >= COSTLY_TARGET:
         said += (f" The target costs {100 * cost:.1f} points of accuracy against argmax (precision "
                  f"{_fmt(m['argmax_precision'])}, recall {_fmt(m['argmax_recall'])}): a lower --target-precision "

@@ -784,9 +784,8 @@ class ClassifyTask(Task):
         given = options.threshold if options is not None else None
         thr = given if given is not None else (model.threshold or {}).get("value")
         metrics = classification_metrics(y, probs, labels, threshold=thr)
-        metrics.update(data=str(data), split=used, skipped_unreadable=len(samples) - len(kept),
-                       # the headline uses the bundle's decision rule (its threshold); argmax for comparison
-                       argmax_accuracy=float((probs.argmax(1) == y).mean()))
+        # the headline uses the bundle's decision rule (its threshold); metrics carry argmax's beside it
+        metrics.update(data=str(data), split=used, skipped_unreadable=len(samples) - len(kept))
         if compare:
             metrics["shift"] = compare_to_val(val, metrics, y, probs, [samples[i].path for i in kept], labels,
                                               unknown)
