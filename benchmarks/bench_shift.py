@@ -12,7 +12,9 @@ Shift sets built from the val split (none of them seen in training):
              second source, built here without new photos
 Variants: each bundle as stored (its threshold, its temperature when calibrated); with --tta the mean of the
 photo and its mirror image; with --wise the WiSE-FT weight-space average (Wortsman et al. 2022) of a linear-probe
-bundle and a fine-tuned one of the same architecture at alpha 0.5 (and the fine-tuned bundle's threshold).
+bundle and a fine-tuned one of the same architecture at alpha 0.5 (and the fine-tuned bundle's threshold); with
+--imagenet-prior 934 the ImageNet head as a prior: pretrained Lite0 with no training at all, P(positive) = its
+probability summed over the given ImageNet classes (934 = "hotdog"), alone and averaged with each bundle.
 Prints one markdown table with the machine and the command; writes benchmarks/out/bench_shift.json.
 """
 
@@ -54,6 +56,26 @@ def food_negatives(pixels: np.ndarray, contract) -> np.ndarray:
     return np.isin(top, FOOD)
 
 
+def prior_variants(classes: list[int], variants: list, contract, pos: int, first) -> list:
+    """ImageNet Lite0 read as a zero-shot binary classifier, and its probabilities averaged with each variant's.
+    Its results are kept per array (the same val/twin arrays come back for every variant)."""
+    from pocketvision.models.efficientnet_lite import efficientnet_lite0
+    net = efficientnet_lite0(num_classes=1000, pretrained=True).eval()
+    imagenet, seen = probs_fn(net, contract), {}
+
+    def zero_shot(pixels: np.ndarray) -> np.ndarray:
+        key = (id(pixels), pixels.shape)
+        if key not in seen:
+            pp = imagenet(pixels)[:, classes].sum(1)
+            seen[key] = np.stack([pp, 1 - pp] if pos == 0 else [1 - pp, pp], 1)
+        return seen[key]
+
+    out = [(f"ImageNet Lite0 zero-shot ({','.join(map(str, classes))})", zero_shot, None, first)]
+    for name, fn, thr, b in variants:
+        out.append((f"{name} + ImageNet prior (mean)", lambda px, fn=fn: (fn(px) + zero_shot(px)) / 2, None, b))
+    return out
+
+
 def scores(p: np.ndarray, y: np.ndarray, labels: list[str], threshold: float | None) -> dict:
     from pocketvision.evaluate import classification_metrics
     m = classification_metrics(y, p, labels, threshold=threshold)
@@ -66,6 +88,8 @@ def main() -> None:
     ap.add_argument("--bundle", action="append", default=[], help="NAME=path.pvb (repeat)")
     ap.add_argument("--wise", nargs=2, metavar=("PROBE", "FINETUNED"), help="WiSE-FT average of these two")
     ap.add_argument("--tta", action="store_true", help="also each bundle with mirror-image averaging")
+    ap.add_argument("--imagenet-prior", metavar="CLASSES", default=None,
+                    help="comma-separated ImageNet class indices of the positive class (hotdog: 934)")
     ap.add_argument("--data", default=None, help="labelled folder (default: the first bundle's val split)")
     ap.add_argument("--out", default=str(HERE / "out" / "bench_shift.json"))
     a = ap.parse_args()
@@ -101,6 +125,9 @@ def main() -> None:
         mixed.load_state_dict({k: (0.5 * sp[k] + 0.5 * sf[k]) if sf[k].is_floating_point() else sf[k] for k in sf})
         variants.append(("WiSE-FT 0.5 (probe, fine-tuned)", probs_fn(mixed.eval(), contract),
                          (ft.threshold or {}).get("value"), ft))
+
+    if a.imagenet_prior:
+        variants += prior_variants([int(c) for c in a.imagenet_prior.split(",")], variants, contract, pos, first)
 
     rows = []
     for name, fn, thr, b in variants:

@@ -116,6 +116,44 @@ def test_jitter_changes_colour_within_range():
     assert min(ratios) > 0.68 and max(ratios) < 1.32 and max(ratios) - min(ratios) > 0.1
 
 
+def test_grayscale_drops_the_colour_and_only_when_drawn():
+    img, contract = photo(), Contract(size=(64, 64))
+    grey = Augmenter(AugmentConfig(**{**OFF, "grayscale": 1.0}), contract)(img, np.random.default_rng(0)).astype(int)
+    assert np.abs(grey[..., 0] - grey[..., 1]).max() <= 1 and np.abs(grey[..., 1] - grey[..., 2]).max() <= 1
+    colour = Augmenter(AugmentConfig(**OFF), contract)(img, np.random.default_rng(0)).astype(float)
+    luma = colour @ np.array([0.299, 0.587, 0.114])
+    assert np.abs(grey[..., 0] - luma).max() <= 1.5  # the same crop in BT.601 grey, same brightness
+    half = Augmenter(AugmentConfig(**{**OFF, "grayscale": 0.5}), contract)
+    outs = [half(img, np.random.default_rng(s)) for s in range(40)]
+    n_grey = sum(int(np.array_equal(o[..., 0], o[..., 2])) for o in outs)
+    assert 10 <= n_grey <= 30, n_grey
+    # the default (0) draws nothing extra: configs that predate the option keep their random sequence
+    a = Augmenter(AugmentConfig(glare=0.5, moire=0.5))(img, np.random.default_rng(3))
+    b = Augmenter(AugmentConfig(glare=0.5, moire=0.5, grayscale=0.0))(img, np.random.default_rng(3))
+    assert np.array_equal(a, b)
+
+
+def test_trivial_augment_applies_one_op_per_photo():
+    from pocketvision.data.augment import _TRIVIAL_OPS, trivial_op
+    img, contract = photo(), Contract(size=(64, 64))
+    small = img.resize((64, 64))
+    base = np.asarray(small).astype(int)
+    for op, name in enumerate(_TRIVIAL_OPS):
+        for level in (0, 15, 30):
+            out = np.asarray(trivial_op(small, op, level, negative=bool(level % 2)))
+            assert out.shape == (64, 64, 3) and out.dtype == np.uint8, name
+        strong = np.asarray(trivial_op(small, op, 30, negative=False)).astype(int)
+        changed = np.abs(strong - base).mean()
+        assert (changed == 0) == (name == "identity"), (name, changed)  # each op does something, at full strength
+    aug = Augmenter(AugmentConfig(**{**OFF, "policy": "trivial"}), contract)
+    draws = [aug.draw(160, 120, np.random.default_rng(s)) for s in range(200)]
+    assert len({d.policy[0] for d in draws}) == len(_TRIVIAL_OPS)  # every op is drawn
+    a, b = (aug(img, np.random.default_rng(5)) for _ in range(2))
+    assert np.array_equal(a, b)  # deterministic per seed
+    with pytest.raises(PocketVisionError, match="policy"):
+        AugmentConfig(policy="randaug")
+
+
 def test_disabled_equals_eval_transform():
     img = photo(300, 200)
     for contract in (Contract(), Contract(size=(96, 128), resize="center_crop")):

@@ -22,12 +22,13 @@ pytestmark = pytest.mark.shared_data
 @pytest.mark.parametrize("size", [(96, 96), (72, 112)])
 def test_batched_augmentation_reproduces_the_per_image_path(shared_data, size):
     contract = Contract(size=size)
-    aug = Augmenter(AugmentConfig(glare=0.5, moire=0.5), contract)
+    aug = Augmenter(AugmentConfig(glare=0.5, moire=0.5, grayscale=0.3), contract)
     files = sorted((shared_data / "hotdog" / "train" / "hotdog").glob("*.jpg"))[:24]
     files += sorted((shared_data / "hotdog" / "train" / "not_hotdog").glob("*.jpg"))[:24]
     srcs = [decode_source(f, contract) for f in files]
     draws = [aug.draw(s.shape[1], s.shape[0], np.random.default_rng([0, 3, i])) for i, s in enumerate(srcs)]
     assert any(d.flip for d in draws) and any(d.glare for d in draws) and any(d.moire for d in draws)
+    assert any(d.jitter[2] == 0.0 for d in draws)  # some photos drew grey
     per_image = np.stack([aug.apply(Image.fromarray(s), d) for s, d in zip(srcs, draws)]).astype(np.int16)
     batched = augment(Sources(pad_sources(srcs), stack_draws(draws, size), size)).numpy().astype(np.int16)
     assert batched.shape == per_image.shape == (len(files), *size, 3)

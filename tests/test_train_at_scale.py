@@ -90,6 +90,9 @@ def test_bad_device_counts_and_environments_get_one_line(hotdog_small, shared_da
     style = str(shared_data / "style" / "styles" / "starry_night.jpg")
     one_line_error(run_cli("train", data, "--task", "stylize", "--style", style, "--device", "cpu",
                            "--batch-augment", "on", cwd=tmp_path), "--batch-augment", "stylizer")
+    one_line_error(run_cli("train", data, "--arch", "deepdog", "--scratch", "--augment", "policy=trivial",
+                           "--device", "cpu", "--batch-augment", "on", cwd=tmp_path),
+                   "--batch-augment on", "policy=trivial", "per-image")
 
 
 def test_a_bigger_batch_scales_the_default_lr_never_a_given_one(shared_data):

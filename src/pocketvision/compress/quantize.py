@@ -46,24 +46,39 @@ class Int8Recipe:
 
 
 def _Reader(input_name: str, pixels: np.ndarray, batch: int = 16):
-    """onnxruntime's CalibrationDataReader over uint8 NHWC pixels (imported lazily: the extra is heavy)."""
+    """onnxruntime's CalibrationDataReader over uint8 NHWC pixels (imported lazily: the extra is heavy). ``set_range``
+    and ``len`` (in batches) let ``quantize_static`` collect one batch at a time (``CalibStridedMinMax``)."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self.batches = [{input_name: pixels[i:i + batch]} for i in range(0, len(pixels), batch)]
-            self.i = 0
+            self.i, self.end = 0, len(self.batches)
+
+        def __len__(self) -> int:
+            return len(self.batches)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.i, self.end = start_index, min(end_index, len(self.batches))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
-            if self.i >= len(self.batches):
+            if self.i >= self.end:
                 return None
             self.i += 1
             return self.batches[self.i - 1]
 
         def rewind(self) -> None:
-            self.i = 0
+            self.i, self.end = 0, len(self.batches)
 
     return Reader()
+
+
+def calibration_batch(pixels: np.ndarray) -> int:
+    """Photos per calibration step: 16 at 224 px, fewer for bigger inputs. The calibrator keeps every intermediate
+    output of a step in memory (a Percentile histogram is built from all of them at once): 64 photos of 384 px
+    through the stylizer in one step took more than 23 GB and were killed."""
+    h, w = pixels.shape[1:3]
+    return max(1, min(16, 16 * 224 * 224 // (h * w)))
 
 
 def _input_name(path: Path) -> str:
@@ -86,13 +101,15 @@ def quantize(fp32: Path, out: Path, calibration: np.ndarray, exclude: list[str] 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     recipe = recipe or Int8Recipe()
     method = CalibrationMethod.Percentile if recipe.calibration == "percentile" else CalibrationMethod.MinMax
-    extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
+    # One calibration batch at a time (ranges and histograms merge across batches): memory stays that of one batch.
+    extra = {"ActivationSymmetric": False, "WeightSymmetric": True, "CalibStridedMinMax": 1}
     if recipe.calibration == "percentile":
         extra["CalibPercentile"] = recipe.percentile
     with tempfile.TemporaryDirectory() as tmp:
         pre = preprocess(fp32, Path(tmp) / "pre.onnx")
         with quiet():
-            quantize_static(str(pre), str(out), _Reader(_input_name(pre), calibration[:recipe.max_images]),
+            pixels = calibration[:recipe.max_images]
+            quantize_static(str(pre), str(out), _Reader(_input_name(pre), pixels, calibration_batch(pixels)),
                             quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=list(recipe.op_types), per_channel=per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -109,24 +126,33 @@ def layer_errors(fp32: Path, qdq: Path, pixels: np.ndarray) -> list[dict[str, An
     ``create_activation_matching`` pairs only the first kind, which left ELU networks with no ranking at all."""
     import onnx
     from onnxruntime.quantization.qdq_loss_debug import collect_activations, modify_model_output_intermediate_tensors
+    # only the layers the fallback can keep float (the saved set also holds some of their inputs)
+    producer = {o: n.name for n in onnx.load(str(fp32)).graph.node for o in n.output if n.op_type in ("Conv", "Gemm")}
+    signal: dict[str, float] = {}
+    noise: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp, quiet():
         fa, qa = Path(tmp) / "f.onnx", Path(tmp) / "q.onnx"
         modify_model_output_intermediate_tensors(str(fp32), str(fa), op_types_for_saving=["Conv", "Gemm"])
         modify_model_output_intermediate_tensors(str(qdq), str(qa), op_types_for_saving=["Conv", "Gemm"])
         name = _input_name(fp32)
-        f_act = collect_activations(str(fa), _Reader(name, pixels, 8))
-        q_act = collect_activations(str(qa), _Reader(name, pixels, 8))
-    # only the layers the fallback can keep float (the saved set also holds some of their inputs)
-    producer = {o: n.name for n in onnx.load(str(fp32)).graph.node for o in n.output if n.op_type in ("Conv", "Gemm")}
+        # A few photos at a time, summed as we go: holding every layer's output of both graphs for all photos
+        # (and a float64 copy of each) took more than 23 GB for a stylizer at 384 px.
+        step = max(1, calibration_batch(pixels) // 2)
+        for i in range(0, len(pixels), step):
+            chunk = pixels[i:i + step]
+            f_act = collect_activations(str(fa), _Reader(name, chunk, step))
+            q_act = collect_activations(str(qa), _Reader(name, chunk, step))
+            for t, fs in f_act.items():
+                qs = q_act.get(t + "_DequantizeLinear_Output", q_act.get(t))
+                if qs is None or t not in producer:
+                    continue
+                f = np.asarray(fs[0], np.float64)
+                d = f - np.asarray(qs[0], np.float64)
+                signal[t] = signal.get(t, 0.0) + float(np.sum(f * f))
+                noise[t] = noise.get(t, 0.0) + float(np.sum(d * d))
     rows = []
-    for t, fs in f_act.items():
-        qs = q_act.get(t + "_DequantizeLinear_Output", q_act.get(t))
-        if qs is None or t not in producer:
-            continue
-        f = np.concatenate([np.asarray(a, np.float64).ravel() for a in fs])
-        q = np.concatenate([np.asarray(a, np.float64).ravel() for a in qs])
-        noise = float(np.sum((f - q) ** 2))
-        sqnr = 10 * np.log10(float(np.sum(f * f)) / noise) if noise > 0 else float("inf")
+    for t in signal:
+        sqnr = 10 * np.log10(signal[t] / noise[t]) if noise[t] > 0 else float("inf")
         if np.isfinite(sqnr):
             rows.append({"tensor": t, "node": producer[t], "sqnr_db": float(sqnr)})
     return sorted(rows, key=lambda r: r["sqnr_db"])

@@ -13,11 +13,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageEnhance, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..contract import Contract
@@ -45,6 +45,15 @@ class AugmentConfig(BaseModel):
     contrast: float = Field(0.3, ge=0.0, le=1.0)
     saturation: float = Field(0.3, ge=0.0, le=1.0)
     hue: float = Field(0.02, ge=0.0, le=0.5)  # fraction of a full turn of the colour wheel
+    # Probability of dropping the colour (saturation 0). A network trained from scratch on colour photos learns
+    # colour first: all 8 from-scratch hot-dog nets of issue 17 called every black-and-white photo "not hot dog".
+    # Off by default: at 0.1 it fixed grey photos but lost more on blurred, dark and noisy ones (benchmarks/RESULTS.md,
+    # issue 14 sixth part; the same for the policy below).
+    grayscale: float = Field(0.0, ge=0.0, le=1.0)
+    # "trivial": TrivialAugment (Mueller & Hutter, ICCV 2021, the "wide" magnitudes): one op drawn per photo
+    # (identity, shear, translate, rotate, autocontrast, equalize, posterize, solarize, colour, contrast, brightness,
+    # sharpness) at a uniformly drawn strength, after the crop and flip. Per-image workers only.
+    policy: Literal["none", "trivial"] = "none"
     glare: float = Field(0.15, ge=0.0, le=1.0)  # probability of a camera-flash highlight
     moire: float = Field(0.1, ge=0.0, le=1.0)  # probability of screen moiré
 
@@ -139,7 +148,10 @@ class Augmenter:
         rng = np.random.default_rng(rng)  # a Generator passes through unchanged
         d = Draw(box=self._crop_box(width, height, rng), flip=bool(rng.random() < cfg.hflip))
         moire, glare = rng.random() < cfg.moire, rng.random() < cfg.glare
-        if cfg.brightness or cfg.contrast or cfg.saturation or cfg.hue:
+        if cfg.policy == "trivial":  # drawn only when asked for: other configs keep their random sequence
+            d.policy = (int(rng.integers(len(_TRIVIAL_OPS))), int(rng.integers(_TRIVIAL_BINS)),
+                        bool(rng.random() < 0.5))
+        if cfg.brightness or cfg.contrast or cfg.saturation or cfg.hue or cfg.grayscale:
             d.jitter = self.draw_jitter(rng)
         # Camera effects after the jitter: glare is blown-out white, whatever the white balance did.
         if moire:
@@ -151,10 +163,15 @@ class Augmenter:
         return d
 
     def draw_jitter(self, rng: np.random.Generator) -> tuple[float, float, float, float]:
-        """(brightness, contrast, saturation factors, hue angle in radians)."""
+        """(brightness, contrast, saturation factors, hue angle in radians). Grey is saturation 0, so both the
+        per-image and the batched path (one 3x3 matrix per image) carry it with no code of their own."""
         cfg = self.cfg
-        return (rng.uniform(1 - cfg.brightness, 1 + cfg.brightness), rng.uniform(1 - cfg.contrast, 1 + cfg.contrast),
-                rng.uniform(1 - cfg.saturation, 1 + cfg.saturation), 2 * math.pi * rng.uniform(-cfg.hue, cfg.hue))
+        j = (rng.uniform(1 - cfg.brightness, 1 + cfg.brightness), rng.uniform(1 - cfg.contrast, 1 + cfg.contrast),
+             rng.uniform(1 - cfg.saturation, 1 + cfg.saturation), 2 * math.pi * rng.uniform(-cfg.hue, cfg.hue))
+        # Drawn only when asked for, so that configs without it keep their random sequence (and their numbers).
+        if cfg.grayscale and rng.random() < cfg.grayscale:
+            j = (j[0], j[1], 0.0, 0.0)
+        return j
 
     @staticmethod
     def draw_glare(rng: np.random.Generator) -> tuple:
@@ -170,6 +187,8 @@ class Augmenter:
         if d.flip:
             # Flip the small output, and in PIL: a reversed numpy view would make every later op strided.
             small = small.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if d.policy is not None:
+            small = trivial_op(small, *d.policy)
         out = np.array(small)
         if d.jitter is None and d.moire is None and d.glare is None:
             return out
@@ -287,6 +306,42 @@ class Draw:
     jitter: tuple[float, float, float, float] | None = None
     moire: tuple | None = None
     glare: tuple | None = None
+    policy: tuple[int, int, bool] | None = None  # TrivialAugment: (op index, strength bin, negative sign)
+
+
+_TRIVIAL_BINS = 31
+_TRIVIAL_OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color",
+                "contrast", "sharpness", "posterize", "solarize", "autocontrast", "equalize")
+
+
+def trivial_op(img: Image.Image, op: int, level: int, negative: bool) -> Image.Image:
+    """One TrivialAugmentWide op at strength ``level`` of 0..30 (torchvision's magnitude table: shear 0.99, rotate
+    135 degrees, enhance factors 1 +- 0.99, posterize 8..2 bits, solarize 255..0). Translation is 14% of the side
+    at most: the paper's 32 pixels at 224 px. Geometric ops fill with black, as in the paper."""
+    name, f = _TRIVIAL_OPS[op], level / (_TRIVIAL_BINS - 1)
+    sign = -1.0 if negative else 1.0
+    w, h = img.size
+    if name == "identity":
+        return img
+    if name in ("shear_x", "shear_y", "translate_x", "translate_y"):
+        # Image.transform maps output to input pixels: (a, b, c, d, e, f) with x_in = a x + b y + c.
+        m = {"shear_x": (1, sign * 0.99 * f, 0, 0, 1, 0), "shear_y": (1, 0, 0, sign * 0.99 * f, 1, 0),
+             "translate_x": (1, 0, sign * 0.14 * f * w, 0, 1, 0),
+             "translate_y": (1, 0, 0, 0, 1, sign * 0.14 * f * h)}[name]
+        return img.transform(img.size, Image.Transform.AFFINE, m, Image.Resampling.NEAREST, fillcolor=(0, 0, 0))
+    if name == "rotate":
+        return img.rotate(sign * 135.0 * f, Image.Resampling.NEAREST, fillcolor=(0, 0, 0))
+    if name in ("brightness", "color", "contrast", "sharpness"):
+        enhance = {"brightness": ImageEnhance.Brightness, "color": ImageEnhance.Color,
+                   "contrast": ImageEnhance.Contrast, "sharpness": ImageEnhance.Sharpness}[name]
+        return enhance(img).enhance(1.0 + sign * 0.99 * f)
+    if name == "posterize":
+        return ImageOps.posterize(img, 8 - round(6 * f))
+    if name == "solarize":
+        return ImageOps.solarize(img, round(255 * (1 - f)))
+    if name == "autocontrast":
+        return ImageOps.autocontrast(img)
+    return ImageOps.equalize(img)
 
 
 def eval_transform(contract: Contract) -> Callable[[Image.Image], np.ndarray]:

@@ -286,7 +286,8 @@ class ClassifyRun(TaskRun):
                                                                                  train_cache, use_cache)
         # whole batches augmented on the training device (data/batch_augment.py): auto = on CUDA
         from ..training.engine import batch_augment_wanted
-        self.batched = batch_augment_wanted(cfg, augmenter.cfg.enabled)
+        self.batched = batch_augment_wanted(
+            cfg, augmenter.cfg.enabled, "--augment policy=trivial" if augmenter.cfg.policy != "none" else None)
         self.train_ds = ImageDataset(train_samples, contract, augmenter, cfg.seed, train_cache, sizes=self.sizes,
                                      pixels=pixels, batched=self.batched)
         self.plain_train_ds = ImageDataset(train_samples, contract, None, cfg.seed, train_cache)

@@ -55,9 +55,14 @@ def pick_device(name: str) -> torch.device:
         raise PocketVisionError(f"device={name!r} is not a torch device (auto, cpu, cuda, cuda:N).") from None
 
 
-def batch_augment_wanted(cfg, augment_enabled: bool) -> bool:
-    """``--batch-augment``: on, off, or auto = on when training on CUDA (where per-image workers cannot keep up)."""
-    return augment_enabled and (cfg.batch_augment == "on" or (
+def batch_augment_wanted(cfg, augment_enabled: bool, unbatched: str | None = None) -> bool:
+    """``--batch-augment``: on, off, or auto = on when training on CUDA (where per-image workers cannot keep up).
+    ``unbatched`` names an augmentation the batched path does not have: auto then stays per-image, and an explicit
+    ``on`` is refused rather than training without it."""
+    if unbatched and augment_enabled and cfg.batch_augment == "on":
+        raise PocketVisionError(f"--batch-augment on: {unbatched} runs in the per-image workers only; use "
+                                "--batch-augment off (or auto).")
+    return augment_enabled and not unbatched and (cfg.batch_augment == "on" or (
         cfg.batch_augment == "auto" and pick_device(cfg.device).type == "cuda"))
 
 
