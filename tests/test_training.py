@@ -8,20 +8,22 @@ import re
 import pytest
 
 import pocketvision as pv
-from conftest import run_cli, tiny_classifier
+from conftest import one_line_error, run_cli, tiny_classifier
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 
 
 def test_pretrained_probe_then_top_finetune(hotdog_small, tmp_path):
-    """ImageNet features make this easy: well above chance even on 240 photos at 128 px."""
+    """ImageNet features make this easy: well above chance even on 240 photos at 128 px. Three views cached: the
+    photo, its mirror and one augmented crop (the TensorBoard grid shows those views)."""
     b = pv.train(hotdog_small, out=tmp_path / "eff.pvb", arch="efficientnet_lite0", size=128, epochs=2,
-                 run_dir=tmp_path / "run", progress=False, tensorboard=True)
+                 run_dir=tmp_path / "run", progress=False, tensorboard=True, top_views=3)
     hist = b.meta["history"]
     assert hist[0]["phase"] == "probe" and [h["phase"] for h in hist[1:]] == ["top", "top"]
     assert b.metrics["accuracy"] >= 0.85, b.metrics["accuracy"]
-    # the kept epoch is the best on validation, so fine-tuning never ends below the probe
-    assert b.metrics["accuracy"] >= hist[0]["val_acc"] - 1e-9
+    # a pretrained run keeps the epoch of least val log loss, so fine-tuning never ends worse than the probe
+    kept = b.meta["metrics"]["best_epoch"]
+    assert hist[kept]["val_loss"] == min(h["val_loss"] for h in hist) <= hist[0]["val_loss"]
     assert (tmp_path / "run" / "report" / "report.html").exists()
     assert (tmp_path / "run" / "log.csv").read_text().count("\n") == 4
     # one TensorBoard for every path, the cached top fine-tune included
@@ -41,6 +43,19 @@ def test_linear_probe_only(hotdog_small, tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["metrics"]["best_epoch"] == 0 and out["metrics"]["accuracy"] >= 0.85
+
+
+def test_top_views_are_refused_where_nothing_would_use_them(hotdog_small, tmp_path):
+    """--top-views sets what the cached top fine-tune caches: another path, or no augmentation to draw the extra
+    views from, gets one line instead of a silently ignored flag."""
+    data = str(hotdog_small)
+    one_line_error(run_cli("train", data, "--arch", "deepdog", "--scratch", "--top-views", "4", cwd=tmp_path),
+                   "--top-views", "--finetune top")
+    one_line_error(run_cli("train", data, "--top-views", "3", "--augment", "enabled=false", cwd=tmp_path),
+                   "--top-views 3", "augmentation is off")
+    one_line_error(run_cli("train", data, "--top-views", "3", "--linear-probe", cwd=tmp_path),
+                   "--top-views", "--linear-probe")
+    assert not (tmp_path / "runs").exists()  # refused before anything was decoded or written
 
 
 def test_distillation_and_cutmix_run(trained_bundle, hotdog_small, tmp_path):

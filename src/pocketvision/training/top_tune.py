@@ -7,6 +7,10 @@ it is computed once per view (the image and its mirror) and the last blocks + cl
 for many cheap epochs on those activations. The same result as fine-tuning those blocks with
 flip augmentation, at a fraction of the cost.
 
+Views beyond the photo and its mirror are augmented crops (the run's ``--augment``: crop, colour, glare, moire).
+Each costs one trunk pass when the cache is built, not epoch time: an epoch draws as many samples as two views
+of every photo, from the whole pool.
+
 ``TopTune`` holds the caches and gives the engine what a task run gives it (``batches``, ``forward``,
 ``param_groups``): the epochs themselves run in the one training engine.
 """
@@ -14,6 +18,7 @@ flip augmentation, at a fraction of the cost.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -53,23 +58,27 @@ class TopNet(nn.Module):
 
 
 class TopTune:
-    """The frozen trunk's activations of the training images (and, when ``augment``, their mirrors) and of
-    the validation images, and the ``TopNet`` that trains on them."""
+    """The frozen trunk's activations of every view of the training images and of the validation images, and the
+    ``TopNet`` that trains on them. ``views`` yields one uint8 NHWC array per view, all in the order of
+    ``train_y``; the first is the photos as the contract fits them (what a linear probe fits)."""
 
-    def __init__(self, model: nn.Module, blocks: int, train_px: np.ndarray, train_y: np.ndarray, val_px: np.ndarray,
-                 val_y: np.ndarray, contract: Contract, *, seed: int, augment: bool):
+    PER_EPOCH = 2  # samples an epoch draws per photo: the photo and its mirror, as before views were pooled
+
+    def __init__(self, model: nn.Module, blocks: int, views: Iterable[np.ndarray], train_y: np.ndarray,
+                 val_px: np.ndarray, val_y: np.ndarray, contract: Contract, *, seed: int):
         torch.manual_seed(seed)
         k = len(model.features) - blocks
         self.trunk = model.features[:k]
         for p in self.trunk.parameters():
             p.requires_grad_(False)
         t0 = time.perf_counter()
-        views = np.concatenate([train_px, train_px[:, :, ::-1]]) if augment else train_px
-        self.acts = trunk_activations(self.trunk, views, contract)
+        acts = [trunk_activations(self.trunk, v, contract) for v in views]
+        self.acts = torch.cat(acts)
         self.val_acts = trunk_activations(self.trunk, val_px, contract)
         self.train_y, self.val_y = train_y, val_y
-        self.ys = torch.from_numpy(np.concatenate([train_y] * (len(views) // len(train_y)))).long()
-        self.cached, self.cache_seconds = len(views), time.perf_counter() - t0
+        self.ys = torch.from_numpy(np.concatenate([train_y] * len(acts))).long()
+        self.cached, self.cache_seconds = len(self.acts), time.perf_counter() - t0
+        self.per_epoch = min(len(self.acts), self.PER_EPOCH * len(train_y))
         self.net = TopNet(model, k)
         self.model = model
         self.generator = torch.Generator().manual_seed(seed)
@@ -91,7 +100,7 @@ class TopTune:
                 {"params": [p for p in params if id(p) in head_ids], "lr": lr * 3, "name": "head"}]
 
     def steps(self, batch_size: int, shard: tuple[int, int] = (0, 1)) -> int:
-        per_process, b = -(-len(self.acts) // shard[1]), local_batch(batch_size, shard)
+        per_process, b = -(-self.per_epoch // shard[1]), local_batch(batch_size, shard)
         return -(-per_process // b)
 
     def batches(self, batch_size: int, shard: tuple[int, int] = (0, 1), epoch: int | None = None):
@@ -103,7 +112,8 @@ class TopTune:
         return self._order(shard).split(local_batch(batch_size, shard))
 
     def _order(self, shard: tuple[int, int]) -> torch.Tensor:
-        order = torch.randperm(len(self.acts), generator=self.generator)
+        # With two views (the photo and its mirror) this is every sample once, as it always was.
+        order = torch.randperm(len(self.acts), generator=self.generator)[: self.per_epoch]
         self.drawn += 1
         rank, world = shard
         if world > 1:
