@@ -243,7 +243,8 @@ class ClassifyRun(TaskRun):
             if clash:
                 raise PocketVisionError(f"{', '.join(clash)}: not with --finetune top, which trains the last blocks "
                                         "on cached activations of a few fixed views; use --finetune full.")
-        if "top_views" in opts.model_fields_set and (not self.top or opts.linear_probe):
+        # by value, not by "was it set": a resumed run's options come back from its checkpoint, every field set
+        if opts.top_views != ClassifyOptions.model_fields["top_views"].default and (not self.top or opts.linear_probe):
             raise PocketVisionError("--top-views: only with --finetune top on a CPU (a pretrained architecture, not "
                                     "--linear-probe); other runs augment every epoch afresh.")
         # checked before any image is decoded; epoch -> training input size
