@@ -1,6 +1,6 @@
 """Issue 13 part B: the feed-forward stylizer against its targets, measured in one run on this machine.
 
-    python benchmarks/bench_stylize.py                        # train + every measurement (~35 min on 2 cores)
+    python benchmarks/bench_stylize.py                        # train + every measurement (~45 min on 2 cores)
     python benchmarks/bench_stylize.py --bundle B.pvb         # measure an existing bundle (no training)
 
 1. train:    `pocketvision train ../shared/data/hotdog --task stylize --style starry_night.jpg` (defaults), wall time
@@ -49,6 +49,27 @@ def _latency(path: Path, side: int, runs: int = 50) -> float:
     return 1000 * float(np.median(t))
 
 
+def _adapt(bundle, loss, photo: np.ndarray, steps: int) -> dict:
+    """The bundle's stylizer fine-tuned on this one photo (Adam 1e-3): its content and style losses afterwards. Where
+    these reach the optimisation method's, the network is big enough for a photo, and what the trained stylizer
+    lacks is what one network for every photo costs (the amortisation gap), not capacity."""
+    import copy
+
+    import torch
+    net = copy.deepcopy(bundle.model).train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    target = loss.content_features(torch.from_numpy(photo[None].astype(np.float32)).permute(0, 3, 1, 2))
+    x = torch.from_numpy(bundle.contract.normalize(photo[None]))
+    for _ in range(steps):
+        p = loss(net(x), target, style=0)
+        opt.zero_grad()
+        p["total"].backward()
+        opt.step()
+    with torch.no_grad():
+        p = loss(net.eval()(x), target, style=0)
+    return {"adapted_content": float(p["content"]), "adapted_style": float(p["style"])}
+
+
 def _at_size(bundle, side: int):
     """The same weights with a contract of another size (a stylizer is fully convolutional)."""
     import copy
@@ -69,6 +90,10 @@ def main() -> None:
     ap.add_argument("--style", default=str(DATA / "style" / "styles" / "starry_night.jpg"))
     ap.add_argument("--photos", type=int, default=20, help="held-out photos for the quality part (0: skip it)")
     ap.add_argument("--equivalent", type=int, default=5, help="photos that also get the equivalent-iterations run")
+    ap.add_argument("--adapt", default="", help="photos (indices among --photos, comma-separated) on which the "
+                    "stylizer is also fine-tuned alone (--adapt-steps Adam steps): how close one network of this size "
+                    "gets to the method on one photo")
+    ap.add_argument("--adapt-steps", type=int, default=400)
     ap.add_argument("--quality-only", action="store_true", help="parts 1-2 only (no timing: two bundles can be "
                     "measured side by side, one thread each)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training and the optimisation method")
@@ -114,6 +139,7 @@ def main() -> None:
                            style_scale=max(style_img.size) / max(h, w), progress=False, **over)
 
         rows = []
+        adapt = {int(i) for i in a.adapt.split(",") if i.strip()}
         for i, x in enumerate(pixels):
             y = torch.from_numpy(b.predict_pixels(x[None]).astype(np.float32)).permute(0, 3, 1, 2)
             c = torch.from_numpy(x[None].astype(np.float32)).permute(0, 3, 1, 2)
@@ -132,6 +158,8 @@ def main() -> None:
                 hit = [r["iteration"] for r in one.history if r["total"] <= float(ours["total"])]
                 row_eq = {"equivalent_iterations": hit[0] if hit else None,
                           "single_scale_total_300": one.history[-1]["total"]}
+            if i in adapt:
+                row_eq.update(_adapt(b, loss, x, a.adapt_steps))
             rows.append({**row_eq, "stylizer_total": float(ours["total"]), "gatys_total": float(theirs["total"]),
                          "content_ratio": float(ours["content"] / theirs["content"]),
                          "style_ratio": float(ours["style"] / theirs["style"]),
@@ -142,7 +170,7 @@ def main() -> None:
                 from PIL import Image
                 Image.fromarray(np.concatenate([x, b.predict_pixels(x[None])[0], r.image], 1)).save(OUT / f"q{i}.png")
         med = {k: float(np.median([r[k] for r in rows])) for k in rows[0]
-               if k not in ("equivalent_iterations", "single_scale_total_300")}
+               if k not in ("equivalent_iterations", "single_scale_total_300", "adapted_content", "adapted_style")}
         eq = [r["equivalent_iterations"] for r in rows if "equivalent_iterations" in r]
         report["quality"] = {"photos": len(rows), "median": med, "equivalent_iterations": eq, "rows": rows}
         print(f"quality on {len(rows)} held-out photos at {h} px: stylizer/optimisation content loss "
@@ -152,6 +180,11 @@ def main() -> None:
         if eq:
             print(f"the stylizer's total loss = single-scale L-BFGS after {eq} iterations (first {len(eq)} photos; "
                   "None = not reached in 300)")
+        for i, r in ((i, rows[i]) for i in sorted(adapt) if i < len(rows)):
+            print(f"photo {i}, the stylizer fine-tuned on it alone ({a.adapt_steps} steps): content "
+                  f"{r['adapted_content'] / r['gatys_content']:.2f}x, "
+                  f"style {r['adapted_style'] / r['gatys_style']:.2f}x "
+                  f"(trained on all photos: {r['content_ratio']:.2f}x / {r['style_ratio']:.2f}x)")
 
     if a.quality_only:
         (OUT / "results.json").write_text(json.dumps(report, indent=2, default=str))

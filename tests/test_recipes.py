@@ -77,6 +77,26 @@ def test_pretrained_default_and_keypoints_name_their_recipe(shared_data):
     assert (cfg["epochs"], cfg["schedule"], cfg["batch_size"], cfg["lr"]) == (40, "cosine", 64, 3e-3)
 
 
+def test_a_stylizer_trains_for_a_number_of_crops_not_of_epochs(shared_data, tmp_path):
+    """The stylizer's recipe is 13,212 crops (12 epochs of the 1,101 hotdog photos): a folder of 100 photos trains as
+    long, not for 8 epochs of 100 (an untrained network); a big folder gets fewer epochs; --epochs wins."""
+    from pocketvision.data.photos import scan_photos
+    style = str(shared_data / "style" / "styles" / "starry_night.jpg")
+    cfg, _, record = _cfg(shared_data / "hotdog", task="stylize", style=style)
+    assert record["name"] == "stylize-13k-crops" and (cfg["epochs"], cfg["lr"]) == (12, 2e-3)
+    assert cfg["channels_last"] == "off"
+    assert "stylenet_mobile, from scratch, 1,101 images, cpu" in record["line"]
+    small = tmp_path / "photos"
+    small.mkdir()
+    for f in sorted((shared_data / "hotdog" / "train" / "hotdog").glob("*.jpg"))[:100]:
+        (small / f.name).symlink_to(f)
+    n = len(scan_photos(small, val_fraction=0.02).train)
+    cfg, _, _ = _cfg(small, task="stylize", style=style)
+    assert 90 <= n < 100 and cfg["epochs"] == -(-13212 // n) and cfg["epochs"] * n >= 13212
+    cfg, _, record = _cfg(small, task="stylize", style=style, epochs=3)
+    assert cfg["epochs"] == 3 and record["overridden"] == ["epochs"]
+
+
 def test_the_recipe_is_printed_at_the_start_and_stored_in_the_bundle(hotdog_small, tmp_path):
     from rich.console import Console
     out = io.StringIO()
