@@ -112,7 +112,7 @@ def kp_bundle(faces_small, tmp_path_factory):
     (out / "suspects.txt").write_text("\n".join(x["image"] for x in suspect_labels(ks.train) + suspect_labels(ks.val)))
     return pv.train(faces_small, out=out / "faces.pvb", arch="deepdog", arch_args={"alpha": 0.5}, head="heatmap",
                     epochs=5, lr=3e-3, batch_size=64, weight_decay=1e-4, run_dir=out / "run", progress=False,
-                    tensorboard=False, workers=0, exclude=str(out / "suspects.txt"))
+                    tensorboard=True, workers=0, exclude=str(out / "suspects.txt"))
 
 
 

@@ -323,6 +323,27 @@ def test_a_head_argument_typo_is_one_line(faces_small, tmp_path):
 
 
 @pytest.mark.slow
+def test_one_tensorboard_for_keypoint_runs_too(kp_bundle):
+    """The augmented faces with their points drawn, the CED curve and per-point NME of the kept weights, and a
+    projector of the val faces labelled by their NME band."""
+    from pathlib import Path
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    tb = Path(kp_bundle.path).parent / "run" / "tb"
+    images, scalars = set(), set()
+    for ev in tb.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(ev), size_guidance={"images": 0, "scalars": 0})
+        acc.Reload()
+        images |= set(acc.Tags()["images"])
+        scalars |= set(acc.Tags()["scalars"])
+    assert {"inputs/augmented", "val/ced"} <= images, images
+    assert {f"val_point_nme/{n}" for n in kp_bundle.meta["labels"]} <= scalars, scalars
+    assert (tb / "projector_config.pbtxt").exists()
+    bands = [line for f in tb.rglob("metadata.tsv") for line in f.read_text().splitlines()]
+    n_val = kp_bundle.meta["metrics"]["n_images"] + kp_bundle.meta["metrics"]["n_excluded"]
+    assert len(bands) == n_val and "NME < 5%" in bands, bands[:5]
+
+
 def test_bench_all_measures_a_keypoint_model(kp_bundle, faces_small, tmp_path):
     """`bench --all` is the task's comparison and quality (1 - NME), not a classifier's argmax."""
     r = run_cli("bench", str(kp_bundle.path), "--all", "--variants", "onnx,onnx:int8", "--data", str(faces_small),

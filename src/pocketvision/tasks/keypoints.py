@@ -313,7 +313,51 @@ class KeypointRun(TaskRun):
         return self.model.head.loss(outputs, batch[1].to(self.engine.device), self.loss_kind)
 
     def preview(self, batch):
-        return batch[0].cpu()
+        # The augmented faces with their points drawn, one colour per point: a flip that forgot to swap a left/right
+        # pair shows as two colours trading places (the dog-filter bug), a warp that missed the points as points off
+        # their features.
+        import torch
+        from PIL import Image
+
+        from ..data.kp_check import draw
+        if not isinstance(batch[0], torch.Tensor):
+            return None
+        pts = batch[1][:32].cpu().numpy()
+        r = max(1.0, max(self.contract.size) / 64)
+        return torch.from_numpy(np.stack([np.asarray(draw(Image.fromarray(x), p, self.ds.schema.skeleton, r))
+                                          for x, p in zip(batch[0][:32].cpu().numpy(), pts)]))
+
+    def on_end(self, engine) -> None:
+        if engine.logger.tb:
+            self._log_val(engine.logger.tb)
+
+    def _log_val(self, tb) -> None:
+        """TensorBoard for the kept weights: the CED curve and per-point NME (what PR curves and the confusion matrix
+        are to a classifier), and a projector of the val faces' pooled backbone features with thumbnails, labelled
+        by their NME band, so the failing faces can be found as a cluster."""
+        import io
+
+        import torch
+        from PIL import Image
+
+        from ..evaluate.keypoint_metrics import FAILURE_NME
+        from ..evaluate.keypoint_report import ced_png
+        m, _ = self._score(self.model)
+        tb.add_image("val/ced", np.asarray(Image.open(io.BytesIO(ced_png(m))).convert("RGB")), dataformats="HWC")
+        for name, v in m["per_point"].items():
+            if v["nme"] is not None:
+                tb.add_scalar(f"val_point_nme/{name}", v["nme"])
+        band = ["unlabelled"] * len(self.val_gt)
+        for i, e in zip(m["image_index"], m["per_image_nme"]):
+            band[i] = "NME < 5%" if e < 0.05 else "NME 5-10%" if e <= FAILURE_NME else "failure (NME > 10%)"
+        feats, thumbs = [], []
+        self.model.eval()
+        with torch.no_grad():
+            for x, _, _ in self.val_loader:
+                feats.append(self.model.features(self.engine.to_input(x)).float().mean((2, 3)).cpu())
+                step = max(1, x.shape[1] // 32)
+                thumbs.append(x[:, ::step, ::step][:, :32, :32].permute(0, 3, 1, 2).float() / 255)
+        tb.add_embedding(torch.cat(feats), metadata=band, label_img=torch.cat(thumbs), tag="val")
 
     def _predict_val(self, net) -> np.ndarray:
         import torch
