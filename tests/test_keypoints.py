@@ -322,7 +322,6 @@ def test_a_head_argument_typo_is_one_line(faces_small, tmp_path):
     assert 'Did you mean "channels"' in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.slow
 def test_one_tensorboard_for_keypoint_runs_too(kp_bundle):
     """The augmented faces with their points drawn, the CED curve and per-point NME of the kept weights, and a
     projector of the val faces labelled by their NME band."""
@@ -344,6 +343,7 @@ def test_one_tensorboard_for_keypoint_runs_too(kp_bundle):
     assert len(bands) == n_val and "NME < 5%" in bands, bands[:5]
 
 
+@pytest.mark.slow
 def test_bench_all_measures_a_keypoint_model(kp_bundle, faces_small, tmp_path):
     """`bench --all` is the task's comparison and quality (1 - NME), not a classifier's argmax."""
     r = run_cli("bench", str(kp_bundle.path), "--all", "--variants", "onnx,onnx:int8", "--data", str(faces_small),

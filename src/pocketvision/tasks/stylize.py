@@ -445,9 +445,9 @@ class StylizeTask(Task):
     model_kind = "image"
     default_arch = ("stylenet_mobile", {})
     # Batch 4 and Adam at 1e-3 are Johnson et al.'s; the recipe (below) raises the rate and says how long to train:
-    # a number of crops, not of epochs. channels_last off: the loss network takes the stylizer's output, and a channels_last output
-    # costs it format conversions: a whole training step is 7% faster contiguous (491 vs 526 ms for 4 crops of
-    # 256 px on 2 cores, 2026-12-05).
+    # a number of crops, not of epochs. channels_last off: the loss network takes the stylizer's output, and a
+    # channels_last output costs it format conversions: a whole training step is 7% faster contiguous (491 vs
+    # 526 ms for 4 crops of 256 px on 2 cores, 2026-12-05).
     engine_defaults = {"size": 256, "batch_size": 4, "epochs": 8, "weight_decay": 0.0, "val_fraction": 0.02,
                        "channels_last": "off"}
     refuses = {"progressive": "a stylizer's loss statistics are tied to the crop size it trains at",
