@@ -473,14 +473,14 @@ class StylizeTask(Task):
             return None
 
     def recipe(self, ctx):
-        from ..training.recipes import Recipe
+        from ..training.recipes import Recipe, scaled_epochs
         # A stylizer learns from crops, whatever folder they come from: the validation loss kept falling with every
         # epoch up to 16 of the hotdog photos (benchmarks/RESULTS.md, issue 13, eighth look). So the recipe fixes the
         # number of crops, measured as 12 epochs of the 1,101 hotdog photos (~30 min on 2 CPU cores): a folder of 100
         # photos trains ~140 epochs instead of 8 (800 crops: an untrained network), one of 20,000 one. Adam's peak
         # at 2e-3 rather than Johnson et al.'s 1e-3: 12 epochs end at a val loss of 14.58 against 16.04. Not measured
         # on a GPU: the same count there.
-        epochs = CROP_BUDGET_EPOCHS if not ctx.n_images else min(MAX_EPOCHS, max(1, -(-CROP_BUDGET // ctx.n_images)))
+        epochs = scaled_epochs(CROP_BUDGET_EPOCHS, 1101, ctx.n_images, floor=1, grow_to=MAX_EPOCHS)
         return Recipe(f"stylize-{CROP_BUDGET // 1000}k-crops",
                       f"{CROP_BUDGET:,} random crops ({CROP_BUDGET_EPOCHS} epochs of the 1,101 hotdog photos, ~30 min "
                       "on 2 CPU cores), batch 4, Adam 2e-3 one-cycle", engine=dict(epochs=epochs, lr=2e-3))

@@ -39,11 +39,15 @@ class Recipe:
                                             ("size", "progressive", "progressive_until"))
 
 
-def scaled_epochs(base_epochs: int, base_images: int, n_images: int | None, floor: int) -> int:
+def scaled_epochs(base_epochs: int, base_images: int, n_images: int | None, floor: int, *,
+                  grow_to: int | None = None) -> int:
     """``base_epochs`` measured on ``base_images``; a bigger data set gets the same number of image steps
-    (never fewer than ``floor`` epochs), a smaller one the measured count."""
-    if not n_images or n_images <= base_images:
+    (never fewer than ``floor`` epochs), a smaller one the measured count -- or, with ``grow_to``, the same number
+    of image steps too (at most ``grow_to`` epochs): for tasks whose training is a number of samples, not passes."""
+    if not n_images or n_images == base_images:
         return base_epochs
+    if n_images < base_images:
+        return base_epochs if grow_to is None else min(grow_to, -(-base_epochs * base_images // n_images))
     return max(floor, round(base_epochs * base_images / n_images))
 
 
