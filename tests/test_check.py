@@ -145,3 +145,45 @@ def test_preview_real_hotdog(shared_data: Path, tmp_path: Path):
         img = np.asarray(im)
     assert img.shape == (4 + 2 * (224 + 16 + 4), 4 + 6 * (224 + 4), 3)
     assert img[4:228, 4:228].std() > 10  # a real photo was pasted in the first tile
+
+
+# -- what the data cannot teach (the content check reads the photos with the ImageNet-pretrained network) ------------
+
+def _link_folder(dst: Path, sources: dict[str, list[Path]]) -> Path:
+    """<class>/ folders of symlinks to real photos (read in place, nothing copied; an automatic split)."""
+    for cls, dirs in sources.items():
+        out = dst / cls
+        out.mkdir(parents=True, exist_ok=True)
+        for d in dirs:
+            for p in sorted(d.iterdir()):
+                (out / f"{d.parent.parent.name}_{p.name}").symlink_to(p)
+    return dst
+
+
+@pytest.mark.shared_data
+def test_content_check_says_what_the_hot_dog_photos_cannot_teach(shared_data: Path, tmp_path: Path):
+    from pocketvision.tasks.classify_content import analyse, write_sheet
+    splits = scan(shared_data / "hotdog")
+    by_class = {c: [s.path for s in splits.train if s.label == i] for i, c in enumerate(splits.classes)}
+    rep = analyse(by_class, seed=0)
+    hot, neg = rep.classes
+    assert hot.anchors == ["hot dog"] and neg.anchors == "rest"
+    assert hot.categories[0]["name"] == "hot dog" and hot.groups["food"] > 0.9
+    assert neg.groups.get("food", 0) < 0.2 and len(neg.clusters) == 4
+    assert [(g.missing_in, g.like, g.group) for g in rep.gaps] == [("not_hotdog", "hotdog", "food")]
+    gap = rep.gaps[0]
+    assert gap.lookalikes < gap.needed == 95 and "cheeseburger" in gap.neighbours[:3]
+    assert gap.sentence.startswith("not_hotdog has few food photos (") and gap.sentence.count(".") == 1
+    assert '"food or not food" instead of hotdog: add photos of other food to not_hotdog' in gap.sentence
+    out = write_sheet(rep, tmp_path / "sheet.png")
+    with Image.open(out) as im:
+        assert im.size[1] > 8 * 96 and np.asarray(im).std() > 10  # eight clusters of real photos
+
+    # Negatives that cover the hot dogs' neighbourhood (the hot dog set plus the food-shift pool's dishes): quiet.
+    pool = shared_data / "food-shift" / "pool"
+    both = _link_folder(tmp_path / "both", {
+        "hotdog": [shared_data / "hotdog" / "train" / "hotdog", pool / "hotdog"],
+        "not_hotdog": [shared_data / "hotdog" / "train" / "not_hotdog", pool / "not_hotdog"]})
+    splits = scan(both)
+    rep = analyse({c: [s.path for s in splits.train if s.label == i] for i, c in enumerate(splits.classes)}, seed=0)
+    assert rep.gaps == [] and rep.classes[1].groups["food"] > rep.classes[1].groups.get("animals", 0) / 2

@@ -29,11 +29,11 @@ def data_root() -> Path:
 
 
 def test_registry_lists_all_families():
-    assert list_models(kind="classifier") == ["alexnet", "deepdog", "efficientnet_lite0", "mobilenet_v1",
-                                              "mobilenet_v2", "searched"]
+    assert list_models(kind="classifier") == ["alexnet", "deepdog", "efficientnet_lite0", "efficientnet_lite1",
+                                              "efficientnet_lite2", "mobilenet_v1", "mobilenet_v2", "searched"]
     assert list_models(kind="image") == ["johnson", "stylenet_mobile"]
     assert list_models("mobilenet*") == ["mobilenet_v1", "mobilenet_v2"]
-    assert list_models(pretrained=True) == ["efficientnet_lite0"]
+    assert list_models(pretrained=True) == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
     assert Contract.from_dict(model_entry("deepdog").default_contract).mean == (127.5,) * 3
 
 
@@ -158,3 +158,65 @@ def test_pretrained_lite0_finds_hotdogs_in_real_photos():
         top5 = model(x).topk(5, dim=1).indices
     rate = (top5 == 934).any(dim=1).float().mean().item()  # ImageNet 934 = hotdog
     assert rate >= 0.90, f"hotdog in top-5 for only {rate:.1%} of photos (expected ~98.7%)"
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("name, params", [("efficientnet_lite1", 5_416_680), ("efficientnet_lite2", 6_092_072)])
+def test_larger_lite_weights_load_and_know_hot_dogs(name, params):
+    """Lite1/Lite2: the same key layout, more blocks and (Lite2) wider stages; their packages' weights fill every
+    tensor, and at their own input side they name the val hot dogs."""
+    model = build_model(name, pretrained=True).eval()
+    assert count_params(model) == params
+    files = sorted((data_root() / "hotdog" / "val" / "hotdog").glob("*.jpg"))[:32]
+    contract = Contract.from_dict(model_entry(name).default_contract)
+    assert contract.size == (256, 256)  # the multiple of 32 nearest their own 240 and 260
+    x = torch.from_numpy(contract.normalize(np.stack([contract.load(f) for f in files])))
+    with torch.no_grad():
+        rate = (model(x).topk(5, dim=1).indices == 934).any(dim=1).float().mean().item()
+    assert rate >= 0.9, f"{name}: hotdog in top-5 for {rate:.1%} of 32 val hot dogs"
+
+
+def test_imagenet_head_kept_through_a_label_map():
+    """The mapped head reads the pretrained logits: its class score is the log-sum-exp of the class's categories (the
+    rest take every other one), the last Linear starts as the identity, and the spec rebuilds it exactly."""
+    from pocketvision.models.imagenet_head import ImageNetClassMap
+    full = build_model("efficientnet_lite0", pretrained=True).eval()
+    spec = {"name": "efficientnet_lite0", "args": {"num_classes": 2, "imagenet_classes": [[934], "rest"]}}
+    mapped = build_model(spec, pretrained=True).eval()
+    assert isinstance(mapped.classifier, ImageNetClassMap) and mapped.num_classes == 2
+    x = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        z, out = full(x), mapped(x)
+    others = torch.cat([z[:, :934], z[:, 935:]], 1)
+    assert torch.allclose(out[:, 0], z[:, 934], atol=1e-4)
+    assert torch.allclose(out[:, 1], torch.logsumexp(others, 1), atol=1e-4)
+    # softmax over the two = ImageNet's own P(hot dog)
+    assert torch.allclose(out.softmax(1)[:, 0], z.softmax(1)[:, 934], atol=1e-5)
+    rebuilt = build_model(spec)
+    rebuilt.load_state_dict(mapped.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(rebuilt.eval()(x), out)
+    assert [n for n, m in mapped.named_modules() if isinstance(m, nn.Linear)][-1] == "classifier.out"
+    with pytest.raises(PocketVisionError, match="imagenet_classes"):
+        build_model({"name": "efficientnet_lite0", "args": {"num_classes": 2, "imagenet_classes": ["rest", "rest"]}})
+    with pytest.raises(PocketVisionError, match="imagenet_classes"):
+        build_model({"name": "efficientnet_lite0", "args": {"num_classes": 2, "imagenet_classes": [[934]]}})
+    with pytest.raises(PocketVisionError, match=r"imagenet_classes\[0\]"):
+        build_model({"name": "efficientnet_lite0", "args": {"num_classes": 2, "imagenet_classes": [[1000], "rest"]}})
+
+
+def test_classes_anchor_where_their_photos_fall():
+    from pocketvision.models.imagenet_head import REST, anchor_classes
+    # class 0: 90% "hot dog", a few cheeseburgers (too few to anchor); class 1: spread over many categories
+    top1 = np.array([934] * 90 + [933] * 4 + [1, 2] * 3 + list(range(100, 200)))
+    y = np.array([0] * 100 + [1] * 100)
+    a = anchor_classes(top1, y, 2)
+    assert a.classes == [[934], REST] and a.usable and a.coverage[0] == pytest.approx(0.9)
+    # a category the other class shares (precision < 0.8) does not anchor; two loose classes -> no map at all
+    top1 = np.array([934] * 60 + [5] * 40 + [934] * 40 + list(range(100, 160)))
+    a = anchor_classes(top1, y, 2)
+    assert a.classes == [None, None] and not a.usable and "ImageNet categories" in a.reasons[0]
+    # three classes, all anchored: a closed set, nothing is "the rest"
+    top1 = np.array([1] * 10 + [2] * 10 + [3, 4] * 5)
+    a = anchor_classes(top1, np.repeat([0, 1, 2], 10), 3)
+    assert a.classes == [[1], [2], [3, 4]]

@@ -728,3 +728,128 @@ def test_openssf_model_signing_manifest_checks_offline(registry, tmp_path):
     onnx.write_bytes(onnx.read_bytes()[:-1] + b"\0")
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "hotdog.onnx" in (r.stdout + r.stderr)
+
+
+def _always(bundle: Path, out: Path, label: int) -> Path:
+    """``bundle`` changed to answer ``label`` for every photo: a live version that users keep correcting."""
+    import torch
+
+    import pocketvision as pv
+    from pocketvision.tasks.classify import final_linear
+    b = pv.load(bundle)
+    head = final_linear(b.model)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([-4.0, 4.0] if label == 1 else [4.0, -4.0]))
+    return b.save(out)
+
+
+def _corrections(shared_data: Path, n_train: int, n_held: int, skip: int = 0) -> list[Path]:
+    """Hot dog photos outside ``hotdog_small``, chosen so that ``n_held`` of them are held back by retrain."""
+    import hashlib
+
+    from pocketvision.retrain import held_back
+    out, held, kept = [], 0, 0
+    for p in sorted((shared_data / "hotdog" / "train" / "hotdog").iterdir())[200 + skip:]:
+        back = held_back(hashlib.sha256(p.read_bytes()).hexdigest())
+        if (back and held < n_held) or (not back and kept < n_train):
+            out.append(p)
+            held, kept = held + back, kept + (not back)
+        if held == n_held and kept == n_train:
+            return out
+    raise AssertionError("not enough photos")
+
+
+def test_retrain_pulls_corrections_gates_and_publishes_a_staged_rollout(registry, tmp_path, hotdog_small,
+                                                                       shared_data, trained_bundle):
+    """The loop, through the real registry: a live version that calls every photo not_hotdog; users correct hot
+    dogs; `retrain` skips a correction with a label the model does not know, holds a quarter back, warm-starts,
+    passes the gate (the held-back hot dogs go from 0 right) and publishes to 10% of stable. Run again, nothing is
+    new; a candidate no better on the held-back photos (0 epochs) is refused, exit 1, and the live version stays."""
+    import json
+
+    import sqlalchemy as sa
+
+    import pocketvision as pv
+    from pocketvision.serve.store import db_url, feedback
+    srv, tokens, api = registry
+    common = ("--server", srv.url, "--token", tokens["admin"], "--json")
+    live = _always(trained_bundle, tmp_path / "live.pvb", label=1)
+    r = run_cli("publish", str(live), "--name", "hotdog", "--channel", "stable", "--rollout", "100%",
+                "--data", str(hotdog_small), *common)
+    assert r.returncode == 0, r.stderr[-2000:]
+    v_live = json.loads(r.stdout)["version"]
+    data = str(hotdog_small)
+
+    r = run_cli("retrain", "hotdog", "--data", data, "--work", str(tmp_path / "w0"), *common)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert out["action"] == "nothing" and "no new confirmed corrections" in out["reason"]
+
+    dev = device(srv.url, tokens, tmp_path)
+    assert dev.check().action == "installed" and dev.version == v_live
+    ids = [dev.report(p, "not_hotdog", "hotdog")["id"] for p in _corrections(shared_data, 8, 3)]
+    r = run_cli("feedback", "review", "hotdog", "--confirm", ",".join(map(str, ids)), *common)
+    assert r.returncode == 0, r.stderr
+    # a correction made when the model had another class: its label is unknown to the live version
+    from pocketvision.serve.store import Store
+    with Store(db_url(None, tmp_path / "store")).writer() as c:
+        c.execute(feedback.insert().values(model="hotdog", version=1, device="x" * 64, predicted="hotdog",
+                                           corrected="pizza", image_sha256="0" * 64, image_type="jpg",
+                                           created=0.0, status="confirmed", label="pizza"))
+
+    r = run_cli("retrain", "hotdog", "--data", data, "--epochs", "2", "--work", str(tmp_path / "w1"), *common)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    assert out["action"] == "published", out["reason"]
+    assert "label 'pizza' is not one of the model's" in r.stderr
+    c = out["corrections"]
+    assert (c["unknown_label"], c["new"], c["trained"], c["held_back"]) == (1, 11, 8, 3)
+    rows = {g["images"]: g for g in out["gate"]}
+    held = rows["held-back corrections (never trained on)"]
+    assert held["n"] == 3 and held["live"] == 0.0 and held["candidate"] > 0 and all(g["passed"] for g in out["gate"])
+    assert rows["val photos (the old ones)"]["n"] == 80 and rows["their phone-photo twin"]["n"] == 80
+    v_new = out["published"]["version"]
+    plan = api("GET", "/v1/models/hotdog")[1]["channels"]["stable"]
+    assert (plan["current"]["version"], plan["rollout"], plan["previous"]["version"]) == (v_new, 10.0, v_live)
+    cand = pv.load(out["candidate"])
+    assert cand.meta["feedback"]["from_version"] == v_live and len(cand.meta["feedback"]["held_back"]) == 3
+    assert out["seconds"]["total"] > 0
+
+    r = run_cli("retrain", "hotdog", "--data", data, "--work", str(tmp_path / "w2"), *common)
+    assert r.returncode == 0 and json.loads(r.stdout)["action"] == "nothing", r.stderr[-2000:]
+
+    more = [dev.report(p, "not_hotdog", "hotdog")["id"] for p in _corrections(shared_data, 1, 1, skip=60)]
+    assert run_cli("feedback", "review", "hotdog", "--confirm", ",".join(map(str, more)), *common).returncode == 0
+    r = run_cli("retrain", "hotdog", "--data", data, "--epochs", "0", "--work", str(tmp_path / "w3"),
+                "--server", srv.url, "--token", tokens["admin"])
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "gate: candidate against live version" in r.stdout and "FAIL" in r.stdout
+    assert f"version {v_new} stays live" in r.stdout.replace("\n", " ")
+    assert api("GET", "/v1/models/hotdog")[1]["channels"]["stable"]["current"]["version"] == v_new
+
+
+def test_review_queue_puts_the_least_sure_answers_first(registry, tmp_path, shared_data):
+    """Devices send the model's confidence with a correction (and may confirm an unsure answer: corrected ==
+    predicted); `order=teach` lists the least sure first, those without a confidence last; a confidence outside
+    [0, 1] or not a number is refused."""
+    import urllib3
+    srv, tokens, api = registry
+    dev = device(srv.url, tokens, tmp_path)
+    dev.check()
+    photos = _fresh_photos(shared_data, 4)
+    ids = [dev.report(photos[0], "not_hotdog", "hotdog", confidence=0.97)["id"],
+           dev.report(photos[1], "not_hotdog", "hotdog")["id"],
+           dev.report(photos[2], "hotdog", "hotdog", confidence=0.51)["id"],  # "is this right?" -> yes
+           dev.report(photos[3], "not_hotdog", "hotdog", confidence=0.62)["id"]]
+    items = api("GET", "/v1/models/hotdog/feedback?order=teach")[1]["items"]
+    assert [it["id"] for it in items] == [ids[2], ids[3], ids[0], ids[1]]
+    assert [it["confidence"] for it in items] == [0.51, 0.62, 0.97, None]
+    assert [it["id"] for it in api("GET", "/v1/models/hotdog/feedback")[1]["items"]] == ids
+    assert api("GET", "/v1/models/hotdog/feedback?order=loudest")[0] == 400
+    http = urllib3.PoolManager()
+    for bad in ("1.5", "-0.1", "nan", "lots"):
+        r = http.request("POST", f"{srv.url}/v1/feedback", headers={"Authorization": f"Bearer {tokens['device']}"},
+                         fields={"model": "hotdog", "device_id": "device-bad-conf", "predicted": "hotdog",
+                                 "corrected": "not_hotdog", "confidence": bad})
+        assert r.status == 422 and b"confidence" in r.data, (bad, r.status, r.data)

@@ -148,3 +148,32 @@ def test_progressive_resizing_trains_small_then_exports_at_the_model_size(hotdog
     with pytest.raises(PocketVisionError, match="registry architecture"):
         pv.train(hotdog_small, model=nn.Sequential(nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
                  size=64, epochs=1, progressive=32, run_dir=tmp_path / "run2", progress=False, tensorboard=False)
+
+
+def test_the_imagenet_head_stays_when_the_classes_anchor_to_it(hotdog_small, tmp_path):
+    """Hot dogs anchor to ImageNet's 'hot dog' and the other class takes the rest: the pretrained head stays (read
+    through a label map), starts as it is (no probe fitted to these photos), learns from the photo, its mirror and
+    low-resolution copies with the pretrained outputs distilled, and exports with parity. Off: a new head."""
+    from torch import nn
+
+    from pocketvision.models.imagenet_head import ImageNetClassMap
+    b = pv.train(hotdog_small, out=tmp_path / "m.pvb", epochs=1, run_dir=tmp_path / "run", progress=False,
+                 tensorboard=False, workers=0)
+    assert b.meta["arch"]["args"]["imagenet_classes"] == [[934], "rest"]
+    assert isinstance(b.model.classifier, ImageNetClassMap)
+    hist = b.meta["history"]
+    assert [h["phase"] for h in hist] == ["probe", "top"] and b.metrics["accuracy"] >= 0.9
+    assert b.meta["train_config"]["low_res_views"] is True and b.meta["train_config"]["imagenet_head"] == "auto"
+    v = b.export(tmp_path / "m.onnx").verification
+    assert v["passed"] and v["top1_agreement"] == 1.0
+
+    off = pv.train(hotdog_small, out=tmp_path / "off.pvb", epochs=0, imagenet_head="off", run_dir=tmp_path / "r2",
+                   progress=False, tensorboard=False, workers=0)
+    assert "imagenet_classes" not in off.meta["arch"]["args"] and isinstance(off.model.classifier, nn.Linear)
+    assert off.model.classifier.out_features == 2
+
+    data = str(hotdog_small)
+    one_line_error(run_cli("train", data, "--arch", "deepdog", "--imagenet-head", "on", cwd=tmp_path),
+                   "--imagenet-head on", "deepdog")
+    one_line_error(run_cli("train", data, "--finetune", "full", "--lwf", "2", cwd=tmp_path), "--lwf",
+                   "--finetune top")

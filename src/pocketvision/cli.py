@@ -121,7 +121,9 @@ def add_option_flags(parser: argparse.ArgumentParser, models: list[tuple[str, An
                 f" (default: {shown})" if shown is not None and not isinstance(default, bool) else "")
             help_ = help_.replace("%", "%%")
             if f.annotation is bool or typing.get_args(f.annotation) == (bool, type(None)):
-                kw: dict[str, Any] = {"action": "store_false" if default is True else "store_true"}
+                # a "--no-..." flag of a field whose default is None (auto) says False, like one whose default is True
+                off = default is True or flag.startswith("--no-")
+                kw: dict[str, Any] = {"action": "store_false" if off else "store_true"}
             else:
                 kw = _flag_kwargs(f.annotation)
             parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=help_, **kw)

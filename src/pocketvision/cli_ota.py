@@ -227,6 +227,21 @@ def _render_feedback(items: list[dict[str, Any]]) -> None:
     Console().print(t)
 
 
+def cmd_retrain(a: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .retrain import render, retrain
+    con = Console(stderr=True)
+    opts: dict[str, Any] = {}
+    if a.epochs is not None:
+        opts["epochs"] = a.epochs
+    r = retrain(a.name, a.server, _token(a), a.data, channel=a.channel, rollout=a.rollout,
+                targets=tuple(t.strip() for t in a.to.split(",") if t.strip()), holdout=a.holdout, work=a.work,
+                train_options=opts, console=con)
+    _show(r.to_dict(), a.json, lambda _: render(r, Console()))
+    return 1 if r.action == "kept" else 0
+
+
 def cmd_web_updates(a: argparse.Namespace) -> int:
     from .export.web import add_updates
     token = a.token or os.environ.get("POCKETVISION_TOKEN")
@@ -344,6 +359,23 @@ def add_verbs(verb) -> None:
     s.add_argument("--host", default="127.0.0.1", help="--app: address to bind (default: this machine only)")
     s.add_argument("--port", type=int, default=8766, help="--app: port (0 = any free one)")
     s.add_argument("--no-browser", action="store_true", help="--app: do not open a browser")
+    server_flags(s)
+
+    s = verb("retrain", "The loop after shipping, in one command: pull the confirmed corrections, warm-start from the "
+             "live version, train, gate (held-back corrections better, old photos kept) and publish to a staged "
+             "rollout, or keep the live version and say why (exit 1).", cmd_retrain)
+    s.add_argument("name", help="model name on the registry")
+    s.add_argument("--data", required=True, help="the photos the live version was trained on (train/val class "
+                   "folders; read, never changed)")
+    s.add_argument("--channel", default="stable", help="the channel whose live version to beat and publish to")
+    s.add_argument("--rollout", type=_percent, default=10.0, help="percent of the channel's devices that get a "
+                   "candidate that passed the gate (default 10%%; `pocketvision rollout` widens it)")
+    s.add_argument("--to", default="onnx", help="targets to export and publish, comma-separated")
+    s.add_argument("--holdout", type=float, default=0.25, help="share of the corrections held back to judge the "
+                   "candidate (chosen by photo, the same every round)")
+    s.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's)")
+    s.add_argument("--work", default=None, help="folder for the live bundle, corrections, training folder and "
+                   "candidate (default: runs/retrain-NAME-vN-TIME)")
     server_flags(s)
 
     s = verb("web-updates", "Turn on over-the-air updates and the 'wrong?' control in a web export "

@@ -388,12 +388,16 @@ class ModelUpdater:
                 shutil.rmtree(d, ignore_errors=True)
 
     def report(self, image: str | os.PathLike | bytes | None, predicted: str, corrected: str,
-               share_pixels: bool = True) -> dict[str, Any]:
-        """Tell the registry the model was wrong on ``image`` (it said ``predicted``, the user says
-        ``corrected``). With ``share_pixels=False`` only the two labels and the model version leave the device.
+               share_pixels: bool = True, confidence: float | None = None) -> dict[str, Any]:
+        """Tell the registry what the user says of the model's answer on ``image``: it said ``predicted``, the user
+        says ``corrected`` (the same label: "yes, that is right", worth asking when the model was unsure).
+        ``confidence``: the model's, in ``predicted`` (the review queue puts the least sure first). With
+        ``share_pixels=False`` only the labels, the confidence and the model version leave the device.
         -> the server's answer (``{"id": ...}``); a one-line error if it refused."""
         fields: dict[str, Any] = {"model": self.model, "device_id": self.device_id, "predicted": predicted,
                                   "corrected": corrected}
+        if confidence is not None:
+            fields["confidence"] = f"{float(confidence):.6f}"
         if self.version is not None:
             fields["version"] = str(self.version)
         if share_pixels and image is not None:

@@ -344,6 +344,23 @@ def trivial_op(img: Image.Image, op: int, level: int, negative: bool) -> Image.I
     return ImageOps.equalize(img)
 
 
+# Short sides of the low-resolution views (px): thumbnails, crops from a wide shot, photos from another app, where a
+# subject fills a few dozen pixels. Drawn log-uniformly per photo, so no one size is taught.
+LOW_RES_SIDES = (32, 112)
+
+
+def low_resolution(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """The photo as a low-resolution copy would show it: downscaled (with antialiasing) so that its short side is
+    drawn from ``LOW_RES_SIDES``; the contract's resize then scales it back up, blurred as such a photo is."""
+    lo, hi = LOW_RES_SIDES
+    side = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+    w, h = img.size
+    if min(w, h) <= side:
+        return img
+    k = side / min(w, h)
+    return img.resize((max(1, round(w * k)), max(1, round(h * k))), Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
 def eval_transform(contract: Contract) -> Callable[[Image.Image], np.ndarray]:
     """What validation/inference does: exactly the contract's resize, nothing random."""
     return contract.fit

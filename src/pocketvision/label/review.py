@@ -55,7 +55,7 @@ def make_handler(client, model: str):
                     return self._send(200, (resources.files("pocketvision.label") / "static" / name).read_bytes(),
                                       ctype)
                 if path == "/api/items":
-                    items = client.call("GET", f"/v1/models/{model}/feedback")["items"]
+                    items = client.call("GET", f"/v1/models/{model}/feedback?order=teach")["items"]
                     return self._json(200, {"model": model, "labels": labels(), "items": items})
                 parts = path.strip("/").split("/")
                 if len(parts) == 3 and parts[:2] == ["api", "image"] and parts[2].isdigit():

@@ -135,6 +135,21 @@ class ClassifierNet(nn.Module):
         nn.init.normal_(self.classifier.weight, 0.0, 0.01)
         nn.init.zeros_(self.classifier.bias)
 
+    def map_classifier(self, classes: list) -> None:
+        """Keep the 1000-way ImageNet head and read each class through the categories it anchors to
+        (``models/imagenet_head.py``); the head must be the pretrained one (``num_classes=1000``)."""
+        from .imagenet_head import ImageNetClassMap
+        if not isinstance(self.classifier, nn.Linear) or self.classifier.out_features != 1000:
+            raise PocketVisionError("map_classifier needs the 1000-way ImageNet head in place.")
+        self.classifier = ImageNetClassMap(self.classifier, classes)
+        self.num_classes = len(classes)
+
+    def head_input(self, f: torch.Tensor) -> torch.Tensor:
+        """What the last Linear sees for pooled features ``f``: ``f`` itself, or a label map's per-class scores.
+        A linear probe fits that Linear on these."""
+        inputs = getattr(self.classifier, "inputs", None)
+        return inputs(f) if inputs is not None else f
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.pool(self.features(x)), 1)  # (N, num_features)
 

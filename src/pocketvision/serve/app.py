@@ -300,7 +300,8 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
     @app.post("/v1/feedback", tags=["devices"])
     async def post_feedback(request: Request, _=Depends(device)):
         """A user's correction: multipart form with ``model``, ``device_id``, ``predicted``, ``corrected``,
-        optional ``version`` and, when the user shares it, ``image`` (JPEG, PNG or WebP, judged by its bytes)."""
+        optional ``version``, ``confidence`` (the model's, in its answer) and, when the user shares it, ``image``
+        (JPEG, PNG or WebP, judged by its bytes). ``corrected`` may equal ``predicted``: "yes, that is right"."""
         size = request.headers.get("content-length")
         if size is None or not size.isdigit():
             raise HTTPException(411, "feedback needs a Content-Length")
@@ -315,7 +316,7 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
         except Exception as e:  # noqa: BLE001 - the multipart parser's own errors: a malformed body
             raise HTTPException(400, f"malformed multipart body ({type(e).__name__})") from None
         fields = {}
-        for k in ("model", "device_id", "predicted", "corrected", "version"):
+        for k in ("model", "device_id", "predicted", "corrected", "version", "confidence"):
             v = form.get(k)
             if v is not None and not isinstance(v, str):
                 raise HTTPException(422, f"{k}: a text field, not a file")
@@ -330,6 +331,14 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
             if not fields["version"].isdigit():
                 raise HTTPException(422, "version: a whole number")
             version = int(fields["version"])
+        confidence = None
+        if fields["confidence"]:
+            try:
+                confidence = float(fields["confidence"][:32])
+            except ValueError:
+                confidence = -1.0
+            if not 0.0 <= confidence <= 1.0:  # NaN fails this too
+                raise HTTPException(422, "confidence: a number in [0, 1] (the model's confidence in 'predicted')")
         rate.hit(f"d{fields['device_id']}")
         image = form.get("image")
         data = None
@@ -339,11 +348,12 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
             data = await image.read(limits.max_feedback_bytes + 1)
         check_name(fields["model"], "model")
         return await run_in_threadpool(fb.add, fields["model"], fields["device_id"], version, fields["predicted"],
-                                       fields["corrected"], data)
+                                       fields["corrected"], data, confidence)
 
     @app.get("/v1/models/{model}/feedback", tags=["admin"])
-    def list_feedback(model: str, status: str | None = None, _=Depends(admin)):
-        return {"items": fb.list(check_name(model, "model"), status)}
+    def list_feedback(model: str, status: str | None = None, order: str = "received", _=Depends(admin)):
+        """``order=teach``: the answers the model was least sure of first (the review queue)."""
+        return {"items": fb.list(check_name(model, "model"), status, order)}
 
     @app.post("/v1/feedback/{fid}", tags=["admin"])
     def review_feedback(fid: int, req: Review, who=Depends(admin)):

@@ -26,6 +26,7 @@ IMAGE_TYPES = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 IMAGE_MIME = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 MAX_PIXELS = 40_000_000  # a 12 MP phone photo is far below; a decompression bomb is far above
 STATUSES = ("new", "confirmed", "rejected")
+ORDERS = ("received", "teach")
 
 
 def sniff_image(data: bytes) -> str:
@@ -61,7 +62,7 @@ class FeedbackStore:
         return list(json.loads(row.info).get("labels") or [])
 
     def add(self, model: str, device_id: str, version: int | None, predicted: str, corrected: str,
-            image: bytes | None) -> dict[str, Any]:
+            image: bytes | None, confidence: float | None = None) -> dict[str, Any]:
         with self.reg.store.reader() as c:
             labels = self.labels(c, model)
         for field, value in (("predicted", predicted), ("corrected", corrected)):
@@ -74,16 +75,24 @@ class FeedbackStore:
         with self.reg.store.writer() as c:
             fid = c.execute(feedback.insert().values(
                 model=model, version=version, device=device_key(device_id), predicted=predicted, corrected=corrected,
-                image_sha256=sha, image_type=kind, created=time.time(), status="new", label=None)
+                image_sha256=sha, image_type=kind, created=time.time(), status="new", label=None,
+                confidence=confidence)
             ).inserted_primary_key[0]
         return {"id": fid, "image": kind}
 
-    def list(self, model: str, status: str | None = None) -> list[dict[str, Any]]:
+    def list(self, model: str, status: str | None = None, order: str = "received") -> list[dict[str, Any]]:
+        """``order``: "received" (oldest first) or "teach": what teaches most first -- the answers the model was
+        least sure of (a correction of a confident answer comes after; one without a confidence last)."""
+        if order not in ORDERS:
+            raise PocketVisionError(f"order {order!r}: expected one of {', '.join(ORDERS)}.")
         q = sa.select(feedback).where(feedback.c.model == model).order_by(feedback.c.id)
         if status is not None:
             q = q.where(feedback.c.status == status)
         with self.reg.store.reader() as c:
-            return [{**dict(r._mapping), "label": r.label or r.corrected} for r in c.execute(q)]
+            items = [{**dict(r._mapping), "label": r.label or r.corrected} for r in c.execute(q)]
+        if order == "teach":
+            items.sort(key=lambda it: (it["confidence"] is None, it["confidence"] or 0.0, it["id"]))
+        return items
 
     def review(self, fid: int, status: str, label: str | None = None) -> dict[str, Any]:
         if status not in STATUSES:

@@ -89,6 +89,7 @@ feedback = sa.Table(
     sa.Column("created", sa.Float, nullable=False),
     sa.Column("status", sa.String(20), nullable=False),  # new | confirmed | rejected
     sa.Column("label", sa.String(200), nullable=True),  # the reviewed label (defaults to `corrected`)
+    sa.Column("confidence", sa.Float, nullable=True),  # the model's confidence in `predicted`, as the device saw it
 )
 
 TOKEN_ROLES = ("admin", "device")

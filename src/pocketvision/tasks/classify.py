@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
 PROB_TOLERANCE = 1e-3  # float exports: max |probability difference|
+LWF_T = 2.0  # the distillation temperature of learning without forgetting (Li & Hoiem 2016)
 MIN_AGREEMENT = 0.995
 
 
@@ -39,7 +40,9 @@ class ClassifyOptions(Options):
         "auto", description="auto (inverse class frequency), none, or w1,w2,... (one per class)")
     linear_probe: bool = Field(False, description="only fit a logistic-regression head on frozen pretrained "
                                "features (fast baseline)")
-    probe_init: bool = Field(True, description="pretrained: initialise the head by a linear probe first",
+    probe_init: bool | None = Field(None, description="pretrained: initialise a new head by a linear probe first "
+                                    "(default; the ImageNet head starts as it is: a probe fitted to your photos "
+                                    "learns their bias)",
                              json_schema_extra={"flag": "--no-probe-init", "flag_help": "pretrained: start the "
                                                                   "head from scratch instead of a linear probe"})
     finetune: Literal["top", "full"] = Field(
@@ -49,6 +52,17 @@ class ClassifyOptions(Options):
     top_views: int = Field(2, ge=1, le=16, description="--finetune top: views of each training photo cached "
                            "(1 the photo, 2 + its mirror, more + augmented crops drawn by --augment); an epoch "
                            "draws two per photo, so more views cost cache time, not epoch time")
+    low_res_views: bool = Field(True, description="--finetune top: also cache a low-resolution copy of each photo "
+                                "and of its mirror (short side 32-112 px, scaled back up by the contract)",
+                                json_schema_extra={"flag": "--no-low-res-views", "flag_help": "--finetune top: "
+                                                   "cache no low-resolution copies of the photos"})
+    imagenet_head: Literal["auto", "on", "off"] = Field(
+        "auto", description="pretrained: keep the network's ImageNet head and read each class through the ImageNet "
+                            "categories its photos fall in (hot dog -> 'hot dog'; a class that anchors nowhere takes "
+                            "the rest); auto: when the classes anchor, off: a new head")
+    lwf: float | None = Field(None, ge=0, le=100, description="with the ImageNet head on --finetune top: weight of "
+                              "distilling the pretrained network's 1000 ImageNet outputs on each photo into every "
+                              "cached view of it (learning without forgetting; default 1, 0 turns it off)")
     target_precision: float = Field(0.9, gt=0, le=1, description="binary: choose the decision threshold for this "
                                     "precision (its 95% lower bound) on val and its phone-photo shifted twin")
     calibrate: bool = Field(True, description="fit a temperature on val and a phone-photo shifted twin of it, "
@@ -80,6 +94,14 @@ class ClassifyEvalOptions(Options):
 
 class ClassifyCheckOptions(CheckOptionsBase):
     tiny: int = Field(64, ge=1, description="report images whose short side is below this (px)")
+    content: bool = Field(True, description="read each class's training photos with the ImageNet-pretrained network: "
+                          "what each class holds, and the photos a class is missing (about 20 s on 2 cores)",
+                          json_schema_extra={"flag": "--no-content", "flag_help": "skip reading the photos with the "
+                                             "pretrained network (counts, duplicates and files only)"})
+    content_per_class: int = Field(300, ge=10, le=100000, description="photos of each class the content check reads "
+                                   "(drawn with --seed)")
+    content_sheet: str | None = Field(None, description="write the content check's clusters with example photos to "
+                                      "this PNG")
 
 
 # -- helpers (numpy) ------------------------------------------------------------------------------------
@@ -219,16 +241,27 @@ class ClassifyRun(TaskRun):
             base = Contract.from_dict(entry.default_contract)
             size = (cfg.size, cfg.size) if cfg.size else base.size
             check_input_size(arch, size, spec["args"])
-            if cfg.init_from:  # start from a bundle's weights and keep its preprocessing contract
+            pretrained = cfg.pretrained and bool(entry.pretrained)
+            if cfg.init_from:  # start from a bundle's weights and keep its preprocessing contract (and head)
                 meta, model = load_parent(cfg.init_from)
-                if meta["arch"].get("args", {}) != spec["args"] or meta["arch"].get("name") != spec["name"]:
+                theirs = dict(meta["arch"].get("args", {}))
+                mapped = theirs.pop("imagenet_classes", None)
+                if theirs != spec["args"] or meta["arch"].get("name") != spec["name"]:
                     raise PocketVisionError(f"{cfg.init_from}: its architecture {meta['arch']} differs from the "
                                             f"requested {spec}; train with the same --arch and --arch-args.")
+                if mapped is not None:
+                    spec["args"]["imagenet_classes"] = mapped
                 contract = Contract.from_dict(meta["contract"])
             else:
-                model = build_model(spec, pretrained=cfg.pretrained and entry.pretrained)
+                # The ImageNet head stays on until the training photos say whether the classes anchor to it.
+                keep = (pretrained and opts.imagenet_head != "off" and "imagenet_classes" in entry.default_args
+                        and "imagenet_classes" not in cfg.arch_args)
+                model = build_model({**spec, "args": {**spec["args"], "num_classes": 1000}} if keep else spec,
+                                    pretrained=pretrained)
                 contract = Contract.from_dict({**base.to_dict(), "size": list(size)})
-            pretrained = cfg.pretrained and bool(entry.pretrained)
+            if opts.imagenet_head == "on" and "imagenet_classes" not in entry.default_args:
+                raise PocketVisionError(f"--imagenet-head on: {arch} has no ImageNet head to keep; use a pretrained "
+                                        f"efficientnet_lite* architecture, or --imagenet-head auto.")
         self.model, self.spec, self.contract, self.pretrained = model, spec, contract, pretrained
         self.channels_last_ok = spec["name"] != "custom"
         from ..training.top_tune import supports_top_tune
@@ -243,6 +276,9 @@ class ClassifyRun(TaskRun):
             if clash:
                 raise PocketVisionError(f"{', '.join(clash)}: not with --finetune top, which trains the last blocks "
                                         "on cached activations of a few fixed views; use --finetune full.")
+        if opts.lwf and not self.top:
+            raise PocketVisionError("--lwf: only with --finetune top on a CPU, which distils the pretrained outputs "
+                                    "cached for each photo into every view of it; leave it out.")
         # by value, not by "was it set": a resumed run's options come back from its checkpoint, every field set
         if opts.top_views != ClassifyOptions.model_fields["top_views"].default and (not self.top or opts.linear_probe):
             raise PocketVisionError("--top-views: only with --finetune top on a CPU (a pretrained architecture, not "
@@ -313,6 +349,84 @@ class ClassifyRun(TaskRun):
         self.teacher = None
         self._train_loader = None
         self._top = None
+        self.anchor = self.baseline = None  # baseline: what epoch 0 is when no probe is fitted
+        self._fitted = self._photo_acts = self._imagenet_logits = None
+        self._decide_head(user_model is not None)
+        lwf = opts.lwf if opts.lwf is not None else (1.0 if self._imagenet_logits is not None else 0.0)
+        if opts.lwf and self._imagenet_logits is None:
+            raise PocketVisionError("--lwf: only with the ImageNet head, which these classes do not anchor to (see "
+                                    "the 'head:' line); leave it out.")
+        self.lwf = lwf if self.epochs(cfg) else 0.0
+        if not self.lwf:
+            self._imagenet_logits = None
+
+    def _decide_head(self, user_model: bool) -> None:
+        """Keep the ImageNet head when the classes anchor to ImageNet categories (``models/imagenet_head.py``), else
+        put a new head in its place. Decided from the pretrained network's top-1 on every training photo; a resumed
+        run decides the same way from the same photos, so its checkpoint fits."""
+        import torch
+
+        from ..models.imagenet_head import anchor_classes
+        opts, classes = self.opts, self.splits.classes
+        candidate = (not user_model and self.pretrained and opts.imagenet_head != "off"
+                     and getattr(self.model, "num_classes", None) == 1000 and "imagenet_classes" not in self.spec["args"]
+                     and isinstance(getattr(self.model, "classifier", None), torch.nn.Linear))
+        if opts.imagenet_head == "on" and not candidate and "imagenet_classes" not in self.spec["args"]:
+            raise PocketVisionError("--imagenet-head on: needs a pretrained efficientnet_lite* network (not --scratch, "
+                                    "not a model of your own); use --imagenet-head auto.")
+        if not candidate:
+            if self.cfg.init_from:  # warm start: the parent's weights are the baseline a probe would overwrite
+                self.baseline = "parent bundle"
+            if "imagenet_classes" in self.spec["args"] and hasattr(self.model.classifier, "both"):
+                # A parent bundle's mapped head, kept as it is; the parent's own ImageNet outputs are what to keep.
+                self.console.print("head: the parent bundle's ImageNet head")
+                if self.top:
+                    from ..training.top_tune import TopNet, trunk_activations
+                    self._fitted = self._fitted_train()
+                    k = len(self.model.features) - self.opts.top_blocks
+                    self._photo_acts = trunk_activations(self.model.features[:k], self._fitted, self.contract)
+                    net = TopNet(self.model, k).eval()
+                    with torch.no_grad():
+                        self._imagenet_logits = torch.cat([net(self._photo_acts[i:i + 256].float(), imagenet=True)[1]
+                                                           for i in range(0, len(self._photo_acts), 256)])
+            return
+        t0 = time.perf_counter()
+        self._fitted = fitted = self._fitted_train()
+        y = np.array([s.label for s in self.train_samples])
+        if self.top:  # the trunk's output of each photo is the first cached view of the top fine-tune: keep it
+            from ..training.top_tune import TopNet, trunk_activations
+            k = len(self.model.features) - self.opts.top_blocks
+            self._photo_acts = trunk_activations(self.model.features[:k], fitted, self.contract)
+            logits = torch.from_numpy(self._run_top(TopNet(self.model, k).eval(), self._photo_acts))
+        else:
+            from ..pixels import batched
+            self.model.eval()
+
+            def run(px):
+                with torch.no_grad():
+                    return self.model(torch.from_numpy(self.contract.normalize(px))).float().numpy()
+            logits = torch.from_numpy(batched(run, fitted, 64))
+        anchor = anchor_classes(logits.argmax(1).numpy(), y, len(classes))
+        if anchor.usable:
+            self.model.map_classifier(anchor.spec())
+            self.spec["args"]["imagenet_classes"] = anchor.spec()
+            self.anchor, self._imagenet_logits, self.baseline = anchor, logits.float(), "ImageNet head"
+            self.console.print(f"head: the ImageNet head, kept ({anchor.describe(classes)}; "
+                               f"{time.perf_counter() - t0:.1f}s)")
+            return
+        if opts.imagenet_head == "on":
+            loose = [f"{c} ({why})" for c, k, why in zip(classes, anchor.classes, anchor.reasons) if k is None]
+            raise PocketVisionError(f"--imagenet-head on: {'; '.join(loose)}: more than one class does not anchor to "
+                                    "ImageNet categories; use --imagenet-head auto (a new head).")
+        self.model.reset_classifier(len(classes))
+        loose = [c for c, k in zip(classes, anchor.classes) if k is None]
+        self.console.print(f"head: a new one ({', '.join(loose)} do not anchor to ImageNet categories)")
+
+    @staticmethod
+    def _run_top(net, acts):
+        import torch
+        with torch.no_grad():
+            return torch.cat([net(acts[i:i + 256].float()) for i in range(0, len(acts), 256)]).numpy()
 
     # -- engine hooks ----------------------------------------------------------------------------------
     def epochs(self, cfg) -> int:
@@ -346,12 +460,15 @@ class ClassifyRun(TaskRun):
             self._prologue_top(engine, resuming)
             return
         # -- linear probe: the frozen-feature baseline, and the head's starting point --------------------
-        if not resuming and self.pretrained and (self.opts.linear_probe or self.opts.probe_init):
+        if not resuming and self.baseline is not None and not self._probe_wanted():
+            engine.record(0, "probe", self.validate(self.model), label=self.baseline)
+        elif not resuming and self.pretrained and self._probe_wanted():
             t0 = time.perf_counter()
             plain = make_loader(self.plain_train_ds, self.eval_bs, False, self.workers if not self.use_cache else 0,
                                 self.cfg.seed)
             tr_f, tr_y = self._run_model(self.model, plain, features=True)
-            set_head(self.model, *fit_probe(tr_f, tr_y, len(self.splits.classes), self.opts.class_weights == "auto"))
+            set_head(self.model, *fit_probe(self._probe_inputs(tr_f), tr_y, len(self.splits.classes),
+                                            self.opts.class_weights == "auto"))
             engine.record(0, "probe", self.validate(self.model), img_per_s=len(self.train_samples) /
                           (time.perf_counter() - t0), label="linear probe")
         if self.opts.distill and self.epochs(self.cfg):
@@ -360,19 +477,35 @@ class ClassifyRun(TaskRun):
     def _prologue_top(self, engine, resuming: bool) -> None:
         from ..training.top_tune import TopTune
         probe = None
-        if not resuming and (self.opts.probe_init or self.opts.linear_probe):  # resumed: the head is the checkpoint's
+        if not resuming and self._probe_wanted():  # resumed: the head is the checkpoint's
             n = len(self.splits.classes)
             balanced = self.opts.class_weights == "auto"
             probe = lambda f, y: fit_probe(f, y, n, balanced)  # noqa: E731
-        fitted = self._fitted_train()
+        fitted = self._fitted if self._fitted is not None else self._fitted_train()
         self._top = TopTune(self.model, self.opts.top_blocks, self._top_views(fitted), np.array(
             [s.label for s in self.train_samples]), np.stack(self.val_cache), self.y_val, self.contract,
             seed=self.cfg.seed)
+        self._fitted = self._photo_acts = None  # the cache holds them now
         if probe is not None:
             t0 = time.perf_counter()
-            set_head(self.model, *probe(self._top.features(), self._top.train_y))
+            set_head(self.model, *probe(self._probe_inputs(self._top.features()), self._top.train_y))
             engine.record(0, "probe", self.validate(self.model), img_per_s=self._top.cached / max(
                 self._top.cache_seconds + time.perf_counter() - t0, 1e-9), label="linear probe")
+        elif not resuming and self.baseline is not None:  # the pretrained (or parent) head's own reading
+            engine.record(0, "probe", self.validate(self.model), label=self.baseline)
+
+    def _probe_wanted(self) -> bool:
+        """A linear probe first: asked for, or by default for a new head (not for the ImageNet head, whose reading
+        a probe fitted to these photos would bend toward their bias)."""
+        if self.opts.linear_probe:
+            return True
+        return self.opts.probe_init if self.opts.probe_init is not None else self.baseline is None
+
+    def _probe_inputs(self, features: np.ndarray) -> np.ndarray:
+        """Pooled features -> what the model's last Linear sees (the features, or an ImageNet head's class scores)."""
+        import torch
+        with torch.no_grad():
+            return self.model.head_input(torch.from_numpy(features).float()).numpy()
 
     def _view_plan(self) -> list[str]:
         """What the top fine-tune caches of each photo (``top_views`` in all): the photo, its mirror (unless
@@ -382,7 +515,8 @@ class ClassifyRun(TaskRun):
         if not self.epochs(self.cfg) or not aug.cfg.enabled:
             return ["photo"]
         plan = ["photo"] + (["mirror"] if aug.cfg.hflip > 0 and self.opts.top_views >= 2 else [])
-        return plan + ["augmented"] * (self.opts.top_views - len(plan))
+        low = (["low-res"] + (["low-res mirror"] if "mirror" in plan else [])) if self.opts.low_res_views else []
+        return plan + low + ["augmented"] * (self.opts.top_views - len(plan))
 
     def _view_dataset(self):
         from ..training.loader import ImageDataset
@@ -393,13 +527,32 @@ class ClassifyRun(TaskRun):
     def _top_views(self, fitted: np.ndarray):
         """One uint8 NHWC array per view of ``_view_plan``, made when the cache asks for it."""
         ds = self._view_dataset()
+        low = None
         for v, kind in enumerate(self._view_plan()):
-            if kind == "photo":
-                yield fitted
+            if kind == "photo":  # the trunk's output when the head decision computed it already
+                yield self._photo_acts if self._photo_acts is not None else fitted
             elif kind == "mirror":
                 yield np.ascontiguousarray(fitted[:, :, ::-1])
+            elif kind == "low-res":
+                low = self._low_res_views()
+                yield low
+            elif kind == "low-res mirror":
+                yield np.ascontiguousarray(low[:, :, ::-1])
             else:
                 yield np.stack([ds[v, i][0].numpy() for i in range(len(ds))])
+
+    def _low_res(self, i: int):
+        """Photo ``i`` at a low resolution drawn for it (seeded by the run's seed and the photo), as a PIL image."""
+        from PIL import Image
+
+        from ..data.augment import low_resolution
+        from ..training.loader import decode_source
+        a = self.train_cache[i] if self.train_cache is not None else decode_source(
+            self.train_samples[i].path, self.contract, self.pixels)
+        return low_resolution(Image.fromarray(a), np.random.default_rng([self.cfg.seed, 11, i]))
+
+    def _low_res_views(self) -> np.ndarray:
+        return np.stack([self.contract.fit(self._low_res(i)) for i in range(len(self.train_samples))])
 
     def _fitted_train(self) -> np.ndarray:
         """Training images resized per the contract (no augmentation), from the RAM cache when present."""
@@ -468,7 +621,7 @@ class ClassifyRun(TaskRun):
 
     def forward(self, net, batch):
         if self._top is not None:
-            return self._top.forward(net, batch)
+            return self._top.forward(net, batch, imagenet=bool(self.lwf))
         x, y, _ = batch
         y_b, lam = y, 1.0
         if self.opts.mixup and self.mix_rng.random() < self.opts.mixup:
@@ -479,8 +632,15 @@ class ClassifyRun(TaskRun):
     def loss(self, outputs, batch):
         import torch.nn.functional as F
         if self._top is not None:
-            return F.cross_entropy(outputs, self._top.labels(batch), weight=self.weights,
+            logits, z = outputs if self.lwf else (outputs, None)
+            loss = F.cross_entropy(logits, self._top.labels(batch), weight=self.weights,
                                    label_smoothing=self.label_smoothing)
+            if z is not None:  # learning without forgetting: every view keeps what the network said of its photo
+                t = LWF_T
+                target = F.softmax(self._imagenet_logits[self._top.photo(batch)] / t, 1)
+                loss = loss + self.lwf * t * t * F.kl_div(F.log_softmax(z.float() / t, 1), target,
+                                                          reduction="batchmean")
+            return loss
         logits, x, y_b, lam = outputs
         dev = self.engine.device
         y, y_b = batch[1].to(dev, non_blocking=True), y_b.to(dev, non_blocking=True)
@@ -508,6 +668,9 @@ class ClassifyRun(TaskRun):
         for v, i in (divmod(int(k), n) for k in batch[:32]):
             if plan[v] == "augmented":
                 views.append(ds[v, i][0].numpy())
+            elif plan[v].startswith("low-res"):
+                low = self.contract.fit(self._low_res(i))
+                views.append(low if plan[v] == "low-res" else low[:, ::-1])
             else:
                 fit = self.contract.fit(Image.fromarray(self.train_cache[i]))
                 views.append(fit if plan[v] == "photo" else fit[:, ::-1])
@@ -899,10 +1062,29 @@ class ClassifyTask(Task):
         from ..data.check import check_dataset, render_check, write_preview
         rep = check_dataset(data, val_fraction=options.val_fraction, seed=options.seed, tiny=options.tiny)
         report = rep.to_dict()
+        content = None
+        if options.content_sheet and not options.content:
+            raise PocketVisionError("--content-sheet draws the content check's clusters; leave out --no-content.")
+        if options.content:
+            from ..data.folder import scan
+
+            from . import classify_content
+            splits = scan(data, val_fraction=options.val_fraction, seed=options.seed)
+            content = classify_content.analyse(
+                {c: [s.path for s in splits.train if s.label == i] for i, c in enumerate(splits.classes)},
+                max_per_class=options.content_per_class, seed=options.seed)
+            if options.content_sheet:
+                classify_content.write_sheet(content, options.content_sheet)
+            report["content"] = content.to_dict()
+
+        def show(console) -> None:
+            render_check(rep, console)
+            if content is not None:
+                classify_content.render(content, console)
         if options.preview:
             from ..data.augment import AugmentConfig, Augmenter
             from ..data.folder import scan
             write_preview(scan(data, val_fraction=options.val_fraction, seed=options.seed), options.preview,
                           Augmenter(AugmentConfig(), Contract(size=(options.size, options.size))),
                           n=options.preview_n, seed=options.seed)
-        return report, lambda console: render_check(rep, console)
+        return report, show

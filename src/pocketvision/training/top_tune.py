@@ -52,9 +52,15 @@ class TopNet(nn.Module):
         self.top = model.features[k:]
         self.model = model
 
-    def forward(self, a: torch.Tensor, features: bool = False) -> torch.Tensor:
+    def forward(self, a: torch.Tensor, features: bool = False, imagenet: bool = False):
+        """-> logits; pooled features with ``features``; (logits, the 1000 ImageNet logits) with ``imagenet``
+        (a head that keeps them: ``models/imagenet_head.py``)."""
         f = torch.flatten(self.model.pool(self.top(a)), 1)
-        return f if features else self.model.forward_head(f)
+        if features:
+            return f
+        if imagenet:
+            return self.model.classifier.both(self.model.head_drop(f))
+        return self.model.forward_head(f)
 
 
 class TopTune:
@@ -72,7 +78,8 @@ class TopTune:
         for p in self.trunk.parameters():
             p.requires_grad_(False)
         t0 = time.perf_counter()
-        acts = [trunk_activations(self.trunk, v, contract) for v in views]
+        # a view may come as the trunk's output already (computed once for another purpose)
+        acts = [v if isinstance(v, torch.Tensor) else trunk_activations(self.trunk, v, contract) for v in views]
         self.acts = torch.cat(acts)
         self.val_acts = trunk_activations(self.trunk, val_px, contract)
         self.train_y, self.val_y = train_y, val_y
@@ -121,8 +128,12 @@ class TopTune:
             order = order.repeat(-(-n // len(order)))[:n][rank::world]
         return order
 
-    def forward(self, net: nn.Module, idx: torch.Tensor) -> torch.Tensor:
-        return net(self.acts[idx].float())
+    def forward(self, net: nn.Module, idx: torch.Tensor, imagenet: bool = False):
+        return net(self.acts[idx].float(), imagenet=imagenet) if imagenet else net(self.acts[idx].float())
+
+    def photo(self, idx: torch.Tensor) -> torch.Tensor:
+        """The photo each sample is a view of (samples are stored view by view)."""
+        return idx % len(self.train_y)
 
     def labels(self, idx: torch.Tensor) -> torch.Tensor:
         return self.ys[idx]
