@@ -853,3 +853,29 @@ def test_review_queue_puts_the_least_sure_answers_first(registry, tmp_path, shar
                          fields={"model": "hotdog", "device_id": "device-bad-conf", "predicted": "hotdog",
                                  "corrected": "not_hotdog", "confidence": bad})
         assert r.status == 422 and b"confidence" in r.data, (bad, r.status, r.data)
+
+
+def test_devices_report_how_much_traffic_looks_unfamiliar(registry, tmp_path, hotdog_small, shared_data):
+    """Each prediction carries the model's unfamiliarity flag; a device counts them per version and sends the
+    counts with its next check (no photo); the registry shows the share per version. Bad counts are refused."""
+    srv, tokens, api = registry
+    dev = device(srv.url, tokens, tmp_path)
+    assert dev.check().action == "installed"
+    photos = [str(p) for p in sorted((hotdog_small / "val" / "hotdog").iterdir())[:6]]
+    photos += [str(p) for p in sorted((shared_data / "food-shift" / "eval" / "not_hotdog").iterdir())[:6]]
+    recs = dev.predictor.predict(photos)
+    assert all("unfamiliar" in r and isinstance(r["unfamiliar_flag"], bool) for r in recs)
+    flagged = sum(r["unfamiliar_flag"] for r in recs)
+    dev.check()
+    traffic = api("GET", "/v1/models/hotdog")[1]["traffic"]
+    assert traffic == [{"version": 1, "predictions": 12, "unfamiliar": flagged, "unfamiliar_share": flagged / 12}]
+    dev.check()  # sent once: nothing new since
+    assert api("GET", "/v1/models/hotdog")[1]["traffic"][0]["predictions"] == 12
+    r = run_cli("models", "hotdog", "--server", srv.url, "--token", tokens["admin"])
+    assert r.returncode == 0 and "traffic" in r.stdout and f"{flagged / 12:.1%}" in r.stdout
+    dapi = Api(srv.url, tokens["device"])
+    bad = [{"predictions": 3, "unfamiliar": 4}, {"predictions": 0, "unfamiliar": 0}, {"predictions": 10**9,
+                                                                                      "unfamiliar": 0}]
+    for b in bad:
+        status, _ = dapi("POST", "/v1/traffic", {"model": "hotdog", "device_id": "device-traffic", "version": 1, **b})
+        assert status == 422, b

@@ -166,6 +166,21 @@ def test_the_imagenet_head_stays_when_the_classes_anchor_to_it(hotdog_small, tmp
     assert b.meta["train_config"]["low_res_views"] is True and b.meta["train_config"]["imagenet_head"] == "auto"
     v = b.export(tmp_path / "m.onnx").verification
     assert v["passed"] and v["top1_agreement"] == 1.0
+    # Every prediction says how unlike the training photos it is, computed inside each exported graph: the bundle,
+    # onnxruntime and LiteRT agree; the val distribution travels with the file, so a device flags by itself.
+    unf = b.meta["unfamiliar"]
+    assert b.meta["arch"]["familiarity"] == unf["centres"] == 16 and unf["val_n"] == 80
+    assert unf["val_quantiles"]["0.5"] < unf["flag_above"] == unf["val_quantiles"]["0.95"]
+    photos = [str(p) for p in sorted((hotdog_small / "val" / "hotdog").iterdir())[:4]]
+    want = [r["unfamiliar"] for r in b.predict(photos)]
+    from pocketvision.runtime.artifact import open_predictor
+    b.export(tmp_path / "m.tflite", to="tflite")
+    for f in ("m.onnx", "m.tflite"):
+        with open_predictor(tmp_path / f) as p:
+            got = p.predict(photos)
+            assert p.meta["unfamiliar"]["flag_above"] == pytest.approx(unf["flag_above"])
+        assert max(abs(g["unfamiliar"] - w) for g, w in zip(got, want)) < 1e-3, f
+        assert all(g["unfamiliar_flag"] == (w > unf["flag_above"]) for g, w in zip(got, want))
 
     off = pv.train(hotdog_small, out=tmp_path / "off.pvb", epochs=0, imagenet_head="off", run_dir=tmp_path / "r2",
                    progress=False, tensorboard=False, workers=0)

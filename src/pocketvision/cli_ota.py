@@ -163,6 +163,13 @@ def _render_status(s: dict[str, Any]) -> None:
     for r in s["adoption"]:
         t.add_row(str(r["version"]), r["state"], str(r["devices"]))
     con.print(t)
+    if s.get("traffic"):
+        t = Table(title="traffic (what devices' models saw; unfamiliar: unlike the training photos)")
+        for c in ("version", "predictions", "unfamiliar", "share"):
+            t.add_column(c)
+        for r in s["traffic"]:
+            t.add_row(str(r["version"]), f"{r['predictions']:,}", f"{r['unfamiliar']:,}", f"{r['unfamiliar_share']:.1%}")
+        con.print(t)
 
 
 def cmd_feedback(a: argparse.Namespace) -> int:

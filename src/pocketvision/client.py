@@ -160,6 +160,7 @@ class SwappablePredictor:
     def __init__(self, predictor: Any | None = None, version: int | None = None):
         self._current, self.version = predictor, version
         self._lock = threading.Lock()
+        self.traffic: dict[int, list[int]] = {}  # version -> [predictions, flagged unfamiliar], sent with checks
 
     @property
     def current(self) -> Any:
@@ -174,7 +175,14 @@ class SwappablePredictor:
         return old  # not closed here: a call that took it may still be running; it is freed when released
 
     def predict(self, sources) -> list[dict[str, Any]]:
-        return self.current.predict(sources)
+        version, current = self.version, self.current
+        out = current.predict(sources)
+        if version is not None and out and "unfamiliar_flag" in out[0]:
+            with self._lock:
+                n = self.traffic.setdefault(version, [0, 0])
+                n[0] += len(out)
+                n[1] += sum(bool(r.get("unfamiliar_flag")) for r in out)
+        return out
 
     def run_pixels(self, pixels: np.ndarray) -> np.ndarray:
         return self.current.run_pixels(pixels)
@@ -293,7 +301,30 @@ class ModelUpdater:
         except (OSError, urllib3.exceptions.HTTPError) as e:  # offline: try again later, keep serving
             res = CheckResult("failed", None, f"network: {e}")
         res.downloaded_bytes = self.fetcher.bytes_received - start
+        self._send_traffic()
         return res
+
+    def _send_traffic(self) -> None:
+        """With each check: how many predictions each version made and how many looked unfamiliar (counts only;
+        best effort: what is not sent is sent with the next check)."""
+        if not self.send_reports:
+            return
+        with self.predictor._lock:
+            pending = {v: list(n) for v, n in self.predictor.traffic.items() if n[0]}
+        for version, (n, unf) in pending.items():
+            body = json.dumps({"model": self.model, "device_id": self.device_id, "version": version,
+                               "predictions": n, "unfamiliar": unf}).encode()
+            try:
+                r = self.fetcher.http.request("POST", f"{self.server}/v1/traffic", body=body,
+                                              headers={**self.fetcher.headers, "Content-Type": "application/json"},
+                                              timeout=urllib3.Timeout(connect=5, read=5))
+                r.release_conn()
+            except urllib3.exceptions.HTTPError:
+                return
+            if r.status < 300:
+                with self.predictor._lock:
+                    left = self.predictor.traffic[version]
+                    left[0], left[1] = left[0] - n, left[1] - unf
 
     def _check(self) -> CheckResult:
         up = self._updater()

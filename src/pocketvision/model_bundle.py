@@ -90,6 +90,14 @@ class Bundle:
 
     run_pixels = predict_pixels  # the name every predictor of an exported file uses
 
+    @torch.no_grad()
+    def run_outputs(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 NHWC -> every output of the graph an export captures, by name (``OutputSpec.names``)."""
+        plugin = self.plugin
+        body = plugin.graph_model(self.model).eval()
+        outs = plugin.graph_head(body(torch.from_numpy(self.contract.normalize(pixels))))
+        return {name: o.numpy() for name, o in zip(plugin.outputs.names, outs)}
+
     def predict(self, images: list[str | Path | bytes] | str | Path) -> list[dict[str, Any]]:
         return self.plugin.predict(self, split_sources(images))
 

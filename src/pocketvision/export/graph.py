@@ -82,7 +82,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 
 class FirstOutput(nn.Module):
-    """The graph's primary output only: formats that carry one output tensor (LiteRT, Core ML)."""
+    """The graph's primary output only: formats that carry one output tensor (Core ML's classifier)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -90,6 +90,18 @@ class FirstOutput(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image)[0]
+
+
+class SomeOutputs(nn.Module):
+    """The graph's outputs at ``keep`` (a tensor when one, else a tuple in that order)."""
+
+    def __init__(self, net: nn.Module, keep: tuple[int, ...]):
+        super().__init__()
+        self.net, self.keep = net, keep
+
+    def forward(self, image: torch.Tensor):
+        out = self.net(image)
+        return out[self.keep[0]] if len(self.keep) == 1 else tuple(out[i] for i in self.keep)
 
 
 def pixel_graph(model: nn.Module, contract: Contract, head: Callable[[torch.Tensor], tuple]) -> PixelGraph:

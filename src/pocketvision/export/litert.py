@@ -59,16 +59,26 @@ def add_metadata(model_bytes: bytes, metadata: dict[str, Any]) -> bytes:
     return bytes(fbu.convert_object_to_bytearray(model))
 
 
+EXTRA_OUTPUTS = ("unfamiliar",)  # outputs besides the first that a LiteRT file carries
+
+
 def export_tflite(job: ExportJob) -> Path:
     require()
     import torch
 
-    from .graph import FirstOutput, pixel_graph
+    from .graph import SomeOutputs, pixel_graph
     h, w = job.contract.size
-    net = FirstOutput(pixel_graph(job.model, job.contract, job.task.graph_head)).eval()
+    graph = pixel_graph(job.task.graph_model(job.model), job.contract, job.task.graph_head)
     # LiteRT graphs keep the example's shape: the contract's size, batch 1 (a fully convolutional model
     # still gets a fixed size here; the interpreter runs other sizes only after a resize + re-allocation).
     sample = torch.randint(0, 256, (1, h, w, 3), dtype=torch.uint8)
+    # The primary output, and the extra ones a device reads by itself (a classifier's unfamiliarity score); the
+    # logits stay out (the probabilities say the same). The metadata names them in order.
+    with torch.no_grad():
+        names = list(job.task.outputs.names)[:len(graph(sample))]
+    keep = tuple(i for i, n in enumerate(names) if i == 0 or n in EXTRA_OUTPUTS)
+    net = SomeOutputs(graph, keep).eval()
+    job.meta = {**job.meta, "outputs": [names[i] for i in keep]}
     calibration = job.calibration(128) if job.precision == "int8" else None
     if job.precision == "int8" and (calibration is None or not len(calibration)):
         raise PocketVisionError("tflite int8 needs calibration images.")

@@ -40,10 +40,11 @@ def export_onnx(model: nn.Module, contract: Contract, task: Task, metadata: dict
     out = Path(out)
     if opset < 17:
         raise PocketVisionError(f"opset {opset} is too old; use >= 17.")
-    graph = pixel_graph(model, contract, task.graph_head)
-    names = list(task.outputs.names)
+    graph = pixel_graph(task.graph_model(model), contract, task.graph_head)
     h, w = contract.size
     example = torch.randint(0, 256, (2, h, w, 3), dtype=torch.uint8)
+    with torch.no_grad():  # a bundle may give a prefix of the task's outputs (no unfamiliarity score, say)
+        names = list(task.outputs.names)[:len(graph(example))]
     dims = {0: torch.export.Dim.DYNAMIC}
     if task.outputs.dynamic_size:
         dims.update({1: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC})

@@ -144,6 +144,17 @@ class ClassifierNet(nn.Module):
         self.classifier = ImageNetClassMap(self.classifier, classes)
         self.num_classes = len(classes)
 
+    def attach_familiarity(self, k: int) -> None:
+        """Room for a ``Familiarity`` of ``k`` centres (its buffers come with the weights, or from a fit)."""
+        from .familiarity import Familiarity
+        self.familiarity = Familiarity(k, self.num_features)
+
+    def forward_with_unfamiliar(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (logits, how unlike the training photos each photo is): what an exported graph computes."""
+        f = self.forward_features(x)
+        logits = self.forward_head(f)
+        return logits, self.familiarity(f, torch.softmax(logits.float(), dim=1))
+
     def head_input(self, f: torch.Tensor) -> torch.Tensor:
         """What the last Linear sees for pooled features ``f``: ``f`` itself, or a label map's per-class scores.
         A linear probe fits that Linear on these."""

@@ -124,9 +124,13 @@ def build_model(spec: dict[str, Any] | str, pretrained: bool = False) -> nn.Modu
         spec = {"name": spec}
     if not isinstance(spec, dict) or "name" not in spec:
         raise PocketVisionError(f'A model spec is {{"name": str, "args": {{...}}}}. Got {spec!r}.')
-    extra = set(spec) - {"name", "args"}
+    extra = set(spec) - {"name", "args", "familiarity"}
     if extra:
-        raise PocketVisionError(f"Unrecognized model spec key(s) {sorted(extra)}. Valid keys: name, args.")
+        raise PocketVisionError(f"Unrecognized model spec key(s) {sorted(extra)}. Valid keys: name, args, "
+                                "familiarity.")
+    k = spec.get("familiarity")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 4096):
+        raise PocketVisionError(f"The model spec's 'familiarity' must be a number of centres in [1, 4096]. Got {k!r}.")
     name = spec["name"]
     entry = model_entry(name)
     args = resolve_args(name, spec.get("args"))
@@ -138,6 +142,11 @@ def build_model(spec: dict[str, Any] | str, pretrained: bool = False) -> nn.Modu
         kw[_PRETRAINED_KW] = True
     model = entry.builder(**kw)
     model.spec = {"name": name, "args": copy.deepcopy(args)}
+    if k is not None:  # how unlike the training photos a photo is (models/familiarity.py), inside the network
+        if not hasattr(model, "attach_familiarity"):
+            raise PocketVisionError(f"{name} has no pooled features to score familiarity on; drop 'familiarity'.")
+        model.attach_familiarity(k)
+        model.spec["familiarity"] = k
     return model
 
 

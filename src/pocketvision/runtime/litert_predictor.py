@@ -63,18 +63,36 @@ class LiteRTPredictor(Predictor):
             raise PocketVisionError(f"{self.path}: LiteRT cannot load this model ({str(e).splitlines()[0]}).") from None
         self._read_meta(meta)
         self._in = self.interpreter.get_input_details()[0]
-        self._out = self.interpreter.get_output_details()[0]
+        # Outputs in the graph's order (the signature's output_0, output_1, ...), named by the metadata.
+        sig = self.interpreter.get_signature_list().get("serving_default", {}).get("outputs", [])
+        details = self.interpreter.get_output_details()
+        if len(sig) == len(details) > 1:
+            by_name = self.interpreter.get_signature_runner("serving_default").get_output_details()
+            idx = {d["index"]: d for d in details}
+            details = [idx[by_name[n]["index"]] for n in sorted(sig, key=lambda n: int(n.rsplit("_", 1)[-1]))]
+        names = self.meta.get("outputs") or [self.plugin.outputs.names[0]]
+        if not isinstance(names, list) or len(names) != len(details) or not all(isinstance(n, str) for n in names):
+            raise PocketVisionError(f"{self.path}: metadata names {names!r} as outputs but the graph has "
+                                    f"{len(details)}; not a file pocketvision wrote.")
+        self._outs = dict(zip(names, details))
+        self._out = details[0]
         self.input_size = tuple(int(d) for d in self._in["shape"][1:3])
 
-    def run_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 NHWC -> the graph's first output; the graph has batch 1, so images run one by one."""
-        rows = []
+    def run_outputs(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 NHWC -> every output the file carries, by name; the graph has batch 1, so images run one by one."""
+        rows: dict[str, list] = {n: [] for n in self._outs}
         for x in np.ascontiguousarray(pixels, dtype=np.uint8):
             self.interpreter.set_tensor(self._in["index"], x[None])
             self.interpreter.invoke()
-            y = self.interpreter.get_tensor(self._out["index"])
-            scale, zero = self._out["quantization"]
-            if scale:  # a full-integer graph's quantised output: dequantise (a uint8 image has no scale)
-                y = (y.astype(np.float32) - zero) * scale
-            rows.append(y[0])
-        return np.stack(rows) if rows else np.zeros((0, *self._out["shape"][1:]), np.float32)
+            for name, d in self._outs.items():
+                y = self.interpreter.get_tensor(d["index"])
+                scale, zero = d["quantization"]
+                if scale:  # a full-integer graph's quantised output: dequantise (a uint8 image has no scale)
+                    y = (y.astype(np.float32) - zero) * scale
+                rows[name].append(y[0])
+        return {n: np.stack(r) if r else np.zeros((0, *self._outs[n]["shape"][1:]), np.float32)
+                for n, r in rows.items()}
+
+    def run_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 NHWC -> the graph's first output."""
+        return next(iter(self.run_outputs(pixels).values()))

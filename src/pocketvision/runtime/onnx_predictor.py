@@ -63,6 +63,10 @@ class OnnxPredictor(Predictor):
         self.input_size = tuple(hw) if all(isinstance(d, int) for d in hw) else None
         self.output_names = [o.name for o in self.session.get_outputs()]
 
+    def run_outputs(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        outs = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(pixels, dtype=np.uint8)})
+        return dict(zip(self.output_names, outs))
+
     def run_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 NHWC -> the graph's first output (probabilities, keypoints, an image...)."""
         return self.session.run(self.output_names[:1], {self.input_name: np.ascontiguousarray(pixels, dtype=np.uint8)})[0]

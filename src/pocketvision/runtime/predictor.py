@@ -70,6 +70,10 @@ class Predictor:
     def run_pixels(self, pixels: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def run_outputs(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 NHWC -> the graph's outputs by name; a runtime that reads only the first gives that one."""
+        return {self.plugin.outputs.names[0]: self.run_pixels(pixels)}
+
     def predict(self, sources: Sequence[str | os.PathLike | bytes] | str | os.PathLike) -> list[dict[str, Any]]:
         from ..tasks.base import split_sources
         return self.plugin.predict(self, split_sources(sources))

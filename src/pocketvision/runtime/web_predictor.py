@@ -134,9 +134,17 @@ class WebPredictor(Predictor):
 
     def run_pixels(self, pixels: np.ndarray, batch: int = 16) -> np.ndarray:
         """uint8 NHWC -> the graph's first output, computed by the page."""
+        return self._run(pixels, batch)[0]
+
+    def run_outputs(self, pixels: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
+        """uint8 NHWC -> the page's outputs by name: the first, and the others the graph has (numbers only)."""
+        first, extra = self._run(pixels, batch)
+        return {self.plugin.outputs.names[0]: first, **extra}
+
+    def _run(self, pixels: np.ndarray, batch: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
         n, h, w = pixels.shape[:3]
-        out = []
+        out, extra = [], {}
         for i in range(0, n, batch):
             chunk = pixels[i:i + batch]
             b64 = base64.b64encode(chunk.tobytes()).decode()
@@ -148,7 +156,12 @@ class WebPredictor(Predictor):
             else:
                 flat = np.asarray(res["data"], dtype=np.float32)
             out.append(flat.reshape([len(chunk), *res["dims"][1:]]))
-        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
+            for k, v in (res.get("extra") or {}).items():
+                if k in self.plugin.outputs.names:  # names the task knows; anything else from the page is ignored
+                    extra.setdefault(k, []).append(np.asarray(v, dtype=np.float32).reshape(len(chunk), -1))
+        first = np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
+        return first, {k: np.concatenate(v).squeeze(1) if v[0].shape[1] == 1 else np.concatenate(v)
+                       for k, v in extra.items()}
 
     def latency_ms(self, runs: int = 50, warmup: int = 5) -> dict[str, float]:
         """Per-image model time measured inside the page (performance.now around session.run)."""

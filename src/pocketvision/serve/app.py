@@ -86,6 +86,16 @@ class Report(BaseModel):
     detail: str = Field("", max_length=500)
 
 
+class Traffic(BaseModel):
+    """What a device's model saw since its last check: predictions, and how many looked unfamiliar."""
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(max_length=64)
+    device_id: str = Field(min_length=8, max_length=128)
+    version: int = Field(ge=1, le=10**9)
+    predictions: int = Field(ge=1, le=10**7)  # one check's worth; a larger claim is refused
+    unfamiliar: int = Field(ge=0, le=10**7)
+
+
 class RateLimit:
     """Fixed one-minute windows per key: enough to stop a runaway client, nothing to tune."""
 
@@ -295,6 +305,17 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
     def report(r: Report, _=Depends(device)):
         rate.hit(f"d{r.device_id}")
         registry.store.report(r.model, r.device_id, r.version, r.state, r.detail)
+        return {"ok": True}
+
+    @app.post("/v1/traffic", tags=["devices"])
+    def post_traffic(t: Traffic, _=Depends(device)):
+        """Counts a device sends with its check (no photo): the registry shows, per version, the share of
+        predictions that looked unlike the training photos."""
+        rate.hit(f"d{t.device_id}")
+        if t.unfamiliar > t.predictions:
+            raise HTTPException(422, "unfamiliar: at most the number of predictions")
+        check_name(t.model, "model")
+        registry.store.add_traffic(t.model, t.version, t.predictions, t.unfamiliar)
         return {"ok": True}
 
     @app.post("/v1/feedback", tags=["devices"])

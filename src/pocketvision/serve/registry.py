@@ -357,7 +357,7 @@ class Registry:
                               "artifacts": {a.kind: {"path": a.path, "bytes": a.length, "sha256": a.sha256}
                                             for a in arts if a.version == v.version}} for v in vs],
                 "channels": {ch.channel: json.loads(ch.plan) for ch in chans},
-                "adoption": self.store.adoption(model)}
+                "adoption": self.store.adoption(model), "traffic": self.store.traffic(model)}
 
     def refresh_expiring(self) -> bool:
         with self.store.writer() as conn:

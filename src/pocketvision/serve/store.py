@@ -76,6 +76,17 @@ devices = sa.Table(
     sa.Column("updated", sa.Float, nullable=False),
 )
 
+# Per version: predictions devices made and how many of them the model flagged as unlike its training photos
+# (models/familiarity.py). Counts only: no photo, no device id.
+traffic = sa.Table(
+    "traffic", metadata,
+    sa.Column("model", sa.String(100), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("predictions", sa.BigInteger, nullable=False),
+    sa.Column("unfamiliar", sa.BigInteger, nullable=False),
+    sa.Column("updated", sa.Float, nullable=False),
+)
+
 feedback = sa.Table(
     "feedback", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -182,6 +193,23 @@ class Store:
             if c.execute(devices.update().where(devices.c.model == model, devices.c.device == key)
                          .values(**row)).rowcount == 0:
                 c.execute(devices.insert().values(model=model, device=key, **row))
+
+    def add_traffic(self, model: str, version: int, predictions: int, unfamiliar: int) -> None:
+        with self.writer() as c:
+            up = traffic.update().where(traffic.c.model == model, traffic.c.version == version).values(
+                predictions=traffic.c.predictions + predictions, unfamiliar=traffic.c.unfamiliar + unfamiliar,
+                updated=time.time())
+            if c.execute(up).rowcount == 0:
+                c.execute(traffic.insert().values(model=model, version=version, predictions=predictions,
+                                                  unfamiliar=unfamiliar, updated=time.time()))
+
+    def traffic(self, model: str) -> list[dict[str, Any]]:
+        """Per version: predictions, how many looked unfamiliar, and that share (drift, before anyone complains)."""
+        with self.reader() as c:
+            rows = c.execute(sa.select(traffic.c.version, traffic.c.predictions, traffic.c.unfamiliar)
+                             .where(traffic.c.model == model).order_by(traffic.c.version))
+            return [{**dict(r._mapping), "unfamiliar_share": r.unfamiliar / r.predictions if r.predictions else 0.0}
+                    for r in rows]
 
     def adoption(self, model: str) -> list[dict[str, Any]]:
         with self.reader() as c:

@@ -271,8 +271,13 @@ class Task:
         from ..models import build_model
         return build_model(spec, pretrained=False)
 
+    def graph_model(self, model: nn.Module) -> nn.Module:
+        """The module an export captures before ``graph_head`` (default: the model; a task may return one that
+        computes more than the model's ``forward``, e.g. a classifier's unfamiliarity score)."""
+        return model
+
     def graph_head(self, y: Any) -> tuple:
-        """The model's raw output -> the graph's outputs (``outputs.names``), decoded."""
+        """The graph body's raw output -> the graph's outputs (``outputs.names``, a prefix of them), decoded."""
         return (y,)
 
     def coreml_head(self, y: Any) -> Any:

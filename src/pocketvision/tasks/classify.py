@@ -766,6 +766,39 @@ class ClassifyRun(TaskRun):
                            f"{record['ece_shifted']:.3f} (accuracy {record['shifted_accuracy']:.3f})")
         return cal_val, record
 
+    def _fit_familiarity(self, val_probs: np.ndarray) -> dict[str, Any] | None:
+        """The network's own "how unlike the training photos" score (``models/familiarity.py``): centres of the
+        training photos' features, standardised on val with the final (calibrated) probabilities. -> the bundle's
+        record, or None for a model with no pooled features (one of your own)."""
+        from ..models.familiarity import CENTRES, fit_familiarity, val_record
+        if not hasattr(self.model, "attach_familiarity"):
+            return None
+        t0 = time.perf_counter()
+        self.model.eval()
+        if self._top is not None:  # the cached path has both at hand
+            train_f = self._top.features()
+            val_f = self._top.run(self._top.val_acts, features=True)
+        else:  # the model is back on the CPU here: features of (at most 1,000) training photos and of val
+            pick = np.random.default_rng(self.cfg.seed).permutation(len(self.train_samples))[:1000]
+            fitted = self._fitted if self._fitted is not None else self._fitted_train()
+            train_f, val_f = (self._features(px) for px in (fitted[np.sort(pick)], np.stack(self.val_cache)))
+        fam, scores = fit_familiarity(train_f, val_f, val_probs, CENTRES, self.cfg.seed)
+        self.model.familiarity = fam
+        self.spec["familiarity"] = fam.centres.shape[0]
+        rec = val_record(scores)
+        rec.update(centres=int(fam.centres.shape[0]), seconds=round(time.perf_counter() - t0, 2),
+                   how="cosine distance to the nearest training centre + (1 - top probability), each standardised "
+                       "on val")
+        self.console.print(f"unfamiliar score: {fam.centres.shape[0]} training centres; a photo above "
+                           f"{rec['flag_above']:.2f} is less familiar than 95% of val")
+        return rec
+
+    def _features(self, pixels: np.ndarray) -> np.ndarray:
+        import torch
+        with torch.no_grad():
+            return np.concatenate([self.model.forward_features(torch.from_numpy(
+                self.contract.normalize(pixels[i:i + 64]))).float().numpy() for i in range(0, len(pixels), 64)])
+
     def finish(self, best: Validation | None, run_dir: Path | None) -> dict[str, Any]:
         from ..evaluate import classification_metrics
         probs = best.result if best is not None else self.validate(self.model).result
@@ -774,6 +807,7 @@ class ClassifyRun(TaskRun):
         calibration = None
         if self.opts.calibrate:
             probs, calibration = self._calibrate(probs)
+        unfamiliar = self._fit_familiarity(probs)
         metrics = classification_metrics(self.y_val, probs, labels, target_precision=self.opts.target_precision)
         if metrics.get("threshold") is not None and self._shifted is not None:
             # The operating point must hold off the val split: chosen on val + its shifted twin, with the
@@ -799,7 +833,7 @@ class ClassifyRun(TaskRun):
                          "reached": metrics.get("threshold_reached", False)}
         splits = self.splits
         out: dict[str, Any] = {
-            "labels": labels, "metrics": metrics, "threshold": threshold,
+            "labels": labels, "metrics": metrics, "threshold": threshold, "unfamiliar": unfamiliar,
             "data": {"root": str(Path(self.data).resolve()), "fingerprint": splits.fingerprint(),
                      "counts": splits.counts(), "explicit_splits": splits.explicit,
                      "val_fraction": self.cfg.val_fraction, "seed": self.cfg.seed, "skipped": self.problems}}
@@ -853,8 +887,9 @@ class ClassifyTask(Task):
     Options = ClassifyOptions
     EvalOptions = ClassifyEvalOptions
     CheckOptions = ClassifyCheckOptions
-    outputs = OutputSpec(names=("probabilities", "logits"), coreml="classifier", web_renderer="classify.js",
-                         quality="accuracy")
+    # "unfamiliar": how unlike the training photos each photo is (models/familiarity.py), when the bundle has one
+    outputs = OutputSpec(names=("probabilities", "logits", "unfamiliar"), coreml="classifier",
+                         web_renderer="classify.js", quality="accuracy")
     compressions = frozenset({"int8", "fp16", "palettize", "qat", "prune"})
     default_arch = ("efficientnet_lite0", {})
     detect_order = 100
@@ -963,8 +998,16 @@ class ClassifyTask(Task):
         return F.cross_entropy(logits.float(), y, reduction="sum")
 
     # -- graph -----------------------------------------------------------------------------------------
+    def graph_model(self, model):
+        if getattr(model, "familiarity", None) is None:
+            return model
+        from ..models.familiarity import WithUnfamiliar
+        return WithUnfamiliar(model)
+
     def graph_head(self, y):
         import torch
+        if isinstance(y, tuple):  # (logits, unfamiliarity)
+            return torch.softmax(y[0], dim=1), y[0], y[1]
         return torch.softmax(y, dim=1), y
 
     # -- runtime ---------------------------------------------------------------------------------------
@@ -972,7 +1015,15 @@ class ClassifyTask(Task):
         from ..runtime.decision import decide
         c = model.contract
         pixels = np.stack([c.load(s) for s in sources])
-        return decide(model.run_pixels(pixels), model.labels, model.threshold)
+        outs = model.run_outputs(pixels)
+        records = decide(outs["probabilities"], model.labels, model.threshold)
+        unf, ref = outs.get("unfamiliar"), (model.meta.get("unfamiliar") or {})
+        if unf is not None:  # how unlike the training photos; flagged above 95% of the val photos' scores
+            for r, u in zip(records, np.asarray(unf, dtype=np.float64).reshape(-1)):
+                r["unfamiliar"] = float(u)
+                if ref.get("flag_above") is not None:
+                    r["unfamiliar_flag"] = bool(u > float(ref["flag_above"]))
+        return records
 
     def record_line(self, record: dict[str, Any]) -> str:
         return f"{record['label']}\t{record['confidence']:.4f}"
@@ -1018,8 +1069,13 @@ class ClassifyTask(Task):
             render_shift(metrics["shift"], console)
 
     def export_meta(self, meta: dict[str, Any]) -> dict[str, Any]:
-        # the val figures travel with every export, so `eval --compare-to-val` works on the file on a phone too
-        return {"val": val_summary(meta["metrics"])} if meta.get("metrics", {}).get("accuracy") is not None else {}
+        # the val figures travel with every export, so `eval --compare-to-val` works on the file on a phone too;
+        # so does the val distribution of the unfamiliarity score, so a device can flag a photo by itself
+        out = {"val": val_summary(meta["metrics"])} if meta.get("metrics", {}).get("accuracy") is not None else {}
+        if meta.get("unfamiliar"):
+            out["unfamiliar"] = {k: meta["unfamiliar"][k] for k in ("flag_above", "val_quantiles")
+                                 if k in meta["unfamiliar"]}
+        return out
 
     def quality(self, outputs: np.ndarray, truth, reference, meta) -> float:
         return float((outputs.argmax(1) == truth).mean())

@@ -124,7 +124,9 @@ async function main() {
       try {
         const out = await session.run({ [om.input]: new ort.Tensor('uint8', rgb, [n, h, w, 3]) });
         const t = out[om.output];  // the task's primary output (OutputSpec.names[0])
-        return { data: t.data, dims: t.dims, type: t.type };
+        // the others by name (a classifier's "unfamiliar" score), for the renderer
+        const extra = Object.fromEntries(Object.entries(out).filter(([k]) => k !== om.output).map(([k, v]) => [k, Array.from(v.data)]));
+        return { data: t.data, dims: t.dims, type: t.type, extra };
       } finally {
         om.inflight -= 1;
         if (om.retired && !om.inflight) session.release();
@@ -176,7 +178,7 @@ async function main() {
       for (let i = 0; i < r.data.length; i += 0x8000) s += String.fromCharCode(...r.data.subarray(i, i + 0x8000));
       return { b64: btoa(s), dims: r.dims, type: r.type, ms };
     }
-    return { data: Array.from(r.data), dims: r.dims, type: r.type, ms };
+    return { data: Array.from(r.data), dims: r.dims, type: r.type, extra: r.extra, ms };
   };
   // A picture, video frame or canvas -> the renderer's input (the contract's resize by default) -> the model
   // -> the renderer draws the answer on the page and returns it (kept in pv.last).

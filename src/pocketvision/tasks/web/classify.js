@@ -14,7 +14,14 @@ function decide(probs, labels, threshold) {
 
 export function render({ output, meta, page: $ }) {
   const result = decide(Array.from(output.data), meta.labels, meta.threshold);
-  $('result').textContent = `${result.label} (${(100 * result.confidence).toFixed(1)}%)`;
+  // How unlike the training photos (computed in the graph); flagged above 95% of the val photos' scores.
+  const u = output.extra && output.extra.unfamiliar ? output.extra.unfamiliar[0] : null;
+  if (u != null) {
+    result.unfamiliar = u;
+    if (meta.unfamiliar && meta.unfamiliar.flag_above != null) result.unfamiliar_flag = u > meta.unfamiliar.flag_above;
+  }
+  $('result').textContent = `${result.label} (${(100 * result.confidence).toFixed(1)}%)` +
+    (result.unfamiliar_flag ? ' · this photo looks unlike the ones the model learned from' : '');
   $('probs').innerHTML = '';
   for (const [label, p] of Object.entries(result.probabilities)) {
     const row = document.createElement('div');
