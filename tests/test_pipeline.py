@@ -34,7 +34,7 @@ def test_onnx_export_is_self_contained_and_verified(trained_bundle, tmp_path):
     assert inp.name == "image" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     dims = inp.type.tensor_type.shape.dim
     assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [96, 96, 3]
-    assert [o.name for o in model.graph.output] == ["probabilities", "logits"]
+    assert [o.name for o in model.graph.output] == ["probabilities", "logits", "unfamiliar"]
     assert "BatchNormalization" not in {n.op_type for n in model.graph.node}
     meta = {p.key: json.loads(p.value) for p in model.metadata_props}
     assert meta["pocketvision.labels"] == ["hotdog", "not_hotdog"]

@@ -171,5 +171,7 @@ def prune_bundle(bundle, ratio: float = 0.3, data: str | Path | None = None, *, 
               "accuracy_before": base, "accuracy_pruned": before_ft, "accuracy_after": after,
               "accuracy_change": after - base, "finetune_epochs": epochs}
     out = bundle.derived(tuned.model, "prune", report)
-    out.meta["arch"] = spec
+    # the fine-tune's spec: the pruned channels, and the unfamiliarity score refitted on the pruned features
+    out.meta["arch"] = tuned.meta["arch"]
+    out.meta["unfamiliar"] = tuned.meta.get("unfamiliar")
     return out, report

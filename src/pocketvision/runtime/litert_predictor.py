@@ -5,6 +5,7 @@ Labels, contract and threshold come from the file's own ``pocketvision.*`` metad
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +64,13 @@ class LiteRTPredictor(Predictor):
             raise PocketVisionError(f"{self.path}: LiteRT cannot load this model ({str(e).splitlines()[0]}).") from None
         self._read_meta(meta)
         self._in = self.interpreter.get_input_details()[0]
-        # Outputs in the graph's order (the signature's output_0, output_1, ...), named by the metadata.
-        sig = self.interpreter.get_signature_list().get("serving_default", {}).get("outputs", [])
+        # Outputs in the graph's order, named by the metadata. The converter names them ..._output_<i>_output (an int8
+        # file adds "_dequant" to a dequantised one, whose signature entry still points at the int8 tensor), so the
+        # number in the name orders them; without such names, the graph's own order stands.
         details = self.interpreter.get_output_details()
-        if len(sig) == len(details) > 1:
-            by_name = self.interpreter.get_signature_runner("serving_default").get_output_details()
-            idx = {d["index"]: d for d in details}
-            details = [idx[by_name[n]["index"]] for n in sorted(sig, key=lambda n: int(n.rsplit("_", 1)[-1]))]
+        nums = [re.search(r"output_(\d+)_output", d["name"]) for d in details]
+        if len(details) > 1 and all(nums):
+            details = [d for _, d in sorted(zip((int(m.group(1)) for m in nums), details), key=lambda t: t[0])]
         names = self.meta.get("outputs") or [self.plugin.outputs.names[0]]
         if not isinstance(names, list) or len(names) != len(details) or not all(isinstance(n, str) for n in names):
             raise PocketVisionError(f"{self.path}: metadata names {names!r} as outputs but the graph has "

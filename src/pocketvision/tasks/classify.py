@@ -1121,7 +1121,8 @@ class ClassifyTask(Task):
         content = None
         if options.content_sheet and not options.content:
             raise PocketVisionError("--content-sheet draws the content check's clusters; leave out --no-content.")
-        if options.content:
+        from ..data import shards
+        if options.content and not shards.is_shard_set(Path(data)):  # a shard set's photos are not files to open
             from ..data.folder import scan
 
             from . import classify_content
