@@ -7,12 +7,13 @@
 2. The live version: --bundle, or the defaults' bundle trained here (`pocketvision train ../shared/data/hotdog`),
    published to stable at 100%.
 3. A device (the Python SDK: ModelUpdater) installs it and runs every photo of food-shift/pool (the photos users
-   send back). Each wrong answer is reported with the photo, the model's confidence and the true label: a user's
-   correction. No food-shift/eval photo is ever reported or trained on.
+   send back). Each wrong answer is reported with the photo, the model's confidence and unfamiliarity score and
+   the true label: a user's correction. No food-shift/eval photo is ever reported or trained on.
 4. For each N of --steps and each order, the first N corrections of the review queue are confirmed (teach: the
-   registry's `order=teach`, the answers the model was least sure of first; random: a seeded shuffle), the channel
-   is set back to the first version, and `retrain` runs (pull, warm start, train, gate, publish). The candidate is
-   judged on food-shift/eval and hotdog/val, whether or not the gate let it through; the round is timed.
+   registry's `order=teach`, the answers the model was least sure of first, the least familiar among them; random:
+   a seeded shuffle), the channel is set back to the first version, and `retrain` runs (pull, warm start, train,
+   gate, publish). The candidate is judged on food-shift/eval and hotdog/val, whether or not the gate let it
+   through; the round is timed.
 Prints a markdown table with the machine and the command; writes --out/bench_loop.json and bench_loop.png.
 """
 
@@ -21,52 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from bench_ota import Server, machine, pv, run  # the registry in its own process, as the OTA benchmark runs it
+
 HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("POCKETVISION_DATA", HERE.parents[1] / "shared" / "data"))
-
-
-def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
-
-
-def pv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pocketvision.cli", *args]
-
-
-def run(cmd: list[str]) -> str:
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{r.stderr[-3000:]}")
-    return r.stdout
-
-
-class Server:
-    def __init__(self, store: Path):
-        self.log = store / "serve.log"
-        self.proc = subprocess.Popen(pv("serve", "--store", str(store), "--port", "0", "--log-level", "info"),
-                                     stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
-        for _ in range(1200):
-            m = re.search(r"pocketvision registry on (http://127\.0\.0\.1:\d+)", self.log.read_text())
-            if m:
-                self.url = m.group(1)
-                return
-            time.sleep(0.05)
-        raise SystemExit(self.log.read_text())
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 def scores(bundle, folder: Path) -> dict:
@@ -81,6 +47,7 @@ def main() -> None:
     ap.add_argument("--steps", default="10,20,40,all", help="numbers of confirmed corrections per round")
     ap.add_argument("--orders", default="teach,random", help="review orders to compare")
     ap.add_argument("--epochs", type=int, default=None, help="retrain epochs (default: the engine's)")
+    ap.add_argument("--repeat", type=int, default=1, help="times each correction counts in training")
     ap.add_argument("--out", default=str(HERE / "out" / "loop"))
     a = ap.parse_args()
     sys.path.insert(0, str(HERE.parent / "src"))
@@ -116,7 +83,7 @@ def main() -> None:
         for p, truth in photos:
             rec = dev.predictor.predict([str(p)])[0]
             if rec["label"] != truth:
-                dev.report(p, rec["label"], truth, confidence=rec["confidence"])
+                dev.report(p, rec["label"], truth, confidence=rec["confidence"], unfamiliar=rec.get("unfamiliar"))
                 wrong += 1
         items = admin.call("GET", "/v1/models/hotdog/feedback?order=teach")["items"]
         console.print(f"live version: {wrong} of {len(photos)} food-shift/pool photos wrong, reported as corrections")
@@ -133,7 +100,7 @@ def main() -> None:
                     admin.call("POST", f"/v1/feedback/{it['id']}", {"status": "confirmed"})
                 admin.call("PUT", "/v1/models/hotdog/channels/stable", {"version": 1, "rollout": 100})
                 r = retrain("hotdog", srv.url, tokens["admin"], DATA / "hotdog", channel="stable", rollout=10,
-                            work=out / f"round-{order}-{n}", console=console,
+                            work=out / f"round-{order}-{n}", console=console, repeat=a.repeat,
                             train_options={"epochs": a.epochs} if a.epochs else None)
                 render(r, console)
                 cand = pv_.load(r.candidate) if r.candidate else base

@@ -76,7 +76,8 @@ def main() -> None:
             lat.setdefault(name, []).append(latency(path, size, a.runs))
     rows = []
     with open_predictor(with_score, threads=1) as p:
-        for name, folder in (("food-shift/eval", data / "food-shift" / "eval"), ("hotdog/val", data / "hotdog" / "val")):
+        sets = (("food-shift/eval", data / "food-shift" / "eval"), ("hotdog/val", data / "hotdog" / "val"))
+        for name, folder in sets:
             paths, ys = [], []
             for ci, c in enumerate(p.labels):
                 fs = sorted((folder / c).iterdir())

@@ -837,14 +837,16 @@ def test_review_queue_puts_the_least_sure_answers_first(registry, tmp_path, shar
     srv, tokens, api = registry
     dev = device(srv.url, tokens, tmp_path)
     dev.check()
-    photos = _fresh_photos(shared_data, 4)
+    photos = _fresh_photos(shared_data, 5)
     ids = [dev.report(photos[0], "not_hotdog", "hotdog", confidence=0.97)["id"],
            dev.report(photos[1], "not_hotdog", "hotdog")["id"],
            dev.report(photos[2], "hotdog", "hotdog", confidence=0.51)["id"],  # "is this right?" -> yes
-           dev.report(photos[3], "not_hotdog", "hotdog", confidence=0.62)["id"]]
+           dev.report(photos[3], "not_hotdog", "hotdog", confidence=0.62)["id"],
+           dev.report(photos[4], "not_hotdog", "hotdog", confidence=0.52, unfamiliar=3.0)["id"]]
     items = api("GET", "/v1/models/hotdog/feedback?order=teach")[1]["items"]
-    assert [it["id"] for it in items] == [ids[2], ids[3], ids[0], ids[1]]
-    assert [it["confidence"] for it in items] == [0.51, 0.62, 0.97, None]
+    # least sure first (in bands of 5%: 0.51 and 0.52 are one band), and within a band the less familiar photo
+    assert [it["id"] for it in items] == [ids[4], ids[2], ids[3], ids[0], ids[1]]
+    assert [it["confidence"] for it in items] == [0.52, 0.51, 0.62, 0.97, None] and items[0]["unfamiliar"] == 3.0
     assert [it["id"] for it in api("GET", "/v1/models/hotdog/feedback")[1]["items"]] == ids
     assert api("GET", "/v1/models/hotdog/feedback?order=loudest")[0] == 400
     http = urllib3.PoolManager()

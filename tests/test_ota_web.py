@@ -233,10 +233,21 @@ def test_wrong_control_sends_a_correction_from_the_page(registry, hotdog_small):
             assert len(items) == 2 and {i["predicted"] for i in items} == {said}
             assert {i["corrected"] for i in items} == {other} and {i["version"] for i in items} == {1}
             assert sorted(str(i["image_type"]) for i in items) == ["None", "jpg"]
+            # the model's confidence and unfamiliarity score go with each correction (the review queue's order)
+            last = web.page.evaluate("pv.last")
+            for key in ("confidence", "unfamiliar"):
+                assert [i[key] for i in items] == pytest.approx([last[key]] * 2, abs=1e-5), key
             with_photo = next(i["id"] for i in items if i["image_type"])
             status, data = Api(srv.url, tokens["admin"])("GET", f"/v1/feedback/{with_photo}/image")
             assert status == 200 and data == photo.read_bytes()  # the photo as the user gave it
             _review_in_the_labelling_app(web, srv.url, tokens, other, with_photo)
+            # "is this right?" is offered when the model was unsure or the photo looked unfamiliar; "yes" sends
+            # the model's own label back as the user's
+            from pocketvision.client import worth_asking
+            assert web.page.is_visible("#ask") == worth_asking(last)
+            web.page.evaluate("pv.sendCorrection(pv.last.label).then(() => true)")
+            items = Api(srv.url, tokens["admin"])("GET", "/v1/models/hotdog/feedback")[1]["items"]
+            assert len(items) == 3 and items[-1]["predicted"] == items[-1]["corrected"] == said
         finally:
             srv.stop()
 

@@ -63,12 +63,16 @@ def test_large_models_load_from_lazy_chunks(trained_bundle, tmp_path):
     assert v["passed"], v
 
 
-def test_cli_predict_and_eval_accept_the_web_folder(web_folder, hotdog_small):
+def test_cli_predict_and_eval_accept_the_web_folder(web_folder, hotdog_small, trained_bundle):
     img = sorted((hotdog_small / "val" / "hotdog").iterdir())[0]
     r = run_cli("predict", str(web_folder), str(img), "--json")
     assert r.returncode == 0, r.stderr
     row = json.loads(r.stdout)[0]
     assert row["label"] in ("hotdog", "not_hotdog") and 0 <= row["confidence"] <= 1
+    # the page's graph computes the unfamiliarity score too, and agrees with the bundle's
+    import pocketvision as pv
+    want = pv.load(trained_bundle).predict([str(img)])[0]
+    assert abs(row["unfamiliar"] - want["unfamiliar"]) < 1e-3 and row["unfamiliar_flag"] == want["unfamiliar_flag"]
     r = run_cli("eval", str(web_folder), str(hotdog_small), "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["argmax_accuracy"] > 0.55  # above chance on real photos, in the browser
@@ -82,4 +86,5 @@ def test_webcam_frames_are_classified_live(web_folder):
         web.page.wait_for_function("window.pv.last && window.pv.frames > 3", timeout=30_000)
         last = web.page.evaluate("window.pv.last")
         assert last["label"] in ("hotdog", "not_hotdog") and last["ms"] > 0
+        assert isinstance(last["unfamiliar"], float) and isinstance(last["unfamiliar_flag"], bool)
         assert web.page.evaluate("document.getElementById('video').videoWidth") > 0

@@ -1,5 +1,6 @@
 """Command line for over-the-air updates: `keys`, `tokens`, `serve`, `publish`, `rollout`, `rollback`, `models`,
-`feedback`, `web-updates`, `update`. Argument parsing only; each verb calls ``pocketvision.serve`` or ``pocketvision.client``."""
+`feedback`, `retrain`, `web-updates`, `update`. Argument parsing only; each verb calls ``pocketvision.serve``,
+``pocketvision.retrain`` or ``pocketvision.client``."""
 
 from __future__ import annotations
 
@@ -168,7 +169,8 @@ def _render_status(s: dict[str, Any]) -> None:
         for c in ("version", "predictions", "unfamiliar", "share"):
             t.add_column(c)
         for r in s["traffic"]:
-            t.add_row(str(r["version"]), f"{r['predictions']:,}", f"{r['unfamiliar']:,}", f"{r['unfamiliar_share']:.1%}")
+            t.add_row(str(r["version"]), f"{r['predictions']:,}", f"{r['unfamiliar']:,}",
+                      f"{r['unfamiliar_share']:.1%}")
         con.print(t)
 
 
@@ -243,7 +245,8 @@ def cmd_retrain(a: argparse.Namespace) -> int:
     if a.epochs is not None:
         opts["epochs"] = a.epochs
     r = retrain(a.name, a.server, _token(a), a.data, channel=a.channel, rollout=a.rollout,
-                targets=tuple(t.strip() for t in a.to.split(",") if t.strip()), holdout=a.holdout, work=a.work,
+                targets=tuple(t.strip() for t in a.to.split(",") if t.strip()), holdout=a.holdout, repeat=a.repeat,
+                work=a.work,
                 train_options=opts, console=con)
     _show(r.to_dict(), a.json, lambda _: render(r, Console()))
     return 1 if r.action == "kept" else 0
@@ -380,6 +383,7 @@ def add_verbs(verb) -> None:
     s.add_argument("--to", default="onnx", help="targets to export and publish, comma-separated")
     s.add_argument("--holdout", type=float, default=0.25, help="share of the corrections held back to judge the "
                    "candidate (chosen by photo, the same every round)")
+    s.add_argument("--repeat", type=int, default=1, help="how many times each correction counts in training")
     s.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's)")
     s.add_argument("--work", default=None, help="folder for the live bundle, corrections, training folder and "
                    "candidate (default: runs/retrain-NAME-vN-TIME)")

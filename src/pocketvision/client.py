@@ -153,6 +153,15 @@ class ResumableFetcher(FetcherInterface):
         part.unlink(missing_ok=True)  # complete: TUF verifies it now, and a retry starts clean either way
 
 
+ASK_BELOW = 0.7  # ask "is this right?" about answers the model was less sure of than this
+
+
+def worth_asking(record: dict[str, Any]) -> bool:
+    """Whether an app should ask the user "is this right?" about a prediction: the model was unsure, or the photo
+    looked unlike its training photos. A "yes" (``report(photo, label, label)``) teaches as much as a correction."""
+    return bool(record.get("unfamiliar_flag")) or float(record.get("confidence", 1.0)) < ASK_BELOW
+
+
 class SwappablePredictor:
     """A predictor whose model can be replaced while it serves: each call takes the current model once and
     finishes on it, so a swap never fails a request in flight."""
@@ -419,16 +428,20 @@ class ModelUpdater:
                 shutil.rmtree(d, ignore_errors=True)
 
     def report(self, image: str | os.PathLike | bytes | None, predicted: str, corrected: str,
-               share_pixels: bool = True, confidence: float | None = None) -> dict[str, Any]:
+               share_pixels: bool = True, confidence: float | None = None, unfamiliar: float | None = None
+               ) -> dict[str, Any]:
         """Tell the registry what the user says of the model's answer on ``image``: it said ``predicted``, the user
         says ``corrected`` (the same label: "yes, that is right", worth asking when the model was unsure).
-        ``confidence``: the model's, in ``predicted`` (the review queue puts the least sure first). With
-        ``share_pixels=False`` only the labels, the confidence and the model version leave the device.
+        ``confidence``: the model's, in ``predicted``; ``unfamiliar``: its score of the photo (the review queue
+        puts the least sure and least familiar first). With ``share_pixels=False`` only the labels, those two
+        numbers and the model version leave the device.
         -> the server's answer (``{"id": ...}``); a one-line error if it refused."""
         fields: dict[str, Any] = {"model": self.model, "device_id": self.device_id, "predicted": predicted,
                                   "corrected": corrected}
         if confidence is not None:
             fields["confidence"] = f"{float(confidence):.6f}"
+        if unfamiliar is not None:
+            fields["unfamiliar"] = f"{float(unfamiliar):.6f}"
         if self.version is not None:
             fields["version"] = str(self.version)
         if share_pixels and image is not None:

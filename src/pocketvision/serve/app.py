@@ -321,7 +321,8 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
     @app.post("/v1/feedback", tags=["devices"])
     async def post_feedback(request: Request, _=Depends(device)):
         """A user's correction: multipart form with ``model``, ``device_id``, ``predicted``, ``corrected``,
-        optional ``version``, ``confidence`` (the model's, in its answer) and, when the user shares it, ``image``
+        optional ``version``, ``confidence`` (the model's, in its answer), ``unfamiliar`` (its score of the
+        photo) and, when the user shares it, ``image``
         (JPEG, PNG or WebP, judged by its bytes). ``corrected`` may equal ``predicted``: "yes, that is right"."""
         size = request.headers.get("content-length")
         if size is None or not size.isdigit():
@@ -331,13 +332,13 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise HTTPException(415, "send feedback as multipart/form-data")
         try:
-            form = await request.form(max_files=1, max_fields=8, max_part_size=4096)
+            form = await request.form(max_files=1, max_fields=9, max_part_size=4096)
         except HTTPException:
             raise
         except Exception as e:  # noqa: BLE001 - the multipart parser's own errors: a malformed body
             raise HTTPException(400, f"malformed multipart body ({type(e).__name__})") from None
         fields = {}
-        for k in ("model", "device_id", "predicted", "corrected", "version", "confidence"):
+        for k in ("model", "device_id", "predicted", "corrected", "version", "confidence", "unfamiliar"):
             v = form.get(k)
             if v is not None and not isinstance(v, str):
                 raise HTTPException(422, f"{k}: a text field, not a file")
@@ -360,6 +361,14 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
                 confidence = -1.0
             if not 0.0 <= confidence <= 1.0:  # NaN fails this too
                 raise HTTPException(422, "confidence: a number in [0, 1] (the model's confidence in 'predicted')")
+        unfamiliar = None
+        if fields["unfamiliar"]:
+            try:
+                unfamiliar = float(fields["unfamiliar"][:32])
+            except ValueError:
+                unfamiliar = float("nan")
+            if not -1e3 <= unfamiliar <= 1e3:
+                raise HTTPException(422, "unfamiliar: a number (the model's unfamiliarity score of the photo)")
         rate.hit(f"d{fields['device_id']}")
         image = form.get("image")
         data = None
@@ -369,7 +378,7 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
             data = await image.read(limits.max_feedback_bytes + 1)
         check_name(fields["model"], "model")
         return await run_in_threadpool(fb.add, fields["model"], fields["device_id"], version, fields["predicted"],
-                                       fields["corrected"], data, confidence)
+                                       fields["corrected"], data, confidence, unfamiliar)
 
     @app.get("/v1/models/{model}/feedback", tags=["admin"])
     def list_feedback(model: str, status: str | None = None, order: str = "received", _=Depends(admin)):

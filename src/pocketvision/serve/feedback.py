@@ -62,7 +62,8 @@ class FeedbackStore:
         return list(json.loads(row.info).get("labels") or [])
 
     def add(self, model: str, device_id: str, version: int | None, predicted: str, corrected: str,
-            image: bytes | None, confidence: float | None = None) -> dict[str, Any]:
+            image: bytes | None, confidence: float | None = None, unfamiliar: float | None = None
+            ) -> dict[str, Any]:
         with self.reg.store.reader() as c:
             labels = self.labels(c, model)
         for field, value in (("predicted", predicted), ("corrected", corrected)):
@@ -76,13 +77,14 @@ class FeedbackStore:
             fid = c.execute(feedback.insert().values(
                 model=model, version=version, device=device_key(device_id), predicted=predicted, corrected=corrected,
                 image_sha256=sha, image_type=kind, created=time.time(), status="new", label=None,
-                confidence=confidence)
+                confidence=confidence, unfamiliar=unfamiliar)
             ).inserted_primary_key[0]
         return {"id": fid, "image": kind}
 
     def list(self, model: str, status: str | None = None, order: str = "received") -> list[dict[str, Any]]:
         """``order``: "received" (oldest first) or "teach": what teaches most first -- the answers the model was
-        least sure of (a correction of a confident answer comes after; one without a confidence last)."""
+        least sure of (in bands of 5%), and among those the photos that looked least familiar to it; a correction of
+        a confident answer comes after, one without a confidence last."""
         if order not in ORDERS:
             raise PocketVisionError(f"order {order!r}: expected one of {', '.join(ORDERS)}.")
         q = sa.select(feedback).where(feedback.c.model == model).order_by(feedback.c.id)
@@ -91,7 +93,8 @@ class FeedbackStore:
         with self.reg.store.reader() as c:
             items = [{**dict(r._mapping), "label": r.label or r.corrected} for r in c.execute(q)]
         if order == "teach":
-            items.sort(key=lambda it: (it["confidence"] is None, it["confidence"] or 0.0, it["id"]))
+            items.sort(key=lambda it: (it["confidence"] is None, round((it["confidence"] or 0.0) * 20),
+                                       -(it["unfamiliar"] or 0.0), it["id"]))
         return items
 
     def review(self, fid: int, status: str, label: str | None = None) -> dict[str, Any]:

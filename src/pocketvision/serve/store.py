@@ -101,6 +101,7 @@ feedback = sa.Table(
     sa.Column("status", sa.String(20), nullable=False),  # new | confirmed | rejected
     sa.Column("label", sa.String(200), nullable=True),  # the reviewed label (defaults to `corrected`)
     sa.Column("confidence", sa.Float, nullable=True),  # the model's confidence in `predicted`, as the device saw it
+    sa.Column("unfamiliar", sa.Float, nullable=True),  # its unfamiliarity score of the photo (models/familiarity.py)
 )
 
 TOKEN_ROLES = ("admin", "device")

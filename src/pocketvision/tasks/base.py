@@ -314,6 +314,11 @@ class Task:
         held-out ``truth``, or against ``reference``, the float model's outputs on the same pixels."""
         raise NotImplementedError
 
+    def decision_quality(self, outputs: np.ndarray, truth: Any, meta: dict[str, Any]) -> float:
+        """``quality`` of the answers a user sees: what the bundle's own decision rule makes of ``outputs`` (a
+        classifier's stored threshold, say). A release gate compares versions with it."""
+        return self.quality(outputs, truth, None, meta)
+
     def int8_recipe(self, onnx_path: Path | None) -> Int8Recipe:
         """How int8 export quantises this task's fp32 ONNX graph: nodes left float by design, the op types
         quantised, the calibration (``compress.quantize.Int8Recipe``; the default suits classifiers). ``None``:

@@ -369,7 +369,8 @@ class ClassifyRun(TaskRun):
         from ..models.imagenet_head import anchor_classes
         opts, classes = self.opts, self.splits.classes
         candidate = (not user_model and self.pretrained and opts.imagenet_head != "off"
-                     and getattr(self.model, "num_classes", None) == 1000 and "imagenet_classes" not in self.spec["args"]
+                     and getattr(self.model, "num_classes", None) == 1000
+                     and "imagenet_classes" not in self.spec["args"]
                      and isinstance(getattr(self.model, "classifier", None), torch.nn.Linear))
         if opts.imagenet_head == "on" and not candidate and "imagenet_classes" not in self.spec["args"]:
             raise PocketVisionError("--imagenet-head on: needs a pretrained efficientnet_lite* network (not --scratch, "
@@ -381,36 +382,15 @@ class ClassifyRun(TaskRun):
                 # A parent bundle's mapped head, kept as it is; the parent's own ImageNet outputs are what to keep.
                 self.console.print("head: the parent bundle's ImageNet head")
                 if self.top:
-                    from ..training.top_tune import TopNet, trunk_activations
-                    self._fitted = self._fitted_train()
-                    k = len(self.model.features) - self.opts.top_blocks
-                    self._photo_acts = trunk_activations(self.model.features[:k], self._fitted, self.contract)
-                    net = TopNet(self.model, k).eval()
-                    with torch.no_grad():
-                        self._imagenet_logits = torch.cat([net(self._photo_acts[i:i + 256].float(), imagenet=True)[1]
-                                                           for i in range(0, len(self._photo_acts), 256)])
+                    self._imagenet_logits = self._photo_logits(imagenet=True)[0]
             return
         t0 = time.perf_counter()
-        self._fitted = fitted = self._fitted_train()
-        y = np.array([s.label for s in self.train_samples])
-        if self.top:  # the trunk's output of each photo is the first cached view of the top fine-tune: keep it
-            from ..training.top_tune import TopNet, trunk_activations
-            k = len(self.model.features) - self.opts.top_blocks
-            self._photo_acts = trunk_activations(self.model.features[:k], fitted, self.contract)
-            logits = torch.from_numpy(self._run_top(TopNet(self.model, k).eval(), self._photo_acts))
-        else:
-            from ..pixels import batched
-            self.model.eval()
-
-            def run(px):
-                with torch.no_grad():
-                    return self.model(torch.from_numpy(self.contract.normalize(px))).float().numpy()
-            logits = torch.from_numpy(batched(run, fitted, 64))
+        logits, y = self._photo_logits()
         anchor = anchor_classes(logits.argmax(1).numpy(), y, len(classes))
         if anchor.usable:
             self.model.map_classifier(anchor.spec())
             self.spec["args"]["imagenet_classes"] = anchor.spec()
-            self.anchor, self._imagenet_logits, self.baseline = anchor, logits.float(), "ImageNet head"
+            self.anchor, self._imagenet_logits, self.baseline = anchor, logits, "ImageNet head"
             self.console.print(f"head: the ImageNet head, kept ({anchor.describe(classes)}; "
                                f"{time.perf_counter() - t0:.1f}s)")
             return
@@ -422,11 +402,49 @@ class ClassifyRun(TaskRun):
         loose = [c for c, k in zip(classes, anchor.classes) if k is None]
         self.console.print(f"head: a new one ({', '.join(loose)} do not anchor to ImageNet categories)")
 
-    @staticmethod
-    def _run_top(net, acts):
+    def _photo_logits(self, imagenet: bool = False):
+        """-> (the network's outputs on the training photos as the contract fits them, their labels). On the top
+        path: every photo, and the trunk's output of each is kept (the first view the top fine-tune caches);
+        ``imagenet``: a kept head's 1000 ImageNet logits. Elsewhere: a sample of at most 300 photos a class (the
+        photos may not fit in memory)."""
         import torch
+        if self.top:
+            from ..training.top_tune import TopNet, trunk_activations
+            self._fitted = fitted = self._fitted_train()
+            k = len(self.model.features) - self.opts.top_blocks
+            self._photo_acts = acts = trunk_activations(self.model.features[:k], fitted, self.contract)
+            net = TopNet(self.model, k).eval()
+            with torch.no_grad():
+                out = torch.cat([net(acts[i:i + 256].float(), imagenet=True)[1] if imagenet else
+                                 net(acts[i:i + 256].float()) for i in range(0, len(acts), 256)]).float()
+            return out, np.array([s.label for s in self.train_samples])
+        pixels, y = self._sample_photos(per_class=300)
+        self.model.eval()
         with torch.no_grad():
-            return torch.cat([net(acts[i:i + 256].float()) for i in range(0, len(acts), 256)]).numpy()
+            return torch.from_numpy(self._features(pixels, head=True)), y
+
+    def _sample_photos(self, per_class: int | None = None, total: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """At most ``per_class`` training photos of each class (or ``total`` in all), drawn with the run's seed and
+        fitted to the contract -> (uint8 NHWC, labels). Unreadable photos are left out."""
+        from PIL import Image
+
+        from ..errors import ImageDecodeError
+        rng = np.random.default_rng([self.cfg.seed, 13])
+        labels = np.array([s.label for s in self.train_samples])
+        if per_class is not None:
+            pick = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class]
+                                   for c in np.unique(labels)])
+        else:
+            pick = rng.permutation(len(labels))[:total]
+        px, ys = [], []
+        for i in np.sort(pick):
+            try:
+                px.append(self.contract.fit(Image.fromarray(self.train_cache[i])) if self.train_cache is not None
+                          else self.contract.load(self.train_samples[i].path))
+            except ImageDecodeError:
+                continue
+            ys.append(labels[i])
+        return np.stack(px), np.array(ys)
 
     # -- engine hooks ----------------------------------------------------------------------------------
     def epochs(self, cfg) -> int:
@@ -779,9 +797,8 @@ class ClassifyRun(TaskRun):
             train_f = self._top.features()
             val_f = self._top.run(self._top.val_acts, features=True)
         else:  # the model is back on the CPU here: features of (at most 1,000) training photos and of val
-            pick = np.random.default_rng(self.cfg.seed).permutation(len(self.train_samples))[:1000]
-            fitted = self._fitted if self._fitted is not None else self._fitted_train()
-            train_f, val_f = (self._features(px) for px in (fitted[np.sort(pick)], np.stack(self.val_cache)))
+            train_f, val_f = (self._features(px) for px in (self._sample_photos(total=1000)[0],
+                                                            np.stack(self.val_cache)))
         fam, scores = fit_familiarity(train_f, val_f, val_probs, CENTRES, self.cfg.seed)
         self.model.familiarity = fam
         self.spec["familiarity"] = fam.centres.shape[0]
@@ -793,11 +810,13 @@ class ClassifyRun(TaskRun):
                            f"{rec['flag_above']:.2f} is less familiar than 95% of val")
         return rec
 
-    def _features(self, pixels: np.ndarray) -> np.ndarray:
+    def _features(self, pixels: np.ndarray, head: bool = False) -> np.ndarray:
+        """Pooled features (``head``: the model's outputs) of uint8 NHWC pixels, on the CPU, in batches."""
         import torch
+        fn = self.model if head else self.model.forward_features
         with torch.no_grad():
-            return np.concatenate([self.model.forward_features(torch.from_numpy(
-                self.contract.normalize(pixels[i:i + 64]))).float().numpy() for i in range(0, len(pixels), 64)])
+            return np.concatenate([fn(torch.from_numpy(self.contract.normalize(pixels[i:i + 64]))).float().numpy()
+                                   for i in range(0, len(pixels), 64)])
 
     def finish(self, best: Validation | None, run_dir: Path | None) -> dict[str, Any]:
         from ..evaluate import classification_metrics
@@ -1079,6 +1098,11 @@ class ClassifyTask(Task):
 
     def quality(self, outputs: np.ndarray, truth, reference, meta) -> float:
         return float((outputs.argmax(1) == truth).mean())
+
+    def decision_quality(self, outputs: np.ndarray, truth, meta) -> float:
+        from ..runtime.decision import decide
+        picked = [r["index"] for r in decide(outputs, list(meta["labels"]), meta.get("threshold"))]
+        return float((np.asarray(picked) == truth).mean())
 
     def compare(self, ref, cand, truth, meta, tolerance=None) -> dict[str, Any]:
         tolerance = PROB_TOLERANCE if tolerance is None else tolerance

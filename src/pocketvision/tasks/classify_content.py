@@ -16,14 +16,15 @@ Imports torch (the network) inside its functions only; the check's other parts s
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..bundle import atomic_write_bytes
 from ..errors import ImageDecodeError, PocketVisionError
 
 NEIGHBOURS = 20  # ImageNet categories nearest a class's own (cosine of the head's weights): its look-alikes
@@ -209,7 +210,8 @@ def render(report: ContentReport, console: Any) -> None:
     from rich.table import Table
     console.print(f"\n[bold]What each class holds[/] (ImageNet {report.arch}, {report.seconds:.0f} s)")
     t = Table(show_edge=False, header_style="dim")
-    for h in ("class", "photos read", "broad groups", "top ImageNet categories", "clusters (photos: broad group, commonest category)"):
+    for h in ("class", "photos read", "broad groups", "top ImageNet categories",
+              "clusters (photos: broad group, commonest category)"):
         t.add_column(h, overflow="fold")
     for c in report.classes:
         groups = ", ".join(f"{g} {s:.0%}" for g, s in list(c.groups.items())[:3])
@@ -240,7 +242,8 @@ def write_sheet(report: ContentReport, out_png: str | os.PathLike, tile: int = 9
     draw, font = ImageDraw.Draw(sheet), ImageFont.load_default()
     for r, (name, d) in enumerate(rows):
         y = pad + r * (tile + cap + pad)
-        draw.text((pad, y), f"{name}: {d['photos']} photos, {d['group_share']:.0%} {d['group']}, commonest {d['category']}", fill=(235, 235, 235), font=font)
+        caption = f"{name}: {d['photos']} photos, {d['group_share']:.0%} {d['group']}, commonest {d['category']}"
+        draw.text((pad, y), caption, fill=(235, 235, 235), font=font)
         for i, p in enumerate(d["examples"][:per]):
             try:
                 im = load_rgb(p, min_size=(tile, tile))
@@ -248,15 +251,8 @@ def write_sheet(report: ContentReport, out_png: str | os.PathLike, tile: int = 9
                 continue
             im.thumbnail((tile, tile))
             sheet.paste(im, (pad + i * (tile + pad), y + cap))
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            sheet.save(fh, format="PNG")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    out = atomic_write_bytes(out_png, buf.getvalue())
     report.sheet = str(out)
     return out

@@ -125,7 +125,8 @@ async function main() {
         const out = await session.run({ [om.input]: new ort.Tensor('uint8', rgb, [n, h, w, 3]) });
         const t = out[om.output];  // the task's primary output (OutputSpec.names[0])
         // the others by name (a classifier's "unfamiliar" score), for the renderer
-        const extra = Object.fromEntries(Object.entries(out).filter(([k]) => k !== om.output).map(([k, v]) => [k, Array.from(v.data)]));
+        const extra = Object.fromEntries(Object.entries(out).filter(([k]) => k !== om.output)
+          .map(([k, v]) => [k, Array.from(v.data)]));
         return { data: t.data, dims: t.dims, type: t.type, extra };
       } finally {
         om.inflight -= 1;
@@ -227,6 +228,9 @@ async function startUpdates() {
 }
 
 // "wrong?": shown when updates are on and the answer is a label; sends the user's correction to the registry.
+// "is this right?" too when the model was unsure or the photo looked unlike its training photos: a "yes" there
+// teaches as much as a correction (the same rule as pocketvision.client.worth_asking).
+const ASK_BELOW = 0.7;
 function offerCorrection(result, m) {
   const box = $('wrong');
   if (!pv.updates || result.label === undefined || !m.labels) { box.hidden = true; return; }
@@ -235,6 +239,9 @@ function offerCorrection(result, m) {
   $('wrong-status').textContent = '';
   box.hidden = false;
   box.dataset.predicted = result.label;
+  box.dataset.confidence = result.confidence ?? '';
+  box.dataset.unfamiliar = result.unfamiliar ?? '';
+  $('ask').hidden = !(result.unfamiliar_flag || result.confidence < ASK_BELOW);
 }
 
 // The photo as the user gave it (a file or URL), or the current video frame as a JPEG.
@@ -250,8 +257,9 @@ async function photoBlob() {
 pv.sendCorrection = async (corrected = $('wrong-label').value, sharePixels = $('wrong-share').checked) => {
   const status = $('wrong-status');
   try {
-    const r = await pv.updates.feedback({ image: sharePixels ? await photoBlob() : null, predicted: $('wrong').dataset.predicted,
-      corrected, sharePixels });
+    const box = $('wrong');
+    const r = await pv.updates.feedback({ image: sharePixels ? await photoBlob() : null, predicted: box.dataset.predicted,
+      corrected, sharePixels, confidence: box.dataset.confidence, unfamiliar: box.dataset.unfamiliar });
     status.textContent = 'Thanks: sent.';
     return r;
   } catch (e) {
@@ -260,6 +268,7 @@ pv.sendCorrection = async (corrected = $('wrong-label').value, sharePixels = $('
   }
 };
 $('wrong-send').addEventListener('click', () => pv.sendCorrection().catch(() => {}));
+$('right-send').addEventListener('click', () => pv.sendCorrection($('wrong').dataset.predicted).catch(() => {}));
 
 // Photos: drop or choose; camera: run the model on frames as fast as it allows.
 async function runFile(file) {

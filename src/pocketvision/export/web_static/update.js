@@ -359,12 +359,15 @@ export class Updater {
   }
 
   // A user's correction: the photo (unless they keep it private), what the model said and what it is.
-  async feedback({ image, predicted, corrected, sharePixels = true }) {
+  async feedback({ image, predicted, corrected, sharePixels = true, confidence = '', unfamiliar = '' }) {
     const form = new FormData();
     form.set('model', this.cfg.model);
     form.set('device_id', this.deviceId);
     form.set('predicted', predicted);
     form.set('corrected', corrected);
+    // the model's confidence and its unfamiliarity score of the photo: the review queue puts those first
+    if (confidence !== '' && confidence != null) form.set('confidence', String(confidence));
+    if (unfamiliar !== '' && unfamiliar != null) form.set('unfamiliar', String(unfamiliar));
     if (this.version != null) form.set('version', String(this.version));
     if (sharePixels && image) form.set('image', image, 'photo');
     const r = await this.get('/v1/feedback', { method: 'POST', body: form });

@@ -15,7 +15,9 @@ function show() {
   const open = state.items.filter((i) => i.status === 'new').length;
   $('stats').textContent = `${state.at + 1} / ${state.items.length} · ${open} to review`;
   if (!it) { $('prompt').textContent = 'No corrections yet.'; $('choices').replaceChildren(); return; }
-  $('prompt').textContent = `#${it.id} (version ${it.version ?? '?'}): the model said “${it.predicted}”${it.confidence != null ? ` (${Math.round(it.confidence * 100)}% sure)` : ''}, the user says “${it.corrected}” · ${it.status}${it.status === 'confirmed' ? ` as ${it.label}` : ''}`;
+  const sure = it.confidence != null ? ` (${Math.round(it.confidence * 100)}% sure)` : '';
+  $('prompt').textContent = `#${it.id} (version ${it.version ?? '?'}): the model said “${it.predicted}”${sure}, ` +
+    `the user says “${it.corrected}” · ${it.status}${it.status === 'confirmed' ? ` as ${it.label}` : ''}`;
   $('photo').hidden = !it.image_type;
   $('private').hidden = !!it.image_type;
   if (it.image_type) $('photo').src = `api/image/${it.id}`;
