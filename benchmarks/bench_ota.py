@@ -275,7 +275,8 @@ def part_fleet(s: dict, out: Path, n: int) -> list[str]:
     store = out / "fleet-store"
     shutil.rmtree(store, ignore_errors=True)
     shutil.copytree(s["store"], store)
-    srv = Server(store, "--log-level", "warning")
+    # the whole simulated fleet asks for its identities from one address
+    srv = Server(store, "--log-level", "warning", "--new-devices-per-minute", str(10 * n))
     admin = {"Authorization": f"Bearer {s['tokens']['admin']}", "Content-Type": "application/json"}
     devices = [ModelUpdater(srv.url, "hotdog", token=s["tokens"]["device"], trusted_root=s["root"],
                             cache_dir=fleet_dir / f"d{i:04d}", device_id=f"sim-{i:04d}", threads=1)

@@ -10,13 +10,16 @@ is a one-line ``BundleError``.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
 import platform
+import stat
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +36,7 @@ META_NAME, WEIGHTS_NAME = "bundle.json", "weights.safetensors"
 # 4.8 GB of memory before failing.
 MAX_META_BYTES = 8 * 2**20
 MAX_WEIGHTS_BYTES = 2 * 2**30
+MAX_LABELS = 10_000  # classes or points one model may name
 
 
 def sha256_file(path: str | Path) -> str:
@@ -163,6 +167,9 @@ def check_fields(meta: dict[str, Any], where: str) -> None:
         raise BundleError(f"{where}: 'arch' needs a 'name' (text) and 'args' (an object).")
     if not all(isinstance(x, str) for x in meta.get("labels", [])) or not meta.get("labels"):
         raise BundleError(f"{where}: 'labels' should be a non-empty list of names.")
+    if len(meta.get("labels", [])) > MAX_LABELS or any(len(x) > 200 for x in meta.get("labels", [])):
+        raise BundleError(f"{where}: 'labels' holds {len(meta['labels']):,} names (at most {MAX_LABELS:,} of at most "
+                          "200 characters); not a model pocketvision made.")
     if not all(isinstance(x, dict) for x in meta.get("lineage", [])):
         raise BundleError(f"{where}: 'lineage' should be a list of objects.")
     if "contract" in meta:
@@ -174,43 +181,92 @@ def check_fields(meta: dict[str, Any], where: str) -> None:
 
 def parse_json(raw: bytes | str, where: str, error: type[Exception]) -> Any:
     """JSON from an untrusted source -> the value, or one ``error`` naming ``where`` (invalid text or encoding, or
-    nesting so deep that the parser gives up: a RecursionError, raised quickly and with little memory)."""
+    nesting so deep that the parser gives up: a RecursionError, raised quickly and with little memory; an integer
+    of more digits than Python converts: a ValueError)."""
     try:
         return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # ValueError covers JSONDecodeError and UnicodeDecodeError
         raise error(f"{where} is not valid JSON ({str(e)[:200]}).") from None
 
 
-def read(path: str | Path) -> BundleData:
-    """Read and validate a bundle. Every failure is a one-line BundleError naming the file."""
+def _read_capped(f, cap: int, where: str) -> bytes:
+    """At most ``cap`` bytes from ``f``, read in 1 MB pieces: a member or file that holds more than it declared
+    (a zip directory that lies, a file that grows) is refused as soon as the count passes the cap."""
+    out = bytearray()
+    while chunk := f.read(min(1 << 20, cap + 1 - len(out))):
+        out += chunk
+        if len(out) > cap:
+            raise BundleError(f"{where} holds more than the {cap:,} bytes it may; not a bundle pocketvision wrote.")
+    return bytes(out)
+
+
+class _Members:
+    """The two members of a bundle, zip or folder, each read with a cap checked before a byte is inflated."""
+
+    ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
+
+    def __init__(self, path: Path):
+        self.path, self.zip = path, None
+        if not path.is_dir():
+            self.zip = zipfile.ZipFile(path)
+            infos = self.zip.infolist()
+            extra = sorted({i.filename for i in infos} - {META_NAME, WEIGHTS_NAME})
+            if extra or len(infos) != len({i.filename for i in infos}):
+                raise BundleError(f"{path}: unexpected member(s) {extra[:5] or 'repeated names'}; a bundle holds "
+                                  f"only {META_NAME} and {WEIGHTS_NAME}.")
+            for i in infos:  # other methods (LZMA, bzip2) inflate far more per read; pocketvision writes stored
+                if i.compress_type not in self.ZIP_METHODS:
+                    raise BundleError(f"{path}: {i.filename} uses zip compression method {i.compress_type}; a bundle "
+                                      "is stored or deflated (re-zip it with `zip -r`, or re-export it).")
+
+    def close(self) -> None:
+        if self.zip is not None:
+            self.zip.close()
+
+    def read(self, name: str, cap: int, too_big) -> bytes:
+        where = f"{self.path}: {name}"
+        if self.zip is not None:
+            info = self.zip.getinfo(name)
+            if info.file_size > cap:
+                raise too_big(name, info.file_size, cap)
+            # zipfile stops at the declared size and then checks the CRC; the capped reads bound what it inflates
+            with self.zip.open(info) as f:
+                return _read_capped(f, info.file_size, where)
+        # Only a regular file inside the folder: a link (to /dev/zero, out of the folder) or a FIFO is refused
+        # before a byte is read (O_NONBLOCK: opening a FIFO does not wait for a writer).
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        try:
+            fd = os.open(self.path / name, flags)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.EMLINK):
+                raise BundleError(f"{where} is a link; a bundle folder holds plain files. Copy the file in.") from None
+            raise
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise BundleError(f"{where} is not a regular file; a bundle folder holds plain files.")
+            if st.st_size > cap:
+                raise too_big(name, st.st_size, cap)
+            return _read_capped(f, cap, where)
+
+
+def read(path: str | Path, weights_cap: Callable[[dict[str, Any]], int] | None = None) -> BundleData:
+    """Read and validate a bundle. Every failure is a one-line BundleError naming the file. ``weights_cap``:
+    metadata -> the most bytes its weights may take (the architecture, sized without memory); checked before the
+    weights are read."""
     path = Path(path)
     if not path.exists():
         raise BundleError(f"{path}: bundle not found. Train one with `pocketvision train DATA --out {path.name}`.")
-    caps = {META_NAME: MAX_META_BYTES, WEIGHTS_NAME: MAX_WEIGHTS_BYTES}
 
-    def too_big(name: str, size: int) -> BundleError:
-        return BundleError(f"{path}: {name} is {size:,} bytes, over this reader's cap of {caps[name]:,}; not a bundle "
+    def too_big(name: str, size: int, cap: int) -> BundleError:
+        return BundleError(f"{path}: {name} is {size:,} bytes, over this reader's cap of {cap:,}; not a bundle "
                            "pocketvision wrote (refused before reading it).")
+    members = None
     try:
-        if path.is_dir():
-            for name in caps:
-                size = (path / name).stat().st_size
-                if size > caps[name]:
-                    raise too_big(name, size)
-            meta_bytes = (path / META_NAME).read_bytes()
-            weights = (path / WEIGHTS_NAME).read_bytes()
-        else:
-            with zipfile.ZipFile(path) as z:
-                infos = z.infolist()
-                extra = sorted({i.filename for i in infos} - set(caps))
-                if extra or len(infos) != len({i.filename for i in infos}):
-                    raise BundleError(f"{path}: unexpected member(s) {extra[:5] or 'repeated names'}; a bundle holds "
-                                      f"only {META_NAME} and {WEIGHTS_NAME}.")
-                for i in infos:
-                    if i.file_size > caps[i.filename]:
-                        raise too_big(i.filename, i.file_size)
-                # zipfile stops decompressing at the declared size, so the caps hold even if the sizes lie
-                meta_bytes, weights = z.read(META_NAME), z.read(WEIGHTS_NAME)
+        members = _Members(path)
+        meta = _meta(members.read(META_NAME, MAX_META_BYTES, too_big), path)
+        cap = MAX_WEIGHTS_BYTES if weights_cap is None else min(MAX_WEIGHTS_BYTES, weights_cap(meta))
+        weights = members.read(WEIGHTS_NAME, cap, too_big)
     except BundleError:
         raise
     except FileNotFoundError as e:
@@ -220,6 +276,18 @@ def read(path: str | Path) -> BundleData:
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, EOFError, ValueError,
             RuntimeError) as e:  # RuntimeError: an encrypted member; NotImplementedError: an unknown compression
         raise BundleError(f"{path}: corrupt or truncated bundle ({str(e)[:200]}). Re-export or re-download it.") from None
+    finally:
+        if members is not None:
+            members.close()
+    digest = hashlib.sha256(weights).hexdigest()
+    if meta.get("weights_sha256") != digest:
+        raise BundleError(f"{path}: weights do not match the checksum in bundle.json (tampered or truncated). "
+                          "Re-export or re-download the bundle.")
+    return BundleData(meta=meta, weights=weights, source=path)
+
+
+def _meta(meta_bytes: bytes, path: Path) -> dict[str, Any]:
+    """bundle.json's bytes -> its validated fields (before the weights are read)."""
     meta = parse_json(meta_bytes, f"{path}: {META_NAME}", BundleError)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BundleError(f"{path}: not a pocketvision bundle (bundle.json has no format={FORMAT!r}).")
@@ -229,12 +297,8 @@ def read(path: str | Path) -> BundleData:
     if schema > SCHEMA_VERSION:
         raise BundleError(f"{path}: written by a newer pocketvision (bundle schema {schema}, this version reads "
                           f"<= {SCHEMA_VERSION}). Upgrade: pip install -U pocketvision")
-    digest = hashlib.sha256(weights).hexdigest()
-    if meta.get("weights_sha256") != digest:
-        raise BundleError(f"{path}: weights do not match the checksum in bundle.json (tampered or truncated). "
-                          "Re-export or re-download the bundle.")
     for key in ("task", "arch", "labels", "contract"):
         if key not in meta:
             raise BundleError(f"{path}: bundle.json is missing '{key}'.")
     check_fields(meta, f"{path}: bundle.json")
-    return BundleData(meta=meta, weights=weights, source=path)
+    return meta

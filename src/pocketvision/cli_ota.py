@@ -97,7 +97,14 @@ def cmd_serve(a: argparse.Namespace) -> int:
     if a.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {a.host}: serve TLS through a reverse proxy (README: 'Over-the-air updates').",
               flush=True)
-    limits = Limits(max_upload_bytes=a.max_upload_mb << 20, allow_origins=a.allow_origin or [])
+    from pydantic import ValidationError
+    try:
+        limits = Limits(max_upload_bytes=max(0, a.max_upload_mb) << 20, allow_origins=a.allow_origin or [],
+                        check_artifacts=not a.no_check_artifacts, new_devices_per_minute=a.new_devices_per_minute)
+    except ValidationError as e:
+        err = e.errors()[0]
+        flag = {"max_upload_bytes": "--max-upload-mb", "new_devices_per_minute": "--new-devices-per-minute"}
+        raise PocketVisionError(f"{flag.get(str(err['loc'][0]), err['loc'][0])}: {err['msg']}.") from None
     serve(a.store, a.db, a.blobs, a.keys, a.host, a.port, limits, a.log_level, a.workers)
     return 0
 
@@ -323,6 +330,12 @@ def add_verbs(verb) -> None:
     s.add_argument("--allow-origin", action="append", metavar="ORIGIN",
                    help="let web pages from ORIGIN (e.g. https://app.example.com) check for updates and send "
                    "corrections from the browser (CORS; repeatable)")
+    s.add_argument("--new-devices-per-minute", type=int, default=10,
+                   help="device identities issued per source address a minute (more behind a NAT or for a "
+                   "simulated fleet)")
+    s.add_argument("--no-check-artifacts", action="store_true",
+                   help="sign uploads without running them on their smoke photos here (a registry without the "
+                   "models' runtimes; devices still check before they swap a model in)")
     s.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
     s = verb("publish", "Export a bundle, refuse what fails verify, record smoke outputs, upload and sign a new "

@@ -316,12 +316,12 @@ class ModelUpdater:
     def _send_traffic(self) -> None:
         """With each check: how many predictions each version made and how many looked unfamiliar (counts only;
         best effort: what is not sent is sent with the next check)."""
-        if not self.send_reports:
+        if not self.send_reports or (issued := self.issued_id()) is None:
             return
         with self.predictor._lock:
             pending = {v: list(n) for v, n in self.predictor.traffic.items() if n[0]}
         for version, (n, unf) in pending.items():
-            body = json.dumps({"model": self.model, "device_id": self.device_id, "version": version,
+            body = json.dumps({"model": self.model, "device_id": issued, "version": version,
                                "predictions": n, "unfamiliar": unf}).encode()
             try:
                 r = self.fetcher.http.request("POST", f"{self.server}/v1/traffic", body=body,
@@ -436,7 +436,10 @@ class ModelUpdater:
         puts the least sure and least familiar first). With ``share_pixels=False`` only the labels, those two
         numbers and the model version leave the device.
         -> the server's answer (``{"id": ...}``); a one-line error if it refused."""
-        fields: dict[str, Any] = {"model": self.model, "device_id": self.device_id, "predicted": predicted,
+        issued = self.issued_id()
+        if issued is None:
+            raise PocketVisionError(f"{self.server}: cannot reach the registry to send the correction; try again.")
+        fields: dict[str, Any] = {"model": self.model, "device_id": issued, "predicted": predicted,
                                   "corrected": corrected}
         if confidence is not None:
             fields["confidence"] = f"{float(confidence):.6f}"
@@ -460,10 +463,28 @@ class ModelUpdater:
             raise PocketVisionError(f"feedback refused (HTTP {r.status}): {body.get('detail')}")
         return body
 
+    def issued_id(self) -> str | None:
+        """This install's identity at the registry (``POST /v1/devices`` once, then kept in the cache folder): what
+        reports, traffic and corrections carry. ``device_id`` stays the device's own, for its rollout bucket.
+        None when the registry cannot be reached now (asked again next time)."""
+        if self.state.get("issued", {}).get("server") == self.server:
+            return self.state["issued"]["id"]
+        try:
+            r = self.fetcher.http.request("POST", f"{self.server}/v1/devices", headers=self.fetcher.headers,
+                                          timeout=urllib3.Timeout(connect=5, read=5))
+            issued = json.loads(r.data)["device_id"] if r.status == 200 else None
+        except (urllib3.exceptions.HTTPError, ValueError, KeyError, TypeError):
+            issued = None
+        if not isinstance(issued, str):
+            return None
+        self.state["issued"] = {"server": self.server, "id": issued}
+        self._write_state()
+        return issued
+
     def _report(self, version: int | None, state: str, detail: str) -> None:
-        if not self.send_reports:
+        if not self.send_reports or (issued := self.issued_id()) is None:
             return
-        body = json.dumps({"model": self.model, "device_id": self.device_id, "version": version, "state": state,
+        body = json.dumps({"model": self.model, "device_id": issued, "version": version, "state": state,
                            "detail": detail[:500]}).encode()
         try:
             self.fetcher.http.request("POST", f"{self.server}/v1/reports", body=body,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,9 @@ class Contract:
         if self.interpolation not in _RESAMPLE:
             raise unknown_choice("contract.interpolation", self.interpolation, _RESAMPLE)
         h, w = self.size
-        if not (isinstance(h, int) and isinstance(w, int) and 8 <= h <= 4096 and 8 <= w <= 4096):
-            raise PocketVisionError(f"contract.size must be two integers in [8, 4096]. Got {self.size}.")
+        if not (isinstance(h, int) and isinstance(w, int) and 8 <= h <= 1024 and 8 <= w <= 1024):
+            raise PocketVisionError(f"contract.size must be two integers in [8, 1024] (what training makes). "
+                                    f"Got {self.size}.")
         if not 0.1 <= self.crop_pct <= 1.0:
             raise PocketVisionError(f"contract.crop_pct must be in [0.1, 1]. Got {self.crop_pct}.")
         if any(s <= 0 for s in self.std):
@@ -129,11 +131,38 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, P, CMYK, YCbCr, LAB, HSV
 
 
+MAX_PIXELS = 40_000_000  # one image's decode budget: 120 MB of RGB; phones shoot 12-50 MP, JPEGs decode reduced
+# Pillow warns from 89 MP (its own, looser bomb check); every image that big is over our budget and refused in one
+# line below, so its two-line warning would only repeat that.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def pixel_budget() -> int:
+    """The most pixels one image may decode to: ``POCKETVISION_MAX_PIXELS`` or 40 million."""
+    raw = os.environ.get("POCKETVISION_MAX_PIXELS")
+    if raw is None:
+        return MAX_PIXELS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise PocketVisionError(f"POCKETVISION_MAX_PIXELS={raw[:40]!r}: give a whole number of pixels, e.g. 100000000.")
+    return value
+
+
+def _over_budget(name: str, w: int, h: int, budget: int) -> ImageDecodeError:
+    return ImageDecodeError(f"{name}: {w}x{h} pixels ({w * h / 1e6:.0f} MP) is over the {budget / 1e6:g} MP budget for "
+                            "one image; skipped. Downscale it, or raise the budget: POCKETVISION_MAX_PIXELS="
+                            f"{w * h}.")
+
+
 def load_rgb(source: str | os.PathLike | bytes, min_size: tuple[int, int] | None = None) -> Image.Image:
     """Decode an image to upright 8-bit RGB.
 
     ``min_size`` (w, h) lets JPEGs decode at 1/2, 1/4 or 1/8 scale (``Image.draft``) when the target
-    is much smaller: a 12 MP photo is never fully decoded to make a 224 px input.
+    is much smaller: a 12 MP photo is never fully decoded to make a 224 px input. What would still decode to more
+    than the pixel budget is refused from the header, before a pixel is decoded.
     """
     name = "<bytes>" if isinstance(source, bytes | bytearray) else str(source)
     try:
@@ -151,10 +180,16 @@ def load_rgb(source: str | os.PathLike | bytes, min_size: tuple[int, int] | None
             img = Image.open(fp)
             if min_size is not None and img.format == "JPEG":
                 img.draft("RGB", min_size)
+            budget = pixel_budget()
+            if img.width * img.height > budget:  # the size decoding will allocate (after a JPEG's draft)
+                raise _over_budget(name, img.width, img.height, budget)
             img.load()
             img = ImageOps.exif_transpose(img)
             return _to_rgb(img)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        except Image.DecompressionBombError:  # Pillow's own cap (178 MP) fires at open, before our check can
+            raise ImageDecodeError(f"{name}: over the {pixel_budget() / 1e6:g} MP budget for one image and Pillow's "
+                                   "limit; skipped. Downscale it.") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise ImageDecodeError(f"{name}: not a readable image ({e}). Remove or replace the file.") from None
 
 

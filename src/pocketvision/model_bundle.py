@@ -66,7 +66,9 @@ class Bundle:
     # -- io -----------------------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path, model: nn.Module | None = None) -> Bundle:
-        data = bundle_io.read(path)
+        from .weights import weights_cap
+        custom = model is not None  # the caller's own module: its size is not ours to predict
+        data = bundle_io.read(path, weights_cap=None if custom else weights_cap(task_of, str(path)))
         arch = data.meta["arch"]
         task_of(data.meta, path)
         if model is None:
@@ -139,7 +141,7 @@ class Bundle:
         that was exported; compressed precisions are judged by the budget (outputs move by design).
         """
         from .compress.data import held_out
-        from .export import ExportJob, check_request, folder_size, staged, variant_suffix
+        from .export import ExportJob, check_request, folder_size, publish, staged, variant_suffix
         from .export.verify import NoImages
         target = check_request(self.plugin, to, precision, bits, qat_steps)
         source, notes, compression = self, [], {}
@@ -159,18 +161,25 @@ class Bundle:
                             qat_steps=qat_steps, calibration=lambda limit: source.training_pixels(data, limit),
                             held_out=lambda: held_out(self, data), log=log)
             target.export(job)
-        compression.update(job.report)
-        result = ExportResult(path=out, format=to, size_bytes=folder_size(out), notes=notes, precision=precision,
-                              compression=compression)
-        if verify:
-            try:
-                result.verification = source.verify(out, data=data, precision=precision, max_drop=max_drop,
-                                                    target=target)
-            except NoImages:
-                result.notes.append("not verified: no images (pass data=DIR / --data DIR)")
-            else:
-                if result.verification.get("numeric") is False:
-                    result.notes.append(result.verification["criterion"])
+            compression.update(job.report)
+            result = ExportResult(path=out, format=to, size_bytes=folder_size(stage), notes=notes,
+                                  precision=precision, compression=compression)
+            if verify:  # on the staged file: ``out`` appears only once it is verified (a kill leaves nothing there)
+                try:
+                    result.verification = source.verify(stage, data=data, precision=precision, max_drop=max_drop,
+                                                        target=target)
+                except NoImages:
+                    result.notes.append("not verified: no images (pass data=DIR / --data DIR)")
+                else:
+                    if result.verification.get("numeric") is False:
+                        result.notes.append(result.verification["criterion"])
+            if result.verification is not None and not result.verification["passed"]:
+                # kept for a look, under a name no app would load by mistake
+                result.path = out.with_name(f"{out.stem}.failed-verification{out.suffix}")
+                result.notes.append(f"verification failed: written to {result.path.name}, not {out.name}")
+            publish(stage, result.path)
+            if result.verification is not None:
+                result.verification["file"] = str(result.path)
         return result
 
     def verify(self, exported: str | Path, data: str | Path | None = None, tolerance: float | None = None, *,

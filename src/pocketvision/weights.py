@@ -9,10 +9,12 @@ from torch import nn
 from .errors import BundleError, PocketVisionError
 
 
-def build_for_weights(task, arch: dict[str, Any], contract, weights: bytes, where: str) -> nn.Module:
-    """``task.build_model(arch, contract)`` for a bundle from elsewhere: the architecture in its bundle.json is built
-    first on the meta device (no memory), and refused unless its tensors fit the weights that came with it — an
-    ``arch`` of width 10^6 would otherwise allocate terabytes before the weights could say it is wrong."""
+HEADER_SLACK = 2**20  # safetensors stores every tensor of the state dict plus a header (~100 bytes a tensor)
+
+
+def weight_bytes(task, arch: dict[str, Any], contract, where: str) -> int:
+    """The bytes of the state dict ``task.build_model(arch, contract)`` makes, sized on the meta device (no memory:
+    an ``arch`` of width 10^6 would otherwise allocate terabytes before the weights could say it is wrong)."""
     import torch
     try:
         with torch.device("meta"):
@@ -21,8 +23,27 @@ def build_for_weights(task, arch: dict[str, Any], contract, weights: bytes, wher
         raise BundleError(f"{where}: bundle.json 'arch': {e}") from None
     except Exception as e:  # noqa: BLE001 - garbage arch args raise anything: TypeError, ValueError, ...
         raise BundleError(f"{where}: bundle.json 'arch' cannot be built ({str(e).splitlines()[0][:200]}).") from None
-    need = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
-    if need > len(weights) + 2**20:  # safetensors stores every tensor of the state dict (+ a small header)
+    return sum(t.numel() * t.element_size() for t in probe.state_dict().values())
+
+
+def weights_cap(task_of, where: str):
+    """For ``bundle.read``: metadata -> the most bytes its weights may take, the architecture's own size plus the
+    header (a 1.9 GB weights file for a 20 MB model is refused before it is read)."""
+    from .contract import Contract
+
+    def cap(meta: dict[str, Any]) -> int:
+        if meta["arch"].get("name") == "custom":  # the user's own module, passed at load: the reader's cap only
+            return 2**62
+        return weight_bytes(task_of(meta, where), meta["arch"], Contract.from_dict(meta["contract"]), where) \
+            + HEADER_SLACK
+    return cap
+
+
+def build_for_weights(task, arch: dict[str, Any], contract, weights: bytes, where: str) -> nn.Module:
+    """``task.build_model(arch, contract)`` for a bundle from elsewhere, refused unless the architecture's tensors fit
+    the weights that came with it (sized first on the meta device)."""
+    need = weight_bytes(task, arch, contract, where)
+    if need > len(weights) + HEADER_SLACK:
         raise BundleError(f"{where}: bundle.json 'arch' needs {need:,} bytes of weights but the bundle has "
                           f"{len(weights):,}; refused before building it.")
     return task.build_model(arch, contract)

@@ -15,8 +15,11 @@ torch-free at import: target modules import their converters inside ``export``.
 from __future__ import annotations
 
 import contextlib
+import glob
+import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,27 +159,55 @@ def variant_suffix(precision: str, bits: int | None) -> str:
     return ("" if precision == "fp32" else f"-{precision}") + (f"-{bits}bit" if bits else "")
 
 
+def _clean_stale(out: Path) -> None:
+    """Remove the staging folders of exports to ``out`` that were killed: their process is gone (a live one's
+    pid file names it; a folder without one is an old version's, removed after an hour)."""
+    for d in out.parent.glob(f".{glob.escape(out.name)}.*"):
+        if not d.is_dir() or d.is_symlink():
+            continue
+        try:
+            pid = int((d / "pid").read_text())
+            os.kill(pid, 0)
+            continue  # still exporting
+        except ProcessLookupError:
+            pass
+        except (OSError, ValueError):  # no pid file (or unreadable): only if nobody touched it for an hour
+            try:
+                if time.time() - d.stat().st_mtime < 3600:
+                    continue
+            except OSError:
+                continue
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def staged(out: Path) -> Iterator[tuple[Path, Path]]:
-    """-> (staging path, scratch folder). The destination's folder is created; on success the staged file
-    or folder replaces ``out`` (an old folder is moved aside first, then removed); on failure nothing
-    of it remains."""
+    """-> (staging path, scratch folder), beside ``out`` (its folder is created). ``publish(stage, out)`` puts the
+    staged file or folder in place: whatever the caller does before that (verifying it) happens before ``out``
+    exists. Nothing of the staging remains after the context, and a killed export's is removed by the next one."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale(out)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    (work / "pid").write_text(str(os.getpid()))
     scratch = work / "scratch"
     scratch.mkdir()
     stage = work / out.name
     try:
         yield stage, scratch
-        if not stage.exists():
-            raise RuntimeError(f"exporter wrote nothing to {stage}")
-        if out.is_dir() and not out.is_symlink():
-            old = work / "old"
-            out.rename(old)
-        stage.replace(out) if stage.is_file() else stage.rename(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def publish(stage: Path, out: Path) -> Path:
+    """Move a staged export to ``out`` (replacing a file, or a folder moved aside first)."""
+    if not stage.exists():
+        raise RuntimeError(f"exporter wrote nothing to {stage}")
+    if out.is_dir() and not out.is_symlink():
+        old = stage.parent / "old"
+        out.rename(old)
+    stage.replace(out) if stage.is_file() else stage.rename(out)
+    return out
 
 
 def model_files(path: Path) -> list[Path]:

@@ -24,6 +24,8 @@ from ..errors import PocketVisionError
 from .store import LabelStore, SchemaError
 
 MAX_BODY = 1 << 20
+READ_TIMEOUT_S = 10.0
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
 # Phone photos (12 MP) are sent for display at most this long side: the browser decodes them in a few
 # ms instead of ~100+, and five prefetched images stay small. Points are always in full-size pixels.
 DISPLAY_MAX = 1600
@@ -97,9 +99,36 @@ def make_handler(store: LabelStore, suggester: Suggester | None, order: list[str
 
     class Handler(http.server.BaseHTTPRequestHandler):
         server_version = "pocketvision-label"
+        timeout = READ_TIMEOUT_S  # a body shorter than its Content-Length must not hold a thread forever
 
         def log_message(self, *args: Any) -> None:  # quiet: the page shows progress
             pass
+
+        def handle_one_request(self) -> None:
+            try:
+                super().handle_one_request()
+            except (TimeoutError, ConnectionError):  # a stalled or vanished client: drop it, no traceback
+                self.close_connection = True
+
+        def _foreign(self, write: bool) -> str | None:
+            """Why this request is not from the labeller's own page, or None. Any web page the user visits can
+            reach 127.0.0.1: a DNS-rebinding page arrives with its own ``Host``; a cross-origin form or
+            ``fetch`` carries a foreign ``Origin``; and a write must be JSON, which a page of another origin can
+            only send after a preflight this server never grants."""
+            bound, port = self.server.server_address[:2]
+            host = (self.headers.get("Host") or "").strip().lower()
+            # bound to another address on purpose (--host, a phone on the LAN): its names are not ours to know
+            loopback = str(bound) in ("127.0.0.1", "::1")
+            if loopback and host not in {f"{h}:{port}" for h in LOCAL_HOSTS}:
+                return "unexpected Host header; open the address `pocketvision label` printed"
+            origin = self.headers.get("Origin")
+            if origin is not None and origin.strip().lower() not in {f"http://{host}"}:
+                return "cross-origin request refused"
+            if self.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+                return "cross-site request refused"
+            if write and (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
+                return "send labels as application/json"
+            return None
 
         def _send(self, code: int, body: bytes, ctype: str = "application/json", cache: bool = False) -> None:
             self.send_response(code)
@@ -120,6 +149,8 @@ def make_handler(store: LabelStore, suggester: Suggester | None, order: list[str
             return n if 0 <= n < len(store.images) else None
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            if why := self._foreign(write=False):
+                return self._json(403, {"error": why})
             path = unquote(urlparse(self.path).path)
             if path == "/":
                 return self._send(200, _static("label.html"), "text/html; charset=utf-8")
@@ -142,7 +173,10 @@ def make_handler(store: LabelStore, suggester: Suggester | None, order: list[str
                     p.resolve().relative_to(store.root.resolve())
                 except ValueError:
                     return self._json(403, {"error": "outside the labelled folder"})
-                small = display.get(store.images[n])
+                try:
+                    small = display.get(store.images[n])
+                except PocketVisionError as e:  # over the pixel budget, unreadable: said in the page, not a traceback
+                    return self._json(422, {"error": str(e)})
                 if small is not None:
                     return self._send(200, small[0], small[1], cache=True)
                 ctype = mimetypes.guess_type(p.name)[0] or "application/octet-stream"
@@ -158,16 +192,26 @@ def make_handler(store: LabelStore, suggester: Suggester | None, order: list[str
             return self._json(404, {"error": "not found"})
 
         def do_POST(self) -> None:  # noqa: N802
+            if why := self._foreign(write=True):
+                return self._json(403, {"error": why})
             if unquote(urlparse(self.path).path) != "/api/label":
                 return self._json(404, {"error": "not found"})
-            n = int(self.headers.get("Content-Length") or 0)
+            raw = (self.headers.get("Content-Length") or "").strip()
+            n = int(raw) if raw.isdigit() and len(raw) <= 12 else -1
             if n <= 0 or n > MAX_BODY:
-                return self._json(413 if n > MAX_BODY else 400, {"error": "body size"})
+                self.close_connection = True  # the body (if any) is not read: the connection cannot be reused
+                return self._json(413 if n > MAX_BODY else 400, {"error": "Content-Length: a size in bytes, at "
+                                                                          f"most {MAX_BODY:,}"})
+            data = self.rfile.read(n)
+            if len(data) < n:
+                self.close_connection = True
+                return self._json(400, {"error": "body shorter than its Content-Length"})
             try:
-                body = json.loads(self.rfile.read(n))
+                body = json.loads(data)
+            except (ValueError, RecursionError):  # bad JSON or encoding, a 5,000-digit number, deep nesting
+                return self._json(400, {"error": "not JSON (or nested too deep, or a number too long)"})
+            try:
                 return self._json(200, store.put(body))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                return self._json(400, {"error": "not JSON"})
             except SchemaError as e:
                 return self._json(400, {"error": str(e)})
 

@@ -8,6 +8,7 @@ Routes:
 - ``PUT  /v1/models/{model}/channels/{channel}`` (admin): roll out a version to a percentage, with conditions.
 - ``POST /v1/models/{model}/channels/{channel}/rollback`` (admin).
 - ``GET  /v1/models``, ``GET /v1/models/{model}`` (admin): versions, channel plans, adoption.
+- ``POST /v1/devices`` (device): a device identity, issued once per install (``device_ids``).
 - ``POST /v1/reports`` (device): a device's state after an update (installed, failed, rolled_back).
 
 Tokens travel only in the ``Authorization`` header (never in URLs, so never in access logs) and are stored
@@ -27,12 +28,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Path as FastPath
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import PocketVisionError
 from .blobs import SHA256, TooLarge
+from .device_ids import DeviceIds, load_secret
 from .plans import Conditions
 from .feedback import IMAGE_MIME, FeedbackStore
 from .registry import MAX_MEMBERS, Member, Registry, Upload, check_name
@@ -46,6 +50,10 @@ class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_upload_bytes: int = Field(512 << 20, ge=1)
     writes_per_minute: int = Field(120, ge=1)  # per token (admin) or per device id (reports)
+    # One token or one source address, whatever device ids it sends: a whole fleet may share the app's token.
+    token_writes_per_minute: int = Field(6000, ge=1)
+    address_writes_per_minute: int = Field(600, ge=1)
+    new_devices_per_minute: int = Field(10, ge=1)  # ids issued per source address (and 60x that per token)
     token_cache_s: float = Field(10.0, ge=0)  # how long a token's role is cached: revocation takes this long
     timestamp_cache_s: float = Field(1.0, ge=0)  # how stale `timestamp.json` may be on one instance
     refresh_every_s: float = Field(300.0, gt=0)  # how often expiring metadata is checked and re-signed
@@ -53,6 +61,8 @@ class Limits(BaseModel):
     # Web pages that update themselves and send corrections from the browser (`export --to web` served from
     # another origin): CORS for the device routes. Empty: same-origin pages and native apps only.
     allow_origins: list[str] = []
+    # Run each uploaded model on its smoke photos before signing it (off: a registry that cannot run models).
+    check_artifacts: bool = True
 
 
 class PublishRequest(BaseModel):
@@ -64,9 +74,12 @@ class PublishRequest(BaseModel):
     conditions: Conditions | None = None
 
 
+MAX_ID = 2**62  # versions and ids: a range every database stores (a bigger number is refused with 422, not a 500)
+
+
 class ChannelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: int | None = Field(None, ge=1)
+    version: int | None = Field(None, ge=1, le=MAX_ID)
     rollout: float = Field(100.0, ge=0, le=100)
     conditions: Conditions | None = None
 
@@ -81,7 +94,7 @@ class Report(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(max_length=64)
     device_id: str = Field(min_length=8, max_length=128)
-    version: int | None = None
+    version: int | None = Field(None, ge=1, le=MAX_ID)
     state: Literal["installed", "failed", "rolled_back", "checking"]
     detail: str = Field("", max_length=500)
 
@@ -91,7 +104,7 @@ class Traffic(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(max_length=64)
     device_id: str = Field(min_length=8, max_length=128)
-    version: int = Field(ge=1, le=10**9)
+    version: int = Field(ge=1, le=MAX_ID)
     predictions: int = Field(ge=1, le=10**7)  # one check's worth; a larger claim is refused
     unfamiliar: int = Field(ge=0, le=10**7)
 
@@ -114,6 +127,10 @@ class RateLimit:
 def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
     limits = limits or Limits()
     rate = RateLimit(limits.writes_per_minute)
+    token_rate, address_rate = RateLimit(limits.token_writes_per_minute), RateLimit(limits.address_writes_per_minute)
+    issue_rate = RateLimit(limits.new_devices_per_minute)
+    issue_token_rate = RateLimit(60 * limits.new_devices_per_minute)
+    ids = DeviceIds(load_secret(registry.keys_dir))
     token_cache: dict[str, tuple[float, tuple[int, str] | None]] = {}
     ts_cache: dict[str, Any] = {"at": -1.0}
 
@@ -152,9 +169,19 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
                            allow_methods=["GET", "POST"], expose_headers=["ETag", "Content-Length"],
                            allow_headers=["Authorization", "Content-Type", "If-None-Match", "Range"], max_age=600)
 
+    app.add_middleware(NoSecretsInUrls)  # outermost: a refused URL never reaches a route or the access log
+
     @app.exception_handler(PocketVisionError)
     async def _user_error(request: Request, exc: PocketVisionError):
         return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        # One line naming each field, never the value: it may be huge, NaN, or meant for a log (FastAPI's own
+        # answer echoes the input, and a NaN there was a 500).
+        parts = [f"{'.'.join(str(x) for x in e.get('loc', ())[1:]) or 'body'}: {e.get('msg', 'invalid')}"
+                 for e in exc.errors()[:5]]
+        return JSONResponse({"detail": "; ".join(parts)[:1000]}, status_code=422)
 
     def role_of(authorization: str | None) -> tuple[int, str]:
         if not authorization or not authorization.startswith("Bearer "):
@@ -263,7 +290,10 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
                               members=[Member(str(m["path"]), str(m["sha256"]), int(m["length"]))
                                        for m in f["members"][:MAX_MEMBERS + 1]] if "members" in f else None)
                        for f in req.files]
-        except (KeyError, TypeError, ValueError) as e:
+            if any(not 0 <= n <= MAX_ID for u in uploads for n in ([u.length] if u.members is None
+                                                                 else [m.length for m in u.members])):
+                raise ValueError("a length out of range")
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise HTTPException(422, "files: each needs kind, filename and sha256 + length (a file) or members "
                                 f"[{{path, sha256, length}}] (a folder) ({e})") from None
         for u in uploads:
@@ -274,7 +304,8 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
                 size = registry.blobs.size(sha)
                 if size is not None and size != length:
                     raise HTTPException(422, f"files: {name[:100]!r} length does not match the upload")
-        out = registry.publish(model, uploads, req.info, req.channel, req.rollout, req.conditions)
+        out = registry.publish(model, uploads, req.info, req.channel, req.rollout, req.conditions,
+                               check=limits.check_artifacts)
         ts_cache["at"] = -1.0  # this instance's own change is visible to its next check at once
         return out
 
@@ -301,25 +332,51 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
         return registry.status(model)
 
     # -- devices ----------------------------------------------------------------------------------------
+    def device_write(request: Request, who: tuple[int, str], device_id: str) -> None:
+        """The budgets of a device route (the device, its token, its address) and an id this registry issued to
+        this token: made-up ids neither count in the figures nor get a fresh budget each."""
+        address = request.client.host if request.client else "?"
+        address_rate.hit(f"a{address}")
+        token_rate.hit(f"t{who[0]}")
+        if not ids.valid(device_id, who[0]):
+            raise HTTPException(403, "device_id: not one this registry issued to this token; get one with "
+                                "POST /v1/devices and keep it (the SDK and the web page do)")
+        rate.hit(f"d{device_id}")
+
+    @app.post("/v1/devices", tags=["devices"])
+    def new_device(request: Request, who=Depends(device)):
+        """A device identity, issued once per install and kept: reports, traffic and corrections carry it."""
+        issue_rate.hit(f"a{request.client.host if request.client else '?'}")
+        issue_token_rate.hit(f"t{who[0]}")
+        return {"device_id": ids.issue(who[0])}
+
+    def known(model: str, version: int | None) -> None:
+        """Figures only for what was published here: a report about anything else is refused, not stored."""
+        check_name(model, "model")
+        if not registry.has_version(model, version):
+            raise HTTPException(404, f"no model {model!r}" + (f" version {version}" if version else "")
+                                + " on this registry")
+
     @app.post("/v1/reports", tags=["devices"])
-    def report(r: Report, _=Depends(device)):
-        rate.hit(f"d{r.device_id}")
+    def report(r: Report, request: Request, who=Depends(device)):
+        device_write(request, who, r.device_id)
+        known(r.model, r.version)
         registry.store.report(r.model, r.device_id, r.version, r.state, r.detail)
         return {"ok": True}
 
     @app.post("/v1/traffic", tags=["devices"])
-    def post_traffic(t: Traffic, _=Depends(device)):
+    def post_traffic(t: Traffic, request: Request, who=Depends(device)):
         """Counts a device sends with its check (no photo): the registry shows, per version, the share of
         predictions that looked unlike the training photos."""
-        rate.hit(f"d{t.device_id}")
         if t.unfamiliar > t.predictions:
             raise HTTPException(422, "unfamiliar: at most the number of predictions")
-        check_name(t.model, "model")
+        device_write(request, who, t.device_id)
+        known(t.model, t.version)
         registry.store.add_traffic(t.model, t.version, t.predictions, t.unfamiliar)
         return {"ok": True}
 
     @app.post("/v1/feedback", tags=["devices"])
-    async def post_feedback(request: Request, _=Depends(device)):
+    async def post_feedback(request: Request, who=Depends(device)):
         """A user's correction: multipart form with ``model``, ``device_id``, ``predicted``, ``corrected``,
         optional ``version``, ``confidence`` (the model's, in its answer), ``unfamiliar`` (its score of the
         photo) and, when the user shares it, ``image``
@@ -350,8 +407,8 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
             raise HTTPException(422, "device_id: 8-128 characters; labels: at most 200")
         version = None
         if fields["version"]:
-            if not fields["version"].isdigit():
-                raise HTTPException(422, "version: a whole number")
+            if not fields["version"].isdigit() or not 1 <= int(fields["version"][:20]) <= MAX_ID:
+                raise HTTPException(422, f"version: a whole number in [1, {MAX_ID}]")
             version = int(fields["version"])
         confidence = None
         if fields["confidence"]:
@@ -369,7 +426,7 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
                 unfamiliar = float("nan")
             if not -1e3 <= unfamiliar <= 1e3:
                 raise HTTPException(422, "unfamiliar: a number (the model's unfamiliarity score of the photo)")
-        rate.hit(f"d{fields['device_id']}")
+        device_write(request, who, fields["device_id"])
         image = form.get("image")
         data = None
         if image is not None:
@@ -386,12 +443,12 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
         return {"items": fb.list(check_name(model, "model"), status, order)}
 
     @app.post("/v1/feedback/{fid}", tags=["admin"])
-    def review_feedback(fid: int, req: Review, who=Depends(admin)):
+    def review_feedback(req: Review, fid: int = FastPath(ge=1, le=MAX_ID), who=Depends(admin)):
         rate.hit(f"t{who[0]}")
         return fb.review(fid, req.status, req.label)
 
     @app.get("/v1/feedback/{fid}/image", tags=["admin"])
-    def feedback_image(fid: int, _=Depends(admin)):
+    def feedback_image(fid: int = FastPath(ge=1, le=MAX_ID), _=Depends(admin)):
         data, kind = fb.image(fid)
         return Response(data, media_type=IMAGE_MIME[kind],
                         headers={"Content-Disposition": f'attachment; filename="feedback-{fid}.{kind}"',
@@ -407,6 +464,34 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
 def _range_start(header: str | None, size: int) -> int | None:
     m = re.fullmatch(r"bytes=(\d+)-", header.strip()) if header else None
     return int(m.group(1)) if m else None
+
+
+class NoSecretsInUrls:
+    """Refuse (400) a URL that carries a token (``?token=...``): URLs are written to access logs and proxies' logs.
+    The parameter is cut from the request before the answer starts, so the server's own access line (printed from
+    the request as it is then) never holds it."""
+
+    NAMES = {"token", "access_token", "api_key", "apikey", "key", "auth", "authorization", "bearer"}
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope.get("query_string"):
+            from urllib.parse import unquote_plus
+            pairs = scope["query_string"].split(b"&")
+            kept = [p for p in pairs if unquote_plus(p.split(b"=", 1)[0].decode("latin-1")).strip().lower()
+                    not in self.NAMES]
+            if len(kept) != len(pairs):
+                scope["query_string"] = b"&".join(kept)
+                body = (b'{"detail":"tokens go in the Authorization header, never in the URL (URLs are logged); '
+                        b'refused"}')
+                await send({"type": "http.response.start", "status": 400,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
 
 
 class CheapCheck:

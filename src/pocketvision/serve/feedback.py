@@ -13,7 +13,9 @@ import hashlib
 import io
 import os
 import tempfile
+import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +31,15 @@ STATUSES = ("new", "confirmed", "rejected")
 ORDERS = ("received", "teach")
 
 
+MAX_DECODED_PIXELS = 16_000_000  # a WebP is decoded in full to check it: 48 MB at most
+_DECODES = threading.BoundedSemaphore(2)  # image checks decoding at once: memory stays bounded under a burst
+
+
 def sniff_image(data: bytes) -> str:
-    """-> 'jpg' | 'png' | 'webp' for bytes that decode as such an image, else a one-line error."""
+    """-> 'jpg' | 'png' | 'webp' for bytes that decode as such an image, else a one-line error. Checked from the
+    header first (the pixel cap), then for real at a bounded cost: a JPEG decoded at 1/8 scale, a PNG's chunks and
+    compressed stream walked without keeping its pixels, a WebP (no reduced decode) decoded only up to 16 MP, at
+    most two at a time."""
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(io.BytesIO(data)) as im:
@@ -40,13 +49,39 @@ def sniff_image(data: bytes) -> str:
             w, h = im.size
             if w < 1 or h < 1 or w * h > MAX_PIXELS:
                 raise PocketVisionError(f"image: {w}x{h} pixels is outside 1..{MAX_PIXELS:,}.")
-            im.draft("RGB", (64, 64))  # decode for real, cheaply (JPEG at 1/8 scale): a truncated file fails here
-            im.load()
+            if kind == "png":
+                _walk_png(data, w, h)
+                return kind
+            if kind == "webp" and w * h > MAX_DECODED_PIXELS:
+                raise PocketVisionError(f"image: a WebP of {w}x{h} pixels is over {MAX_DECODED_PIXELS:,}; send a "
+                                        "JPEG.")
+            with _DECODES:
+                im.draft("RGB", (64, 64))  # decode for real, cheaply (JPEG at 1/8): a truncated file fails here
+                im.load()
     except PocketVisionError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError, zlib.error) as e:
         raise PocketVisionError(f"image: not a readable JPEG, PNG or WebP ({type(e).__name__}).") from None
     return kind
+
+
+def _walk_png(data: bytes, w: int, h: int) -> None:
+    """Every chunk's CRC, then the image data inflated 1 MB at a time and thrown away: a truncated or corrupt PNG
+    fails, and checking a 40 MP one costs a megabyte, not the 120 MB of its pixels."""
+    from PIL import Image
+    with Image.open(io.BytesIO(data)) as im:
+        im.verify()  # chunk CRCs and the IEND
+    at, z, inflated = 8, zlib.decompressobj(), 0
+    while at + 8 <= len(data):
+        n, kind = int.from_bytes(data[at:at + 4], "big"), data[at + 4:at + 8]
+        if kind == b"IDAT":
+            pending = data[at + 8:at + 8 + n]
+            while pending:
+                inflated += len(z.decompress(pending, 1 << 20))
+                pending = z.unconsumed_tail
+        at += 12 + n
+    if not z.eof or inflated < h:  # at least a filter byte a row; a stream cut short never reaches its end
+        raise OSError("image data truncated")
 
 
 class FeedbackStore:

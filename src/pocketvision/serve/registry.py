@@ -193,7 +193,10 @@ class Registry:
 
     # -- publish / channels ---------------------------------------------------------------------------
     def publish(self, model: str, uploads: list[Upload], info: dict[str, Any], channel: str | None = None,
-                rollout: float = 100.0, conditions: Conditions | None = None) -> dict[str, Any]:
+                rollout: float = 100.0, conditions: Conditions | None = None, check: bool = True
+                ) -> dict[str, Any]:
+        """Sign ``uploads`` as the next version of ``model``. ``check``: run each model on the smoke photos here
+        first (``artifact_check``); off only for a registry that cannot run models, devices then check alone."""
         check_name(model, "model name")
         if channel is not None:
             check_name(channel, "channel")
@@ -222,6 +225,12 @@ class Registry:
                 u.sha256, u.length = self.blobs.put_bytes(folder_listing(u))
             elif not u.sha256 or not self.blobs.exists(u.sha256):
                 raise PocketVisionError(f"{u.filename}: content {str(u.sha256)[:12]} was not uploaded.")
+        checks: dict[str, Any] = {}
+        if check:
+            from .artifact_check import check_release
+            checks = check_release(uploads, self._copy_blob, {u.kind for u in runnable})
+            for u in runnable:
+                u.verification = {**(u.verification or {}), "registry": checks[u.kind]}
         with self.store.writer() as conn:
             version = (conn.execute(sa.select(sa.func.max(versions.c.version)).where(versions.c.model == model))
                        .scalar() or 0) + 1
@@ -245,7 +254,8 @@ class Registry:
                     self._put_plan(conn, t, model, channel, lambda old: self._promote(
                         conn, old, model, channel, version, rollout, conditions))
             repo.publish_targets()
-        return {"model": model, "version": version, "channel": channel, "rollout": rollout if channel else None}
+        return {"model": model, "version": version, "channel": channel, "rollout": rollout if channel else None,
+                "checked": checks}
 
     def _manifest(self, model: str, version: int, uploads: list[Upload]) -> list[Upload]:
         """The version's files, signed as one OpenSSF model-signing manifest (``model.sig``, itself a TUF target)."""
@@ -343,6 +353,14 @@ class Registry:
     def models(self) -> list[str]:
         with self.store.reader() as c:
             return [r[0] for r in c.execute(sa.select(versions.c.model).distinct().order_by(versions.c.model))]
+
+    def has_version(self, model: str, version: int | None = None) -> bool:
+        """Whether ``model`` (and its ``version``, when given) was published here."""
+        q = sa.select(versions.c.version).where(versions.c.model == model)
+        if version is not None:
+            q = q.where(versions.c.version == version)
+        with self.store.reader() as c:
+            return c.execute(q.limit(1)).first() is not None
 
     def status(self, model: str) -> dict[str, Any]:
         check_name(model, "model name")

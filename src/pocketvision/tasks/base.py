@@ -470,8 +470,8 @@ def task_of(meta: dict[str, Any], where: str | os.PathLike) -> Task:
 def load_parent(path: str | os.PathLike) -> tuple[dict[str, Any], nn.Module]:
     """A bundle's (metadata, model) for ``init_from`` / a distillation teacher, without the Bundle class."""
     from ..bundle import read
-    from ..weights import build_for_weights, load_weights
-    data = read(path)
+    from ..weights import build_for_weights, load_weights, weights_cap
+    data = read(path, weights_cap=weights_cap(task_of, str(path)))
     model = build_for_weights(task_of(data.meta, path), data.meta["arch"], data.contract, data.weights, str(path))
     return data.meta, load_weights(model, data.weights, str(path), data.meta["arch"])
 

@@ -30,7 +30,7 @@ from ..errors import ImageDecodeError, PocketVisionError
 NEIGHBOURS = 20  # ImageNet categories nearest a class's own (cosine of the head's weights): its look-alikes
 # A photo looks like a class when one of the class's categories or their neighbours is in its top 5. The other
 # classes should hold at least one such photo for every five of the class's own: fewer, and nothing in the data
-# tells the class from its look-alikes (hot dog set: about 1 in 6.5; with the food-shift pool's dishes added, 1 in 3.4).
+# tells the class from its look-alikes (hot dog set: about 1 in 6.7; with the food-shift pool's dishes added, 1 in 3.2).
 LOOKALIKE_RATIO = 0.2
 GROUP_SHARE = 0.6  # a class "is" a broad group when this share of its photos fall in it
 # ImageNet-1k's categories come in WordNet order, so contiguous ranges are its broad groups.

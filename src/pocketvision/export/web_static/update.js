@@ -351,10 +351,25 @@ export class Updater {
     }
   }
 
+  // This install's identity at the registry (POST /v1/devices once, then kept): what reports and corrections carry.
+  // deviceId stays the page's own, for its rollout bucket.
+  async issuedId() {
+    const key = `pv-issued:${this.server}`;
+    let id = localStorage.getItem(key);
+    if (!id) {
+      const r = await this.get('/v1/devices', { method: 'POST' });
+      if (!r.ok) throw new UpdateError(`the registry did not issue a device id (HTTP ${r.status})`);
+      id = (await r.json()).device_id;
+      localStorage.setItem(key, id);
+    }
+    return id;
+  }
+
   async report(version, state, detail) {
     try {
+      const deviceId = await this.issuedId();
       await this.get('/v1/reports', { method: 'POST', headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify({ model: this.cfg.model, device_id: this.deviceId, version, state, detail: detail.slice(0, 500) }) });
+        body: JSON.stringify({ model: this.cfg.model, device_id: deviceId, version, state, detail: detail.slice(0, 500) }) });
     } catch (e) { /* best effort: the page is already safe */ }
   }
 
@@ -362,7 +377,7 @@ export class Updater {
   async feedback({ image, predicted, corrected, sharePixels = true, confidence = '', unfamiliar = '' }) {
     const form = new FormData();
     form.set('model', this.cfg.model);
-    form.set('device_id', this.deviceId);
+    form.set('device_id', await this.issuedId());
     form.set('predicted', predicted);
     form.set('corrected', corrected);
     // the model's confidence and its unfamiliarity score of the photo: the review queue puts those first
