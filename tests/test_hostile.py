@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-BUDGET_MB = 300  # what one hostile input may cost after imports (issue 35)
+BUDGET_MB = 300  # what one hostile input may cost after imports
 LIMIT_MB = 1024  # address space the runner may add after imports: a regression dies here, not on the machine
 
 RUNNER = r"""

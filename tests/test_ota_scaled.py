@@ -51,6 +51,11 @@ def test_two_instances_share_postgres_and_s3(services, tmp_path, trained_bundle,
     a = RegistryServer(tmp_path / "a", flags).start()
     (tmp_path / "b").mkdir()
     b = RegistryServer(tmp_path / "b", flags).start()
+
+    def b_timestamp_etag() -> str:
+        import urllib3
+        return urllib3.request("GET", b.url + "/tuf/metadata/timestamp.json",
+                               headers={"Authorization": f"Bearer {tokens['device']}"}).headers["ETag"]
     try:
         r = run_cli("publish", str(trained_bundle), "--name", "hotdog", "--server", a.url, "--token", tokens["admin"],
                     "--data", str(hotdog_small), "--channel", "stable")
@@ -83,8 +88,14 @@ def test_two_instances_share_postgres_and_s3(services, tmp_path, trained_bundle,
         assert Api(b.url, tokens["admin"])("PUT", "/v1/models/hotdog/channels/stable",
                                            {"version": 7, "rollout": 100})[0] == 200
         assert dev.check().action == "installed" and dev.version == 7
+        etag = b_timestamp_etag()
         assert Api(a.url, tokens["admin"])("POST", "/v1/models/hotdog/channels/stable/rollback")[0] == 200
-        time.sleep(1.1)  # B answers checks from a 1 s cache of the signed timestamp: A's change reaches it by then
+        # B answers checks from a 1 s cache of the signed timestamp: wait for A's change to reach it (a known
+        # event, not a guess at the time it takes)
+        deadline = time.monotonic() + 60
+        while b_timestamp_etag() == etag and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert b_timestamp_etag() != etag, "instance B never saw A's rollback"
         res = dev.check()
         assert res.action == "installed" and dev.version == 1, res
         # Killed and restarted, an instance serves the same committed state.

@@ -12,7 +12,7 @@ from pocketvision.training.config import split_options
 
 pytestmark = [pytest.mark.shared_data]
 
-# The flags the README used to ask for (issue 5's measured recipe: 90.4-90.9% val on 5 of 5 seeds).
+# The flags the README used to ask for (the measured recipe: 90.4-90.9% val on 5 of 5 seeds, benchmarks/RESULTS.md).
 README_DEEPDOG = dict(arch="deepdog", pretrained=False, arch_args={"alpha": 0.5, "dw_bn": True}, size=128,
                       epochs=120, progressive=96, progressive_until=0.9, optimizer="sgd", lr=0.1,
                       weight_decay=0.0005, augment={"scale": [0.4, 1]}, ema=0.995)

@@ -1,4 +1,4 @@
-"""The bundle: the one artifact every stage reads and writes (DESIGN.md section 1).
+"""The bundle: the one artifact every stage reads and writes.
 
 On disk a bundle is a zip (``hotdog.pvb``) or a folder holding ``bundle.json`` and
 ``weights.safetensors``. Weights are never pickled, so loading a stranger's bundle cannot run code;

@@ -1,4 +1,5 @@
-"""Command line: argument parsing only; every verb calls the Python API.
+"""Command line: argument parsing, and every verb calls the Python API (``--devices N`` also starts the
+training processes, through torchrun).
 
 Flags are built from the typed option models (the engine's ``TrainConfig`` and each task's ``Options``,
 ``EvalOptions``, ``CheckOptions``, ``FilterOptions``), so an option is written once, and a task's own verbs

@@ -23,7 +23,7 @@ class BundleError(PocketVisionError):
 
 
 def did_you_mean(value: str, options: Iterable[str]) -> str:
-    """' Did you mean "x"?' when something close exists; we suggest, never apply (DESIGN.md 6)."""
+    """' Did you mean "x"?' when something close exists; we suggest, never apply: a guess applied silently would train on the wrong thing."""
     close = difflib.get_close_matches(value, list(options), n=1)
     return f' Did you mean "{close[0]}"?' if close else ""
 

@@ -184,7 +184,7 @@ class Bundle:
 
     def verify(self, exported: str | Path, data: str | Path | None = None, tolerance: float | None = None, *,
                precision: str | None = None, max_drop: float = 1.0, target=None) -> dict[str, Any]:
-        """The same real images through this bundle and ``exported`` (DESIGN.md 3). A compressed file (its
+        """The same real images through this bundle and ``exported``. A compressed file (its
         metadata says int8/fp16) is judged by the task's budget, a float one by the float tolerance."""
         from .export.verify import verify_export
         return verify_export(self, exported, data=data, tolerance=tolerance, precision=precision, max_drop=max_drop,

@@ -46,7 +46,7 @@ class AugmentConfig(BaseModel):
     saturation: float = Field(0.3, ge=0.0, le=1.0)
     hue: float = Field(0.02, ge=0.0, le=0.5)  # fraction of a full turn of the colour wheel
     # Probability of dropping the colour (saturation 0). A network trained from scratch on colour photos learns
-    # colour first: all 8 from-scratch hot-dog nets of issue 17 called every black-and-white photo "not hot dog".
+    # colour first: all 8 from-scratch hot-dog nets of the architecture search (benchmarks/RESULTS.md) called every black-and-white photo "not hot dog".
     # Off by default: at 0.1 it fixed grey photos but lost more on blurred, dark and noisy ones (benchmarks/RESULTS.md,
     # issue 14 sixth part; the same for the policy below).
     grayscale: float = Field(0.0, ge=0.0, le=1.0)

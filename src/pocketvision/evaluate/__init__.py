@@ -1,4 +1,5 @@
-"""Evaluate a classifier: metrics dict, console table, plots and a self-contained HTML report (torch-free)."""
+"""Evaluation, torch-free: metrics, calibration, shift comparisons, plots and self-contained HTML reports, for
+classifiers and keypoint models (each task's ``evaluate`` picks what it needs)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The graph every target captures: uint8 RGB NHWC pixels in, the task's decoded outputs out (DESIGN.md 2).
+"""The graph every target captures: uint8 RGB NHWC pixels in, the task's decoded outputs out.
 
 ``PixelGraph`` puts the preprocessing contract inside the graph (cast, normalise, transpose) and the task's
 ``graph_head`` after the model, so an app passes camera pixels and reads finished answers. Before capture,

@@ -1,4 +1,4 @@
-"""Parity: the same real images through the source model and an exported file (DESIGN.md section 3).
+"""Parity: the same real images through the source model and an exported file.
 
 The comparison itself is the task's (probabilities, pixel coordinates, PSNR); the target decides whether its
 runtime runs here (numeric parity) or only a structural check is possible (Core ML off macOS).

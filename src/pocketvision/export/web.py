@@ -1,4 +1,5 @@
-"""Bundle -> a static web folder that classifies photos and the webcam entirely in the browser.
+"""Bundle -> a static web folder that runs the model on photos and the webcam entirely in the browser (any task:
+the page draws what the task's renderer gives it).
 
 Layout of ``NAME.web/``::
 

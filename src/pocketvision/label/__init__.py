@@ -1,1 +1,1 @@
-"""``pocketvision label``: a fast local labelling tool for keypoints and classes (issue 5)."""
+"""``pocketvision label``: a fast local labelling tool for keypoints and classes."""

@@ -41,7 +41,7 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> 
 
 
 def check_range(model: str, arg: str, value: float, lo: float, hi: float, *, hi_open: bool = False) -> None:
-    """One message template for numeric constraints (DESIGN.md 6, sklearn style)."""
+    """One message template for numeric constraints (sklearn style: the name, the bound, the value)."""
     ok = lo <= value < hi if hi_open else lo <= value <= hi
     if not ok:
         bracket = ")" if hi_open else "]"

@@ -1,4 +1,4 @@
-"""Task plug-ins (DESIGN.md 5): importing this package registers every task.
+"""Task plug-ins: importing this package registers every task.
 
 Adding a task means one module here (a ``Task`` subclass with ``@register_task``) plus its data readers;
 nothing outside ``tasks/`` compares a task's name: it asks ``get_task(name)``.

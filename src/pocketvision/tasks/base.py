@@ -1,4 +1,4 @@
-"""The task protocol and its registry (DESIGN.md 5): everything that differs between classify, keypoints,
+"""The task protocol and its registry: everything that differs between classify, keypoints,
 stylize, ... lives in one plug-in class; everything outside ``tasks/`` asks the registry.
 
 A task owns:
@@ -7,7 +7,7 @@ A task owns:
 - data: detection, readers, the held-out and training images of a bundle (``held_out``, ``training_images``),
 - the model: ``build_model`` (from a bundle's arch spec), the training hooks (``setup`` -> a ``TaskRun`` that the
   one engine in ``training/engine.py`` drives),
-- the exported graph's outputs: ``graph_head`` (uint8 in, decoded out; DESIGN.md 2) and ``OutputSpec`` (ONNX
+- the exported graph's outputs: ``graph_head`` (uint8 in, decoded out: the file does its own preprocessing) and ``OutputSpec`` (ONNX
   output names, Core ML output type, dynamic size, the web page's renderer),
 - predict records, metrics, report and console table, the parity comparison and what compressions apply.
 

@@ -413,7 +413,7 @@ class KeypointsTask(Task):
     outputs = OutputSpec(names=("keypoints",), coreml="tensor", web_renderer="keypoints.js", quality="1 - NME")
     compressions = frozenset({"int8", "fp16"})
     default_arch = ("deepdog", {"alpha": 0.5})
-    # channels_last changes the convolutions' rounding; "off" keeps the measured keypoint numbers (issue 4)
+    # channels_last changes the convolutions' rounding; "off" keeps the measured keypoint numbers (benchmarks/RESULTS.md)
     engine_defaults = {"channels_last": "off"}
     refuses = {"progressive": "the keypoint heads are built for one input size (their bins and cells are "
                               "fixed), so keypoint training cannot grow the size"}

@@ -2,8 +2,8 @@
 
 Task-specific options (classify's ``label_smoothing``, keypoints' ``head``, stylize's ``style``...) are each
 task's ``Options`` model (``tasks/``); :func:`split_options` routes a flat ``train(**options)`` to the two and
-refuses an option of another task with one line. The CLI builds its flags from these models (write an option
-once, DESIGN.md 6).
+refuses an option of another task with one line. The CLI builds its flags from these models (an option is
+written once, here, and the CLI, the Python API and the docs follow).
 """
 
 from __future__ import annotations

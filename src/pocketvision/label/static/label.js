@@ -4,7 +4,7 @@
 // space+drag, drag a point to move it, Enter accepts the model's suggestion.
 'use strict';
 const $ = (id) => document.getElementById(id);
-const pv = (window.pv = { switchMs: [], saved: 0, ready: false });
+const pv = (window.pv = { switchMs: [], switchReady: [], saved: 0, ready: false });
 const canvas = $('view');
 const g = canvas.getContext('2d');
 const COLORS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22', '#17becf'];
@@ -14,6 +14,7 @@ let pos = 0;        // position in S.order
 let cur = null;     // {n, name, img, points, asked, history, suggested}
 let view = { scale: 1, ox: 0, oy: 0 };
 const cache = new Map();  // image index -> Promise<HTMLImageElement> (decoded)
+const decoded = new Set();  // indices whose image is decoded: a switch to one of them draws at once
 const times = [];   // seconds per labelled image (this session)
 let tImage = performance.now(), tSession = performance.now(), labelledHere = 0;
 let spaceDown = false, drag = null;
@@ -22,7 +23,7 @@ function load(n) {
   if (!cache.has(n)) {
     const img = new Image();
     img.src = `/api/image/${n}`;
-    cache.set(n, img.decode().then(() => img));
+    cache.set(n, img.decode().then(() => { decoded.add(n); return img; }));
   }
   return cache.get(n);
 }
@@ -88,6 +89,7 @@ function draw() {
 async function show(p, t0) {
   pos = Math.max(0, Math.min(S.order.length - 1, p));
   const n = S.order[pos], name = S.images[n];
+  const ready = decoded.has(n);
   const img = await load(n);
   const lab = S.labels[name];
   const [W, H] = S.sizes[n];
@@ -97,7 +99,10 @@ async function show(p, t0) {
   if (S.mode === 'keypoints' && lab && lab.status === 'skipped') cur.asked = [];
   fit();
   draw();
-  if (t0 !== undefined) requestAnimationFrame(() => pv.switchMs.push(performance.now() - t0));
+  if (t0 !== undefined) {
+    pv.switchReady.push(ready);
+    requestAnimationFrame(() => pv.switchMs.push(performance.now() - t0));
+  }
   tImage = performance.now();
   prefetch();
   if (S.suggest && !(lab && lab.status === 'done' && (S.mode === 'classes' || needed().length === 0))) {
@@ -236,5 +241,7 @@ async function main() {
   await show(S.order.indexOf(S.start));
   pv.ready = true;
 }
+// whether the image after the current one is decoded (tests wait for it, as a person's look gives it time)
+pv.aheadReady = () => pos + 1 >= S.order.length || decoded.has(S.order[pos + 1]);
 pv.current = () => cur && { image: cur.name, points: cur.points, asked: cur.asked, needed: needed(), size: [cur.W, cur.H] };
 main().catch((e) => { $('error').textContent = String(e); });
