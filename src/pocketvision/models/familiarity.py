@@ -10,8 +10,8 @@ compute with no photo leaving it:
 
 Each is standardised by its distribution on the val photos and the two are added: 0 is a typical val photo, 2 is
 two standard deviations less familiar on both. The bundle stores the val distribution of the sum, so a score can be
-read as "more unfamiliar than 95% of the val photos". Measured on food-shift (benchmarks/RESULTS.md, issue 34): the
-sum ranks the defaults' wrong answers above their right ones at ROC-AUC 0.79 (uncertainty alone 0.78, distance
+read as "more unfamiliar than 95% of the val photos". Measured on food-shift (benchmarks/RESULTS.md): the sum
+ranks the defaults' wrong answers above their right ones at ROC-AUC 0.79 (uncertainty alone 0.78, distance
 alone 0.59).
 """
 
