@@ -1,4 +1,4 @@
-"""Issue 3 benchmarks: every target x compression for the trained bundles, plus the Ultralytics peer's exports.
+"""Benchmarks of every target x compression for the trained bundles, plus the Ultralytics peer's exports.
 
     python benchmarks/bench_compress.py [--bundles benchmarks/out/deepdog.pvb,benchmarks/out/efficientnet_lite0.pvb]
         [--skip-variants] [--peer-weights benchmarks/out/ultralytics/train/weights/best.pt]
@@ -31,7 +31,7 @@ PEER_PY = UL_VENV / "bin" / "python"
 
 
 def interleaved(paths: dict[str, Path], rounds: int = 7, runs: int = 30) -> dict[str, float]:
-    from pocketvision.runtime.artifact import open_predictor
+    from pocketvision.deploy.artifact import open_predictor
     preds = {k: open_predictor(p, threads=1) for k, p in paths.items()}
     per = {k: [] for k in paths}
     for _ in range(rounds):
@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--peer-weights", default=f"{OUT}/ultralytics/train/weights/best.pt")
     ap.add_argument("--val", default=str(HERE.parent.parent / "shared" / "data" / "hotdog" / "val"))
     a = ap.parse_args()
-    from pocketvision.runtime.bench import machine
+    from pocketvision.deploy.bench import machine
     print(f"machine: {machine()}\ncommand: python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}\n")
     results = {}
     for b in a.bundles.split(","):

@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "out")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)  # benchmarks pin threads; the library never does
-    from pocketvision.runtime.bench import machine
+    from pocketvision.deploy.bench import machine
     from pocketvision.style import build_extractor, stylize
     from pocketvision.style.gatys import DEFAULT_ITERATIONS, _fit, _load, _resolve_scales, _to_tensor
     from pocketvision.style.perceptual import PerceptualLoss

@@ -1,4 +1,4 @@
-"""Issue 35: what hostile input costs, before and after, in the same run; and that the honest paths did not slow.
+"""What hostile input costs, before and after, in the same run; and that the honest paths did not slow.
 
     python benchmarks/bench_hostile.py [--before REF] [--out benchmarks/out/hostile]
 
@@ -50,11 +50,11 @@ def runner(src: Path, argv: list[str], out: Path) -> dict:
 
 
 def cases(out: Path) -> list[tuple[str, list[str]]]:
-    """The hostile files of issue 35, generated here (and the real tiny bundle they start from)."""
+    """The hostile files, generated here (and the real tiny bundle they start from)."""
     import pocketvision as pv  # noqa: F401
-    from pocketvision import bundle as bio
+    from pocketvision.core import bundle_file as bio
     from pocketvision.api import Bundle
-    from pocketvision.contract import Contract
+    from pocketvision.core.contract import Contract
     from pocketvision.models import build_model
     from PIL import Image
     out.mkdir(parents=True, exist_ok=True)
@@ -106,7 +106,7 @@ def cases(out: Path) -> list[tuple[str, list[str]]]:
 def cold_predict(src: Path, onnx: Path, photo: Path) -> float:
     env = {**os.environ, "PYTHONPATH": str(src)}
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pocketvision.cli", "predict", str(onnx), str(photo)], env=env,
+    subprocess.run([sys.executable, "-m", "pocketvision", "predict", str(onnx), str(photo)], env=env,
                    check=True, capture_output=True)
     return time.perf_counter() - t0
 
@@ -158,9 +158,9 @@ def main() -> None:
             cold[k].append(cold_predict(src, onnx, photo))
     store = out / "store"
     if not store.exists():
-        subprocess.run([sys.executable, "-m", "pocketvision.cli", "keys", "new", "--store", str(store), "--root-out",
+        subprocess.run([sys.executable, "-m", "pocketvision", "keys", "new", "--store", str(store), "--root-out",
                         str(store / "root.json")], check=True, capture_output=True)
-    token = subprocess.run([sys.executable, "-m", "pocketvision.cli", "tokens", "new", "--store", str(store),
+    token = subprocess.run([sys.executable, "-m", "pocketvision", "tokens", "new", "--store", str(store),
                             "--role", "device"], check=True, capture_output=True, text=True).stdout.strip()
     rate = {k: [] for k in trees}
     for _ in range(3):

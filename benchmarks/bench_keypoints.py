@@ -1,4 +1,4 @@
-"""Issue 4 benchmark: keypoint bundles on ../shared/data/faces5 (80x80 faces, 5 points).
+"""Keypoint benchmark: bundles on ../shared/data/faces5 (80x80 faces, 5 points).
 
     python benchmarks/bench_keypoints.py --bundles benchmarks/out/faces-simcc.pvb,benchmarks/out/faces-regression.pvb
 
@@ -44,10 +44,11 @@ def main() -> None:
     import pocketvision as pv
     from pocketvision.data.keypoints import load_keypoints
     from pocketvision.evaluate.keypoint_metrics import keypoint_metrics
-    from pocketvision.runtime.artifact import Artifact
-    from pocketvision.runtime.bench import machine
-    from pocketvision.sprite_filter import run_filter
-    from pocketvision.synthetic_video import make_video
+    from pocketvision.deploy.artifact import Artifact
+    from pocketvision.deploy.bench import machine
+    from pocketvision.tasks.keypoints.sprite_filter import run_filter
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test suite's video maker
+    from synthetic_video import make_video
 
     OUT.mkdir(exist_ok=True)
     ks = load_keypoints(DATA)

@@ -1,4 +1,4 @@
-"""Issue 34 part 5: the loop after shipping, end to end on real photos, through the real registry.
+"""The loop after shipping, end to end on real photos, through the real registry.
 
     python benchmarks/bench_loop.py [--bundle LIVE.pvb] [--steps 10,20,40,all] [--orders teach,random]
                                     [--out benchmarks/out/loop]
@@ -52,8 +52,8 @@ def main() -> None:
     a = ap.parse_args()
     sys.path.insert(0, str(HERE.parent / "src"))
     import pocketvision as pv_
-    from pocketvision.client import ModelUpdater
-    from pocketvision.retrain import render, retrain
+    from pocketvision.ota.device import ModelUpdater
+    from pocketvision.serve.retrain import render, retrain
     from pocketvision.serve.publish import Client
     from rich.console import Console
 

@@ -1,4 +1,4 @@
-"""Over-the-air update benchmarks (issue 15), on loopback, the load generator in its own process.
+"""Over-the-air update benchmarks, on loopback, the load generator in its own process.
 
     python benchmarks/bench_ota.py --parts checks,client,fleet [--devices 1000] [--out DIR]
 
@@ -44,7 +44,7 @@ def machine() -> str:
 
 
 def pv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pocketvision.cli", *args]
+    return [sys.executable, "-m", "pocketvision", *args]
 
 
 def run(cmd: list[str]) -> str:
@@ -228,7 +228,7 @@ class CountingProxy:
 def part_client(s: dict, out: Path) -> list[str]:
     from tuf.api.metadata import TargetFile
 
-    from pocketvision.client import ModelUpdater
+    from pocketvision.ota.device import ModelUpdater
     srv = Server(Path(s["store"]), "--log-level", "warning")
     try:
         proxy = CountingProxy(int(srv.url.rsplit(":", 1)[1]))
@@ -268,8 +268,8 @@ def part_fleet(s: dict, out: Path, n: int) -> list[str]:
     import numpy as np
     import urllib3
 
-    from pocketvision.client import ModelUpdater
-    from pocketvision.serve.plans import bucket
+    from pocketvision.ota.device import ModelUpdater
+    from pocketvision.ota.plans import bucket
     fleet_dir = out / "fleet"
     shutil.rmtree(fleet_dir, ignore_errors=True)
     store = out / "fleet-store"

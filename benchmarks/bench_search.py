@@ -65,7 +65,7 @@ def final_train(job: dict) -> dict:
 
 def quiet_latency(files: list[str], rounds: int = 5, runs: int = 60) -> dict[str, float]:
     """Median over ``rounds`` of each file's 1-thread median, the files interleaved so that drift hits all alike."""
-    from pocketvision.runtime.bench import latency
+    from pocketvision.deploy.bench import latency
     seen: dict[str, list[float]] = {f: [] for f in files}
     for _ in range(rounds):
         for f in files:

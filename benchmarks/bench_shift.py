@@ -1,4 +1,4 @@
-"""Issue 14: in-source vs shifted accuracy, AUC, calibration and threshold precision for classifiers.
+"""In-source vs shifted accuracy, AUC, calibration and threshold precision for classifiers.
 
     python benchmarks/bench_shift.py --bundle NAME=model.pvb [--bundle ...] [--wise PROBE.pvb FINETUNED.pvb]
                                      [--tta] [--data ../shared/data/hotdog]
@@ -96,7 +96,7 @@ def main() -> None:
     torch.set_num_threads(2)
     import pocketvision as pv
     from pocketvision.evaluate.shift import CORRUPTIONS, corrupt
-    from pocketvision.runtime.bench import machine
+    from pocketvision.deploy.bench import machine
 
     bundles = {n: pv.load(p) for n, p in (s.split("=", 1) for s in a.bundle)}
     first = next(iter(bundles.values()))

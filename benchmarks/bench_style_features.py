@@ -125,7 +125,7 @@ def metrics(out: np.ndarray, content: np.ndarray, style: np.ndarray) -> dict[str
 
 
 def _fit(path: Path, long_side: int) -> np.ndarray:
-    from pocketvision.contract import load_rgb
+    from pocketvision.core.contract import load_rgb
     img = load_rgb(path)
     s = long_side / max(img.size)
     return np.asarray(img.resize((round(img.width * s), round(img.height * s)), Image.Resampling.LANCZOS))
@@ -148,7 +148,7 @@ def main() -> None:
         summarise(json.loads(a.summary.read_text()))
         return
     torch.set_num_threads(a.threads)
-    from pocketvision.runtime.bench import machine
+    from pocketvision.deploy.bench import machine
     from pocketvision.style.gatys import stylize
     from pocketvision.style.perceptual import DEFAULTS, build_extractor
 

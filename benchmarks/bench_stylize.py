@@ -1,4 +1,4 @@
-"""Issue 13 part B: the feed-forward stylizer against its targets, measured in one run on this machine.
+"""The feed-forward stylizer against its targets, measured in one run on this machine.
 
     python benchmarks/bench_stylize.py                        # train + every measurement (~45 min on 2 cores)
     python benchmarks/bench_stylize.py --bundle B.pvb         # measure an existing bundle (no training)
@@ -36,7 +36,7 @@ OUT = ROOT / "benchmarks" / "out" / "stylize"
 
 
 def _latency(path: Path, side: int, runs: int = 50) -> float:
-    from pocketvision.runtime.artifact import open_predictor
+    from pocketvision.deploy.artifact import open_predictor
     p = open_predictor(path, threads=1)
     x = np.random.default_rng(0).integers(0, 256, (1, side, side, 3), dtype=np.uint8)
     for _ in range(5):
@@ -84,7 +84,7 @@ def main() -> None:
     import torch
 
     import pocketvision as pv
-    from pocketvision.runtime.bench import machine
+    from pocketvision.deploy.bench import machine
     ap = argparse.ArgumentParser()
     ap.add_argument("--bundle", default=None)
     ap.add_argument("--style", default=str(DATA / "style" / "styles" / "starry_night.jpg"))
@@ -124,7 +124,7 @@ def main() -> None:
         from pocketvision.tasks.stylize import _loss_from, _style_images
         loss = _loss_from(b.meta["stylize"], _style_images(b.meta))
         from pocketvision.data.photos import scan_photos
-        from pocketvision.pixels import load_pixels
+        from pocketvision.core.pixels import load_pixels
         val = sorted(scan_photos(DATA / "hotdog" / "val").train + scan_photos(DATA / "hotdog" / "val").val)
         pick = np.random.default_rng(0).permutation(len(val))[: a.photos]  # both classes, never trained on
         pixels, _ = load_pixels([val[i] for i in sorted(pick)], b.contract)
@@ -225,10 +225,11 @@ def main() -> None:
         print(f"{side}px: LiteRT / onnxruntime fp32 = {ratio:.2f}x (target <= 1.5x)")
 
     # 6. flicker ------------------------------------------------------------------------------------------
-    from pocketvision.synthetic_video import make_video
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test suite's video maker
+    from synthetic_video import make_video
     photos = sorted((DATA / "style" / "content").glob("*.jpg"))
     make_video(photos, OUT / "pan.mp4", frames_per_image=30, pan=0.1)
-    from pocketvision.runtime.artifact import open_predictor
+    from pocketvision.deploy.artifact import open_predictor
     from pocketvision.tasks import get_task
     from pocketvision.tasks.stylize import StylizeFilterOptions
     model = open_predictor(OUT / "s256-fp32.onnx")

@@ -1,4 +1,4 @@
-"""Issue 34 part 3: does the "unfamiliar" score predict the model's mistakes, and what does it cost on a device?
+"""Does the "unfamiliar" score predict the model's mistakes, and what does it cost on a device?
 
     python benchmarks/bench_unfamiliar.py --bundle model.pvb [--data ../shared/data] [--runs 300]
 
@@ -56,7 +56,7 @@ def main() -> None:
     a = ap.parse_args()
     sys.path.insert(0, str(HERE.parent / "src"))
     import pocketvision as pv
-    from pocketvision.runtime.artifact import open_predictor
+    from pocketvision.deploy.artifact import open_predictor
     from sklearn.metrics import roc_auc_score
 
     b = pv.load(a.bundle)

@@ -15,7 +15,7 @@ import onnx.helper as oh
 import onnxruntime as ort
 from onnx import TensorProto as T
 
-from pocketvision.runtime.bench import machine
+from pocketvision.deploy.bench import machine
 
 SHAPE = (1, 64, 112, 112)
 F, U8 = T.FLOAT, T.UINT8

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from pocketvision.export.litert import _int8_full_integer, _quiet
-from pocketvision.runtime.bench import machine
+from pocketvision.deploy.bench import machine
 
 DEPTH = 8  # the op repeated, so that it, not the interpreter's call overhead, dominates
 

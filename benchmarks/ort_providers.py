@@ -18,7 +18,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from pocketvision.runtime.bench import machine
+from pocketvision.deploy.bench import machine
 
 DEFAULT = ["benchmarks/out/deepdog_1.0_elu.onnx", "benchmarks/out/deepdog_1.0_relu.onnx"]
 

@@ -13,7 +13,7 @@ import torch
 import pocketvision as pv
 from pocketvision.api import Bundle
 from pocketvision.compress.data import training_pixels
-from pocketvision.contract import Contract
+from pocketvision.core.contract import Contract
 from pocketvision.models import build_model
 
 from bench_compress import interleaved  # same folder: rounds alternate between the files

@@ -38,7 +38,7 @@ from PIL import Image, ImageEnhance
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from pocketvision.contract import Contract  # noqa: E402
+from pocketvision.core.contract import Contract  # noqa: E402
 from pocketvision.data.augment import AugmentConfig, Augmenter  # noqa: E402
 from pocketvision.api import write_shards  # noqa: E402
 from pocketvision.data.cache import build  # noqa: E402

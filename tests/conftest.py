@@ -57,7 +57,7 @@ def trained_bundle(hotdog_small, tmp_path_factory) -> Path:
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None
             ) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pocketvision.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "pocketvision", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout, env=env)
 
 

@@ -26,7 +26,7 @@ class RegistryServer:
     def start(self) -> RegistryServer:
         log = self.store / f"serve-{time.monotonic_ns()}.log"
         self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "pocketvision.cli", "serve", "--store", str(self.store),
+        self.proc = subprocess.Popen([sys.executable, "-m", "pocketvision", "serve", "--store", str(self.store),
                                       "--port", "0", "--log-level", "info", *self.extra],
                                      stdout=open(log, "w"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60

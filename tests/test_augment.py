@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pocketvision.contract import Contract
+from pocketvision.core.contract import Contract
 from pocketvision.data.augment import AugmentConfig, Augmenter, eval_transform
 from pocketvision.errors import PocketVisionError
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pocketvision.contract import Contract
+from pocketvision.core.contract import Contract
 from pocketvision.data.augment import AugmentConfig, Augmenter
 from pocketvision.data.batch_augment import Sources, augment, pad_sources, stack_draws
 from pocketvision.data.folder import scan

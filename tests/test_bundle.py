@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pocketvision as pv
-from pocketvision import bundle as bio
-from pocketvision.contract import Contract
+from pocketvision.core import bundle_file as bio
+from pocketvision.core.contract import Contract
 from pocketvision.errors import BundleError
 
 
@@ -168,7 +168,7 @@ def test_fuzzed_onnx_metadata_fails_in_one_line(tiny_bundle, tmp_path):
     import onnx
 
     from pocketvision.errors import PocketVisionError
-    from pocketvision.runtime.artifact import load_any
+    from pocketvision.deploy.artifact import load_any
     b, _ = tiny_bundle
     good = b.export(tmp_path / "m.onnx", verify=False).path
     proto = onnx.load(str(good))

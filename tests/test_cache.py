@@ -45,7 +45,7 @@ def test_pixels_are_the_decoded_files_and_only_changes_are_decoded_again(data, t
     import pickle
     assert len(pickle.dumps(cache)) < 1 << 20  # to a spawned worker: the index, never the mapped shards
     # What the RAM-cached training path takes: the cached pixels downscaled to the augmentation source size.
-    from pocketvision.contract import Contract
+    from pocketvision.core.contract import Contract
     from pocketvision.training.loader import decode_source, source_side
     src = decode_source(a, Contract(size=(96, 96)), cache)
     assert min(src.shape[:2]) == source_side(Contract(size=(96, 96))) == 111
@@ -122,7 +122,7 @@ def test_jpeg_storage_is_small_close_and_rebuilt_when_the_format_changes(data, t
 def test_keypoint_training_reads_the_cache(faces5, tmp_path):
     """Keypoint photos come from the cache; their points come from the annotations as they are now, scaled to the
     cached pixels, so the two paths give the same points and nearly the same pixels."""
-    from pocketvision.contract import Contract
+    from pocketvision.core.contract import Contract
     from pocketvision.data.keypoints import load_keypoints
     from pocketvision.tasks.keypoints import decode_sample
     d = tmp_path / "faces"

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from pocketvision.contract import Contract, load_rgb
+from pocketvision.core.contract import Contract, load_rgb
 from pocketvision.data.augment import Augmenter
 from pocketvision.data.check import check_dataset, render_check, write_preview
 from pocketvision.data.folder import scan
@@ -162,7 +162,7 @@ def _link_folder(dst: Path, sources: dict[str, list[Path]]) -> Path:
 
 @pytest.mark.shared_data
 def test_content_check_says_what_the_hot_dog_photos_cannot_teach(shared_data: Path, tmp_path: Path):
-    from pocketvision.tasks.classify_content import analyse, write_sheet
+    from pocketvision.tasks.classify.content import analyse, write_sheet
     splits = scan(shared_data / "hotdog")
     by_class = {c: [s.path for s in splits.train if s.label == i] for i, c in enumerate(splits.classes)}
     rep = analyse(by_class, seed=0)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pocketvision.contract import Contract, load_rgb
+from pocketvision.core.contract import Contract, load_rgb
 from pocketvision.errors import ImageDecodeError, PocketVisionError
 
 

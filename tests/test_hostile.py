@@ -26,7 +26,7 @@ RUNNER = r"""
 import json, resource, sys, time
 argv, out, limit_mb = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 import numpy, onnxruntime, PIL.Image, torch  # noqa: F401 - what the command paths import, counted before
-import pocketvision.cli as cli
+import pocketvision.cli.commands as cli
 import pocketvision.models  # noqa: F401
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 vm = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
@@ -71,9 +71,9 @@ def real(tmp_path_factory) -> dict:
     from PIL import Image
 
     import pocketvision as pv  # noqa: F401
-    from pocketvision import bundle as bio
+    from pocketvision.core import bundle_file as bio
     from pocketvision.api import Bundle
-    from pocketvision.contract import Contract
+    from pocketvision.core.contract import Contract
     from pocketvision.models import build_model
     d = tmp_path_factory.mktemp("real")
     spec = {"name": "deepdog", "args": {"alpha": 0.25, "num_classes": 2}}
@@ -243,7 +243,7 @@ def _onnx(real: dict, tmp_path: Path) -> Path:
 def test_metadata_that_does_not_fit_the_model_is_refused(real, tmp_path):
     """A contract of 4096x4096 on a 0.3 MB model (12.7 s and 1.3 GB a photo), half a million label names, or three
     names on a two-class model: each refused in one line instead of run or answered wrongly."""
-    from pocketvision import bundle as bio
+    from pocketvision.core import bundle_file as bio
     meta = json.loads(real["meta"])
     cases = {"big-contract": ({**meta, "contract": {**meta["contract"], "size": [4096, 4096]}},
                               "contract.size must be two integers in [8, 1024]"),

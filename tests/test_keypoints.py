@@ -187,7 +187,7 @@ def test_onnx_export_parity_and_torch_free_predict(kp_bundle, faces_small, tmp_p
     sess = ort.InferenceSession(str(res.path))
     assert [o.name for o in sess.get_outputs()] == ["keypoints"]
     img = str(load_keypoints(faces_small).val[0].path)
-    code = ("import sys, json; from pocketvision.cli import main; rc = main(['predict', sys.argv[1], sys.argv[2], "
+    code = ("import sys, json; from pocketvision.cli.commands import main; rc = main(['predict', sys.argv[1], sys.argv[2], "
             "'--json']); assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
     r = subprocess.run([sys.executable, "-c", code, str(res.path), img], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -217,7 +217,7 @@ def test_tflite_and_coreml_exports(kp_bundle, faces_small, tmp_path):
 
 def test_filter_places_sprite_on_real_face_video(kp_bundle, faces_small, tmp_path):
     import cv2
-    from pocketvision.synthetic_video import make_video
+    from synthetic_video import make_video
     ks = load_keypoints(faces_small)
     make_video(ks.val[:3], tmp_path / "in.mp4", frames_per_image=5)
     plain = tmp_path / "plain.mp4"
@@ -269,7 +269,7 @@ def _y4m(frames_bgr, path):
 def test_web_export_parity_and_live_camera_filter(kp_bundle, faces_small, tmp_path):
     import cv2
     from pocketvision.runtime.web_predictor import WebPredictor
-    from pocketvision.synthetic_video import make_video
+    from synthetic_video import make_video
     res = kp_bundle.export(tmp_path / "web", to="web", data=faces_small)
     v = res.verification
     assert v["passed"] and v["max_coord_diff_px"] < 0.05, v  # onnxruntime-web in Chromium == torch
@@ -299,7 +299,7 @@ def test_web_export_parity_and_live_camera_filter(kp_bundle, faces_small, tmp_pa
 
 
 def test_sprite_placement_and_smoothing():
-    from pocketvision.sprite_filter import BUILTIN_SPRITES, OneEuro, builtin_sprite, similarity
+    from pocketvision.tasks.keypoints.sprite_filter import BUILTIN_SPRITES, OneEuro, builtin_sprite, similarity
     for name in BUILTIN_SPRITES:
         sp = builtin_sprite(name)
         assert sp.rgba.shape[2] == 4 and sp.rgba[..., 3].max() == 255

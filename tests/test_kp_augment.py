@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pocketvision.contract import Contract
+from pocketvision.core.contract import Contract
 from pocketvision.data.kp_augment import (KeypointAugmentConfig, KeypointAugmenter, hflip_matrix, random_matrix,
                                           transform_points, warp_image)
 from pocketvision.errors import PocketVisionError

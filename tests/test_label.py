@@ -290,7 +290,7 @@ def test_cli_server_killed_with_sigkill_loses_nothing(photos, tmp_path):
     out = tmp_path / "labels.json"
 
     def launch():
-        p = subprocess.Popen([sys.executable, "-m", "pocketvision.cli", "label", str(photos), "--keypoints",
+        p = subprocess.Popen([sys.executable, "-m", "pocketvision", "label", str(photos), "--keypoints",
                               ",".join(POINTS), "--out", str(out), "--no-browser", "--port", "0"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         t0 = time.time()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pocketvision.contract import Contract
+from pocketvision.core.contract import Contract
 from pocketvision.data.augment import AugmentConfig, Augmenter
 from pocketvision.data.folder import scan
 from pocketvision.training.loader import ImageDataset, make_loader
@@ -52,7 +52,7 @@ import numpy as np, cv2
 x = np.random.rand(1500, 1500, 3).astype(np.float32)
 for _ in range(3):
     cv2.transform(x, np.eye(3, dtype=np.float32)); cv2.resize(x, (300, 300))
-from pocketvision.contract import Contract
+from pocketvision.core.contract import Contract
 from pocketvision.data.augment import AugmentConfig, Augmenter
 from pocketvision.data.folder import scan
 from pocketvision.training.loader import ImageDataset, make_loader

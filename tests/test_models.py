@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from pocketvision.contract import Contract
+from pocketvision.core.contract import Contract
 from pocketvision.errors import PocketVisionError
 from pocketvision.models import (build_model, check_input_size, count_macs, count_params, list_models,
                                  model_entry, model_info)

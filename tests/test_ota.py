@@ -20,7 +20,7 @@ from tuf.api.metadata import Metadata
 
 from conftest import run_cli
 from pocketvision.serve import keys as K
-from pocketvision.serve.plans import bucket
+from pocketvision.ota.plans import bucket
 from pocketvision.serve.repo import SERIALIZER
 
 pytestmark = pytest.mark.shared_data
@@ -72,7 +72,7 @@ def registry(base_store, tmp_path):
 
 
 def device(url: str, tokens, tmp_path: Path, name: str = "low", root: Path | None = None, **kw):
-    from pocketvision.client import ModelUpdater
+    from pocketvision.ota.device import ModelUpdater
     return ModelUpdater(url, "hotdog", token=tokens["device"], trusted_root=root or _root(tmp_path),
                         cache_dir=tmp_path / f"dev-{name}", device_id=DEVICES.get(name, name), **kw)
 
@@ -555,7 +555,7 @@ def test_cli_errors_are_one_line(tmp_path, registry):
 
 CLIENT_WITHOUT_TORCH = """
 import sys
-from pocketvision.client import ModelUpdater
+from pocketvision.ota.device import ModelUpdater
 up = ModelUpdater(sys.argv[1], "hotdog", token=sys.argv[2], trusted_root=sys.argv[3], cache_dir=sys.argv[4])
 res = up.check()
 assert res.action == "installed", res
@@ -756,7 +756,7 @@ def _corrections(shared_data: Path, n_train: int, n_held: int, skip: int = 0) ->
     """Hot dog photos outside ``hotdog_small``, chosen so that ``n_held`` of them are held back by retrain."""
     import hashlib
 
-    from pocketvision.retrain import held_back
+    from pocketvision.serve.retrain import held_back
     out, held, kept = [], 0, 0
     for p in sorted((shared_data / "hotdog" / "train" / "hotdog").iterdir())[200 + skip:]:
         back = held_back(hashlib.sha256(p.read_bytes()).hexdigest())

@@ -36,7 +36,7 @@ def services():
 
 
 def test_two_instances_share_postgres_and_s3(services, tmp_path, trained_bundle, hotdog_small):
-    from pocketvision.client import ModelUpdater
+    from pocketvision.ota.device import ModelUpdater
     db, blobs = services
     keys = tmp_path / "keys"
     r = run_cli("keys", "new", "--store", str(tmp_path / "a"), "--db", db, "--keys", str(keys),

@@ -49,7 +49,7 @@ def registry(web_store, tmp_path):
 
 def test_folder_targets_are_signed_file_by_file_and_install_on_python_devices(registry, tmp_path, hotdog_small,
                                                                              trained_bundle):
-    from pocketvision.client import ModelUpdater
+    from pocketvision.ota.device import ModelUpdater
     store, tokens, _, _ = registry
     srv = RegistryServer(store).start()
     try:
@@ -243,7 +243,7 @@ def test_wrong_control_sends_a_correction_from_the_page(registry, hotdog_small):
             _review_in_the_labelling_app(web, srv.url, tokens, other, with_photo)
             # "is this right?" is offered when the model was unsure or the photo looked unfamiliar; "yes" sends
             # the model's own label back as the user's
-            from pocketvision.client import worth_asking
+            from pocketvision.ota.device import worth_asking
             assert web.page.is_visible("#ask") == worth_asking(last)
             web.page.evaluate("pv.sendCorrection(pv.last.label).then(() => true)")
             items = Api(srv.url, tokens["admin"])("GET", "/v1/models/hotdog/feedback")[1]["items"]

@@ -10,7 +10,7 @@ import pytest
 
 import pocketvision as pv
 from conftest import one_line_error, run_cli
-from pocketvision import bundle as bundle_io
+from pocketvision.core import bundle_file as bundle_io
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 
@@ -121,7 +121,7 @@ def test_onnx_predict_never_imports_torch(trained_bundle, hotdog_small, tmp_path
     import subprocess
     onnx_path = pv.load(trained_bundle).export(tmp_path / "m.onnx", verify=False).path
     img = sorted((hotdog_small / "val" / "hotdog").iterdir())[0]
-    code = ("import sys; from pocketvision.cli import main; rc = main(['predict', sys.argv[1], sys.argv[2]]);"
+    code = ("import sys; from pocketvision.cli.commands import main; rc = main(['predict', sys.argv[1], sys.argv[2]]);"
             "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(rc)")
     r = subprocess.run([sys.executable, "-c", code, str(onnx_path), str(img)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -144,7 +144,7 @@ def test_resume_after_interrupt(hotdog_small, tmp_path):
     import os
     import subprocess
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "pocketvision.cli", "train", str(hotdog_small), "--arch", "deepdog",
+    args = [sys.executable, "-m", "pocketvision", "train", str(hotdog_small), "--arch", "deepdog",
             "--arch-args", "alpha=0.25", "--size", "64", "--epochs", "6", "--workers", "1", "--run-dir", str(run),
             "--out", str(tmp_path / "r.pvb"), "--no-tensorboard", "--json"]
     p = subprocess.run(args, capture_output=True, text=True, timeout=600,

@@ -15,7 +15,7 @@ import sys
 import pytest
 from conftest import one_line_error, run_cli
 
-from pocketvision.runtime import profiles
+from pocketvision.deploy import profiles
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def measured_profile(tmp_path_factory):
     """This machine's profile, measured by the CLI in a process where torch cannot be imported (the device side
     needs numpy, onnx and onnxruntime only)."""
     out = tmp_path_factory.mktemp("profile") / "dev.json"
-    code = ("import sys; sys.modules['torch'] = None; from pocketvision.cli import main; "
+    code = ("import sys; sys.modules['torch'] = None; from pocketvision.cli.commands import main; "
             f"sys.exit(main(['device-profile', '--out', {str(out)!r}, '--threads', '1', '--runs', '3', "
             "'--name', 'test board']))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
@@ -60,7 +60,7 @@ def _rigged(prof: dict, int8_cheap: bool) -> dict:
 @pytest.mark.slow
 def test_pick_follows_the_device_profile(trained_bundle, measured_profile, tmp_path):
     import pocketvision as pv
-    from pocketvision.runtime import placement
+    from pocketvision.deploy import placement
     prof = profiles.load(measured_profile)
     picks = {}
     for cheap in (True, False):
@@ -83,7 +83,7 @@ def test_pick_follows_the_device_profile(trained_bundle, measured_profile, tmp_p
 @pytest.mark.slow
 def test_bench_pick_here_measures_every_accelerator_and_records_the_choice(trained_bundle, tmp_path):
     import pocketvision as pv
-    from pocketvision.runtime.placement import thread_counts
+    from pocketvision.deploy.placement import thread_counts
     bundle = tmp_path / "m.pvb"
     shutil.copy(trained_bundle, bundle)
     r = run_cli("bench", str(bundle), "--pick", "--variants", "onnx,onnx:int8,tflite", "--runs", "5",

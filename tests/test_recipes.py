@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import pocketvision as pv
-from pocketvision.training.config import split_options
+from pocketvision.pipeline.options import split_options
 
 pytestmark = [pytest.mark.shared_data]
 

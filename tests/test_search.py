@@ -246,8 +246,8 @@ def test_bad_input_gets_one_line(hotdog_small, tmp_path):
 def test_weight_inheritance_starts_children_from_their_parents(hotdog_small, tmp_path):
     from safetensors.torch import load as st_load
 
-    from pocketvision import bundle as bundle_io
-    from pocketvision.training.run import inherit
+    from pocketvision.core import bundle_file as bundle_io
+    from pocketvision.pipeline.train import inherit
     r = run_cli("search", str(hotdog_small), "--run-dir", str(tmp_path / "run"), "--inherit", *SMOKE, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     hist = json.loads((tmp_path / "run" / "history.json").read_text())

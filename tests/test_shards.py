@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import one_line_error, run_cli
-from pocketvision.contract import Contract
+from pocketvision.core.contract import Contract
 from pocketvision.data import shards
 from pocketvision.data.folder import scan
 from pocketvision.errors import PocketVisionError

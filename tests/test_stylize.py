@@ -58,7 +58,7 @@ def test_exports_to_every_target_with_psnr_parity(style_bundle, tmp_path):
     cm = res["coreml", "fp32"]
     assert cm["passed"] and not cm["numeric"] and cm["structure"]["outputs"] and cm["structure"]["image_input"]
     # dynamic height/width in ONNX: uint8 RGB in, uint8 RGB out, at a size it was not exported at
-    from pocketvision.runtime.artifact import open_predictor
+    from pocketvision.deploy.artifact import open_predictor
     p = open_predictor(tmp_path / "s-fp32.onnx", threads=1)
     assert p.input_size is None
     x = np.random.default_rng(0).integers(0, 256, (1, 72, 104, 3), dtype=np.uint8)
@@ -73,7 +73,7 @@ def test_predict_writes_images_torch_free(style_bundle, tmp_path, shared_data):
     import sys
     onnx_path = pv.load(style_bundle).export(tmp_path / "s.onnx", verify=False).path
     photo = shared_data / "style" / "content" / "tubingen.jpg"
-    code = ("import sys; from pocketvision.cli import main; rc = main(['predict', sys.argv[1], sys.argv[2], "
+    code = ("import sys; from pocketvision.cli.commands import main; rc = main(['predict', sys.argv[1], sys.argv[2], "
             "'--out-dir', sys.argv[3], '--json']); assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
     r = subprocess.run([sys.executable, "-c", code, str(onnx_path), str(photo), str(tmp_path / "out")],
                        capture_output=True, text=True, timeout=300)
@@ -104,7 +104,7 @@ def test_the_web_page_stylises_a_photo(style_bundle, tmp_path, shared_data):
 
 @pytest.mark.slow
 def test_filter_stylises_a_video_and_smooths_flicker(style_bundle, tmp_path, shared_data):
-    from pocketvision.synthetic_video import make_video
+    from synthetic_video import make_video
     photos = sorted((shared_data / "style" / "content").glob("*.jpg"))[:2]
     make_video(photos, tmp_path / "pan.mp4", size=(320, 240), frames_per_image=10, pan=0.08)
     onnx_path = pv.load(style_bundle).export(tmp_path / "s.onnx", verify=False).path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pocketvision.contract import Contract
+from pocketvision.core.contract import Contract
 from pocketvision.models import build_model
 from pocketvision.training.top_tune import TopTune
 

@@ -96,7 +96,7 @@ def test_bad_device_counts_and_environments_get_one_line(hotdog_small, shared_da
 
 
 def test_a_bigger_batch_scales_the_default_lr_never_a_given_one(shared_data):
-    from pocketvision.training.config import split_options
+    from pocketvision.pipeline.options import split_options
     from pocketvision.training.schedules import lr_factor
     data = shared_data / "hotdog"
     base = {"arch": "deepdog", "pretrained": False, "device": "cpu"}

@@ -173,7 +173,7 @@ def test_the_imagenet_head_stays_when_the_classes_anchor_to_it(hotdog_small, tmp
     assert unf["val_quantiles"]["0.5"] < unf["flag_above"] == unf["val_quantiles"]["0.95"]
     photos = [str(p) for p in sorted((hotdog_small / "val" / "hotdog").iterdir())[:4]]
     want = [r["unfamiliar"] for r in b.predict(photos)]
-    from pocketvision.runtime.artifact import open_predictor
+    from pocketvision.deploy.artifact import open_predictor
     b.export(tmp_path / "m.tflite", to="tflite")
     for f in ("m.onnx", "m.tflite"):
         with open_predictor(tmp_path / f) as p:

@@ -12,10 +12,10 @@ __all__ = ["train", "find_lr", "load", "Bundle", "Contract", "PocketVisionError"
 
 if TYPE_CHECKING:  # pragma: no cover
     from .api import Bundle, find_lr, load, train
-    from .contract import Contract
+    from .core.contract import Contract
     from .errors import PocketVisionError
 
-_LAZY = {"train": "api", "find_lr": "api", "load": "api", "Bundle": "api", "Contract": "contract",
+_LAZY = {"train": "api", "find_lr": "api", "load": "api", "Bundle": "api", "Contract": "core.contract",
          "PocketVisionError": "errors"}
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from torch import nn
 
-from .model_bundle import Bundle, ExportResult, load
-from .runtime.artifact import load_any
+from .bundle import Bundle, ExportResult, load
+from .deploy.artifact import load_any
 
 __all__ = ["Bundle", "ExportResult", "fetch_shards", "find_lr", "load", "load_any", "train", "write_shards"]
 
@@ -30,7 +30,7 @@ def train(data: str | Path, out: str | Path | None = None, *, model: nn.Module |
     (default: from the data). ``model`` brings your own ``torch.nn.Module`` (classify: float NCHW in, logits out).
     Under torchrun every process calls this; rank 0 gets the bundle (and writes ``out``), the others None.
     """
-    from .training.run import train_model
+    from .pipeline.train import train_model
     meta, net = train_model(data, options, user_model=model, resume=resume, console=console)
     if meta is None:  # a distributed run's other processes (torchrun): rank 0 has the bundle
         return None
@@ -45,7 +45,7 @@ def find_lr(data: str | Path, **options: Any) -> dict[str, Any]:
 
     -> ``{"suggested_lr", "plot", "lrs", "losses"}``.
     """
-    from .training.run import find_lr as _find_lr
+    from .pipeline.train import find_lr as _find_lr
     run_dir = Path(options.pop("run_dir", None) or "runs/find-lr")
     return _find_lr(data, {**options, "run_dir": run_dir}, run_dir / "lr_find.png")
 

@@ -1,304 +1,228 @@
-"""The bundle: the one artifact every stage reads and writes.
+"""The bundle in memory: a torch model plus its metadata, and the stages that read and write it.
 
-On disk a bundle is a zip (``hotdog.pvb``) or a folder holding ``bundle.json`` and
-``weights.safetensors``. Weights are never pickled, so loading a stranger's bundle cannot run code;
-``bundle.json`` records the SHA-256 of the weights so a tampered or truncated file is caught before
-any tensor is used. A bundle from elsewhere is hostile until checked: each member's size is capped before
-it is read (the way TUF caps metadata sizes), a zip may hold only the two members, and every parse error
-is a one-line ``BundleError``.
+    bundle = pocketvision.load("hotdog.pvb")
+    bundle.evaluate("photos/")            # metrics (+ HTML report with report_dir=...)
+    bundle.export("hotdog.onnx")          # exported and verified on the held-out images
+    bundle.predict(["a.jpg", "b.jpg"])    # the task's records
+
+Every task-specific step is the task plug-in's (``bundle.plugin``); every format-specific step the export
+target's. This class only wires them: it never compares a task's name.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import io
-import json
-import os
-import platform
-import stat
-import tempfile
-import zipfile
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timezone
+import copy
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .contract import Contract
-from .errors import BundleError
+import numpy as np
+import torch
+from torch import nn
 
-SCHEMA_VERSION = 1
-FORMAT = "pocketvision-bundle"
-META_NAME, WEIGHTS_NAME = "bundle.json", "weights.safetensors"
-# Caps checked before a byte is read. A real bundle.json is 5-100 KB (training history included); weights of the
-# models this tool makes are < 100 MB. A 1.5 GB bundle.json of spaces (a few MB zipped) used to cost 33 s and
-# 4.8 GB of memory before failing.
-MAX_META_BYTES = 8 * 2**20
-MAX_WEIGHTS_BYTES = 2 * 2**30
-MAX_LABELS = 10_000  # classes or points one model may name
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MB pieces (memory stays flat for any size)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write to a temp file beside ``path`` then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        # mkstemp makes the file private (0600); the result is an ordinary file, readable as the umask allows
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("pocketvision", "torch", "onnx", "onnxruntime", "numpy", "pillow"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
+from .core import bundle_file as bundle_io
+from .core.contract import Contract
+from .errors import BundleError, PocketVisionError
+from .tasks import Task, get_task
+from .tasks.base import HeldOut, evaluate_model, split_sources, task_of
+from .core.weights import build_for_weights, load_weights, state_bytes
 
 
 @dataclass
-class BundleData:
-    """What is inside a bundle, torch-free: metadata dict + raw safetensors bytes."""
+class ExportResult:
+    path: Path
+    format: str
+    verification: dict[str, Any] | None = None
+    size_bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+    precision: str = "fp32"
+    compression: dict[str, Any] = field(default_factory=dict)
 
-    meta: dict[str, Any]
-    weights: bytes = b""
-    source: Path | None = None
+
+class Bundle:
+    """A trained model plus everything needed to use it: task, labels, contract, threshold, metrics."""
+
+    input_size = None  # torch takes any size the network does (an exported file may fix one)
+
+    def __init__(self, meta: dict[str, Any], model: nn.Module, path: Path | None = None):
+        self.meta, self.model, self.path = meta, model.eval(), path
+
+    # -- properties ---------------------------------------------------------------------------------
+    labels = property(lambda self: list(self.meta["labels"]))
+    task = property(lambda self: self.meta["task"])
+    contract = property(lambda self: Contract.from_dict(self.meta["contract"]))
+    threshold = property(lambda self: self.meta.get("threshold"))
+    metrics = property(lambda self: self.meta.get("metrics", {}))
 
     @property
-    def task(self) -> str:
-        return self.meta["task"]
+    def plugin(self) -> Task:
+        return get_task(self.meta["task"])
 
-    @property
-    def labels(self) -> list[str]:
-        return list(self.meta["labels"])
+    def __repr__(self) -> str:
+        acc = self.metrics.get("accuracy")
+        return (f"Bundle(task={self.task!r}, arch={self.meta['arch'].get('name')!r}, labels={self.labels}, "
+                f"size={list(self.contract.size)}" + (f", val_accuracy={acc:.4f})" if acc is not None else ")"))
 
-    @property
-    def contract(self) -> Contract:
-        return Contract.from_dict(self.meta["contract"])
+    # -- io -----------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module | None = None) -> Bundle:
+        from .core.weights import weights_cap
+        custom = model is not None  # the caller's own module: its size is not ours to predict
+        data = bundle_io.read(path, weights_cap=None if custom else weights_cap(task_of, str(path)))
+        arch = data.meta["arch"]
+        task_of(data.meta, path)
+        if model is None:
+            if arch.get("name") == "custom":
+                raise BundleError(f"{path}: was trained with a custom torch.nn.Module ({arch.get('class')}); "
+                                  "pass it: pocketvision.load(path, model=MyModel()).")
+            model = build_for_weights(task_of(data.meta, path), arch, data.contract, data.weights, str(path))
+        return cls(data.meta, load_weights(model, data.weights, str(path), arch), Path(path))
 
+    def save(self, path: str | Path) -> Path:
+        self.path = bundle_io.write(path, self.meta, state_bytes(self.model))
+        return self.path
 
-def new_meta(task: str, arch: dict[str, Any], labels: list[str], contract: Contract, **extra: Any) -> dict[str, Any]:
-    return {
-        "format": FORMAT,
-        "schema": SCHEMA_VERSION,
-        "task": task,
-        "arch": arch,
-        "labels": list(labels),
-        "contract": contract.to_dict(),
-        "threshold": None,
-        "metrics": {},
-        "train_config": {},
-        "data": {},
-        "lineage": [],
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": versions(),
-        **extra,
-    }
+    # -- inference ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 NHWC -> the graph's first output (probabilities, keypoints in model-input pixels, a stylised
+        image...): the same maths as every export."""
+        x = torch.from_numpy(self.contract.normalize(pixels))
+        return self.plugin.graph_head(self.model(x))[0].numpy()
 
+    run_pixels = predict_pixels  # the name every predictor of an exported file uses
 
-def write(path: str | Path, meta: dict[str, Any], weights: bytes) -> Path:
-    """Write a bundle (zip if the name has a suffix like ``.pvb``, else a folder), atomically."""
-    path = Path(path)
-    meta = dict(meta, weights_sha256=hashlib.sha256(weights).hexdigest(), schema=SCHEMA_VERSION, format=FORMAT)
-    meta_bytes = json.dumps(meta, indent=2, sort_keys=False, default=_json_default).encode()
-    if path.suffix:
-        buf = io.BytesIO()
-        # Stored, not deflated: safetensors is incompressible-ish and loading stays a memcpy.
-        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as z:
-            z.writestr(META_NAME, meta_bytes)
-            z.writestr(WEIGHTS_NAME, weights)
-        return atomic_write_bytes(path, buf.getvalue())
-    path.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path / WEIGHTS_NAME, weights)
-    atomic_write_bytes(path / META_NAME, meta_bytes)
-    return path
+    @torch.no_grad()
+    def run_outputs(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 NHWC -> every output of the graph an export captures, by name (``OutputSpec.names``)."""
+        plugin = self.plugin
+        body = plugin.graph_model(self.model).eval()
+        outs = plugin.graph_head(body(torch.from_numpy(self.contract.normalize(pixels))))
+        return {name: o.numpy() for name, o in zip(plugin.outputs.names, outs)}
 
+    def predict(self, images: list[str | Path | bytes] | str | Path) -> list[dict[str, Any]]:
+        return self.plugin.predict(self, split_sources(images))
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, Path):
-        return str(o)
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, set | tuple):
-        return list(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    def evaluate(self, data: str | Path, split: str = "auto", report_dir: str | Path | None = None,
+                 **options: Any) -> dict[str, Any]:
+        """Metrics on labelled data (the task's reader); ``options`` are the task's evaluation options
+        (classify: ``threshold``; keypoints: ``exclude``)."""
+        title = f"{self.meta['arch'].get('name')} ({self.path or 'bundle'})"
+        return evaluate_model(self, data, split, report_dir, title, options)
 
+    def held_out(self, data: str | Path | None = None) -> HeldOut:
+        """The images the bundle is judged on: its validation split, or ``data``'s eval split."""
+        return self.plugin.held_out(self.meta, data)
 
-# The type of every field code reads without looking first (bundle.json comes from elsewhere).
-_FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "task": (str,), "arch": (dict,), "labels": (list,), "contract": (dict,), "threshold": (dict, type(None)),
-    "metrics": (dict,), "train_config": (dict,), "data": (dict,), "lineage": (list,), "history": (list, dict),
-    "recipe": (dict, type(None)),
-}
+    def quality(self, outputs: np.ndarray, truth: Any, reference: np.ndarray | None = None) -> float:
+        return self.plugin.quality(outputs, truth, reference, self.meta)
 
+    def training_pixels(self, data: str | Path | None = None, limit: int = 512) -> np.ndarray:
+        from .compress.data import training_pixels
+        return training_pixels(self, data, limit=limit)
 
-def check_fields(meta: dict[str, Any], where: str) -> None:
-    """One-line error for metadata (a bundle.json, or an exported file's) whose fields have the wrong types (a list
-    where a name belongs...) or whose preprocessing contract is invalid."""
-    for key, types in _FIELD_TYPES.items():
-        if key in meta and not isinstance(meta[key], types):
-            raise BundleError(f"{where}: '{key}' should be {' or '.join(t.__name__ for t in types)}, "
-                              f"not {type(meta[key]).__name__}.")
-    arch = meta.get("arch")
-    if arch is not None and (not isinstance(arch.get("name"), str) or not isinstance(arch.get("args", {}), dict)):
-        raise BundleError(f"{where}: 'arch' needs a 'name' (text) and 'args' (an object).")
-    if not all(isinstance(x, str) for x in meta.get("labels", [])) or not meta.get("labels"):
-        raise BundleError(f"{where}: 'labels' should be a non-empty list of names.")
-    if len(meta.get("labels", [])) > MAX_LABELS or any(len(x) > 200 for x in meta.get("labels", [])):
-        raise BundleError(f"{where}: 'labels' holds {len(meta['labels']):,} names (at most {MAX_LABELS:,} of at most "
-                          "200 characters); not a model pocketvision made.")
-    if not all(isinstance(x, dict) for x in meta.get("lineage", [])):
-        raise BundleError(f"{where}: 'lineage' should be a list of objects.")
-    if "contract" in meta:
-        try:
-            Contract.from_dict(meta["contract"])
-        except Exception as e:  # noqa: BLE001 - any contract problem is a metadata problem
-            raise BundleError(f"{where}: invalid preprocessing contract ({str(e).splitlines()[0][:200]}).") from None
+    # -- export -------------------------------------------------------------------------------------
+    def export_meta(self) -> dict[str, Any]:
+        """What every exported file carries in its own metadata slot."""
+        return {**self.plugin.export_meta(self.meta), "task": self.task, "labels": self.labels,
+                "contract": self.meta["contract"], "threshold": self.threshold, "arch": self.meta["arch"],
+                "bundle_weights_sha256": self.meta.get("weights_sha256"), "lineage": self.meta.get("lineage", [])}
 
+    def export(self, out: str | Path | None = None, to: str = "onnx", verify: bool = True,
+               data: str | Path | None = None, opset: int | None = None, *, precision: str = "fp32",
+               bits: int | None = None, max_drop: float = 1.0, qat_steps: int = 0,
+               log=lambda s: None) -> ExportResult:
+        """Export to one target (``export.target_names()``: onnx, tflite, coreml, web), optionally compressed,
+        and verify it on real images (Core ML off macOS: structure only, reported as not verified numerically).
 
-def parse_json(raw: bytes | str, where: str, error: type[Exception]) -> Any:
-    """JSON from an untrusted source -> the value, or one ``error`` naming ``where`` (invalid text or encoding, or
-    nesting so deep that the parser gives up: a RecursionError, raised quickly and with little memory; an integer
-    of more digits than Python converts: a ValueError)."""
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as e:  # ValueError covers JSONDecodeError and UnicodeDecodeError
-        raise error(f"{where} is not valid JSON ({str(e)[:200]}).") from None
+        ``precision="int8"``: static int8 calibrated on training images, worst layers kept float until the
+        held-out quality is within the task's budget (``max_drop``; ``qat_steps``: quantisation-aware
+        fine-tuning first). ``bits``: palettise first (:meth:`palettize`). Parity is checked against the model
+        that was exported; compressed precisions are judged by the budget (outputs move by design).
+        """
+        from .compress.data import held_out
+        from .export import ExportJob, check_request, folder_size, publish, staged, variant_suffix
+        from .export.verify import NoImages
+        target = check_request(self.plugin, to, precision, bits, qat_steps)
+        source, notes, compression = self, [], {}
+        if bits:
+            source, rep = self.palettize(bits, data, max_drop=max_drop, log=log)
+            compression["palettize"] = {k: rep[k] for k in ("bits", "base_accuracy", "accuracy", "float_bytes",
+                                                             "palette_bytes", "within_budget")}
+            notes += rep["notes"]
+        base = self.path or Path("model")
+        out = Path(out) if out else base.with_name(base.stem + variant_suffix(precision, bits) + target.suffix)
+        # A palettised bundle (now or earlier: its lineage says so) is stored palettised where the format can.
+        pal_bits = bits or source.meta.get("compression", {}).get("palettize", {}).get("bits")
+        with staged(out) as (stage, scratch):
+            job = ExportJob(model=source.model, task=self.plugin, contract=source.contract,
+                            meta={**source.export_meta(), "precision": precision}, out=stage, tmp=scratch,
+                            precision=precision, palettised_bits=pal_bits, opset=opset, max_drop=max_drop,
+                            qat_steps=qat_steps, calibration=lambda limit: source.training_pixels(data, limit),
+                            held_out=lambda: held_out(self, data), log=log)
+            target.export(job)
+            compression.update(job.report)
+            result = ExportResult(path=out, format=to, size_bytes=folder_size(stage), notes=notes,
+                                  precision=precision, compression=compression)
+            if verify:  # on the staged file: ``out`` appears only once it is verified (a kill leaves nothing there)
+                try:
+                    result.verification = source.verify(stage, data=data, precision=precision, max_drop=max_drop,
+                                                        target=target)
+                except NoImages:
+                    result.notes.append("not verified: no images (pass data=DIR / --data DIR)")
+                else:
+                    if result.verification.get("numeric") is False:
+                        result.notes.append(result.verification["criterion"])
+            if result.verification is not None and not result.verification["passed"]:
+                # kept for a look, under a name no app would load by mistake
+                result.path = out.with_name(f"{out.stem}.failed-verification{out.suffix}")
+                result.notes.append(f"verification failed: written to {result.path.name}, not {out.name}")
+            publish(stage, result.path)
+            if result.verification is not None:
+                result.verification["file"] = str(result.path)
+        return result
 
+    def verify(self, exported: str | Path, data: str | Path | None = None, tolerance: float | None = None, *,
+               precision: str | None = None, max_drop: float = 1.0, target=None) -> dict[str, Any]:
+        """The same real images through this bundle and ``exported``. A compressed file (its
+        metadata says int8/fp16) is judged by the task's budget, a float one by the float tolerance."""
+        from .export.verify import verify_export
+        return verify_export(self, exported, data=data, tolerance=tolerance, precision=precision, max_drop=max_drop,
+                             target=target)
 
-def _read_capped(f, cap: int, where: str) -> bytes:
-    """At most ``cap`` bytes from ``f``, read in 1 MB pieces: a member or file that holds more than it declared
-    (a zip directory that lies, a file that grows) is refused as soon as the count passes the cap."""
-    out = bytearray()
-    while chunk := f.read(min(1 << 20, cap + 1 - len(out))):
-        out += chunk
-        if len(out) > cap:
-            raise BundleError(f"{where} holds more than the {cap:,} bytes it may; not a bundle pocketvision wrote.")
-    return bytes(out)
+    # -- compression stages (bundle -> bundle) -------------------------------------------------------
+    def palettize(self, bits: int = 4, data: str | Path | None = None, **options: Any) -> tuple[Bundle, dict]:
+        """Round every weight of each layer to one of 2^bits shared values -> (new bundle, report); see
+        :func:`pocketvision.compress.stages.palettize_bundle`."""
+        from .compress.stages import palettize_bundle
+        return palettize_bundle(self, bits, data, **options)
 
+    def auto_compress(self, data: str | Path | None = None, **options: Any) -> tuple[Bundle, dict]:
+        """The smallest palette within the budget; see :func:`pocketvision.compress.stages.auto_palettize`."""
+        from .compress.stages import auto_palettize
+        return auto_palettize(self, data, **options)
 
-class _Members:
-    """The two members of a bundle, zip or folder, each read with a cap checked before a byte is inflated."""
+    def prune(self, ratio: float = 0.3, data: str | Path | None = None, **options: Any) -> tuple[Bundle, dict]:
+        """Structured channel pruning + fine-tuning; see :func:`pocketvision.compress.stages.prune_bundle`."""
+        from .compress.stages import prune_bundle
+        return prune_bundle(self, ratio, data, **options)
 
-    ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
+    def require(self, compression: str, what: str) -> None:
+        if compression not in self.plugin.compressions:
+            raise PocketVisionError(f"{what} is not available for {self.task} bundles (they support: "
+                                    f"{', '.join(sorted(self.plugin.compressions))}); for a small {self.task} "
+                                    "model use `pocketvision export BUNDLE --int8` (budgeted on held-out images).")
 
-    def __init__(self, path: Path):
-        self.path, self.zip = path, None
-        if not path.is_dir():
-            self.zip = zipfile.ZipFile(path)
-            infos = self.zip.infolist()
-            extra = sorted({i.filename for i in infos} - {META_NAME, WEIGHTS_NAME})
-            if extra or len(infos) != len({i.filename for i in infos}):
-                raise BundleError(f"{path}: unexpected member(s) {extra[:5] or 'repeated names'}; a bundle holds "
-                                  f"only {META_NAME} and {WEIGHTS_NAME}.")
-            for i in infos:  # other methods (LZMA, bzip2) inflate far more per read; pocketvision writes stored
-                if i.compress_type not in self.ZIP_METHODS:
-                    raise BundleError(f"{path}: {i.filename} uses zip compression method {i.compress_type}; a bundle "
-                                      "is stored or deflated (re-zip it with `zip -r`, or re-export it).")
-
-    def close(self) -> None:
-        if self.zip is not None:
-            self.zip.close()
-
-    def read(self, name: str, cap: int, too_big) -> bytes:
-        where = f"{self.path}: {name}"
-        if self.zip is not None:
-            info = self.zip.getinfo(name)
-            if info.file_size > cap:
-                raise too_big(name, info.file_size, cap)
-            # zipfile stops at the declared size and then checks the CRC; the capped reads bound what it inflates
-            with self.zip.open(info) as f:
-                return _read_capped(f, info.file_size, where)
-        # Only a regular file inside the folder: a link (to /dev/zero, out of the folder) or a FIFO is refused
-        # before a byte is read (O_NONBLOCK: opening a FIFO does not wait for a writer).
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-        try:
-            fd = os.open(self.path / name, flags)
-        except OSError as e:
-            if e.errno in (errno.ELOOP, errno.EMLINK):
-                raise BundleError(f"{where} is a link; a bundle folder holds plain files. Copy the file in.") from None
-            raise
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise BundleError(f"{where} is not a regular file; a bundle folder holds plain files.")
-            if st.st_size > cap:
-                raise too_big(name, st.st_size, cap)
-            return _read_capped(f, cap, where)
-
-
-def read(path: str | Path, weights_cap: Callable[[dict[str, Any]], int] | None = None) -> BundleData:
-    """Read and validate a bundle. Every failure is a one-line BundleError naming the file. ``weights_cap``:
-    metadata -> the most bytes its weights may take (the architecture, sized without memory); checked before the
-    weights are read."""
-    path = Path(path)
-    if not path.exists():
-        raise BundleError(f"{path}: bundle not found. Train one with `pocketvision train DATA --out {path.name}`.")
-
-    def too_big(name: str, size: int, cap: int) -> BundleError:
-        return BundleError(f"{path}: {name} is {size:,} bytes, over this reader's cap of {cap:,}; not a bundle "
-                           "pocketvision wrote (refused before reading it).")
-    members = None
-    try:
-        members = _Members(path)
-        meta = _meta(members.read(META_NAME, MAX_META_BYTES, too_big), path)
-        cap = MAX_WEIGHTS_BYTES if weights_cap is None else min(MAX_WEIGHTS_BYTES, weights_cap(meta))
-        weights = members.read(WEIGHTS_NAME, cap, too_big)
-    except BundleError:
-        raise
-    except FileNotFoundError as e:
-        raise BundleError(f"{path}: not a complete bundle (missing {Path(e.filename).name}).") from None
-    except KeyError as e:
-        raise BundleError(f"{path}: not a complete bundle (missing {e.args[0]}).") from None
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, EOFError, ValueError,
-            RuntimeError) as e:  # RuntimeError: an encrypted member; NotImplementedError: an unknown compression
-        raise BundleError(f"{path}: corrupt or truncated bundle ({str(e)[:200]}). Re-export or re-download it.") from None
-    finally:
-        if members is not None:
-            members.close()
-    digest = hashlib.sha256(weights).hexdigest()
-    if meta.get("weights_sha256") != digest:
-        raise BundleError(f"{path}: weights do not match the checksum in bundle.json (tampered or truncated). "
-                          "Re-export or re-download the bundle.")
-    return BundleData(meta=meta, weights=weights, source=path)
+    def derived(self, model: nn.Module, stage: str, record: dict[str, Any]) -> Bundle:
+        """A new bundle made from this one by ``stage``, with its lineage."""
+        meta = copy.deepcopy(self.meta)
+        meta["lineage"] = list(meta.get("lineage", [])) + [
+            {"stage": stage, "parent": str(self.path) if self.path else None,
+             "parent_weights_sha256": self.meta.get("weights_sha256"), **record}]
+        meta.setdefault("compression", {})[stage] = record
+        return Bundle(meta, model)
 
 
-def _meta(meta_bytes: bytes, path: Path) -> dict[str, Any]:
-    """bundle.json's bytes -> its validated fields (before the weights are read)."""
-    meta = parse_json(meta_bytes, f"{path}: {META_NAME}", BundleError)
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise BundleError(f"{path}: not a pocketvision bundle (bundle.json has no format={FORMAT!r}).")
-    schema = meta.get("schema")
-    if not isinstance(schema, int):
-        raise BundleError(f"{path}: bundle.json has no integer 'schema'.")
-    if schema > SCHEMA_VERSION:
-        raise BundleError(f"{path}: written by a newer pocketvision (bundle schema {schema}, this version reads "
-                          f"<= {SCHEMA_VERSION}). Upgrade: pip install -U pocketvision")
-    for key in ("task", "arch", "labels", "contract"):
-        if key not in meta:
-            raise BundleError(f"{path}: bundle.json is missing '{key}'.")
-    check_fields(meta, f"{path}: bundle.json")
-    return meta
+def load(path: str | Path, model: nn.Module | None = None) -> Bundle:
+    """Load a bundle (``.pvb`` zip or folder). Needs nothing but the bundle."""
+    return Bundle.load(path, model)

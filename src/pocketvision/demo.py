@@ -94,7 +94,7 @@ def run_demo(out: Path, epochs: int = 15, quiet: bool = False, n_train: int = 50
     from rich.table import Table
 
     import pocketvision as pv
-    from .runtime.bench import bench
+    from .deploy.bench import bench
 
     console = Console(stderr=True, quiet=quiet)
     t0 = time.perf_counter()

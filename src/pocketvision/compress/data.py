@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PocketVisionError
-from ..pixels import load_pixels
+from ..core.pixels import load_pixels
 
 MIN_CALIBRATION = 32  # fewer images give unstable activation ranges
 

@@ -10,39 +10,16 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from ..errors import PocketVisionError
-from ..quiet import quiet
+from ..core.quiet import quiet
+from ..tasks.base import QUANT_OPS, Int8Recipe  # noqa: F401  (what a task asks of int8; defined with the protocol)
 
-# Activations are quantised only around these ops; ELU's Exp/Min/Max stay float (onnxruntime has no
-# int8 kernels for them, so wrapping them in Q/DQ pairs would only add work).
-QUANT_OPS = ["Conv", "Gemm", "MatMul", "Relu", "Clip", "Add", "GlobalAveragePool", "ReduceMean"]
 MAX_FALLBACK = 12
-
-
-@dataclass(frozen=True)
-class Int8Recipe:
-    """What a task asks of int8 quantisation (``Task.int8_recipe``): the defaults suit classifiers.
-
-    ``keep_float``: nodes left float by design; ``op_types``: the ops whose activations get Q/DQ pairs;
-    ``calibration``: MinMax, or Percentile (``percentile`` of the calibration histogram) where a few extreme
-    activations would otherwise stretch the uint8 steps that every ordinary pixel pays for.
-    """
-
-    keep_float: list[str] = field(default_factory=list)
-    op_types: list[str] = field(default_factory=lambda: list(QUANT_OPS))
-    calibration: Literal["minmax", "percentile"] = "minmax"
-    percentile: float = 99.999
-    max_images: int | None = None  # calibrate on the first N photos (Percentile's histograms are costly)
-
-    def describe(self) -> dict[str, Any]:
-        return {"op_types": list(self.op_types), "calibration": self.calibration,
-                **({"percentile": self.percentile} if self.calibration == "percentile" else {})}
 
 
 def _Reader(input_name: str, pixels: np.ndarray, batch: int = 16):
@@ -156,19 +133,6 @@ def layer_errors(fp32: Path, qdq: Path, pixels: np.ndarray) -> list[dict[str, An
         if np.isfinite(sqnr):
             rows.append({"tensor": t, "node": producer[t], "sqnr_db": float(sqnr)})
     return sorted(rows, key=lambda r: r["sqnr_db"])
-
-
-def output_layers(fp32: Path, max_weights: int = 65536) -> list[str]:
-    """Small dense layers and decoding MatMuls after the last convolution: the ones that *are* the
-    coordinates of a keypoint model. One uint8 scale over x, y (pixels) and a score would cost pixels of
-    accuracy for a few KB saved, so they stay float."""
-    import onnx
-    from onnx import numpy_helper
-    g = onnx.load(str(fp32), load_external_data=False).graph
-    sizes = {i.name: int(np.prod(numpy_helper.to_array(i).shape)) for i in g.initializer}
-    last_conv = max((k for k, n in enumerate(g.node) if n.op_type == "Conv"), default=-1)
-    return [n.name for n in g.node[last_conv + 1:]
-            if n.op_type == "MatMul" or (n.op_type == "Gemm" and sizes.get(n.input[1], 0) <= max_weights)]
 
 
 def quantize_within_budget(fp32: Path, out: Path, calibration: np.ndarray, evaluate: Callable[[Path], float],

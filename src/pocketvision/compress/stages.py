@@ -136,7 +136,7 @@ def prune_bundle(bundle, ratio: float = 0.3, data: str | Path | None = None, *, 
     """Remove ``ratio`` of the channels of every layer (structured), rebuild the smaller net and fine-tune
     it on the training data -> (new bundle, report). ``train_options`` are training options."""
     bundle.require("prune", "pruning")
-    from ..training.run import train_model
+    from ..pipeline.train import train_model
     from .prune import prune_separable
     held = held_out(bundle, data)
     judge = budget_quality(bundle.plugin, bundle.meta, held, bundle.predict_pixels(held.pixels))

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..contract import Contract
+from ..core.contract import Contract
 from ..errors import PocketVisionError, did_you_mean
 
 # OpenCV runs single-threaded in this process and every process forked from it. Its thread pool does not survive
@@ -47,8 +47,8 @@ class AugmentConfig(BaseModel):
     hue: float = Field(0.02, ge=0.0, le=0.5)  # fraction of a full turn of the colour wheel
     # Probability of dropping the colour (saturation 0). A network trained from scratch on colour photos learns
     # colour first: all 8 from-scratch hot-dog nets of the architecture search (benchmarks/RESULTS.md) called every black-and-white photo "not hot dog".
-    # Off by default: at 0.1 it fixed grey photos but lost more on blurred, dark and noisy ones (benchmarks/RESULTS.md,
-    # issue 14 sixth part; the same for the policy below).
+    # Off by default: at 0.1 it fixed grey photos but lost more on blurred, dark and noisy ones (benchmarks/HISTORY.md,
+    # "stronger augmentation from scratch"; the same for the policy below).
     grayscale: float = Field(0.0, ge=0.0, le=1.0)
     # "trivial": TrivialAugment (Mueller & Hutter, ICCV 2021, the "wide" magnitudes): one op drawn per photo
     # (identity, shear, translate, rotate, autocontrast, equalize, posterize, solarize, colour, contrast, brightness,

@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..bundle import sha256_file
-from ..contract import is_image_file, load_rgb
+from ..core.bundle_file import sha256_file
+from ..core.contract import is_image_file, load_rgb
 from ..errors import ImageDecodeError, PocketVisionError
 
 FORMAT = "pocketvision-pixel-cache/1"

@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFile, ImageFont, UnidentifiedImageError
 
-from ..contract import is_image_file, load_rgb
+from ..core.contract import is_image_file, load_rgb
 from ..errors import ImageDecodeError, PocketVisionError
+from ..core import tar_members
 from . import shards
 from .augment import Augmenter
 from .folder import SPLITS, Splits, scan
@@ -96,7 +97,7 @@ def _inspect(path: Path) -> dict[str, Any]:
     """Hash, header size/mode, and a proof that the file decodes the way training will load it."""
     info: dict[str, Any] = {"sha256": None, "size": None, "mode": None, "error": None, "grey": False}
     try:
-        data = shards.read_bytes(path)
+        data = tar_members.read_bytes(path)
     except OSError as e:  # permissions, a file deleted mid-check, a broken cloud-drive placeholder
         info["error"] = f"cannot read ({e.strerror or e})"
         return info

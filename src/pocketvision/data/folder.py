@@ -11,8 +11,9 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..contract import is_image_file
+from ..core.contract import is_image_file
 from ..errors import PocketVisionError
+from ..core import tar_members
 from . import shards
 
 SPLITS = ("train", "val", "test")
@@ -55,7 +56,7 @@ def _size(p: Path) -> int:
     try:
         return p.stat().st_size
     except NotADirectoryError:  # an image inside a shard
-        return shards.member_size(p) or 0
+        return tar_members.member_size(p) or 0
 
 
 def _class_dirs(folder: Path) -> list[Path]:

@@ -22,7 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..contract import Contract
+from ..core.contract import Contract
 from .augment import AugmentConfig, Augmenter, _config_error
 
 

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..contract import Contract, load_rgb
+from ..core.contract import Contract, load_rgb
 from ..errors import ImageDecodeError
-from . import shards
+from ..core import tar_members
 from .keypoints import KeypointSet, load_keypoints
 from .kp_augment import KeypointAugmenter
 
@@ -82,7 +82,7 @@ def check_keypoints(source, val_fraction: float = 0.1, seed: int = 0, flip_pairs
                                 "suspect_labels": sus}
     for s in ks.train + ks.val:
         try:
-            with Image.open(io.BytesIO(shards.read_bytes(s.path))) as im:  # a file, or a shard's member
+            with Image.open(io.BytesIO(tar_members.read_bytes(s.path))) as im:  # a file, or a shard's member
                 im.verify()
         except Exception as e:  # noqa: BLE001 - any decoder complaint = unreadable
             unreadable.append(f"{s.path}: {e}")
@@ -135,7 +135,7 @@ def draw(img: Image.Image, points: np.ndarray, skeleton=(), r: float = 2.0) -> I
 def write_keypoint_preview(ks: KeypointSet, out_png: str | os.PathLike, size: int = 128, n: int = 24,
                            seed: int = 0, augment: dict | None = None) -> None:
     """A grid: each row shows a sample plain, then augmented three times (same colours per point)."""
-    from ..bundle import atomic_write_bytes
+    from ..core.bundle_file import atomic_write_bytes
     rng = np.random.default_rng(seed)
     contract = Contract(size=(size, size), resize="squash")
     aug = KeypointAugmenter(augment or {}, contract, ks.schema.flip_perm)

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..contract import is_image_file
+from ..core.contract import is_image_file
 from ..errors import PocketVisionError
 
 

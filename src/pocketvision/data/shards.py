@@ -11,7 +11,7 @@ task's words: a class name, points in the stored pixels...), and ``shards.json``
 Training reads shards in place, by index: each tar's member offsets are read once from its headers (what wids
 does), and a sample is one seek and one read, so random order per epoch costs no more than a folder of files. A
 sample's path is ``SHARDS/train-000000.tar/<key>.jpg``: every reader that opens images by path goes through
-``read_member`` when a path crosses a tar file, so the rest of the pipeline (augmentation, reports, held-out
+``core.tar_members`` when a path crosses a tar file, so the rest of the pipeline (augmentation, reports, held-out
 scores, calibration) treats shards like a folder.
 
 `pocketvision fetch-shards URL --out DIR` copies a set from object storage or any HTTP server (``URL`` is the
@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import tarfile
 import tempfile
 import time
 import urllib.parse
@@ -36,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ..core.tar_members import _INDEX, _index
 from ..errors import ImageDecodeError, PocketVisionError
 
 FORMAT = "pocketvision-webdataset/1"
@@ -65,61 +65,6 @@ def read_descriptor(folder: str | os.PathLike, where: str | None = None) -> dict
 def shard_task(data: str | os.PathLike) -> str | None:
     """The task a shard set was written for (None: ``data`` is not a shard set)."""
     return read_descriptor(data)["task"] if is_shard_set(data) else None
-
-
-# -- reading members by path ---------------------------------------------------------------------------------
-_INDEX: dict[Path, dict[str, tuple[int, int]]] = {}  # per process: tar -> member name -> (offset, size)
-
-
-def _tar_of(path: Path) -> tuple[Path, str] | None:
-    """(the tar file a path crosses, the member name inside it), or None."""
-    for parent in path.parents:
-        if parent.suffix == ".tar" and parent.is_file():
-            return parent, path.relative_to(parent).as_posix()
-    return None
-
-
-def _index(tar: Path) -> dict[str, tuple[int, int]]:
-    if tar not in _INDEX:
-        try:
-            with tarfile.open(tar, "r:") as tf:  # headers only: one 512-byte read per member
-                _INDEX[tar] = {m.name: (m.offset_data, m.size) for m in tf if m.isfile()}
-        except (OSError, tarfile.TarError) as e:
-            raise ImageDecodeError(f"{tar}: not a readable tar shard ({e}); fetch or write it again.") from None
-    return _INDEX[tar]
-
-
-def read_member(path: str | os.PathLike) -> bytes | None:
-    """The bytes of ``SHARD.tar/member`` (None when ``path`` does not cross a tar file)."""
-    found = _tar_of(Path(path))
-    if found is None:
-        return None
-    tar, name = found
-    entry = _index(tar).get(name)
-    if entry is None:
-        raise ImageDecodeError(f"{path}: no member {name} in {tar}.")
-    with open(tar, "rb") as f:
-        f.seek(entry[0])
-        return f.read(entry[1])
-
-
-def read_bytes(path: str | os.PathLike) -> bytes:
-    """A file's bytes, or a shard member's (``SHARD.tar/member``)."""
-    try:
-        return Path(path).read_bytes()
-    except NotADirectoryError:
-        data = read_member(path)
-        if data is None:
-            raise
-        return data
-
-
-def member_size(path: str | os.PathLike) -> int | None:
-    found = _tar_of(Path(path))
-    if found is None:
-        return None
-    entry = _index(found[0]).get(found[1])
-    return entry[1] if entry else None
 
 
 def samples(folder: str | os.PathLike, split: str) -> list[tuple[Path, dict[str, Any]]]:
@@ -306,5 +251,4 @@ def fetch(url: str, out: str | os.PathLike, threads: int = 4,
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
-__all__ = ["DESCRIPTOR", "FORMAT", "fetch", "is_shard_set", "member_size", "read_descriptor",
-           "read_bytes", "read_member", "samples", "shard_task", "write"]
+__all__ = ["DESCRIPTOR", "FORMAT", "fetch", "is_shard_set", "read_descriptor", "samples", "shard_task", "write"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..contract import load_rgb
+from ..core.contract import load_rgb
 from ..errors import PocketVisionError
 from .metrics import predictions, worst_mistakes
 

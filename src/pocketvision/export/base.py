@@ -28,15 +28,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..errors import PocketVisionError, unknown_choice
+from ..runtime.predictor import META_PREFIX  # noqa: F401  (re-exported: the targets write what predictors read)
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-    from ..contract import Contract
+    from ..core.contract import Contract
     from ..tasks.base import HeldOut, Task
 
-# Every format stores the bundle's metadata (labels, contract, threshold, task...) under this key prefix.
-META_PREFIX = "pocketvision."
 PRECISIONS_ALL = ("fp32", "int8", "fp16")
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PocketVisionError
-from ..quiet import quiet
+from ..core.quiet import quiet
 from .base import META_PREFIX, ExportJob, Target, register_target
 
 INSTALL = "pip install 'pocketvision[coreml]'"

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..contract import Contract
+from ..core.contract import Contract
 
 
 class Normalize(nn.Module):

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PocketVisionError
-from ..quiet import quiet
+from ..core.quiet import quiet
 from .base import META_PREFIX, ExportJob, Target, register_target
 
 INSTALL = "pip install 'pocketvision[litert]'"

@@ -24,7 +24,7 @@ from .base import META_PREFIX, ExportJob, Target, register_target
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-    from ..contract import Contract
+    from ..core.contract import Contract
     from ..tasks.base import Task
 
 DEFAULT_OPSET = 18

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PocketVisionError
-from ..pixels import batched, load_pixels  # noqa: F401  (load_pixels: the earlier home of this helper)
+from ..core.pixels import batched, load_pixels  # noqa: F401  (load_pixels: the earlier home of this helper)
 
 
 class NoImages(PocketVisionError):

@@ -21,8 +21,8 @@ from typing import Any
 
 from PIL import Image
 
-from ..bundle import atomic_write_bytes
-from ..contract import is_image_file
+from ..core.bundle_file import atomic_write_bytes
+from ..core.contract import is_image_file
 from ..errors import PocketVisionError
 
 

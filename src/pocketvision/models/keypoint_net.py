@@ -1,4 +1,4 @@
-"""Keypoint networks: a registry backbone's feature stack + a keypoint head (used by ``tasks/keypoints.py``).
+"""Keypoint networks: a registry backbone's feature stack + a keypoint head (used by ``tasks/keypoints/``).
 
 The network's ``forward`` already returns decoded points, ``(N, K, 3)`` = x, y, score in *model-input
 pixel* coordinates, so the exported graph (ONNX, LiteRT, Core ML, web) hands apps finished points and

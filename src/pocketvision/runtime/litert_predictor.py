@@ -12,9 +12,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import PocketVisionError
-from ..export.base import META_PREFIX
-from ..quiet import silence_fd2
-from .predictor import Predictor, parse_metadata
+from ..core.quiet import silence_fd2
+from .predictor import META_PREFIX, Predictor, parse_metadata
 
 
 def read_metadata(data: bytes) -> dict[str, Any]:

@@ -15,15 +15,18 @@ from typing import Any
 
 import numpy as np
 
-from ..contract import Contract
+from ..core.contract import Contract
 from ..errors import PocketVisionError
+
+
+# Every format stores the bundle's metadata (labels, contract, threshold, task...) under this key prefix.
+META_PREFIX = "pocketvision."
 
 
 def parse_metadata(entries: dict[str, Any], where: Any) -> dict[str, Any]:
     """A model file's ``pocketvision.*`` entries (JSON text) -> {key: value}, from a file that is hostile until
     checked: the entries together are capped at the bundle's metadata cap, and a parse error is one line."""
-    from ..bundle import MAX_META_BYTES, parse_json
-    from ..export.base import META_PREFIX
+    from ..core.bundle_file import MAX_META_BYTES, parse_json
     ours = {k[len(META_PREFIX):]: v for k, v in entries.items() if k.startswith(META_PREFIX)}
     size = sum(len(v) for v in ours.values())
     if size > MAX_META_BYTES:
@@ -42,7 +45,7 @@ class Predictor:
             raise PocketVisionError(f"{self.path}: no pocketvision metadata (task, contract, labels); "
                                     "export it with `pocketvision export`.")
         # The file came from elsewhere: its metadata is checked (as a bundle.json is) before anything acts on it.
-        from ..bundle import check_fields
+        from ..core.bundle_file import check_fields
         check_fields(meta, f"{self.path}: metadata")
         self.meta = meta
 

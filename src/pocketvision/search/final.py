@@ -2,7 +2,7 @@
 
 A candidate's search score comes from a few epochs, or, with ``--inherit``, from a whole lineage's accumulated
 training: it ranks architectures by how fast they learn, not by what they reach. Measured on the hotdog photos
-(benchmarks/RESULTS.md, issue 17): the 75-minute CPU search's winner scored 0.930 in the search and 0.893-0.898
+(benchmarks/RESULTS.md, "The searched network against deepdog"): the 75-minute CPU search's winner scored 0.930 in the search and 0.893-0.898
 trained from scratch, and the population drifted to networks at a third to a half of the latency limit, because
 nothing in a short-training fitness rewards the headroom. So, as the NAS papers do before they report (Real et al.
 2019 re-train the top of the population; MnasNet and EfficientNet scale the found network to the target), the
@@ -85,7 +85,7 @@ def scale_up(c: dict[str, Any], like: Path, s: dict[str, Any], workdir: Path, ta
 def _untrained(like: Path, c: dict[str, Any]):
     """A bundle of network ``c`` with fresh weights and ``like``'s task, labels and pixel contract."""
     from ..api import load
-    from ..model_bundle import Bundle
+    from ..bundle import Bundle
     from ..models import build_model
     ref = load(like)
     meta = copy.deepcopy(ref.meta)

@@ -1,7 +1,7 @@
 """Latency of candidates: measured on the exported file, and predicted from a per-block table.
 
 The constraint is judged on the real thing: each trained candidate is exported to the chosen target and precision
-(the same `Bundle.export` users run) and timed with one thread (`runtime/bench.py`, median of the runs). Exports
+(the same `Bundle.export` users run) and timed with one thread (`deploy/bench.py`, median of the runs). Exports
 take seconds, so a table of per-block latencies (ProxylessNAS/FBNet style) predicts a candidate's latency before it
 is trained: each distinct block (op, widths, kernel, stride, expansion, activation, SE, BN, skip, input side) is
 exported alone once, timed with onnxruntime (1 thread), and kept in a JSON file that later searches reuse. A
@@ -46,7 +46,7 @@ def exclusive(lock: Path):
 
 def measure_export(bundle: Any, target: str, precision: str, workdir: Path, lock: Path) -> tuple[float, float]:
     """-> (median latency in ms, file size in MB) of ``bundle`` exported to ``target``/``precision``, 1 thread."""
-    from ..runtime.bench import latency
+    from ..deploy.bench import latency
     out = workdir / f"candidate{timed_target(target).suffix}"
     res = bundle.export(out, to=target, precision=precision, verify=False)
     with exclusive(lock):

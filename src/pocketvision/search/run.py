@@ -349,7 +349,7 @@ def start_candidate(path: str | Path, resolutions: list[int]) -> dict[str, Any]:
     if not p.is_file():
         raise PocketVisionError(f"--start {path}: no such file; give a trained bundle (.pvb) or an arch.json.")
     if p.suffix == ".pvb":
-        from ..bundle import read
+        from ..core.bundle_file import read
         meta = read(p).meta
         args, side = as_searched(meta["arch"]), int(meta["contract"]["size"][0])
     else:
@@ -505,7 +505,7 @@ def _plot(history: list[Evaluated], front: list[Evaluated], s: dict[str, Any], p
 
 
 def _atomic(path: Path, data: str | bytes) -> None:
-    from ..bundle import atomic_write_bytes
+    from ..core.bundle_file import atomic_write_bytes
     atomic_write_bytes(path, data.encode() if isinstance(data, str) else data)
 
 

@@ -8,5 +8,5 @@
 - ``app``      the FastAPI application (`pocketvision serve`).
 - ``publish``  export + verify + smoke records + upload (`pocketvision publish`).
 
-The device side lives in ``pocketvision.client`` and imports none of this package but ``plans``.
+The device side lives in ``pocketvision.ota.device`` and imports none of this package but ``plans``.
 """

@@ -37,7 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from ..errors import PocketVisionError
 from .blobs import SHA256, TooLarge
 from .device_ids import DeviceIds, load_secret
-from .plans import Conditions
+from ..ota.plans import Conditions
 from .feedback import IMAGE_MIME, FeedbackStore
 from .registry import MAX_MEMBERS, Member, Registry, Upload, check_name
 from .repo import metadata_file

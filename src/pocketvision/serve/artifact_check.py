@@ -21,8 +21,8 @@ def check_release(uploads: list, copy_blob: Callable[[str, Path], None], runnabl
     """-> {kind: {"checked": bool, "passed"/"why"}} for each runnable upload; a one-line PocketVisionError for a
     file that does not open, or whose outputs on the smoke photos differ from the recorded ones."""
     import pocketvision.export  # noqa: F401 - registers every target
-    from ..bundle import parse_json
-    from ..client import smoke_test
+    from ..core.bundle_file import parse_json
+    from ..ota.device import smoke_test
     from ..export import target_for_path
     smoke_upload = next((u for u in uploads if u.kind == "smoke"), None)
     if smoke_upload is None:

@@ -17,7 +17,7 @@ from typing import Any
 import urllib3
 
 from ..errors import PocketVisionError
-from .plans import Conditions
+from ..ota.plans import Conditions
 
 SMOKE_IMAGES = 4
 
@@ -77,8 +77,8 @@ def smoke_record(files: dict[str, Path], pixels, reference=None) -> dict[str, An
     """Each artifact's outputs on ``pixels``, computed in its own runtime (the file the device will run). A
     target whose runtime does not run here (Core ML off macOS) is compared on the device against
     ``reference`` (the trained model's outputs) with the task's parity budget instead."""
-    from ..client import array_b64
-    from ..runtime.artifact import open_predictor
+    from ..ota.device import array_b64
+    from ..deploy.artifact import open_predictor
     outputs = {}
     for kind, path in files.items():
         try:
@@ -103,7 +103,7 @@ def publish(bundle: str | os.PathLike, server: str, token: str | None, name: str
             channel: str | None = None, rollout: float = 100.0, conditions: Conditions | None = None,
             data: str | os.PathLike | None = None, log=lambda s: None) -> dict[str, Any]:
     from ..export import get_target
-    from ..model_bundle import load
+    from ..bundle import load
     from .registry import check_name
     check_name(name, "--name")
     if channel is not None:

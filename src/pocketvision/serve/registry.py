@@ -21,7 +21,7 @@ from tuf.api.metadata import TargetFile
 from ..errors import PocketVisionError
 from . import keys as K
 from .blobs import open_blobs
-from .plans import FOLDER_SUFFIX, NAME, Conditions, Plan, Release
+from ..ota.plans import FOLDER_SUFFIX, NAME, Conditions, Plan, Release
 from .repo import SqlRepository, metadata_file
 from .store import artifacts, channels, db_url, dumps, open_store, tuf_metadata, versions
 

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..contract import load_rgb
+from ..core.contract import load_rgb
 from ..errors import PocketVisionError, unknown_choice
 from .perceptual import DEFAULTS, FeatureExtractor, PerceptualLoss, build_extractor, min_side
 

@@ -21,19 +21,43 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..contract import Contract
+from ..core.contract import Contract
 from ..errors import PocketVisionError, did_you_mean, unknown_choice
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-    from ..compress.quantize import Int8Recipe
     from ..training.recipes import Recipe, RecipeContext
+
+
+# Activations are quantised only around these ops; ELU's Exp/Min/Max stay float (onnxruntime has no
+# int8 kernels for them, so wrapping them in Q/DQ pairs would only add work).
+QUANT_OPS = ["Conv", "Gemm", "MatMul", "Relu", "Clip", "Add", "GlobalAveragePool", "ReduceMean"]
+
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    """What a task asks of int8 quantisation (``Task.int8_recipe``): the defaults suit classifiers.
+
+    ``keep_float``: nodes left float by design; ``op_types``: the ops whose activations get Q/DQ pairs;
+    ``calibration``: MinMax, or Percentile (``percentile`` of the calibration histogram) where a few extreme
+    activations would otherwise stretch the uint8 steps that every ordinary pixel pays for.
+    """
+
+    keep_float: list[str] = field(default_factory=list)
+    op_types: list[str] = field(default_factory=lambda: list(QUANT_OPS))
+    calibration: Literal["minmax", "percentile"] = "minmax"
+    percentile: float = 99.999
+    max_images: int | None = None  # calibrate on the first N photos (Percentile's histograms are costly)
+
+    def describe(self) -> dict[str, Any]:
+        return {"op_types": list(self.op_types), "calibration": self.calibration,
+                **({"percentile": self.percentile} if self.calibration == "percentile" else {})}
 
 
 class Options(BaseModel):
@@ -321,9 +345,8 @@ class Task:
 
     def int8_recipe(self, onnx_path: Path | None) -> Int8Recipe:
         """How int8 export quantises this task's fp32 ONNX graph: nodes left float by design, the op types
-        quantised, the calibration (``compress.quantize.Int8Recipe``; the default suits classifiers). ``None``:
+        quantised, the calibration (``Int8Recipe`` above; the default suits classifiers). ``None``:
         a target whose graph has no ONNX node names (LiteRT uses the op types only)."""
-        from ..compress.quantize import Int8Recipe
         return Int8Recipe()
 
     def within_budget(self, base: float, quality: float, max_drop: float) -> bool:
@@ -469,8 +492,8 @@ def task_of(meta: dict[str, Any], where: str | os.PathLike) -> Task:
 
 def load_parent(path: str | os.PathLike) -> tuple[dict[str, Any], nn.Module]:
     """A bundle's (metadata, model) for ``init_from`` / a distillation teacher, without the Bundle class."""
-    from ..bundle import read
-    from ..weights import build_for_weights, load_weights, weights_cap
+    from ..core.bundle_file import read
+    from ..core.weights import build_for_weights, load_weights, weights_cap
     data = read(path, weights_cap=weights_cap(task_of, str(path)))
     model = build_for_weights(task_of(data.meta, path), data.meta["arch"], data.contract, data.weights, str(path))
     return data.meta, load_weights(model, data.weights, str(path), data.meta["arch"])

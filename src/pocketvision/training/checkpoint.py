@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ..bundle import atomic_write_bytes
+from ..core.bundle_file import atomic_write_bytes
 from ..errors import PocketVisionError
 
 CKPT_TENSORS, CKPT_META = "checkpoint.safetensors", "checkpoint.json"

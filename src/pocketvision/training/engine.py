@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..bundle import atomic_write_bytes
-from ..contract import Contract
+from ..core.bundle_file import atomic_write_bytes
+from ..core.contract import Contract
 from ..errors import PocketVisionError
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..contract import Contract
+from ..core.contract import Contract
 from ..data.cache import PixelCache, decode_at
 from ..data.folder import Sample
 from ..errors import ImageDecodeError

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..contract import Contract
+from ..core.contract import Contract
 from .distributed import local_batch
 
 

@@ -91,7 +91,7 @@ export async function readBody(resp, { cap = Infinity, what = resp.url, onBytes 
   return out;
 }
 
-// ---- the device's decision: serve/plans.py decide(), the same numbers --------------------------------------
+// ---- the device's decision: ota/plans.py decide(), the same numbers --------------------------------------
 export async function bucket(model, deviceId) {
   const h = new Uint8Array(await crypto.subtle.digest('SHA-256', enc.encode(`${model}\u0000${deviceId}`)));
   let x = 0n;

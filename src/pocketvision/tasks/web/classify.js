@@ -1,5 +1,5 @@
 // Renderer of classification models in the exported page (loaded by app.js from model.json's "renderer").
-// The decision rule is the same as pocketvision.runtime.decision.decide: a binary model with a stored
+// The decision rule is the same as pocketvision.tasks.classify.decision.decide: a binary model with a stored
 // threshold says the positive label only when its probability reaches the threshold.
 
 function decide(probs, labels, threshold) {

@@ -1,0 +1,82 @@
+"""The command line's root: the parser, built from one module per group of verbs (``data``, ``train``, ``ship``,
+``ota``; each registers its verbs and calls the Python API), and ``main``.
+
+Flags are built from the typed option models (the engine's ``TrainConfig`` and each task's ``Options``,
+``EvalOptions``, ``CheckOptions``, ``FilterOptions``), so an option is written once, and a task's own verbs
+(``Task.commands``) are added from the registry. Imports are local to each verb so ``pocketvision predict
+model.onnx`` never loads torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+
+from ..errors import PocketVisionError
+from . import data, ota, ship, train
+from .common import EPILOG, _Fmt, _given, add_option_flags
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+    from ..tasks import all_tasks
+    p = argparse.ArgumentParser(prog="pocketvision", description="From a folder of photos to a verified "
+                                "on-device vision model.", formatter_class=_Fmt, allow_abbrev=False)
+    p.add_argument("--version", action="version", version=f"pocketvision {__version__}")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    listed: dict[str, list[tuple[str, str]]] = {}
+
+    def group(title: str):
+        def verb(name: str, help_: str, fn) -> argparse.ArgumentParser:
+            listed.setdefault(title, []).append((name, help_))  # the top-level help lists verbs by group
+            s = sub.add_parser(name, description=help_, formatter_class=_Fmt, allow_abbrev=False)
+            s.set_defaults(fn=fn)
+            return s
+        return verb
+
+    for module in (data, train, ship, ota):
+        module.register(group(module.TITLE))
+    verb = group("a task's own verbs")
+    for t in all_tasks():  # verbs a task adds (`pocketvision stylize`)
+        for c in t.commands():
+            s = verb(c.name, c.help, _command(c))
+            c.arguments(s)
+            add_option_flags(s, [("", c.options)])
+            s.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.epilog = _verb_list(listed) + "\n\n" + EPILOG
+    return p
+
+
+def _verb_list(listed: dict[str, list[tuple[str, str]]]) -> str:
+    """The verbs by group, each with the first sentence of its description."""
+    out = ["verbs (pocketvision VERB --help for each):"]
+    for title, verbs in listed.items():
+        out.append(f"  {title}:")
+        out += [f"    {name:<18}{textwrap.shorten(help_.split('. ')[0].rstrip('.'), 78)}" for name, help_ in verbs]
+    return "\n".join(out)
+
+
+def _command(c):
+    def run(a: argparse.Namespace) -> int:
+        from ..tasks.base import parse_options
+        return c.run(a, parse_options(c.options, _given(a, [c.options]), c.name))
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `--devices N` re-runs the same command line
+    try:
+        return args.fn(args)
+    except PocketVisionError as e:
+        from ..training.distributed import report_error
+        if not report_error(str(e)):  # one of `--devices N`'s processes: the launcher prints it once
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""What every group of verbs shares: flags built from the typed option models, JSON output, image arguments."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from ..errors import PocketVisionError
+
+
+EPILOG = "Docs: README.md and docs/ (mkdocs serve). Every verb that prints results accepts --json."
+
+
+class _Fmt(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str, allow_nan=True))
+
+
+def _console():
+    from rich.console import Console
+    return Console(stderr=True)
+
+
+def _ints(s: str) -> list[int]:
+    """'96,128,160' -> [96, 128, 160]."""
+    try:
+        return [int(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {s!r}") from None
+
+
+def _kv(s: str) -> dict[str, Any]:
+    """'alpha=0.5,act=relu' -> {'alpha': 0.5, 'act': 'relu'} (JSON values where they parse)."""
+    out: dict[str, Any] = {}
+    import re
+    for part in filter(None, re.split(r",(?![^\[]*\])", s)):  # commas inside [..] belong to the value
+        if "=" not in part:
+            raise argparse.ArgumentTypeError(f"expected key=value, got {part!r}")
+        k, v = part.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v.strip()
+    return out
+
+
+def _word_or_floats(words: tuple[str, ...]):
+    """A choice of words, or comma-separated numbers (``--class-weights auto|none|w1,w2``)."""
+    def parse(s: str):
+        if s in words:
+            return s
+        try:
+            return [float(x) for x in s.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {' or '.join(words)} or comma-separated numbers, got "
+                                             f"{s!r}") from None
+    return parse
+
+
+# -- flags from typed option models ---------------------------------------------------------------------
+def _flag_kwargs(annotation: Any) -> dict[str, Any]:
+    """argparse keywords for a pydantic field's type."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        lits = [a for a in args if typing.get_origin(a) is typing.Literal]
+        lists = [a for a in args if typing.get_origin(a) is list]
+        if lits and lists:
+            return {"type": _word_or_floats(typing.get_args(lits[0])), "metavar": "|".join(typing.get_args(lits[0]))
+                    + "|N,N,..."}
+        if len(args) == 1:
+            return _flag_kwargs(args[0])
+    if origin is typing.Literal:
+        return {"choices": list(typing.get_args(annotation))}
+    if origin is dict or annotation is dict:
+        return {"type": _kv, "metavar": "K=V,..."}
+    if origin is list:
+        return {"action": "append", "metavar": "VALUE"}
+    if annotation in (int, float, str):
+        return {"type": annotation}
+    if annotation is Path:
+        return {"type": str}
+    return {"type": str}
+
+
+def add_option_flags(parser: argparse.ArgumentParser, models: list[tuple[str, Any]], seen: set[str] | None = None,
+                     exclude: tuple[str, ...] = ()) -> None:
+    """One flag per field of each (``owner``, model); ``owner`` prefixes the help (e.g. 'keypoints: '). A field
+    several models share is added once. Unset flags stay out of the namespace (``argparse.SUPPRESS``), so only
+    what the user typed reaches the API, which validates it and refuses what the task cannot use."""
+    seen = set() if seen is None else seen
+    owners: dict[str, list[str]] = {}
+    for owner, model in models:
+        for name in model.model_fields:
+            owners.setdefault(name, []).append(owner)
+    for owner, model in models:
+        for name, f in model.model_fields.items():
+            extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+            if name in seen or name in exclude or extra.get("cli") is False:
+                continue
+            seen.add(name)
+            flag = extra.get("flag") or "--" + name.replace("_", "-")
+            default = f.get_default(call_default_factory=True)
+            who = [o for o in owners[name] if o]
+            prefix = f"{', '.join(dict.fromkeys(who))}: " if who else ""
+            shown = default if default not in (None, {}, []) else None
+            help_ = f"{prefix}{extra.get('flag_help') or f.description or ''}" + (
+                f" (default: {shown})" if shown is not None and not isinstance(default, bool) else "")
+            help_ = help_.replace("%", "%%")
+            if f.annotation is bool or typing.get_args(f.annotation) == (bool, type(None)):
+                # a "--no-..." flag of a field whose default is None (auto) says False, like one whose default is True
+                off = default is True or flag.startswith("--no-")
+                kw: dict[str, Any] = {"action": "store_false" if off else "store_true"}
+            else:
+                kw = _flag_kwargs(f.annotation)
+            parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=help_, **kw)
+
+
+def _given(a: argparse.Namespace, models: list[Any]) -> dict[str, Any]:
+    names = {n for m in models for n in m.model_fields}
+    return {k: v for k, v in vars(a).items() if k in names}
+
+
+def _task_models(attr: str) -> list[tuple[str, Any]]:
+    from ..tasks import all_tasks
+    return [(t.name, getattr(t, attr)) for t in all_tasks() if getattr(t, attr) is not None]
+
+
+# -- verbs -------------------------------------------------------------------------------------------
+def _image_args(items: list[str]) -> list[Path]:
+    from ..core.contract import is_image_file
+    out: list[Path] = []
+    for s in items:
+        p = Path(s)
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.is_file() and is_image_file(q))
+            if not found:
+                raise PocketVisionError(f"{p}: no images (jpg/png/webp/bmp) in this folder.")
+            out += found
+        elif p.exists():
+            out.append(p)
+        else:
+            raise PocketVisionError(f"{p}: no such file or folder.")
+    return out
+
+
+def _print_parity(v: dict, plugin) -> None:
+    if "structure" in v:  # a runtime that cannot run here (Core ML off macOS): structure only
+        print(f"verify {'structure OK' if v['passed'] else 'structure FAILED'}: {v['criterion']} "
+              f"({', '.join(f'{k}={val}' for k, val in v['structure'].items())})")
+        return
+    prec = v.get("precision", "fp32")
+    judged = (f"within the {prec} budget" if v["passed"] else f"outside the {prec} budget") if v.get("criterion") \
+        else f"{prec} parity"
+    made = f", made by {' -> '.join(v['lineage'])}" if v.get("lineage") else ""
+    print(f"verify {'PASSED' if v['passed'] else 'FAILED'} ({judged}{made}): {plugin.parity_line(v)}")
+    if "shifted" in v:
+        print(f"  on their phone-photo twin (blur, JPEG, dark, flash, ...): {plugin.parity_line(v['shifted'])}")
+    if v.get("broke"):
+        print(f"  failed on: {', '.join(v['broke'])}")
+
+
+def _thread_list(text: str | None, flag: str = "--threads") -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        counts = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise PocketVisionError(f"{flag} {text}: thread counts such as 1,2,4.")
+    return counts
+
+
