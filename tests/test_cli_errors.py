@@ -75,3 +75,30 @@ def test_progressive_start_must_be_below_the_model_size(tmp_path):
     r = run_cli("train", str(root), "--arch", "deepdog", "--size", "64", "--progressive", "32", "--progressive-until",
                 "1", "--out", str(tmp_path / "x.pvb"))
     _one_line_error(r, "progressive_until", "less than 1")
+
+
+@pytest.mark.parametrize("argv,needles", [
+    (["trian", "x"], ["invalid choice: 'trian'", 'Did you mean "train"']),
+    (["train", "x", "--epcohs", "5"], ["unrecognized arguments: --epcohs 5", 'Did you mean "--epochs"']),
+    (["train", "x", "--epoch", "5"], ["unrecognized arguments: --epoch 5", 'Did you mean "--epochs"']),  # no abbreviations
+    (["train", "x", "--optimizer", "adamm"], ["invalid choice: 'adamm'", 'Did you mean "adamw"']),
+])
+def test_a_mistyped_verb_flag_or_choice_is_refused_with_a_suggestion(argv, needles):
+    r = run_cli(*argv)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]  # argparse's line, after the verb's usage
+    for n in needles:
+        assert n in last, (n, last)
+
+
+def test_an_unknown_export_target_names_the_flag_and_where_each_target_runs(tmp_path):
+    r = run_cli("export", str(tmp_path / "m.pvb"), "--to", "tfjs")
+    _one_line_error(r, "--to", "'tfjs'", "web: onnxruntime-web (WebAssembly, in a browser)")
+
+
+def test_help_shows_verbs_by_group_and_no_placeholder_defaults():
+    r = run_cli("--help")
+    assert r.returncode == 0
+    for group in ("the photos:", "make a model:", "ship it:", "over the air:"):
+        assert group in r.stdout, group
+    assert "PydanticUndefined" not in run_cli("stylize", "--help").stdout

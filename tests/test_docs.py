@@ -22,9 +22,9 @@ def test_the_site_builds_strict(tmp_path):
 
 
 def test_nothing_cites_outside_the_repository():
-    files = [*ROOT.joinpath("src").rglob("*.py"), *ROOT.joinpath("src").rglob("*.js"), *ROOT.joinpath("docs").rglob("*.md"),
-             *ROOT.joinpath("tests").rglob("*.py"), *ROOT.joinpath("benchmarks").glob("*.py"), ROOT / "README.md",
-             ROOT / "benchmarks" / "RESULTS.md"]
+    files = [*ROOT.joinpath("src").rglob("*.py"), *ROOT.joinpath("src").rglob("*.js"),
+             *ROOT.joinpath("docs").rglob("*.md"), *ROOT.joinpath("tests").rglob("*.py"),
+             *ROOT.joinpath("benchmarks").glob("*.py"), ROOT / "README.md", ROOT / "benchmarks" / "RESULTS.md"]
     pattern = re.compile(r"DESIGN\.md|\bissues? \d+\b", re.IGNORECASE)
     found = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}" for p in files
              for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]

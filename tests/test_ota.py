@@ -589,6 +589,11 @@ def test_feedback_loop_into_a_data_set_that_trains(registry, tmp_path, hotdog_sm
     ids.append(dev.report(fresh[0], "hotdog", "not_hotdog", share_pixels=False)["id"])  # labels only
     assert api("GET", "/v1/models/hotdog/feedback")[1]["items"][-1]["image_sha256"] is None
     common = ("--server", srv.url, "--token", tokens["admin"], "--json")
+    # A batch of decisions is all or none: an unknown id (or a label the model lacks) and nothing is changed.
+    for bad in (["--label", f"{max(ids) + 1}=hotdog"], ["--label", f"{ids[1]}=pizza"]):
+        r = run_cli("feedback", "review", "hotdog", "--confirm", str(ids[0]), "--reject", str(ids[4]), *bad, *common)
+        assert r.returncode == 2 and "nothing was changed" in r.stderr, r.stderr
+        assert {it["status"] for it in api("GET", "/v1/models/hotdog/feedback")[1]["items"]} == {"new"}
     r = run_cli("feedback", "review", "hotdog", "--confirm", ",".join(map(str, ids[:4])), "--reject", str(ids[4]),
                 *common)
     assert r.returncode == 0, r.stderr

@@ -68,6 +68,17 @@ def test_exports_to_every_target_with_psnr_parity(style_bundle, tmp_path):
 
 
 @pytest.mark.slow
+def test_an_export_is_verified_on_a_handful_of_photos(style_bundle, tmp_path, shared_data):
+    """Verifying needs real photos, not many: only training asks for a minimum (style/content holds 5)."""
+    onnx_path = pv.load(style_bundle).export(tmp_path / "s.onnx", verify=False).path
+    content = shared_data / "style" / "content"
+    assert len(list(content.iterdir())) < 6
+    r = run_cli("verify", str(style_bundle), str(onnx_path), "--data", str(content), "--json")
+    assert r.returncode == 0, r.stderr
+    v = json.loads(r.stdout)
+    assert v["passed"] and v["n"] == len(list(content.iterdir()))
+
+
 def test_predict_writes_images_torch_free(style_bundle, tmp_path, shared_data):
     import subprocess
     import sys

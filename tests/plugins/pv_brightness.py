@@ -27,7 +27,8 @@ def read_table(root: Path) -> list[tuple[Path, float]]:
         with open(root / TABLE, newline="") as f:
             return [(root / r["file"], float(r["value"])) for r in csv.DictReader(f)]
     except (OSError, KeyError, ValueError) as e:
-        raise PocketVisionError(f"{root / TABLE}: needs a header 'file,value' and one number per image ({e}).") from None
+        raise PocketVisionError(f"{root / TABLE}: needs a header 'file,value' and one number per image "
+                                f"({e}).") from None
 
 
 def split(rows: list, val_every: int = 4) -> tuple[list, list]:

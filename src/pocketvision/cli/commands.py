@@ -10,17 +10,28 @@ model.onnx`` never loads torch.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import textwrap
 
-from ..errors import PocketVisionError
+from ..errors import PocketVisionError, did_you_mean
 from . import data, ota, ship, train
 from .common import EPILOG, _Fmt, _given, add_option_flags
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a suggestion when a verb or a choice is mistyped (suggested, never applied)."""
+
+    def error(self, message: str):
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            message += did_you_mean(m.group(1), re.findall(r"'([^']*)'", m.group(2)))
+        super().error(message)
+
 
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
     from ..tasks import all_tasks
-    p = argparse.ArgumentParser(prog="pocketvision", description="From a folder of photos to a verified "
+    p = _Parser(prog="pocketvision", description="From a folder of photos to a verified "
                                 "on-device vision model.", formatter_class=_Fmt, allow_abbrev=False)
     p.add_argument("--version", action="version", version=f"pocketvision {__version__}")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -64,7 +75,13 @@ def _command(c):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the verb's own usage, and the flag it is closest to
+        verb = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.verb]
+        flags = [s for a in verb._actions for s in a.option_strings]
+        hint = did_you_mean(extra[0].split("=")[0], flags) if extra[0].startswith("-") else ""
+        verb.error(f"unrecognized argument{'s' if len(extra) > 1 else ''}: {' '.join(extra)}.{hint}")
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `--devices N` re-runs the same command line
     try:
         return args.fn(args)

@@ -110,7 +110,7 @@ def add_option_flags(parser: argparse.ArgumentParser, models: list[tuple[str, An
             default = f.get_default(call_default_factory=True)
             who = [o for o in owners[name] if o]
             prefix = f"{', '.join(dict.fromkeys(who))}: " if who else ""
-            shown = default if default not in (None, {}, []) else None
+            shown = None if f.is_required() or default in (None, {}, []) else default  # required: no default to show
             help_ = f"{prefix}{extra.get('flag_help') or f.description or ''}" + (
                 f" (default: {shown})" if shown is not None and not isinstance(default, bool) else "")
             help_ = help_.replace("%", "%%")

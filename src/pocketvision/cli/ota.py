@@ -216,8 +216,9 @@ def cmd_feedback(a: argparse.Namespace) -> int:
         if not i.isdigit() or not label:
             raise PocketVisionError(f"--label {item!r}: expected ID=LABEL (confirms it with that label).")
         changes.append((int(i), "confirmed", label))
-    for i, status, label in changes:
-        c.call("POST", f"/v1/feedback/{i}", {"status": status, "label": label})
+    if changes:  # all or none: the registry checks every id and label before it writes one
+        c.call("POST", f"/v1/models/{a.name}/feedback/reviews",
+               {"decisions": [{"id": i, "status": status, "label": label} for i, status, label in changes]})
     items = c.call("GET", f"/v1/models/{a.name}/feedback")["items"]
     return _show(items, a.json, _render_feedback)
 

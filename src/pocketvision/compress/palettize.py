@@ -301,8 +301,6 @@ def palettize(model: nn.Module, cfg: PaletteConfig, evaluate: EvalFn | None = No
     bits = {n: cfg.bits for n in layers}
     bits.update(cfg.layer_bits)
     report = PaletteReport()
-    sens: dict[str, tuple[float, float]] = {}
-    fish: dict[str, float] = {}
     free = [n for n in layers if n not in cfg.layer_bits]
     cache: dict[tuple[str, int], torch.Tensor] = {}
 
@@ -310,19 +308,10 @@ def palettize(model: nn.Module, cfg: PaletteConfig, evaluate: EvalFn | None = No
         return apply_bits(work, b, cfg.group_channels, cfg.scaled, cache)
     if evaluate is None:
         report.finetuned = tune is not None
-        return _report(refine(palettised(bits)), bits, cfg, report, sens, fish)
+        return _report(refine(palettised(bits)), bits, cfg, report, {}, {})
     base = None if base_accuracy is not None else evaluate(work)
     report.base_accuracy = base_accuracy if base is None else base[0]
-    if cfg.sensitivity == "fisher" and fisher_batches is not None and sampled_nll is not None:
-        log(f"sensitivity: Fisher estimate for {len(free)} layers at {cfg.bits} bits")
-        fish = fisher_sensitivity(work, free, cfg.bits, fisher_batches(), sampled_nll, cfg.group_channels,
-                                  channel_scale=cfg.scaled)
-    else:
-        log(f"sensitivity scan: {len(free)} layers at {cfg.bits} bits")
-        sens = sensitivity(work, free, cfg.bits, evaluate, cfg.group_channels, base, cfg.scaled)
-    # Most sensitive first: largest estimated loss increase, or largest accuracy loss then probability change.
-    order = ([n for n in sorted(fish, key=lambda n: -fish[n]) if cfg.bits < 8] if fish else
-             [n for n in sorted(sens, key=lambda n: (sens[n][0], -sens[n][1])) if cfg.bits < 8])
+    order, sens, fish = _ranked(work, free, cfg, evaluate, base, fisher_batches, sampled_nll, log)
 
     def drop(a: float) -> float:
         return 100 * (report.base_accuracy - a)
@@ -351,11 +340,7 @@ def palettize(model: nn.Module, cfg: PaletteConfig, evaluate: EvalFn | None = No
     plain = palettised(bits)
     result, acc = plain, acc_at(hi)
     if tune is not None and (over(acc) or not refine_if_over):
-        log("  fine-tuning the palette values")
-        tuned = tune(copy.deepcopy(plain))
-        tuned_acc = evaluate(tuned)[0]
-        if tuned_acc >= acc:  # fine-tuning that makes held-out photos worse is dropped
-            result, acc, report.finetuned = tuned, tuned_acc, True
+        result, acc = _refined(plain, acc, tune, evaluate, report, log)
     log(f"  {sum(b == 8 for b in bits.values())} of {len(bits)} layers at 8 bits: drop {drop(acc):.2f} points")
     report.accuracy = acc
     report.within_budget = not over(acc)
@@ -365,6 +350,37 @@ def palettize(model: nn.Module, cfg: PaletteConfig, evaluate: EvalFn | None = No
                        f"{drop(acc):.2f} points (try --int8, or a larger --max-drop)")
         log(f"  {report.note}")
     return _report(result, bits, cfg, report, sens, fish)
+
+
+def _ranked(work: nn.Module, free: list[str], cfg: PaletteConfig, evaluate: EvalFn, base, fisher_batches,
+            sampled_nll, log: Callable[[str], None]
+            ) -> tuple[list[str], dict[str, tuple[float, float]], dict[str, float]]:
+    """The free layers, most sensitive first -> (order, scan results, Fisher estimates)."""
+    sens: dict[str, tuple[float, float]] = {}
+    fish: dict[str, float] = {}
+    if cfg.sensitivity == "fisher" and fisher_batches is not None and sampled_nll is not None:
+        log(f"sensitivity: Fisher estimate for {len(free)} layers at {cfg.bits} bits")
+        fish = fisher_sensitivity(work, free, cfg.bits, fisher_batches(), sampled_nll, cfg.group_channels,
+                                  channel_scale=cfg.scaled)
+    else:
+        log(f"sensitivity scan: {len(free)} layers at {cfg.bits} bits")
+        sens = sensitivity(work, free, cfg.bits, evaluate, cfg.group_channels, base, cfg.scaled)
+    # Most sensitive first: largest estimated loss increase, or largest accuracy loss then probability change.
+    order = ([n for n in sorted(fish, key=lambda n: -fish[n]) if cfg.bits < 8] if fish else
+             [n for n in sorted(sens, key=lambda n: (sens[n][0], -sens[n][1])) if cfg.bits < 8])
+    return order, sens, fish
+
+
+def _refined(plain: nn.Module, acc: float, tune: Callable[[nn.Module], nn.Module], evaluate: EvalFn,
+             report: PaletteReport, log: Callable[[str], None]) -> tuple[nn.Module, float]:
+    """The palette values fine-tuned, kept only if held-out photos do not get worse -> (model, accuracy)."""
+    log("  fine-tuning the palette values")
+    tuned = tune(copy.deepcopy(plain))
+    tuned_acc = evaluate(tuned)[0]
+    if tuned_acc >= acc:
+        report.finetuned = True
+        return tuned, tuned_acc
+    return plain, acc
 
 
 def _report(result: nn.Module, bits: dict[str, int], cfg: PaletteConfig, report: PaletteReport,

@@ -19,6 +19,7 @@ it was built are decoded from the source again, never served stale.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -218,12 +219,8 @@ class PixelCache:
         return f"pixel cache {self.folder} ({len(self.entries)} images at {self.size} px{how}{extra})"
 
 
-def build(data: str | os.PathLike, size: int = 256, cache_dir=None, threads: int = 0,
-          log: Callable[[str], None] = lambda s: None, encoding: str = "pixels",
-          quality: int | None = None) -> tuple[PixelCache, dict[str, Any]]:
-    """Create or bring up to date the cache of every image under ``data`` at short side ``size``, stored as raw
-    pixels or (``encoding="jpeg"``) re-encoded at ``quality`` (default 90)."""
-    data = Path(data)
+def _checked(data: Path, size: int, encoding: str, quality: int | None) -> int | None:
+    """The arguments of ``build``, checked -> the JPEG quality to store at (None for raw pixels)."""
     if not data.is_dir():
         raise PocketVisionError(f"{data}: not a folder of images.")
     if not 16 <= size <= 4096:
@@ -236,48 +233,86 @@ def build(data: str | os.PathLike, size: int = 256, cache_dir=None, threads: int
     if quality is not None and not 50 <= quality <= 100:
         raise PocketVisionError(f"--quality {quality}: between 50 and 100 (lower smears the details a model "
                                 "learns from).")
-    t0 = time.perf_counter()
-    folder = PixelCache.folder_for(data, size, cache_dir)
+    return quality
+
+
+def _previous(folder: Path, data: Path, size: int, encoding: str, quality: int | None,
+              log: Callable[[str], None]) -> PixelCache | None:
+    """The cache already in ``folder`` when it can be brought up to date (same storage), else None."""
+    if not (folder / "index.json").exists():
+        return None
     old: PixelCache | None = None
-    if (folder / "index.json").exists():
-        try:
-            old = PixelCache.read(folder, data, size)
-        except PocketVisionError as e:
-            log(f"rebuilding: {e}")
-        if old is not None and (old.encoding, old.quality) != (encoding, quality):
-            log(f"rebuilding: stored as {_storage(old.encoding, old.quality)}, now "
-                f"{_storage(encoding, quality)}")
-            old = None
-    files = sorted(p for p in data.rglob("*") if p.is_file() and is_image_file(p)
-                   and not any(part.startswith(".") for part in p.relative_to(data).parts))
-    if not files:
-        raise PocketVisionError(f"{data}: no images (.jpg, .png, .webp ...) under it.")
-    entries: dict[str, dict[str, Any]] = {}
+    try:
+        old = PixelCache.read(folder, data, size)
+    except PocketVisionError as e:
+        log(f"rebuilding: {e}")
+    if old is not None and (old.encoding, old.quality) != (encoding, quality):
+        log(f"rebuilding: stored as {_storage(old.encoding, old.quality)}, now {_storage(encoding, quality)}")
+        old = None
+    return old
+
+
+def _to_decode(files: list[Path], data: Path, old: PixelCache | None, entries: dict[str, dict[str, Any]]
+               ) -> list[tuple[str, Path, os.stat_result, str | None]]:
+    """The images to decode; the unchanged ones go straight to ``entries`` (same size and time, or same bytes)."""
     todo: list[tuple[str, Path, os.stat_result, str | None]] = []
-    reused = 0
     for p in files:
         rel, st = p.relative_to(data).as_posix(), p.stat()
         e = old.entries.get(rel) if old else None
         if e is not None and (st.st_size, st.st_mtime_ns) == (e["bytes"], e["mtime_ns"]):
             entries[rel] = e
-            reused += 1
             continue
         digest = sha256_file(p) if e is not None else None
         if e is not None and digest == e["sha256"]:  # touched, same bytes: keep the pixels, note the new stat
             entries[rel] = {**e, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
-            reused += 1
             continue
         todo.append((rel, p, st, digest))
+    return todo
 
-    def one(item):
-        rel, p, st, digest = item
-        try:
-            a = decode_at(p, size)
-        except ImageDecodeError as e:
-            return rel, None, st, None, str(e)
-        if encoding == "jpeg":  # kept as (bytes, h, w): the shard stores the JPEG, the entry the decoded size
-            a = (np.frombuffer(encode_jpeg(a, quality), np.uint8), a.shape[0], a.shape[1])
-        return rel, a, st, digest or sha256_file(p), None
+
+def _write_index(folder: Path, index: dict[str, Any]) -> set[int]:
+    """The new index in place (written aside, then renamed), then the shards it no longer uses removed -> the
+    shards it uses."""
+    used = {e["shard"] for e in index["entries"].values()}
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".index-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(index, f)
+    os.replace(tmp, folder / "index.json")
+    for p in folder.glob("shard-*.npy"):
+        if int(p.stem.split("-")[1]) not in used:
+            p.unlink()
+    return used
+
+
+def _decoded(item: tuple[str, Path, os.stat_result, str | None], size: int, encoding: str, quality: int | None):
+    """One image at short side ``size`` -> (name, pixels or (JPEG, h, w), stat, sha256, problem or None)."""
+    rel, p, st, digest = item
+    try:
+        a = decode_at(p, size)
+    except ImageDecodeError as e:
+        return rel, None, st, None, str(e)
+    if encoding == "jpeg":  # kept as (bytes, h, w): the shard stores the JPEG, the entry the decoded size
+        a = (np.frombuffer(encode_jpeg(a, quality), np.uint8), a.shape[0], a.shape[1])
+    return rel, a, st, digest or sha256_file(p), None
+
+
+def build(data: str | os.PathLike, size: int = 256, cache_dir=None, threads: int = 0,
+          log: Callable[[str], None] = lambda s: None, encoding: str = "pixels",
+          quality: int | None = None) -> tuple[PixelCache, dict[str, Any]]:
+    """Create or bring up to date the cache of every image under ``data`` at short side ``size``, stored as raw
+    pixels or (``encoding="jpeg"``) re-encoded at ``quality`` (default 90)."""
+    data = Path(data)
+    quality = _checked(data, size, encoding, quality)
+    t0 = time.perf_counter()
+    folder = PixelCache.folder_for(data, size, cache_dir)
+    old = _previous(folder, data, size, encoding, quality, log)
+    files = sorted(p for p in data.rglob("*") if p.is_file() and is_image_file(p)
+                   and not any(part.startswith(".") for part in p.relative_to(data).parts))
+    if not files:
+        raise PocketVisionError(f"{data}: no images (.jpg, .png, .webp ...) under it.")
+    entries: dict[str, dict[str, Any]] = {}
+    todo = _to_decode(files, data, old, entries)
+    reused = len(entries)
 
     # New shards take numbers no shard on disk has: a rebuild (other format, damaged index) must not overwrite a
     # shard the previous index still points at before the new index is in place.
@@ -311,6 +346,7 @@ def build(data: str | os.PathLike, size: int = 256, cache_dir=None, threads: int
 
     with ThreadPoolExecutor(max_workers=threads or (os.cpu_count() or 1)) as ex:
         size_now = 0
+        one = functools.partial(_decoded, size=size, encoding=encoding, quality=quality)
         for k, (rel, a, st, digest, problem) in enumerate(ex.map(one, todo), 1):
             if problem:
                 problems.append(problem)
@@ -325,16 +361,9 @@ def build(data: str | os.PathLike, size: int = 256, cache_dir=None, threads: int
         flush()
     # Shards no entry points at any more (every image in them changed or went away) are removed after the new
     # index is in place.
-    used = {e["shard"] for e in entries.values()}
     index = {"format": FORMAT, "source": str(data.resolve()), "size": size, "encoding": encoding,
              "quality": quality, "entries": entries}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".index-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(index, f)
-    os.replace(tmp, folder / "index.json")
-    for p in folder.glob("shard-*.npy"):
-        if int(p.stem.split("-")[1]) not in used:
-            p.unlink()
+    used = _write_index(folder, index)
     nbytes = sum(p.stat().st_size for p in folder.glob("shard-*.npy"))
     stats = {"folder": str(folder), "images": len(entries), "decoded": len(todo) - len(problems),
              "reused": reused, "unreadable": problems,

@@ -182,7 +182,6 @@ def render_check(report: CheckReport, console: Any = None) -> None:
     """Print the report as rich tables: counts first, then warnings, most serious first."""
     from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table
 
     console = console or Console()
     root = Path(report.root)
@@ -193,6 +192,21 @@ def render_check(report: CheckReport, console: Any = None) -> None:
         except ValueError:
             return escape(p)
 
+    _render_counts(report, console)
+    problems = _render_problems(report, console, rel)
+    console.print()
+    _render_notes(report, console)
+    if not problems:
+        console.print("[bold green]No problems found.")
+    console.print(f"[dim]Checked in {report.seconds:.1f} s.")
+
+
+def _render_counts(report: CheckReport, console: Any) -> None:
+    """The images per class and split."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    root = Path(report.root)
     how = ("the shard set's own splits" if shards.is_shard_set(root) else "train/val folders"
            if report.explicit_splits else "automatic seeded split")
     splits = [s for s in SPLITS if s != "test" or sum(report.counts["test"].values())]
@@ -212,6 +226,12 @@ def render_check(report: CheckReport, console: Any = None) -> None:
     console.print(t)
     if report.pixel_cache:
         console.print(escape(report.pixel_cache))
+
+
+def _render_problems(report: CheckReport, console: Any, rel) -> int:
+    """Each kind of problem found, most serious first -> how many kinds."""
+    from rich.markup import escape
+    from rich.table import Table
 
     def listing(title: str, style: str, rows: list[tuple[str, ...]], headers: tuple[str, ...]) -> None:
         console.print(f"\n[{style}]{title}")
@@ -261,7 +281,11 @@ def render_check(report: CheckReport, console: Any = None) -> None:
         problems += 1
         listing(f"Not images: {len(report.non_images)} file(s) in class folders are ignored "
                 "(jpg/jpeg/png/webp/bmp only).", "yellow", [(rel(p),) for p in report.non_images], ("file",))
-    console.print()
+    return problems
+
+
+def _render_notes(report: CheckReport, console: Any) -> None:
+    """What is worth knowing but needs no action."""
     info = []
     if report.non_rgb:
         modes: dict[str, int] = defaultdict(int)
@@ -273,9 +297,6 @@ def render_check(report: CheckReport, console: Any = None) -> None:
         info.append(f"{len(report.grayscale)} image(s) have no colour (black-and-white photos).")
     for line in info:
         console.print(f"[dim]Note: {line}")
-    if not problems:
-        console.print("[bold green]No problems found.")
-    console.print(f"[dim]Checked in {report.seconds:.1f} s.")
 
 
 # -- augmentation preview ----------------------------------------------------------------------------

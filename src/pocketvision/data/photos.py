@@ -36,6 +36,19 @@ def _images(folder: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
+def held_out_photos(root: str | Path) -> list[Path]:
+    """The photos to judge a model on: ``val/`` (or ``test/``) when present, else every photo under ``root``. No
+    minimum: checking an export on five photos is fine; only training needs many."""
+    root = Path(root)
+    if not root.is_dir():
+        raise PocketVisionError(f"{root}: not a folder of photos.")
+    held = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
+    photos = _images(held if held is not None else root)
+    if not photos:
+        raise PocketVisionError(f"{root}: no photos (.jpg, .png, .webp ...) in it.")
+    return photos
+
+
 def scan_photos(root: str | Path, val_fraction: float = 0.05, seed: int = 0, min_val: int = 4) -> PhotoSet:
     """Every photo under ``root``; ``val/`` (or ``test/``) is the validation split when present."""
     root = Path(root)

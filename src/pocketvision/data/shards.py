@@ -102,6 +102,54 @@ def _key(rel: str) -> str:
     return re.sub(r"[.\s]", "_", stem)
 
 
+def _write_split(ex: ThreadPoolExecutor, tar_writer, tmp: Path, split: str, items: list[tuple[Path, str, Any]],
+                 encode: Callable[[Path, Any], tuple[bytes, Any]], shard_mb: int, problems: list[str],
+                 log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """One split's shards in ``tmp`` (images encoded on ``ex``'s threads, written in order) -> their entries."""
+    shards: list[dict[str, Any]] = []
+    writer = f = None
+    seen: set[str] = set()
+
+    def close() -> None:
+        nonlocal writer, f
+        if writer is not None:
+            writer.close()
+            f.close()
+            p = tmp / shards[-1]["url"]
+            shards[-1].update(bytes=p.stat().st_size, sha256=_sha256(p))
+            writer = f = None
+
+    def one(item):
+        path, rel, ann = item
+        try:
+            return rel, *encode(path, ann), None
+        except ImageDecodeError as e:
+            return rel, None, None, str(e)
+
+    for k, (rel, jpeg, ann, problem) in enumerate(ex.map(one, items), 1):
+        if problem:
+            problems.append(problem)
+            continue
+        key = _key(rel)
+        if key in seen:
+            raise PocketVisionError(f"{rel}: another image of {split} has the same key {key}; rename one of them.")
+        seen.add(key)
+        if writer is None or shards[-1]["bytes_so_far"] >= shard_mb << 20:
+            close()
+            shards.append({"url": f"{split}-{len(shards):06d}.tar", "nsamples": 0, "bytes_so_far": 0})
+            f = open(tmp / shards[-1]["url"], "wb")
+            writer = tar_writer(f, mtime=0)  # fixed times: the same data gives the same bytes
+        writer.write({"__key__": key, "jpg": jpeg, "json": json.dumps(ann).encode()})
+        shards[-1]["nsamples"] += 1
+        shards[-1]["bytes_so_far"] += len(jpeg)
+        if k % 1000 == 0:
+            log(f"{split}: {k}/{len(items)}")
+    close()
+    for s in shards:
+        s.pop("bytes_so_far")
+    return shards
+
+
 def write(out: str | os.PathLike, task: str, meta: dict[str, Any], splits: dict[str, list[tuple[Path, str, Any]]],
           encode: Callable[[Path, Any], tuple[bytes, Any]], size: int, quality: int, shard_mb: int = 256,
           threads: int = 0, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
@@ -128,49 +176,8 @@ def write(out: str | os.PathLike, task: str, meta: dict[str, Any], splits: dict[
     try:
         with ThreadPoolExecutor(max_workers=threads or (os.cpu_count() or 1)) as ex:
             for split, items in splits.items():
-                shards: list[dict[str, Any]] = []
-                writer = f = None
-                seen: set[str] = set()
-
-                def close() -> None:
-                    nonlocal writer, f
-                    if writer is not None:
-                        writer.close()
-                        f.close()
-                        p = tmp / shards[-1]["url"]
-                        shards[-1].update(bytes=p.stat().st_size, sha256=_sha256(p))
-                        writer = f = None
-
-                def one(item):
-                    path, rel, ann = item
-                    try:
-                        return rel, *encode(path, ann), None
-                    except ImageDecodeError as e:
-                        return rel, None, None, str(e)
-
-                for k, (rel, jpeg, ann, problem) in enumerate(ex.map(one, items), 1):
-                    if problem:
-                        problems.append(problem)
-                        continue
-                    key = _key(rel)
-                    if key in seen:
-                        raise PocketVisionError(f"{rel}: another image of {split} has the same key {key}; rename "
-                                                "one of them.")
-                    seen.add(key)
-                    if writer is None or shards[-1]["bytes_so_far"] >= shard_mb << 20:
-                        close()
-                        shards.append({"url": f"{split}-{len(shards):06d}.tar", "nsamples": 0, "bytes_so_far": 0})
-                        f = open(tmp / shards[-1]["url"], "wb")
-                        writer = wds.TarWriter(f, mtime=0)  # fixed times: the same data gives the same bytes
-                    writer.write({"__key__": key, "jpg": jpeg, "json": json.dumps(ann).encode()})
-                    shards[-1]["nsamples"] += 1
-                    shards[-1]["bytes_so_far"] += len(jpeg)
-                    if k % 1000 == 0:
-                        log(f"{split}: {k}/{len(items)}")
-                close()
-                for s in shards:
-                    s.pop("bytes_so_far")
-                desc["splits"][split] = shards
+                desc["splits"][split] = _write_split(ex, wds.TarWriter, tmp, split, items, encode, shard_mb,
+                                                      problems, log)
         (tmp / DESCRIPTOR).write_text(json.dumps(desc, indent=1))
         if out.exists():  # an empty folder: replaced by the finished one
             out.rmdir()

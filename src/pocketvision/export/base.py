@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..errors import PocketVisionError, unknown_choice
+from ..errors import PocketVisionError, did_you_mean
 from ..runtime.predictor import META_PREFIX  # noqa: F401  (re-exported: the targets write what predictors read)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -132,8 +132,9 @@ def target_names() -> tuple[str, ...]:
 
 
 def get_target(name: str) -> Target:
-    if name not in _TARGETS:
-        raise unknown_choice("format", name, _TARGETS)
+    if name not in _TARGETS:  # each with where it runs: "tfjs" means the browser, which is `web` here
+        known = "; ".join(f"{n}: {t.runtime}" for n, t in _TARGETS.items())
+        raise PocketVisionError(f"export target (--to) {name!r} is not one of: {known}.{did_you_mean(name, _TARGETS)}")
     return _TARGETS[name]
 
 

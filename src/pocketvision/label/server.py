@@ -94,128 +94,138 @@ def _static(name: str) -> bytes:
     return (resources.files("pocketvision.label") / "static" / name).read_bytes()
 
 
-def make_handler(store: LabelStore, suggester: Suggester | None, order: list[str]):
-    display = DisplayCache(store)
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """The labeller's HTTP API; ``make_handler`` binds it to one store (class attributes, one server per store)."""
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        server_version = "pocketvision-label"
-        timeout = READ_TIMEOUT_S  # a body shorter than its Content-Length must not hold a thread forever
+    store: LabelStore
+    suggester: Suggester | None
+    order: list[str]
+    display: DisplayCache
+    server_version = "pocketvision-label"
+    timeout = READ_TIMEOUT_S  # a body shorter than its Content-Length must not hold a thread forever
 
-        def log_message(self, *args: Any) -> None:  # quiet: the page shows progress
-            pass
+    def log_message(self, *args: Any) -> None:  # quiet: the page shows progress
+        pass
 
-        def handle_one_request(self) -> None:
-            try:
-                super().handle_one_request()
-            except (TimeoutError, ConnectionError):  # a stalled or vanished client: drop it, no traceback
-                self.close_connection = True
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except (TimeoutError, ConnectionError):  # a stalled or vanished client: drop it, no traceback
+            self.close_connection = True
 
-        def _foreign(self, write: bool) -> str | None:
-            """Why this request is not from the labeller's own page, or None. Any web page the user visits can
-            reach 127.0.0.1: a DNS-rebinding page arrives with its own ``Host``; a cross-origin form or
-            ``fetch`` carries a foreign ``Origin``; and a write must be JSON, which a page of another origin can
-            only send after a preflight this server never grants."""
-            bound, port = self.server.server_address[:2]
-            host = (self.headers.get("Host") or "").strip().lower()
-            # bound to another address on purpose (--host, a phone on the LAN): its names are not ours to know
-            loopback = str(bound) in ("127.0.0.1", "::1")
-            if loopback and host not in {f"{h}:{port}" for h in LOCAL_HOSTS}:
-                return "unexpected Host header; open the address `pocketvision label` printed"
-            origin = self.headers.get("Origin")
-            if origin is not None and origin.strip().lower() not in {f"http://{host}"}:
-                return "cross-origin request refused"
-            if self.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
-                return "cross-site request refused"
-            if write and (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
-                return "send labels as application/json"
+    def _foreign(self, write: bool) -> str | None:
+        """Why this request is not from the labeller's own page, or None. Any web page the user visits can
+        reach 127.0.0.1: a DNS-rebinding page arrives with its own ``Host``; a cross-origin form or
+        ``fetch`` carries a foreign ``Origin``; and a write must be JSON, which a page of another origin can
+        only send after a preflight this server never grants."""
+        bound, port = self.server.server_address[:2]
+        host = (self.headers.get("Host") or "").strip().lower()
+        # bound to another address on purpose (--host, a phone on the LAN): its names are not ours to know
+        loopback = str(bound) in ("127.0.0.1", "::1")
+        if loopback and host not in {f"{h}:{port}" for h in LOCAL_HOSTS}:
+            return "unexpected Host header; open the address `pocketvision label` printed"
+        origin = self.headers.get("Origin")
+        if origin is not None and origin.strip().lower() not in {f"http://{host}"}:
+            return "cross-origin request refused"
+        if self.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+            return "cross-site request refused"
+        if write and (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
+            return "send labels as application/json"
+        return None
+
+    def _send(self, code: int, body: bytes, ctype: str = "application/json", cache: bool = False) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "max-age=3600" if cache else "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, code: int, obj: Any) -> None:
+        self._send(code, json.dumps(obj).encode())
+
+    def _index(self, part: str) -> int | None:
+        if not part.isdigit():
             return None
+        n = int(part)
+        return n if 0 <= n < len(self.store.images) else None
 
-        def _send(self, code: int, body: bytes, ctype: str = "application/json", cache: bool = False) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "max-age=3600" if cache else "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.end_headers()
-            self.wfile.write(body)
+    def _image(self, n: int | None) -> None:
+        """An image to show: a display-sized copy when the original is large, else its bytes."""
+        if n is None:
+            return self._json(404, {"error": "no such image"})
+        p = self.store.path(self.store.images[n])
+        try:  # defence in depth: the listed file must still resolve inside DIR
+            p.resolve().relative_to(self.store.root.resolve())
+        except ValueError:
+            return self._json(403, {"error": "outside the labelled folder"})
+        try:
+            small = self.display.get(self.store.images[n])
+        except PocketVisionError as e:  # over the pixel budget, unreadable: said in the page, not a traceback
+            return self._json(422, {"error": str(e)})
+        if small is not None:
+            return self._send(200, small[0], small[1], cache=True)
+        ctype = mimetypes.guess_type(p.name)[0] or "application/octet-stream"
+        return self._send(200, p.read_bytes(), ctype, cache=True)
 
-        def _json(self, code: int, obj: Any) -> None:
-            self._send(code, json.dumps(obj).encode())
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if why := self._foreign(write=False):
+            return self._json(403, {"error": why})
+        path = unquote(urlparse(self.path).path)
+        if path == "/":
+            return self._send(200, _static("label.html"), "text/html; charset=utf-8")
+        if path == "/label.js":
+            return self._send(200, _static("label.js"), "text/javascript; charset=utf-8")
+        if path == "/api/state":
+            st = self.store.state()
+            st["order"] = [self.store.images.index(i) for i in self.order]
+            st["start"] = self.store.first_open(self.order)
+            st["suggest"] = self.suggester is not None
+            st["sizes"] = [self.store.size(i) for i in self.store.images]  # full-size, upright: points live here
+            return self._json(200, st)
+        parts = path.strip("/").split("/")
+        if len(parts) == 3 and parts[:2] == ["api", "image"]:
+            return self._image(self._index(parts[2]))
+        if len(parts) == 3 and parts[:2] == ["api", "suggest"]:
+            n = self._index(parts[2])
+            if n is None or self.suggester is None:
+                return self._json(404, {"error": "no suggestion"})
+            try:
+                return self._json(200, self.suggester.suggest(self.store.images[n]))
+            except PocketVisionError as e:
+                return self._json(422, {"error": str(e)})
+        return self._json(404, {"error": "not found"})
 
-        def _index(self, part: str) -> int | None:
-            if not part.isdigit():
-                return None
-            n = int(part)
-            return n if 0 <= n < len(store.images) else None
-
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            if why := self._foreign(write=False):
-                return self._json(403, {"error": why})
-            path = unquote(urlparse(self.path).path)
-            if path == "/":
-                return self._send(200, _static("label.html"), "text/html; charset=utf-8")
-            if path == "/label.js":
-                return self._send(200, _static("label.js"), "text/javascript; charset=utf-8")
-            if path == "/api/state":
-                st = store.state()
-                st["order"] = [store.images.index(i) for i in order]
-                st["start"] = store.first_open(order)
-                st["suggest"] = suggester is not None
-                st["sizes"] = [store.size(i) for i in store.images]  # full-size, upright: points live here
-                return self._json(200, st)
-            parts = path.strip("/").split("/")
-            if len(parts) == 3 and parts[:2] == ["api", "image"]:
-                n = self._index(parts[2])
-                if n is None:
-                    return self._json(404, {"error": "no such image"})
-                p = store.path(store.images[n])
-                try:  # defence in depth: the listed file must still resolve inside DIR
-                    p.resolve().relative_to(store.root.resolve())
-                except ValueError:
-                    return self._json(403, {"error": "outside the labelled folder"})
-                try:
-                    small = display.get(store.images[n])
-                except PocketVisionError as e:  # over the pixel budget, unreadable: said in the page, not a traceback
-                    return self._json(422, {"error": str(e)})
-                if small is not None:
-                    return self._send(200, small[0], small[1], cache=True)
-                ctype = mimetypes.guess_type(p.name)[0] or "application/octet-stream"
-                return self._send(200, p.read_bytes(), ctype, cache=True)
-            if len(parts) == 3 and parts[:2] == ["api", "suggest"]:
-                n = self._index(parts[2])
-                if n is None or suggester is None:
-                    return self._json(404, {"error": "no suggestion"})
-                try:
-                    return self._json(200, suggester.suggest(store.images[n]))
-                except PocketVisionError as e:
-                    return self._json(422, {"error": str(e)})
+    def do_POST(self) -> None:  # noqa: N802
+        if why := self._foreign(write=True):
+            return self._json(403, {"error": why})
+        if unquote(urlparse(self.path).path) != "/api/label":
             return self._json(404, {"error": "not found"})
+        raw = (self.headers.get("Content-Length") or "").strip()
+        n = int(raw) if raw.isdigit() and len(raw) <= 12 else -1
+        if n <= 0 or n > MAX_BODY:
+            self.close_connection = True  # the body (if any) is not read: the connection cannot be reused
+            return self._json(413 if n > MAX_BODY else 400, {"error": "Content-Length: a size in bytes, at "
+                                                                      f"most {MAX_BODY:,}"})
+        data = self.rfile.read(n)
+        if len(data) < n:
+            self.close_connection = True
+            return self._json(400, {"error": "body shorter than its Content-Length"})
+        try:
+            body = json.loads(data)
+        except (ValueError, RecursionError):  # bad JSON or encoding, a 5,000-digit number, deep nesting
+            return self._json(400, {"error": "not JSON (or nested too deep, or a number too long)"})
+        try:
+            return self._json(200, self.store.put(body))
+        except SchemaError as e:
+            return self._json(400, {"error": str(e)})
 
-        def do_POST(self) -> None:  # noqa: N802
-            if why := self._foreign(write=True):
-                return self._json(403, {"error": why})
-            if unquote(urlparse(self.path).path) != "/api/label":
-                return self._json(404, {"error": "not found"})
-            raw = (self.headers.get("Content-Length") or "").strip()
-            n = int(raw) if raw.isdigit() and len(raw) <= 12 else -1
-            if n <= 0 or n > MAX_BODY:
-                self.close_connection = True  # the body (if any) is not read: the connection cannot be reused
-                return self._json(413 if n > MAX_BODY else 400, {"error": "Content-Length: a size in bytes, at "
-                                                                          f"most {MAX_BODY:,}"})
-            data = self.rfile.read(n)
-            if len(data) < n:
-                self.close_connection = True
-                return self._json(400, {"error": "body shorter than its Content-Length"})
-            try:
-                body = json.loads(data)
-            except (ValueError, RecursionError):  # bad JSON or encoding, a 5,000-digit number, deep nesting
-                return self._json(400, {"error": "not JSON (or nested too deep, or a number too long)"})
-            try:
-                return self._json(200, store.put(body))
-            except SchemaError as e:
-                return self._json(400, {"error": str(e)})
 
-    return Handler
+def make_handler(store: LabelStore, suggester: Suggester | None, order: list[str]):
+    """The request handler class for one labelling session."""
+    return type("Handler", (_Handler,), {"store": store, "suggester": suggester, "order": order,
+                                         "display": DisplayCache(store)})
 
 
 def start(store: LabelStore, host: str = "127.0.0.1", port: int = 0, suggester: Suggester | None = None,

@@ -202,6 +202,64 @@ def _history(study) -> list[Evaluated]:
     return sorted(out, key=lambda e: e.index)
 
 
+def _resumed(run_dir: Path, data: str | Path | None) -> tuple[dict[str, Any], Path]:
+    """The settings a search in ``run_dir`` started with (``--resume``)."""
+    try:
+        saved = json.loads((run_dir / "search.json").read_text())
+    except (OSError, ValueError):
+        raise PocketVisionError(f"--resume {run_dir}: no search.json there (not a search run folder).") from None
+    if data is not None and Path(data).resolve() != Path(saved["data"]):
+        raise PocketVisionError(f"--resume {run_dir}: that search ran on {saved['data']}, not {data}.")
+    return saved, run_dir
+
+
+def _started(run_dir: str | Path | None, out, start: list[str | Path] | None, settings: dict[str, Any]
+             ) -> tuple[dict[str, Any], Path]:
+    """A new search's settings, checked and written to its run folder (``search.json``) -> (settings, folder)."""
+    _check(settings)
+    if out is None and (settings["finalists"] != 1 or settings["final_seeds"] != 1 or settings["scale_up"]):
+        raise PocketVisionError("--finalists, --final-seeds and --scale-up choose the final bundle: add --out "
+                                "best.pvb (without it the search only writes arch.json and the history).")
+    # Kept as candidates in search.json, so a resumed search proposes the same first population.
+    settings["start"] = [start_candidate(p, settings["resolutions"]) for p in start or []]
+    run_dir = Path(run_dir or Path("runs") / f"search-{datetime.now():%Y%m%d-%H%M%S}")
+    if (run_dir / "search.json").exists():
+        raise PocketVisionError(f"{run_dir}: a search ran there already; --resume it or choose another folder.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "search.json").write_text(json.dumps(settings, indent=1))
+    return settings, run_dir
+
+
+def _recorded(study, asked: tuple, job: dict[str, Any], res: dict[str, Any], rnd: int, s: dict[str, Any]) -> Evaluated:
+    """One finished evaluation -> its record, told to the study (a skipped one as pruned)."""
+    from optuna.trial import TrialState
+    trial, slot, parent, how = asked
+    e = Evaluated(round=rnd, slot=slot, candidate=job["candidate"], parent=parent, mutation=how,
+                  score=res["score"], latency_ms=res["latency_ms"], size_mb=res["size_mb"],
+                  predicted_ms=res["predicted_ms"], skipped=res["skipped"], seconds=round(res["seconds"], 2),
+                  index=job["index"])
+    e.feasible = res["skipped"] is None and (s["max_latency_ms"] is None or e.latency_ms <= s["max_latency_ms"]) \
+        and (s["max_size_mb"] is None or e.size_mb <= s["max_size_mb"])
+    if e.skipped:
+        e.score = -1.0  # never a parent: its prediction alone broke the limit
+    trial.set_user_attr("record", dataclasses.asdict(e))
+    if e.skipped:
+        study.tell(trial, state=TrialState.PRUNED)
+    else:
+        study.tell(trial, [e.score, e.latency_ms])
+    return e
+
+
+def _reopened(run_dir: Path):
+    """The run's Optuna study and what it evaluated; trials in flight when the search was killed are failed, so
+    they are evaluated again -> (study, history)."""
+    from optuna.trial import TrialState
+    study = _study(run_dir)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(t.number, state=TrialState.FAIL)
+    return study, _history(study)
+
+
 def search(data: str | Path | None = None, *, target: str = "onnx", precision: str = "fp32",
            max_latency_ms: float | None = None, max_size_mb: float | None = None, budget: str | int = "8h",
            workers: int = 1, ray: str | None = None, resume: str | Path | None = None, out: str | Path | None = None,
@@ -217,43 +275,21 @@ def search(data: str | Path | None = None, *, target: str = "onnx", precision: s
     ``scale_up``, each scaled up to the limit) with the final budget for ``final_seeds`` seeds and write the best
     mean's bundle (final.py); -> the summary."""
     if resume is not None:
-        run_dir = Path(resume)
-        try:
-            saved = json.loads((run_dir / "search.json").read_text())
-        except (OSError, ValueError):
-            raise PocketVisionError(f"--resume {resume}: no search.json there (not a search run folder).") from None
-        if data is not None and Path(data).resolve() != Path(saved["data"]):
-            raise PocketVisionError(f"--resume {resume}: that search ran on {saved['data']}, not {data}.")
-        settings = saved
+        s, run_dir = _resumed(Path(resume), data)
     else:
         if data is None or not Path(data).exists():
             raise PocketVisionError(f"{data}: no such data folder.")
-        settings = {"data": str(Path(data).resolve()), "target": target, "precision": precision,
-                    "max_latency_ms": max_latency_ms, "max_size_mb": max_size_mb, "budget": str(budget),
-                    "population": population, "sample": sample, "batch": batch, "rule": rule, "objective": objective,
-                    "epochs": epochs, "final_epochs": final_epochs, "batch_size": batch_size, "seed": seed,
-                    "resolutions": sorted({int(r) for r in resolutions}), "inherit": bool(inherit),
-                    "train_options": dict(train_options or {}), "finalists": finalists,
-                    "final_seeds": final_seeds, "scale_up": bool(scale_up)}
-        _check(settings)
-        if out is None and (finalists != 1 or final_seeds != 1 or scale_up):
-            raise PocketVisionError("--finalists, --final-seeds and --scale-up choose the final bundle: add --out "
-                                    "best.pvb (without it the search only writes arch.json and the history).")
-        # Kept as candidates in search.json, so a resumed search proposes the same first population.
-        settings["start"] = [start_candidate(p, settings["resolutions"]) for p in start or []]
-        run_dir = Path(run_dir or Path("runs") / f"search-{datetime.now():%Y%m%d-%H%M%S}")
-        if (run_dir / "search.json").exists():
-            raise PocketVisionError(f"{run_dir}: a search ran there already; --resume it or choose another folder.")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "search.json").write_text(json.dumps(settings, indent=1))
-    s = settings
+        s, run_dir = _started(run_dir, out, start, {
+            "data": str(Path(data).resolve()), "target": target, "precision": precision,
+            "max_latency_ms": max_latency_ms, "max_size_mb": max_size_mb, "budget": str(budget),
+            "population": population, "sample": sample, "batch": batch, "rule": rule, "objective": objective,
+            "epochs": epochs, "final_epochs": final_epochs, "batch_size": batch_size, "seed": seed,
+            "resolutions": sorted({int(r) for r in resolutions}), "inherit": bool(inherit),
+            "train_options": dict(train_options or {}), "finalists": finalists, "final_seeds": final_seeds,
+            "scale_up": bool(scale_up)})
     count, seconds = parse_budget(s["budget"])
     table = Path(latency_table) if latency_table else run_dir / "latency_table.json"
-    study = _study(run_dir)
-    from optuna.trial import TrialState
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.tell(t.number, state=TrialState.FAIL)  # in flight when the search was killed: evaluated again
-    history = _history(study)
+    study, history = _reopened(run_dir)
     elapsed = float(study.user_attrs.get("elapsed_s", 0.0))
     if history:
         log(f"resuming {run_dir}: {len(history)} evaluations done, {elapsed:.0f} s spent")
@@ -289,20 +325,7 @@ def search(data: str | Path | None = None, *, target: str = "onnx", precision: s
                              "inherit_from": _bundle_of(run_dir, parent) if s.get("inherit") else None})
             t_round = time.perf_counter()
             for job, res in pool.run(jobs):
-                trial, slot, parent, how = trials[job["index"]]
-                e = Evaluated(round=rnd, slot=slot, candidate=job["candidate"], parent=parent, mutation=how,
-                              score=res["score"], latency_ms=res["latency_ms"], size_mb=res["size_mb"],
-                              predicted_ms=res["predicted_ms"], skipped=res["skipped"],
-                              seconds=round(res["seconds"], 2), index=job["index"])
-                e.feasible = res["skipped"] is None and (s["max_latency_ms"] is None or e.latency_ms <= s[
-                    "max_latency_ms"]) and (s["max_size_mb"] is None or e.size_mb <= s["max_size_mb"])
-                if e.skipped:
-                    e.score = -1.0  # never a parent: its prediction alone broke the limit
-                trial.set_user_attr("record", dataclasses.asdict(e))
-                if e.skipped:
-                    study.tell(trial, state=TrialState.PRUNED)
-                else:
-                    study.tell(trial, [e.score, e.latency_ms])
+                e = _recorded(study, trials[job["index"]], job, res, rnd, s)
                 elapsed += time.perf_counter() - t_round
                 t_round = time.perf_counter()
                 study.set_user_attr("elapsed_s", elapsed)

@@ -24,6 +24,7 @@ import re
 import time
 from collections import defaultdict
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -90,6 +91,15 @@ class Review(BaseModel):
     label: str | None = Field(None, max_length=200)
 
 
+class Decision(Review):
+    id: int = Field(ge=1, le=MAX_ID)
+
+
+class Reviews(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    decisions: list[Decision] = Field(min_length=1, max_length=1000)
+
+
 class Report(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(max_length=64)
@@ -124,45 +134,38 @@ class RateLimit:
             raise HTTPException(429, f"rate limit: {self.per_minute} writes per minute; try again later.")
 
 
+@dataclass
+class _Context:
+    """What the routes of one app share: the registry, its limits and budgets, the caches; ``_auth`` adds the
+    dependencies (``device``, ``admin``) and helpers the routes call."""
+
+    registry: Registry
+    limits: Limits
+    fb: FeedbackStore
+    ids: DeviceIds
+    rate: RateLimit
+    token_rate: RateLimit
+    address_rate: RateLimit
+    issue_rate: RateLimit
+    issue_token_rate: RateLimit
+    token_cache: dict[str, tuple[float, tuple[int, str] | None]] = field(default_factory=dict)
+    ts_cache: dict[str, Any] = field(default_factory=lambda: {"at": -1.0})
+    device: Any = None
+    admin: Any = None
+    timestamp: Any = None
+    device_write: Any = None
+    known: Any = None
+
+
 def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
     limits = limits or Limits()
-    rate = RateLimit(limits.writes_per_minute)
-    token_rate, address_rate = RateLimit(limits.token_writes_per_minute), RateLimit(limits.address_writes_per_minute)
-    issue_rate = RateLimit(limits.new_devices_per_minute)
-    issue_token_rate = RateLimit(60 * limits.new_devices_per_minute)
-    ids = DeviceIds(load_secret(registry.keys_dir))
-    token_cache: dict[str, tuple[float, tuple[int, str] | None]] = {}
-    ts_cache: dict[str, Any] = {"at": -1.0}
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        async def refresher():
-            while True:
-                try:
-                    await run_in_threadpool(registry.refresh_expiring)
-                except PocketVisionError:
-                    pass  # no online keys on this instance: another instance signs
-                except Exception as e:  # noqa: BLE001 - the database away for a moment must not end the loop
-                    log.warning("re-signing expiring metadata failed (will retry): %s", e)
-                await asyncio.sleep(limits.refresh_every_s)
-        async def poll_timestamp():  # keeps the cheap check's cache warm, so no device waits on the database
-            while True:
-                try:
-                    await run_in_threadpool(timestamp, True)
-                except HTTPException:
-                    pass
-                except Exception as e:  # noqa: BLE001 - checks fall through to the route (and its error) meanwhile
-                    log.warning("reading timestamp.json failed (will retry): %s", e)
-                await asyncio.sleep(max(limits.timestamp_cache_s / 2, 0.05))
-        tasks = [asyncio.create_task(refresher()), asyncio.create_task(poll_timestamp())]
-        yield
-        for t in tasks:
-            t.cancel()
-
-    fb = FeedbackStore(registry)
-    app = FastAPI(title="pocketvision registry", version="1", lifespan=lifespan,
+    ctx = _Context(registry, limits, FeedbackStore(registry), DeviceIds(load_secret(registry.keys_dir)),
+                   RateLimit(limits.writes_per_minute), RateLimit(limits.token_writes_per_minute),
+                   RateLimit(limits.address_writes_per_minute), RateLimit(limits.new_devices_per_minute),
+                   RateLimit(60 * limits.new_devices_per_minute))
+    app = FastAPI(title="pocketvision registry", version="1", lifespan=_lifespan(ctx),
                   description="Signed over-the-air model updates (TUF) and device reports.")
-    app.add_middleware(CheapCheck, token_cache=token_cache, ts_cache=ts_cache, limits=limits)
+    app.add_middleware(CheapCheck, token_cache=ctx.token_cache, ts_cache=ctx.ts_cache, limits=limits)
     if limits.allow_origins:  # added last, so it wraps CheapCheck: its 304s carry the CORS headers too
         from fastapi.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=limits.allow_origins, allow_credentials=False,
@@ -182,6 +185,50 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
         parts = [f"{'.'.join(str(x) for x in e.get('loc', ())[1:]) or 'body'}: {e.get('msg', 'invalid')}"
                  for e in exc.errors()[:5]]
         return JSONResponse({"detail": "; ".join(parts)[:1000]}, status_code=422)
+
+    _auth(ctx)
+    for routes in (_update_routes, _admin_routes, _device_routes, _review_routes):
+        routes(app, ctx)
+    return app
+
+
+def _lifespan(ctx: _Context):
+    """Background work while the app runs: re-signing metadata before it expires, keeping the timestamp warm."""
+    registry, limits = ctx.registry, ctx.limits
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async def refresher():
+            while True:
+                try:
+                    await run_in_threadpool(registry.refresh_expiring)
+                except PocketVisionError:
+                    pass  # no online keys on this instance: another instance signs
+                except Exception as e:  # noqa: BLE001 - the database away for a moment must not end the loop
+                    log.warning("re-signing expiring metadata failed (will retry): %s", e)
+                await asyncio.sleep(limits.refresh_every_s)
+        async def poll_timestamp():  # keeps the cheap check's cache warm, so no device waits on the database
+            while True:
+                try:
+                    await run_in_threadpool(ctx.timestamp, True)
+                except HTTPException:
+                    pass
+                except Exception as e:  # noqa: BLE001 - checks fall through to the route (and its error) meanwhile
+                    log.warning("reading timestamp.json failed (will retry): %s", e)
+                await asyncio.sleep(max(limits.timestamp_cache_s / 2, 0.05))
+        tasks = [asyncio.create_task(refresher()), asyncio.create_task(poll_timestamp())]
+        yield
+        for t in tasks:
+            t.cancel()
+
+    return lifespan
+
+
+def _auth(ctx: _Context) -> None:
+    """Who is asking (a cached token lookup), the signed timestamp (cached), and the budgets and checks of a
+    device's writes, put on ``ctx`` for the routes."""
+    registry, limits, token_cache, ts_cache, ids = ctx.registry, ctx.limits, ctx.token_cache, ctx.ts_cache, ctx.ids
+    rate, token_rate, address_rate = ctx.rate, ctx.token_rate, ctx.address_rate
 
     def role_of(authorization: str | None) -> tuple[int, str]:
         if not authorization or not authorization.startswith("Bearer "):
@@ -218,6 +265,31 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
                 raise HTTPException(404, "no signed metadata yet: run `pocketvision keys new`")
             ts_cache.update(at=now, body=body, etag='"' + hashlib.sha256(body).hexdigest()[:32] + '"')
         return ts_cache["etag"], ts_cache["body"]
+
+    def device_write(request: Request, who: tuple[int, str], device_id: str) -> None:
+        """The budgets of a device route (the device, its token, its address) and an id this registry issued to
+        this token: made-up ids neither count in the figures nor get a fresh budget each."""
+        address = request.client.host if request.client else "?"
+        address_rate.hit(f"a{address}")
+        token_rate.hit(f"t{who[0]}")
+        if not ids.valid(device_id, who[0]):
+            raise HTTPException(403, "device_id: not one this registry issued to this token; get one with "
+                                "POST /v1/devices and keep it (the SDK and the web page do)")
+        rate.hit(f"d{device_id}")
+
+    def known(model: str, version: int | None) -> None:
+        """Figures only for what was published here: a report about anything else is refused, not stored."""
+        check_name(model, "model")
+        if not registry.has_version(model, version):
+            raise HTTPException(404, f"no model {model!r}" + (f" version {version}" if version else "")
+                                + " on this registry")
+
+    ctx.device, ctx.admin, ctx.timestamp, ctx.device_write, ctx.known = device, admin, timestamp, device_write, known
+
+
+def _update_routes(app: FastAPI, ctx: _Context) -> None:
+    """The signed repository: TUF metadata and targets, what devices poll and download."""
+    registry, device, timestamp = ctx.registry, ctx.device, ctx.timestamp
 
     @app.get("/tuf/metadata/{name}", tags=["updates"])
     def tuf_metadata(name: str, _=Depends(device), if_none_match: str | None = Header(None)):
@@ -264,6 +336,11 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
         return StreamingResponse(chunks, status_code=206, media_type="application/octet-stream",
                                  headers={**immutable, "Content-Length": str(n),
                                           "Content-Range": f"bytes {start}-{size - 1}/{size}"})
+
+
+def _admin_routes(app: FastAPI, ctx: _Context) -> None:
+    """Publishing, channels, rollouts and rollbacks, the models' status."""
+    registry, limits, rate, ts_cache, admin = ctx.registry, ctx.limits, ctx.rate, ctx.ts_cache, ctx.admin
 
     # -- admin ------------------------------------------------------------------------------------------
     @app.post("/v1/uploads", tags=["admin"])
@@ -331,31 +408,24 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
     def status(model: str, _=Depends(admin)):
         return registry.status(model)
 
-    # -- devices ----------------------------------------------------------------------------------------
-    def device_write(request: Request, who: tuple[int, str], device_id: str) -> None:
-        """The budgets of a device route (the device, its token, its address) and an id this registry issued to
-        this token: made-up ids neither count in the figures nor get a fresh budget each."""
-        address = request.client.host if request.client else "?"
-        address_rate.hit(f"a{address}")
-        token_rate.hit(f"t{who[0]}")
-        if not ids.valid(device_id, who[0]):
-            raise HTTPException(403, "device_id: not one this registry issued to this token; get one with "
-                                "POST /v1/devices and keep it (the SDK and the web page do)")
-        rate.hit(f"d{device_id}")
+    @app.get("/healthz", include_in_schema=False)
+    def healthz():
+        return {"ok": True}
 
+
+def _device_routes(app: FastAPI, ctx: _Context) -> None:
+    """Device identities, reports, traffic counts and corrections."""
+    registry, limits, fb, ids, device = ctx.registry, ctx.limits, ctx.fb, ctx.ids, ctx.device
+    issue_rate, issue_token_rate = ctx.issue_rate, ctx.issue_token_rate
+    device_write, known = ctx.device_write, ctx.known
+
+    # -- devices ----------------------------------------------------------------------------------------
     @app.post("/v1/devices", tags=["devices"])
     def new_device(request: Request, who=Depends(device)):
         """A device identity, issued once per install and kept: reports, traffic and corrections carry it."""
         issue_rate.hit(f"a{request.client.host if request.client else '?'}")
         issue_token_rate.hit(f"t{who[0]}")
         return {"device_id": ids.issue(who[0])}
-
-    def known(model: str, version: int | None) -> None:
-        """Figures only for what was published here: a report about anything else is refused, not stored."""
-        check_name(model, "model")
-        if not registry.has_version(model, version):
-            raise HTTPException(404, f"no model {model!r}" + (f" version {version}" if version else "")
-                                + " on this registry")
 
     @app.post("/v1/reports", tags=["devices"])
     def report(r: Report, request: Request, who=Depends(device)):
@@ -394,38 +464,7 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
             raise
         except Exception as e:  # noqa: BLE001 - the multipart parser's own errors: a malformed body
             raise HTTPException(400, f"malformed multipart body ({type(e).__name__})") from None
-        fields = {}
-        for k in ("model", "device_id", "predicted", "corrected", "version", "confidence", "unfamiliar"):
-            v = form.get(k)
-            if v is not None and not isinstance(v, str):
-                raise HTTPException(422, f"{k}: a text field, not a file")
-            fields[k] = v
-        missing = [k for k in ("model", "device_id", "predicted", "corrected") if not fields[k]]
-        if missing:
-            raise HTTPException(422, f"missing field(s): {', '.join(missing)}")
-        if not 8 <= len(fields["device_id"]) <= 128 or max(len(fields[k]) for k in ("predicted", "corrected")) > 200:
-            raise HTTPException(422, "device_id: 8-128 characters; labels: at most 200")
-        version = None
-        if fields["version"]:
-            if not fields["version"].isdigit() or not 1 <= int(fields["version"][:20]) <= MAX_ID:
-                raise HTTPException(422, f"version: a whole number in [1, {MAX_ID}]")
-            version = int(fields["version"])
-        confidence = None
-        if fields["confidence"]:
-            try:
-                confidence = float(fields["confidence"][:32])
-            except ValueError:
-                confidence = -1.0
-            if not 0.0 <= confidence <= 1.0:  # NaN fails this too
-                raise HTTPException(422, "confidence: a number in [0, 1] (the model's confidence in 'predicted')")
-        unfamiliar = None
-        if fields["unfamiliar"]:
-            try:
-                unfamiliar = float(fields["unfamiliar"][:32])
-            except ValueError:
-                unfamiliar = float("nan")
-            if not -1e3 <= unfamiliar <= 1e3:
-                raise HTTPException(422, "unfamiliar: a number (the model's unfamiliarity score of the photo)")
+        fields, version, confidence, unfamiliar = _feedback_fields(form)
         device_write(request, who, fields["device_id"])
         image = form.get("image")
         data = None
@@ -437,6 +476,11 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
         return await run_in_threadpool(fb.add, fields["model"], fields["device_id"], version, fields["predicted"],
                                        fields["corrected"], data, confidence, unfamiliar)
 
+
+def _review_routes(app: FastAPI, ctx: _Context) -> None:
+    """The review queue of corrections."""
+    rate, fb, admin = ctx.rate, ctx.fb, ctx.admin
+
     @app.get("/v1/models/{model}/feedback", tags=["admin"])
     def list_feedback(model: str, status: str | None = None, order: str = "received", _=Depends(admin)):
         """``order=teach``: the answers the model was least sure of first (the review queue)."""
@@ -447,6 +491,13 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
         rate.hit(f"t{who[0]}")
         return fb.review(fid, req.status, req.label)
 
+    @app.post("/v1/models/{model}/feedback/reviews", tags=["admin"])
+    def review_many(model: str, req: Reviews, who=Depends(admin)):
+        """Several decisions, all or none: one unknown id or label and nothing is changed."""
+        rate.hit(f"t{who[0]}")
+        return {"items": fb.review_all([(d.id, d.status, d.label) for d in req.decisions],
+                                       check_name(model, "model"))}
+
     @app.get("/v1/feedback/{fid}/image", tags=["admin"])
     def feedback_image(fid: int = FastPath(ge=1, le=MAX_ID), _=Depends(admin)):
         data, kind = fb.image(fid)
@@ -454,11 +505,44 @@ def create_app(registry: Registry, limits: Limits | None = None) -> FastAPI:
                         headers={"Content-Disposition": f'attachment; filename="feedback-{fid}.{kind}"',
                                  "X-Content-Type-Options": "nosniff"})
 
-    @app.get("/healthz", include_in_schema=False)
-    def healthz():
-        return {"ok": True}
 
-    return app
+def _feedback_fields(form) -> tuple[dict[str, Any], int | None, float | None, float | None]:
+    """The text fields of a correction, checked -> (fields, version, confidence, unfamiliar)."""
+    fields = {}
+    for k in ("model", "device_id", "predicted", "corrected", "version", "confidence", "unfamiliar"):
+        v = form.get(k)
+        if v is not None and not isinstance(v, str):
+            raise HTTPException(422, f"{k}: a text field, not a file")
+        fields[k] = v
+    missing = [k for k in ("model", "device_id", "predicted", "corrected") if not fields[k]]
+    if missing:
+        raise HTTPException(422, f"missing field(s): {', '.join(missing)}")
+    if not 8 <= len(fields["device_id"]) <= 128 or max(len(fields[k]) for k in ("predicted", "corrected")) > 200:
+        raise HTTPException(422, "device_id: 8-128 characters; labels: at most 200")
+    version = None
+    if fields["version"]:
+        if not fields["version"].isdigit() or not 1 <= int(fields["version"][:20]) <= MAX_ID:
+            raise HTTPException(422, f"version: a whole number in [1, {MAX_ID}]")
+        version = int(fields["version"])
+    confidence = None
+    if fields["confidence"]:
+        try:
+            confidence = float(fields["confidence"][:32])
+        except ValueError:
+            confidence = -1.0
+        if not 0.0 <= confidence <= 1.0:  # NaN fails this too
+            raise HTTPException(422, "confidence: a number in [0, 1] (the model's confidence in 'predicted')")
+    unfamiliar = None
+    if fields["unfamiliar"]:
+        try:
+            unfamiliar = float(fields["unfamiliar"][:32])
+        except ValueError:
+            unfamiliar = float("nan")
+        if not -1e3 <= unfamiliar <= 1e3:
+            raise HTTPException(422, "unfamiliar: a number (the model's unfamiliarity score of the photo)")
+    return fields, version, confidence, unfamiliar
+
+
 
 
 def _range_start(header: str | None, size: int) -> int | None:

@@ -133,18 +133,33 @@ class FeedbackStore:
         return items
 
     def review(self, fid: int, status: str, label: str | None = None) -> dict[str, Any]:
-        if status not in STATUSES:
-            raise PocketVisionError(f"status {status!r}: expected one of {', '.join(STATUSES)}.")
+        return self.review_all([(fid, status, label)])[0]
+
+    def review_all(self, decisions: list[tuple[int, str, str | None]], model: str | None = None
+                   ) -> list[dict[str, Any]]:
+        """(id, status, label) decisions, all or none: every one is checked before any is written, in one
+        transaction. ``model``: each id must be a correction to that model."""
         with self.reg.store.writer() as c:
-            row = c.execute(sa.select(feedback).where(feedback.c.id == fid)).first()
-            if row is None:
-                raise PocketVisionError(f"no feedback with id {fid}.")
-            if label is not None:
-                labels = self.labels(c, row.model)
-                if labels and label not in labels:
-                    raise PocketVisionError(f"label {label!r}: not a label of {row.model} ({', '.join(labels)}).")
-            c.execute(feedback.update().where(feedback.c.id == fid).values(status=status, label=label or row.label))
-        return {"id": fid, "status": status, "label": label or row.label or row.corrected}
+            rows = []
+            for fid, status, label in decisions:
+                if status not in STATUSES:
+                    raise PocketVisionError(f"status {status!r}: expected one of {', '.join(STATUSES)}; nothing "
+                                            "was changed.")
+                row = c.execute(sa.select(feedback).where(feedback.c.id == fid)).first()
+                if row is None or (model is not None and row.model != model):
+                    raise PocketVisionError(f"no feedback with id {fid}" + (f" for {model}" if model else "")
+                                            + "; nothing was changed.")
+                if label is not None:
+                    labels = self.labels(c, row.model)
+                    if labels and label not in labels:
+                        raise PocketVisionError(f"label {label!r}: not a label of {row.model} ({', '.join(labels)});"
+                                                " nothing was changed.")
+                rows.append(row)
+            for (fid, status, label), row in zip(decisions, rows):
+                c.execute(feedback.update().where(feedback.c.id == fid).values(status=status,
+                                                                              label=label or row.label))
+        return [{"id": fid, "status": status, "label": label or row.label or row.corrected}
+                for (fid, status, label), row in zip(decisions, rows)]
 
     def image(self, fid: int) -> tuple[bytes, str]:
         with self.reg.store.reader() as c:

@@ -143,6 +143,58 @@ def gate(live, candidate, data: Path, held: Path | None, *, twin: bool = True) -
     return rows
 
 
+def _check_args(name: str, channel: str, holdout: float, repeat: int, data: str | os.PathLike) -> None:
+    from .registry import check_name
+    check_name(name, "model name")
+    check_name(channel, "--channel")
+    if not 0 < holdout < 1:
+        raise PocketVisionError(f"--holdout must be in (0, 1), a share of the corrections. Got {holdout}.")
+    if not 1 <= repeat <= 100:
+        raise PocketVisionError(f"--repeat must be in [1, 100], how many times a correction counts. Got {repeat}.")
+    if not Path(data).is_dir():
+        raise PocketVisionError(f"{data}: not a folder; --data is the photos the live version was trained on.")
+
+
+def _fetch_corrections(client, usable: list[dict[str, Any]], holdout: float, train_dir: Path, held_dir: Path
+                       ) -> tuple[list[str], list[str]]:
+    """Each usable correction's photo, checked against its hash, into the training or the held-back folder (by its
+    hash: the same photo always lands on the same side) -> (trained hashes, held-back hashes)."""
+    trained, held = [], []
+    for it in usable:
+        sha = it["image_sha256"]
+        back = held_back(sha, holdout)
+        dest = (held_dir if back else train_dir) / it["label"] / f"feedback-{sha[:16]}.{it['image_type']}"
+        if not dest.exists():
+            img = client.raw("GET", f"/v1/feedback/{it['id']}/image")
+            if hashlib.sha256(img).hexdigest() != sha:
+                raise PocketVisionError(f"feedback {it['id']}: the photo does not match its recorded hash; "
+                                        "nothing was trained.")
+            atomic_write_bytes(dest, img)
+        (held if back else trained).append(sha)
+    return trained, held
+
+
+def _train_candidate(name: str, version: int, live, live_path: Path, folder: Path, work: Path, trained: list[str],
+                     held: list[str], train_options: dict[str, Any] | None, console: Any):
+    """The candidate, warm-started from the live bundle on ``folder``, with where it came from -> (bundle, path)."""
+    import pocketvision as pv
+
+    # The live version's network and input side, from its weights; no recipe (it would pick a size or a schedule for
+    # training from scratch): a warm start fine-tunes what is there.
+    arch = dict(live.meta["arch"])
+    args = {k: v for k, v in arch.get("args", {}).items() if k not in ("num_classes", "imagenet_classes")}
+    opts = {"progress": False, "arch": arch["name"], "arch_args": args, "size": int(live.contract.size[0]),
+            "recipe": False, **(train_options or {})}
+    cand_path = work / "candidate.pvb"
+    cand = pv.train(folder, out=cand_path, init_from=str(live_path), run_dir=work / "run", console=console, **opts)
+    cand.meta["feedback"] = {"from_version": version, "trained": sorted(set(trained)), "held_back": sorted(set(held))}
+    cand.meta.setdefault("lineage", []).append({"stage": "retrain", "model": name, "version": version,
+                                                 "parent_weights_sha256": live.meta.get("weights_sha256"),
+                                                 "corrections": len(trained)})
+    cand.save(cand_path)
+    return cand, cand_path
+
+
 def retrain(name: str, server: str, token: str | None, data: str | os.PathLike, *, channel: str = "stable",
             rollout: float = 10.0, targets: tuple[str, ...] = ("onnx",), holdout: float = HOLDOUT,
             repeat: int = REPEAT, work: str | os.PathLike | None = None,
@@ -155,17 +207,9 @@ def retrain(name: str, server: str, token: str | None, data: str | os.PathLike, 
     import pocketvision as pv
 
     from .publish import Client, publish
-    from .registry import check_name
-    check_name(name, "model name")
-    check_name(channel, "--channel")
-    if not 0 < holdout < 1:
-        raise PocketVisionError(f"--holdout must be in (0, 1), a share of the corrections. Got {holdout}.")
-    if not 1 <= repeat <= 100:
-        raise PocketVisionError(f"--repeat must be in [1, 100], how many times a correction counts. Got {repeat}.")
+    _check_args(name, channel, holdout, repeat, data)
     console = console or Console(stderr=True)
     data = Path(data)
-    if not data.is_dir():
-        raise PocketVisionError(f"{data}: not a folder; --data is the photos the live version was trained on.")
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
     client = Client(server, token)
@@ -194,18 +238,7 @@ def retrain(name: str, server: str, token: str | None, data: str | os.PathLike, 
                              f"{version} ({len(usable)} already used); nothing trained, nothing published",
                              counts, seconds=seconds)
     train_dir, held_dir = work / "corrections" / "train", work / "corrections" / "held-back"
-    trained, held = [], []
-    for it in usable:
-        sha = it["image_sha256"]
-        back = held_back(sha, holdout)
-        dest = (held_dir if back else train_dir) / it["label"] / f"feedback-{sha[:16]}.{it['image_type']}"
-        if not dest.exists():
-            img = client.raw("GET", f"/v1/feedback/{it['id']}/image")
-            if hashlib.sha256(img).hexdigest() != sha:
-                raise PocketVisionError(f"feedback {it['id']}: the photo does not match its recorded hash; "
-                                        "nothing was trained.")
-            atomic_write_bytes(dest, img)
-        (held if back else trained).append(sha)
+    trained, held = _fetch_corrections(client, usable, holdout, train_dir, held_dir)
     counts.update(trained=len(trained), held_back=len(held))
     if not held:
         return RetrainResult(name, channel, version, "kept", f"none of the {len(usable)} corrections is held back "
@@ -218,19 +251,8 @@ def retrain(name: str, server: str, token: str | None, data: str | os.PathLike, 
     seconds["prepare"] = time.perf_counter() - t0 - sum(seconds.values())
 
     t1 = time.perf_counter()
-    # The live version's network and input side, from its weights; no recipe (it would pick a size or a schedule for
-    # training from scratch): a warm start fine-tunes what is there.
-    arch = dict(live.meta["arch"])
-    args = {k: v for k, v in arch.get("args", {}).items() if k not in ("num_classes", "imagenet_classes")}
-    opts = {"progress": False, "arch": arch["name"], "arch_args": args, "size": int(live.contract.size[0]),
-            "recipe": False, **(train_options or {})}
-    cand_path = work / "candidate.pvb"
-    cand = pv.train(folder, out=cand_path, init_from=str(live_path), run_dir=work / "run", console=console, **opts)
-    cand.meta["feedback"] = {"from_version": version, "trained": sorted(set(trained)), "held_back": sorted(set(held))}
-    cand.meta.setdefault("lineage", []).append({"stage": "retrain", "model": name, "version": version,
-                                                 "parent_weights_sha256": live.meta.get("weights_sha256"),
-                                                 "corrections": len(trained)})
-    cand.save(cand_path)
+    cand, cand_path = _train_candidate(name, version, live, live_path, folder, work, trained, held, train_options,
+                                       console)
     seconds["train"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()

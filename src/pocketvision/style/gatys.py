@@ -236,6 +236,58 @@ def stylize(content: ImageLike, style: ImageLike | Sequence[ImageLike], *, out: 
     extractor: a prebuilt :func:`build_extractor` result, to reuse across calls.
     """
     t0 = time.perf_counter()
+    _check_args(optimizer, init, size, tol, every, style_scale, out)
+    styles_in = list(style) if isinstance(style, list | tuple) else [style]
+    content_img = _load(content, "content")
+    style_imgs = [_load(s, "style") for s in styles_in]
+    if style_blend is not None and len(style_blend) != len(style_imgs):
+        raise PocketVisionError(f"style_blend has {len(style_blend)} weights for {len(style_imgs)} style images.")
+    t_load = time.perf_counter() - t0
+
+    if extractor is None:
+        extractor = _extractor(features, weights, content_layers, style_layers, softmax)
+    features = extractor.name
+    t_setup = time.perf_counter() - t0 - t_load
+
+    floor = min_side(extractor)
+    sides, its = _scales_to_run(content, content_img, style_imgs, styles_in, size, scales, iterations, optimizer,
+                                floor, features)
+    lr = ADAM_LR if lr is None else float(lr)
+    pyramid = _levels(pyramid)
+    if preserve_color:
+        yc = _to_yiq(np.asarray(content_img))[..., 0]
+        style_imgs = [_luminance_image(s, (float(yc.mean()), float(yc.std()))) for s in style_imgs]
+
+    settings = dict(size=size, features=features, softmax=extractor.softmax, optimizer=optimizer,
+                    iterations=its, tol=tol, scales=sides, lr=lr if optimizer == "adam" else None, pyramid=pyramid,
+                    style_scale=style_scale, style_blend=list(style_blend) if style_blend else None,
+                    preserve_color=preserve_color, init=init, seed=seed,
+                    content_layers=None, style_layers=None, content_weight=None, style_weight=None,
+                    tv_weight=None, content=_name(content, "content"),
+                    style=[_name(s, "style") for s in styles_in])
+    loss_args = dict(content_layers=content_layers, style_layers=style_layers, content_weight=content_weight,
+                     style_weight=style_weight, tv_weight=tv_weight,
+                     default_style=list(style_blend) if style_blend is not None else 0)
+    run = _Optimisation(extractor, content_img, style_imgs, loss_args, settings, torch.Generator().manual_seed(seed),
+                        intermediates, every, _progress(console, progress), sum(its), t0, floor)
+    with run.prog:
+        for side, n_its in zip(sides, its):
+            run.scale(side, n_its)
+
+    image = _finish(run.x, run.c_img if preserve_color else None)
+    t_opt = sum(p["seconds"] for p in run.per_scale)
+    result = StylizeResult(image=image, history=run.history,
+                           timings={"load_s": t_load, "setup_s": t_setup, "per_scale": run.per_scale,
+                                    "optimise_s": t_opt, "total_s": time.perf_counter() - t0},
+                           settings=settings)
+    if out is not None:
+        result.out = save_image(image, out)
+    result.timings["total_s"] = time.perf_counter() - t0
+    return result
+
+
+def _check_args(optimizer: str, init: str, size: int, tol: float, every: int, style_scale: float,
+                out: str | os.PathLike | None) -> None:
     if optimizer not in OPTIMIZERS:
         raise unknown_choice("optimizer", str(optimizer), OPTIMIZERS)
     if init not in INITS:
@@ -251,26 +303,30 @@ def stylize(content: ImageLike, style: ImageLike | Sequence[ImageLike], *, out: 
     if out is not None and Image.registered_extensions().get(Path(out).suffix.lower()) is None:
         raise PocketVisionError(f"Cannot tell the image format of {out} from its suffix. Use .png or .jpg.")
 
-    styles_in = list(style) if isinstance(style, list | tuple) else [style]
-    content_img = _load(content, "content")
-    style_imgs = [_load(s, "style") for s in styles_in]
-    if style_blend is not None and len(style_blend) != len(style_imgs):
-        raise PocketVisionError(f"style_blend has {len(style_blend)} weights for {len(style_imgs)} style images.")
-    t_load = time.perf_counter() - t0
 
-    if extractor is None:
-        d = DEFAULTS.get(features)
-        if d is None:
-            raise unknown_choice("features", str(features), DEFAULTS)
-        cl = content_layers if content_layers is not None else d.content_layers
-        sl = style_layers if style_layers is not None else d.style_layers
-        layers = list(dict.fromkeys([*(cl if not isinstance(cl, str) else [cl]),
-                                     *(sl if not isinstance(sl, str) else [sl])]))
-        extractor = build_extractor(features, weights=weights, layers=layers, softmax=softmax)
-    features = extractor.name
-    t_setup = time.perf_counter() - t0 - t_load
+def _levels(pyramid: int | None) -> int:
+    pyramid = PYRAMID_LEVELS if pyramid is None else pyramid
+    if isinstance(pyramid, bool) or not isinstance(pyramid, int) or pyramid < 1:
+        raise PocketVisionError(f"pyramid must be an integer >= 1 (1 = plain pixels). Got {pyramid!r}.")
+    return pyramid
 
-    floor = min_side(extractor)
+
+def _extractor(features: str, weights, content_layers, style_layers, softmax) -> FeatureExtractor:
+    """The feature network with the layers the loss reads (the features' defaults unless given)."""
+    d = DEFAULTS.get(features)
+    if d is None:
+        raise unknown_choice("features", str(features), DEFAULTS)
+    cl = content_layers if content_layers is not None else d.content_layers
+    sl = style_layers if style_layers is not None else d.style_layers
+    layers = list(dict.fromkeys([*(cl if not isinstance(cl, str) else [cl]),
+                                 *(sl if not isinstance(sl, str) else [sl])]))
+    return build_extractor(features, weights=weights, layers=layers, softmax=softmax)
+
+
+def _scales_to_run(content, content_img: Image.Image, style_imgs: list[Image.Image], styles_in: list, size: int,
+                   scales, iterations, optimizer: str, floor: int, features: str) -> tuple[list[int], list[int]]:
+    """The output's long side at each scale and its iterations; scales too small for the features are skipped
+    (with their iterations), and images too small for them are refused."""
     named = [(content_img, content, "content"), *[(s, sn, "style") for s, sn in zip(style_imgs, styles_in)]]
     for img, src, what in named:
         if min(img.size) < floor:
@@ -283,165 +339,154 @@ def stylize(content: ImageLike, style: ImageLike | Sequence[ImageLike], *, out: 
         raise PocketVisionError(f"content image {_name(content, 'content')} ({content_img.width}x{content_img.height}) "
                                 f"at size={size} would be {round(size * aspect)} px on its short side; the {features} "
                                 f"features need at least {floor}. Use a larger size.")
-    # Coarse scales too small for the features are skipped (with their iterations).
     keep = [i for i, s in enumerate(sides) if round(s * aspect) >= floor]
-    sides, its = [sides[i] for i in keep], [its[i] for i in keep]
-    lr = ADAM_LR if lr is None else float(lr)
-    pyramid = PYRAMID_LEVELS if pyramid is None else pyramid
-    if isinstance(pyramid, bool) or not isinstance(pyramid, int) or pyramid < 1:
-        raise PocketVisionError(f"pyramid must be an integer >= 1 (1 = plain pixels). Got {pyramid!r}.")
+    return [sides[i] for i in keep], [its[i] for i in keep]
 
-    c_stats = None
-    if preserve_color:
-        yc = _to_yiq(np.asarray(content_img))[..., 0]
-        c_stats = (float(yc.mean()), float(yc.std()))
-        style_imgs = [_luminance_image(s, c_stats) for s in style_imgs]
 
-    settings = dict(size=size, features=features, softmax=extractor.softmax, optimizer=optimizer,
-                    iterations=its, tol=tol, scales=sides, lr=lr if optimizer == "adam" else None, pyramid=pyramid,
-                    style_scale=style_scale, style_blend=list(style_blend) if style_blend else None,
-                    preserve_color=preserve_color, init=init, seed=seed,
-                    content_layers=None, style_layers=None, content_weight=None, style_weight=None,
-                    tv_weight=None, content=_name(content, "content"),
-                    style=[_name(s, "style") for s in styles_in])
+class _Optimisation:
+    """One output image optimised scale after scale, coarse to fine: its loss history, the per-scale timings and
+    the intermediate PNGs."""
 
-    gen = torch.Generator().manual_seed(seed)
-    inter_dir = Path(intermediates) if intermediates is not None else None
-    if inter_dir is not None:
-        inter_dir.mkdir(parents=True, exist_ok=True)
-    history: list[dict[str, float]] = []
-    per_scale: list[dict[str, Any]] = []
-    x: torch.Tensor | None = None
-    c_prev: torch.Tensor | None = None
-    done_its = 0
-    total_its = sum(its)
-    prog = _progress(console, progress)
-    task = prog.add_task("stylize", total=total_its, scale="", loss="")
-    with prog:
-        for side, n_its in zip(sides, its):
-            ts = time.perf_counter()
-            c_img = _fit(content_img, side)
-            c = _to_tensor(_luminance_image(c_img) if preserve_color else c_img)
-            # The style at the output's scale (times style_scale), but never below what the features need.
-            st = [_to_tensor(_fit(s, max(round(side * style_scale), math.ceil(floor * max(s.size) / min(s.size)))))
-                  for s in style_imgs]
-            loss_fn = PerceptualLoss(extractor, st, content_layers=content_layers, style_layers=style_layers,
-                                     content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
-                                     default_style=list(style_blend) if style_blend is not None else 0)
-            settings.update(content_layers=loss_fn.content_layers, style_layers=loss_fn.style_layers,
-                            content_weight=loss_fn.content_weight, style_weight=loss_fn.style_weight,
-                            tv_weight=loss_fn.tv_weight)
-            c_feats = loss_fn.content_features(c)
-            targets = {k: v.detach() for k, v in loss_fn.style_targets().items()}
-            h, w = c.shape[-2:]
-            if x is None or c_prev is None:
-                x0 = c.clone() if init == "content" else _noise((1, 1 if preserve_color else 3, h, w), gen)
-                if preserve_color:
-                    x0 = x0[:, :1]
-            else:  # coarse-to-fine: the previous scale's result, upsampled, is this scale's start
-                # Upsampling cannot invent the detail the coarse scale could not hold; the content's own detail
-                # (this scale's content minus the coarse one, upsampled: a Laplacian band) is put back, so the
-                # fine scale starts sharp instead of spending its iterations on re-sharpening (measured at 512:
-                # first fine-scale loss 20.6 -> 14.5, and 6% lower after 400 iterations).
-                x0 = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False)
-                detail = c - F.interpolate(c_prev, size=(h, w), mode="bicubic", align_corners=False)
-                x0 = x0 + (detail[:, :1] if preserve_color else detail)
-            c_prev = c
-            params, synth = _parametrise(x0.clamp(0, 255), pyramid)
+    def __init__(self, extractor: FeatureExtractor, content_img: Image.Image, style_imgs: list[Image.Image],
+                 loss_args: dict[str, Any], settings: dict[str, Any], gen: torch.Generator,
+                 intermediates: str | os.PathLike | None, every: int, prog: Any, total_its: int, t0: float, floor: int):
+        inter_dir = Path(intermediates) if intermediates is not None else None
+        if inter_dir is not None:
+            inter_dir.mkdir(parents=True, exist_ok=True)
+        self.extractor, self.content_img, self.style_imgs = extractor, content_img, style_imgs
+        self.loss_args, self.settings, self.gen, self.inter_dir, self.every = loss_args, settings, gen, inter_dir, every
+        self.prog, self.total_its, self.t0, self.floor = prog, total_its, t0, floor
+        self.preserve_color = settings["preserve_color"]
+        self.task = prog.add_task("stylize", total=total_its, scale="", loss="")
+        self.history: list[dict[str, float]] = []
+        self.per_scale: list[dict[str, Any]] = []
+        self.x: torch.Tensor | None = None
+        self.c_prev: torch.Tensor | None = None
+        self.done_its = 0
 
-            def evaluate() -> dict[str, torch.Tensor]:
-                img = synth()
-                return loss_fn(img.expand(-1, 3, -1, -1) if preserve_color else img, c_feats, targets=targets)
+    def scale(self, side: int, n_its: int) -> None:
+        ts = time.perf_counter()
+        s = self.settings
+        self.c_img = c_img = _fit(self.content_img, side)
+        c = _to_tensor(_luminance_image(c_img) if self.preserve_color else c_img)
+        # The style at the output's scale (times style_scale), but never below what the features need.
+        st = [_to_tensor(_fit(im, max(round(side * s["style_scale"]),
+                                      math.ceil(self.floor * max(im.size) / min(im.size)))))
+              for im in self.style_imgs]
+        self.loss_fn = loss_fn = PerceptualLoss(self.extractor, st, **self.loss_args)
+        s.update(content_layers=loss_fn.content_layers, style_layers=loss_fn.style_layers,
+                 content_weight=loss_fn.content_weight, style_weight=loss_fn.style_weight, tv_weight=loss_fn.tv_weight)
+        c_feats = loss_fn.content_features(c)
+        targets = {k: v.detach() for k, v in loss_fn.style_targets().items()}
+        self.h, self.w = h, w = c.shape[-2:]
+        self.side = side
+        params, self.synth = _parametrise(self._start(c, h, w).clamp(0, 255), s["pyramid"])
+        self.c_prev = c
 
-            state = {"it": 0}
+        def evaluate() -> dict[str, torch.Tensor]:
+            img = self.synth()
+            return loss_fn(img.expand(-1, 3, -1, -1) if self.preserve_color else img, c_feats, targets=targets)
 
-            def record(parts: dict[str, torch.Tensor], it: int) -> None:
-                row = {"iteration": done_its + it, "evaluation": len(history) + 1,
-                       "seconds": time.perf_counter() - t0, "scale": side,
-                       **{k: float(v) for k, v in parts.items()}}
-                history.append(row)
-                prog.update(task, completed=min(done_its + it, total_its), scale=f"{w}x{h}",
-                            loss=f"total {row['total']:.4g}  content {row['content']:.3g}  style {row['style']:.3g}"
-                                 + (f"  tv {row['tv']:.3g}" if loss_fn.tv_weight else ""))
+        done = (self._lbfgs(params, evaluate, n_its) if s["optimizer"] == "lbfgs"
+                else self._adam(params, evaluate, n_its, s["lr"] if s["lr"] is not None else ADAM_LR))
+        self.done_its += done
+        with torch.no_grad():
+            self.x = self.synth().clamp_(0, 255)
+        if self.inter_dir is not None:
+            save_image(_finish(self.x, c_img if self.preserve_color else None),
+                       self.inter_dir / f"scale_{w}x{h}_final.png")
+        self.per_scale.append({"size": [h, w], "iterations": done,
+                               "evaluations": sum(1 for r in self.history if r["scale"] == side),
+                               "seconds": time.perf_counter() - ts})
+        self.prog.update(self.task, completed=self.done_its)
 
-            def snapshot(it: int) -> None:
-                if inter_dir is not None and (done_its + it) % every == 0:
-                    with torch.no_grad():
-                        img = _finish(synth(), c_img if preserve_color else None)
-                    save_image(img, inter_dir / f"iter_{done_its + it:05d}_{w}x{h}.png")
+    def _start(self, c: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Where this scale's optimisation starts: the content (or seeded noise), or the previous scale's result."""
+        if self.x is None or self.c_prev is None:
+            init = self.settings["init"]
+            x0 = c.clone() if init == "content" else _noise((1, 1 if self.preserve_color else 3, h, w), self.gen)
+            return x0[:, :1] if self.preserve_color else x0
+        # Coarse-to-fine: the previous scale's result, upsampled. Upsampling cannot invent the detail the coarse
+        # scale could not hold; the content's own detail (this scale's content minus the coarse one, upsampled: a
+        # Laplacian band) is put back, so the fine scale starts sharp instead of spending its iterations on
+        # re-sharpening (measured at 512: first fine-scale loss 20.6 -> 14.5, and 6% lower after 400 iterations).
+        x0 = F.interpolate(self.x, size=(h, w), mode="bicubic", align_corners=False)
+        detail = c - F.interpolate(self.c_prev, size=(h, w), mode="bicubic", align_corners=False)
+        return x0 + (detail[:, :1] if self.preserve_color else detail)
 
-            def converged(it: int) -> bool:
-                # Stop once the last CONVERGENCE_WINDOW iterations gained less than ``tol`` (relative): the loss
-                # tail of style transfer is long and flat, and this is where further iterations stop showing.
-                done = [r["total"] for r in history if r["scale"] == side and r["iteration"] <= done_its + it]
-                past = [r["total"] for r in history if r["scale"] == side
-                        and r["iteration"] <= done_its + it - CONVERGENCE_WINDOW]
-                return bool(tol) and bool(past) and (min(past) - min(done)) < tol * min(done)
+    def _record(self, parts: dict[str, torch.Tensor], it: int) -> None:
+        row = {"iteration": self.done_its + it, "evaluation": len(self.history) + 1,
+               "seconds": time.perf_counter() - self.t0, "scale": self.side,
+               **{k: float(v) for k, v in parts.items()}}
+        self.history.append(row)
+        self.prog.update(self.task, completed=min(self.done_its + it, self.total_its), scale=f"{self.w}x{self.h}",
+                         loss=f"total {row['total']:.4g}  content {row['content']:.3g}  style {row['style']:.3g}"
+                              + (f"  tv {row['tv']:.3g}" if self.loss_fn.tv_weight else ""))
 
-            if optimizer == "lbfgs":
-                opt = torch.optim.LBFGS(params, lr=1.0, max_iter=n_its, history_size=LBFGS_HISTORY,
-                                        line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0)
-                lb_state = opt.state[params[0]]  # torch keeps the L-BFGS state on the first parameter
-
-                def closure() -> torch.Tensor:
-                    opt.zero_grad(set_to_none=True)
-                    parts = evaluate()
-                    parts["total"].backward()
-                    # Inside L-BFGS the parameters are at the line search's trial point; the first evaluation
-                    # of a new iteration is (close to) the iterate, so that is where intermediates are taken.
-                    it = lb_state.get("n_iter", 0)
-                    if it != state["it"]:
-                        state["it"] = it
-                        snapshot(it)
-                    record({k: v.detach() for k, v in parts.items()}, it)
-                    return parts["total"]
-
-                # In chunks, so convergence is checked between them; the history (curvature pairs) is kept in
-                # the optimizer's state across step() calls, each of which costs one extra evaluation.
-                while lb_state.get("n_iter", 0) < n_its:
-                    chunk = min(CONVERGENCE_WINDOW, n_its - lb_state.get("n_iter", 0))
-                    opt.param_groups[0].update(max_iter=chunk, max_eval=int(chunk * 1.25) + 2)
-                    before = lb_state.get("n_iter", 0)
-                    opt.step(closure)
-                    if lb_state.get("n_iter", 0) == before or converged(lb_state["n_iter"]):
-                        break
-                state["it"] = lb_state.get("n_iter", 0)
-            else:
-                opt = torch.optim.Adam(params, lr=lr)
-                for it in range(1, n_its + 1):
-                    opt.zero_grad(set_to_none=True)
-                    parts = evaluate()
-                    parts["total"].backward()
-                    opt.step()
-                    with torch.no_grad():  # keep pixels in range by correcting the finest level
-                        img = synth()
-                        params[0].add_(img.clamp(0, 255) - img)
-                    record({k: v.detach() for k, v in parts.items()}, it)
-                    snapshot(it)
-                    state["it"] = it
-                    if it % CONVERGENCE_WINDOW == 0 and converged(it):
-                        break
-            done_its += state["it"]
+    def _snapshot(self, it: int) -> None:
+        if self.inter_dir is not None and (self.done_its + it) % self.every == 0:
             with torch.no_grad():
-                x = synth().clamp_(0, 255)
-            if inter_dir is not None:
-                save_image(_finish(x, c_img if preserve_color else None),
-                           inter_dir / f"scale_{w}x{h}_final.png")
-            per_scale.append({"size": [h, w], "iterations": state["it"],
-                              "evaluations": sum(1 for r in history if r["scale"] == side),
-                              "seconds": time.perf_counter() - ts})
-            prog.update(task, completed=done_its)
+                img = _finish(self.synth(), self.c_img if self.preserve_color else None)
+            save_image(img, self.inter_dir / f"iter_{self.done_its + it:05d}_{self.w}x{self.h}.png")
 
-    image = _finish(x, c_img if preserve_color else None)
-    t_opt = sum(p["seconds"] for p in per_scale)
-    result = StylizeResult(image=image, history=history,
-                           timings={"load_s": t_load, "setup_s": t_setup, "per_scale": per_scale,
-                                    "optimise_s": t_opt, "total_s": time.perf_counter() - t0},
-                           settings=settings)
-    if out is not None:
-        result.out = save_image(image, out)
-    result.timings["total_s"] = time.perf_counter() - t0
-    return result
+    def _converged(self, it: int) -> bool:
+        # Stop once the last CONVERGENCE_WINDOW iterations gained less than ``tol`` (relative): the loss tail of
+        # style transfer is long and flat, and this is where further iterations stop showing.
+        tol, now = self.settings["tol"], self.done_its + it
+        done = [r["total"] for r in self.history if r["scale"] == self.side and r["iteration"] <= now]
+        past = [r["total"] for r in self.history if r["scale"] == self.side
+                and r["iteration"] <= now - CONVERGENCE_WINDOW]
+        return bool(tol) and bool(past) and (min(past) - min(done)) < tol * min(done)
+
+    def _lbfgs(self, params: list[torch.Tensor], evaluate, n_its: int) -> int:
+        """L-BFGS for at most ``n_its`` iterations -> how many it ran."""
+        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=n_its, history_size=LBFGS_HISTORY,
+                                line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0)
+        lb_state = opt.state[params[0]]  # torch keeps the L-BFGS state on the first parameter
+        state = {"it": 0}
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad(set_to_none=True)
+            parts = evaluate()
+            parts["total"].backward()
+            # Inside L-BFGS the parameters are at the line search's trial point; the first evaluation of a new
+            # iteration is (close to) the iterate, so that is where intermediates are taken.
+            it = lb_state.get("n_iter", 0)
+            if it != state["it"]:
+                state["it"] = it
+                self._snapshot(it)
+            self._record({k: v.detach() for k, v in parts.items()}, it)
+            return parts["total"]
+
+        # In chunks, so convergence is checked between them; the history (curvature pairs) is kept in the
+        # optimizer's state across step() calls, each of which costs one extra evaluation.
+        while lb_state.get("n_iter", 0) < n_its:
+            chunk = min(CONVERGENCE_WINDOW, n_its - lb_state.get("n_iter", 0))
+            opt.param_groups[0].update(max_iter=chunk, max_eval=int(chunk * 1.25) + 2)
+            before = lb_state.get("n_iter", 0)
+            opt.step(closure)
+            if lb_state.get("n_iter", 0) == before or self._converged(lb_state["n_iter"]):
+                break
+        return lb_state.get("n_iter", 0)
+
+    def _adam(self, params: list[torch.Tensor], evaluate, n_its: int, lr: float) -> int:
+        """Adam (``lr`` in pixel units) for at most ``n_its`` iterations -> how many it ran."""
+        opt = torch.optim.Adam(params, lr=lr)
+        done = 0
+        for it in range(1, n_its + 1):
+            opt.zero_grad(set_to_none=True)
+            parts = evaluate()
+            parts["total"].backward()
+            opt.step()
+            with torch.no_grad():  # keep pixels in range by correcting the finest level
+                img = self.synth()
+                params[0].add_(img.clamp(0, 255) - img)
+            self._record({k: v.detach() for k, v in parts.items()}, it)
+            self._snapshot(it)
+            done = it
+            if it % CONVERGENCE_WINDOW == 0 and self._converged(it):
+                break
+        return done
 
 
 def _parametrise(x0: torch.Tensor, levels: int) -> tuple[list[torch.Tensor], Any]:

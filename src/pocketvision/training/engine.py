@@ -20,6 +20,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,6 +215,27 @@ class Compiled:
 
 
 @dataclass
+class _Stepping:
+    """What changes at every optimiser step: the optimiser, its schedule (a task's torch scheduler ``own``, else a
+    factor of each group's initial LR per step), the EMA, the compiled step and the global step count."""
+
+    optimizer: Any
+    own: Any
+    sched_fn: Callable[[int], float] | None
+    ema: Any
+    compiled: Compiled | None
+    step: int = 0
+
+    def set_lr(self) -> float:
+        """The LR for the coming step (set on every group from the schedule) -> the last group's."""
+        if not self.own:
+            f = self.sched_fn(self.step)
+            for g in self.optimizer.param_groups:
+                g["lr"] = g["initial_lr"] * f
+        return self.optimizer.param_groups[-1]["lr"]
+
+
+@dataclass
 class EngineResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: Any = None  # the best epoch's Validation
@@ -295,156 +317,187 @@ class Engine:
 
     # -- the loop -----------------------------------------------------------------------------------
     def fit(self) -> EngineResult:
+        run, cfg = self.run, self.cfg
+        self.epochs = epochs = run.epochs(cfg)
+        start_epoch, opt_state = self._resumed()
+        run.prologue(self, resuming=self.resume is not None)
+        interrupted = bool(epochs and start_epoch <= epochs) and self._train(start_epoch, opt_state)
+        return self._result(interrupted)
+
+    def _resumed(self) -> tuple[int, dict]:
+        """-> (the first epoch to train, the optimiser's state): 1 and nothing, or what the run's checkpoint holds."""
+        if self.resume is None:
+            return 1, {}
+        sd, opt_state, meta = load_checkpoint(self.run_dir)
+        self.run.model.load_state_dict(sd)
+        self.best_score = tuple(meta["best"]) if meta.get("best") is not None else None
+        self.best_epoch = int(meta.get("best_epoch", 0))
+        self.history = meta.get("history", [])
+        if (self.run_dir / BEST_FILE).exists():
+            from safetensors.torch import load_file
+            self.best_state = load_file(str(self.run_dir / BEST_FILE))
+        self.console.print(f"[bold]resuming[/] {self.run_dir} at epoch {int(meta['next_epoch'])}")
+        return int(meta["next_epoch"]), opt_state
+
+    def _optimizer(self, steps_per_epoch: int, start_epoch: int, opt_state: dict) -> _Stepping:
+        """The optimiser, the LR schedule (the task's own torch scheduler or a factor per step) and the EMA, at the
+        step a resumed run left off."""
+        run, cfg, dist = self.run, self.cfg, self.dist
+        factor, said = lr_factor(cfg)
+        peak = (cfg.lr or run.default_lr) * factor
+        if said and dist.main and start_epoch == 1:
+            self.console.print(said)
+        groups = run.param_groups(peak, cfg.backbone_lr_mult)
+        for g in groups:
+            g["initial_lr"] = g["lr"]
+        optimizer = make_optimizer(cfg, groups)
+        if opt_state:
+            optimizer.load_state_dict(opt_state)
+        total = self.epochs * steps_per_epoch
+        own = run.scheduler(optimizer, total)  # a task's own torch LR scheduler, or None
+        sched_fn = None if own else run.schedule(cfg.schedule, total, steps_per_epoch, cfg.clr_cycle_epochs)
+        ema = make_ema(run.model, cfg.ema, self.run_dir if self.resume is not None else None) if dist.main else None
+        s = _Stepping(optimizer, own, sched_fn, ema, Compiled(self.console) if cfg.compile else None,
+                      step=(start_epoch - 1) * steps_per_epoch)
+        if own:
+            for _ in range(s.step):
+                own.step()
+        return s
+
+    def _train(self, start_epoch: int, opt_state: dict) -> bool:
+        """Epochs ``start_epoch``.. with a checkpoint after each -> whether Ctrl-C (or the test hook) stopped it."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
         run, cfg, console, dist = self.run, self.cfg, self.console, self.dist
-        self.epochs = epochs = run.epochs(cfg)
-        start_epoch, opt_state = 1, {}
-        if self.resume is not None:
-            sd, opt_state, meta = load_checkpoint(self.run_dir)
-            run.model.load_state_dict(sd)
-            start_epoch = int(meta["next_epoch"])
-            self.best_score = tuple(meta["best"]) if meta.get("best") is not None else None
-            self.best_epoch = int(meta.get("best_epoch", 0))
-            self.history = meta.get("history", [])
-            if (self.run_dir / BEST_FILE).exists():
-                from safetensors.torch import load_file
-                self.best_state = load_file(str(self.run_dir / BEST_FILE))
-            console.print(f"[bold]resuming[/] {self.run_dir} at epoch {start_epoch}")
-        run.prologue(self, resuming=self.resume is not None)
-
-        interrupted = False
-        if epochs and start_epoch <= epochs:
-            net = run.trainable
-            steps_per_epoch = max(1, run.steps_per_epoch())
-            factor, said = lr_factor(cfg)
-            peak = (cfg.lr or run.default_lr) * factor
-            if said and dist.main and start_epoch == 1:
-                console.print(said)
-            groups = run.param_groups(peak, cfg.backbone_lr_mult)
-            for g in groups:
-                g["initial_lr"] = g["lr"]
-            optimizer = make_optimizer(cfg, groups)
-            if opt_state:
-                optimizer.load_state_dict(opt_state)
-            own = run.scheduler(optimizer, epochs * steps_per_epoch)  # a task's own torch LR scheduler, or None
-            sched_fn = None if own else run.schedule(cfg.schedule, epochs * steps_per_epoch, steps_per_epoch,
-                                                     cfg.clr_cycle_epochs)
-            ema = make_ema(run.model, cfg.ema, self.run_dir if self.resume is not None else None) if dist.main else None
-            scored = ema.module if ema is not None else run.model  # what is evaluated and kept
-            step = (start_epoch - 1) * steps_per_epoch
-            if own:
-                for _ in range(step):
-                    own.step()
-
-            def set_lr(s: int) -> float:
-                if own:
-                    return optimizer.param_groups[-1]["lr"]
-                f = sched_fn(s)
-                for g in optimizer.param_groups:
-                    g["lr"] = g["initial_lr"] * f
-                return optimizer.param_groups[-1]["lr"]
-
-            freeze_bn = cfg.freeze_bn if cfg.freeze_bn is not None else run.pretrained
-            interrupt_at = int(os.environ.get(INTERRUPT_ENV, "0") or 0)
-            interrupt_rank = os.environ.get(INTERRUPT_RANK_ENV, "")
-            interrupt_sig = getattr(signal, os.environ.get(INTERRUPT_SIGNAL_ENV, "SIGINT"))
-            ddp, ddp_frozen = None, None  # DistributedDataParallel wraps what is trainable in this phase
-            compiled = Compiled(console) if cfg.compile else None
-            old_handler = signal.getsignal(signal.SIGINT)
-            armed = interrupt_at and interrupt_sig == signal.SIGINT and old_handler == signal.SIG_IGN
-            if armed:  # started in the background, SIGINT arrives ignored; the hook stands for Ctrl-C at a terminal
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-            progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[of]}"), BarColumn(),
-                                TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), TextColumn("ETA"),
-                                TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
-                                disable=not cfg.progress or not dist.main, transient=True)
-            try:
-                with progress:
-                    for epoch in range(start_epoch, epochs + 1):
-                        backbone = list(net.backbone_parameters()) if hasattr(net, "backbone_parameters") else []
-                        frozen = epoch <= cfg.freeze_epochs and bool(backbone)
-                        for p in backbone:
-                            p.requires_grad_(not frozen)
-                        net.train()
-                        if freeze_bn or frozen:
-                            set_bn_eval(net)
-                        if dist.active and ddp_frozen is not frozen:
-                            # DDP reduces the gradients of the parameters that require them when it is built: a
-                            # new wrapper when the frozen backbone thaws.
-                            ddp = distributed.wrap(net, self.device)
-                            ddp_frozen = frozen
-                        stepper = ddp if ddp is not None else net
-                        bar = progress.add_task("train", total=steps_per_epoch, epoch=epoch, of=epochs, info="")
-                        t_ep, seen, loss_sum, lr = time.perf_counter(), 0, 0.0, optimizer.param_groups[-1]["lr"]
-                        waited = [0.0]
-                        for bi, batch in enumerate(_timed(run.batches(epoch), waited)):
-                            if batch is None:
-                                continue
-                            if epoch == start_epoch and bi == 0 and self.logger.tb:
-                                shown = run.preview(batch)
-                                if shown is not None:
-                                    self.logger.tb.add_image("inputs/augmented", grid(shown[:32]), epoch,
-                                                             dataformats="HWC")
-                            lr = set_lr(step)
-
-                            def forward_backward(module):
-                                with self.autocast():
-                                    outputs = run.forward(module, batch)
-                                loss = run.loss(outputs, batch)
-                                optimizer.zero_grad(set_to_none=True)
-                                loss.backward()
-                                return loss
-                            loss = compiled.step(stepper, forward_backward) if compiled else forward_backward(stepper)
-                            optimizer.step()
-                            if own:
-                                own.step()
-                            if ema is not None:
-                                ema.update_parameters(run.model)
-                            step += 1
-                            n = run.batch_size(batch)
-                            seen += n
-                            loss_sum += float(loss.detach()) * n
-                            if step % 10 == 0:
-                                self.logger.scalar("lr", lr, step)
-                            elapsed = time.perf_counter() - t_ep
-                            rate = seen * dist.world / elapsed  # all processes together
-                            progress.update(bar, advance=1, info=f"loss {loss_sum / seen:.4f}  lr {lr:.2e}  "
-                                            f"{rate:.0f} img/s  data wait {waited[0] / elapsed:.0%}")
-                        train_time = time.perf_counter() - t_ep
-                        progress.remove_task(bar)
-                        if dist.main:  # one process validates, logs and writes; the others wait in `agree`
-                            v = run.validate(scored)
-                            self.record(epoch, "frozen" if frozen else run.phase(epoch), v,
-                                        train_loss=loss_sum / max(1, seen), lr=lr,
-                                        img_per_s=seen * dist.world / train_time, train_time=train_time,
-                                        scored=scored, data_wait=waited[0] / train_time)
-                            if ema is not None:
-                                save_ema(self.run_dir, ema)
-                            save_checkpoint(self.run_dir, run.model, optimizer,
-                                            {"next_epoch": epoch + 1, "best": self.best_score,
-                                             "best_epoch": self.best_epoch, "history": self.history,
-                                             "config": self.config_dump, "spec": run.spec})
-                        stop = distributed.agree(bool(cfg.early_stopping and self.stale >= cfg.early_stopping), dist)
-                        if epoch == interrupt_at and interrupt_rank in ("", str(dist.rank)):
-                            os.kill(os.getpid(), interrupt_sig)
-                        if stop:
-                            console.print(f"early stopping: no improvement for {self.stale} epochs")
-                            break
-                distributed.check_in_sync(net, dist)
-            except KeyboardInterrupt:
-                interrupted = True
+        net = run.trainable
+        steps_per_epoch = max(1, run.steps_per_epoch())
+        s = self._optimizer(steps_per_epoch, start_epoch, opt_state)
+        scored = s.ema.module if s.ema is not None else run.model  # what is evaluated and kept
+        interrupt_at = int(os.environ.get(INTERRUPT_ENV, "0") or 0)
+        interrupt_rank = os.environ.get(INTERRUPT_RANK_ENV, "")
+        interrupt_sig = getattr(signal, os.environ.get(INTERRUPT_SIGNAL_ENV, "SIGINT"))
+        old_handler = signal.getsignal(signal.SIGINT)
+        armed = interrupt_at and interrupt_sig == signal.SIGINT and old_handler == signal.SIG_IGN
+        if armed:  # started in the background, SIGINT arrives ignored; the hook stands for Ctrl-C at a terminal
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[of]}"), BarColumn(),
+                            TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), TextColumn("ETA"),
+                            TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
+                            disable=not cfg.progress or not dist.main, transient=True)
+        self._ddp, self._ddp_frozen = None, None  # DistributedDataParallel wraps what is trainable in this phase
+        try:
+            with progress:
+                for epoch in range(start_epoch, self.epochs + 1):
+                    frozen = self._phase(net, epoch)
+                    bar = progress.add_task("train", total=steps_per_epoch, epoch=epoch, of=self.epochs, info="")
+                    t_ep, seen, loss_sum, lr, waited = self._epoch(net, epoch, start_epoch, s, progress, bar)
+                    train_time = time.perf_counter() - t_ep
+                    progress.remove_task(bar)
+                    if dist.main:  # one process validates, logs and writes; the others wait in `agree`
+                        self._end_epoch(epoch, frozen, scored, s, loss_sum / max(1, seen), lr,
+                                        seen * dist.world / train_time, train_time, waited / train_time)
+                    stop = distributed.agree(bool(cfg.early_stopping and self.stale >= cfg.early_stopping), dist)
+                    if epoch == interrupt_at and interrupt_rank in ("", str(dist.rank)):
+                        os.kill(os.getpid(), interrupt_sig)
+                    if stop:
+                        console.print(f"early stopping: no improvement for {self.stale} epochs")
+                        break
+            distributed.check_in_sync(net, dist)
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, old_handler)
+            console.print(f"[yellow]interrupted[/]: resume with `pocketvision train {run.data} --resume "
+                          f"{self.run_dir}`")
+            return True
+        finally:
+            run.close()
+            if armed:
                 signal.signal(signal.SIGINT, old_handler)
-                console.print(f"[yellow]interrupted[/]: resume with `pocketvision train {run.data} --resume "
-                              f"{self.run_dir}`")
-            finally:
-                run.close()
-                if armed:
-                    signal.signal(signal.SIGINT, old_handler)
+        return False
+
+    def _phase(self, net: nn.Module, epoch: int) -> bool:
+        """Freeze or thaw the backbone for ``epoch`` (``--freeze-epochs``), BN statistics, DDP -> frozen."""
+        backbone = list(net.backbone_parameters()) if hasattr(net, "backbone_parameters") else []
+        frozen = epoch <= self.cfg.freeze_epochs and bool(backbone)
+        for p in backbone:
+            p.requires_grad_(not frozen)
+        net.train()
+        if (self.cfg.freeze_bn if self.cfg.freeze_bn is not None else self.run.pretrained) or frozen:
+            set_bn_eval(net)
+        if self.dist.active and self._ddp_frozen is not frozen:
+            # DDP reduces the gradients of the parameters that require them when it is built: a new wrapper when
+            # the frozen backbone thaws.
+            self._ddp, self._ddp_frozen = distributed.wrap(net, self.device), frozen
+        return frozen
+
+    def _epoch(self, net: nn.Module, epoch: int, start_epoch: int, s: _Stepping, progress, bar
+               ) -> tuple[float, int, float, float, float]:
+        """One pass over the task's batches -> (start time, images seen, summed loss, the last LR, seconds waiting
+        for data)."""
+        run, dist = self.run, self.dist
+        stepper = self._ddp if self._ddp is not None else net
+        t_ep, seen, loss_sum, lr = time.perf_counter(), 0, 0.0, s.optimizer.param_groups[-1]["lr"]
+        waited = [0.0]
+        for bi, batch in enumerate(_timed(run.batches(epoch), waited)):
+            if batch is None:
+                continue
+            if epoch == start_epoch and bi == 0 and self.logger.tb:
+                shown = run.preview(batch)
+                if shown is not None:
+                    self.logger.tb.add_image("inputs/augmented", grid(shown[:32]), epoch, dataformats="HWC")
+            lr = s.set_lr()
+            loss = self._step(stepper, batch, s)
+            n = run.batch_size(batch)
+            seen += n
+            loss_sum += float(loss.detach()) * n
+            if s.step % 10 == 0:
+                self.logger.scalar("lr", lr, s.step)
+            elapsed = time.perf_counter() - t_ep
+            rate = seen * dist.world / elapsed  # all processes together
+            progress.update(bar, advance=1, info=f"loss {loss_sum / seen:.4f}  lr {lr:.2e}  {rate:.0f} img/s  "
+                            f"data wait {waited[0] / elapsed:.0%}")
+        return t_ep, seen, loss_sum, lr, waited[0]
+
+    def _step(self, stepper: nn.Module, batch: Any, s: _Stepping) -> torch.Tensor:
+        """One optimiser step on ``batch`` (compiled when asked), the LR scheduler and the EMA after it."""
+        run = self.run
+
+        def forward_backward(module):
+            with self.autocast():
+                outputs = run.forward(module, batch)
+            loss = run.loss(outputs, batch)
+            s.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            return loss
+        loss = s.compiled.step(stepper, forward_backward) if s.compiled else forward_backward(stepper)
+        s.optimizer.step()
+        if s.own:
+            s.own.step()
+        if s.ema is not None:
+            s.ema.update_parameters(run.model)
+        s.step += 1
+        return loss
+
+    def _end_epoch(self, epoch: int, frozen: bool, scored: nn.Module, s: _Stepping, train_loss: float, lr: float,
+                   img_per_s: float, train_time: float, data_wait: float) -> None:
+        """Validate, record (best weights, logs) and checkpoint after an epoch."""
+        run = self.run
+        v = run.validate(scored)
+        self.record(epoch, "frozen" if frozen else run.phase(epoch), v, train_loss=train_loss,
+                    lr=lr, img_per_s=img_per_s, train_time=train_time,
+                    scored=scored, data_wait=data_wait)
+        if s.ema is not None:
+            save_ema(self.run_dir, s.ema)
+        save_checkpoint(self.run_dir, run.model, s.optimizer,
+                        {"next_epoch": epoch + 1, "best": self.best_score, "best_epoch": self.best_epoch,
+                         "history": self.history, "config": self.config_dump, "spec": run.spec})
+
+    def _result(self, interrupted: bool) -> EngineResult:
+        """What ``fit`` hands back; rank 0 keeps the best weights, on the CPU."""
+        run = self.run
         if interrupted:
             self.logger.close()
             return EngineResult(history=self.history, run_dir=self.run_dir, interrupted=True)
         distributed.teardown()
-        if not dist.main:  # rank 0 keeps the best weights and writes the bundle
+        if not self.dist.main:  # rank 0 keeps the best weights and writes the bundle
             self.logger.close()
             return EngineResult(run_dir=self.run_dir, seconds=time.perf_counter() - self.t_start)
         if self.best_state is not None:

@@ -209,6 +209,49 @@ class Teacher:
 
 
 # -- the training run ------------------------------------------------------------------------------------
+def _model(task: ClassifyTask, cfg, opts: ClassifyOptions, num_classes: int, user_model):
+    """The network to train, its arch spec and contract, and whether it starts from ImageNet weights: the user's
+    own model, a bundle's (``--init-from``), or the registry's (with the ImageNet head kept for now)."""
+    from ...models import build_model, check_input_size, model_entry
+    from ..base import load_parent
+
+    if user_model is not None:  # bring your own model: contract from the config, weights from the user
+        size = cfg.size or 224
+        model, spec = user_model, {"name": "custom", "class": type(user_model).__qualname__,
+                                   "args": {"num_classes": num_classes}}
+        contract = Contract(size=(size, size), resize="squash")
+        pretrained = False
+    else:
+        arch = cfg.arch or task.default_arch[0]
+        entry = model_entry(arch)
+        spec = {"name": arch, "args": {**cfg.arch_args, "num_classes": num_classes}}
+        base = Contract.from_dict(entry.default_contract)
+        size = (cfg.size, cfg.size) if cfg.size else base.size
+        check_input_size(arch, size, spec["args"])
+        pretrained = cfg.pretrained and bool(entry.pretrained)
+        if cfg.init_from:  # start from a bundle's weights and keep its preprocessing contract (and head)
+            meta, model = load_parent(cfg.init_from)
+            theirs = dict(meta["arch"].get("args", {}))
+            mapped = theirs.pop("imagenet_classes", None)
+            if theirs != spec["args"] or meta["arch"].get("name") != spec["name"]:
+                raise PocketVisionError(f"{cfg.init_from}: its architecture {meta['arch']} differs from the "
+                                        f"requested {spec}; train with the same --arch and --arch-args.")
+            if mapped is not None:
+                spec["args"]["imagenet_classes"] = mapped
+            contract = Contract.from_dict(meta["contract"])
+        else:
+            # The ImageNet head stays on until the training photos say whether the classes anchor to it.
+            keep = (pretrained and opts.imagenet_head != "off" and "imagenet_classes" in entry.default_args
+                    and "imagenet_classes" not in cfg.arch_args)
+            model = build_model({**spec, "args": {**spec["args"], "num_classes": 1000}} if keep else spec,
+                                pretrained=pretrained)
+            contract = Contract.from_dict({**base.to_dict(), "size": list(size)})
+        if opts.imagenet_head == "on" and "imagenet_classes" not in entry.default_args:
+            raise PocketVisionError(f"--imagenet-head on: {arch} has no ImageNet head to keep; use a pretrained "
+                                    f"efficientnet_lite* architecture, or --imagenet-head auto.")
+    return model, spec, contract, pretrained
+
+
 class ClassifyRun(TaskRun):
     def __init__(self, task: ClassifyTask, data, cfg, opts: ClassifyOptions, console, resuming: bool, user_model):
         import torch  # noqa: F401  (the run is torch through and through)
@@ -216,11 +259,9 @@ class ClassifyRun(TaskRun):
 
         from ...data.augment import AugmentConfig, Augmenter
         from ...data.folder import scan
-        from ...models import build_model, check_input_size, model_entry
-        from ...training.engine import progressive_plan
-        from ...training.loader import (ImageDataset, decode_all, decode_source, default_workers, estimate_cache_mb,
-                                       find_pixels, make_loader)
-        from ..base import load_parent
+        from ...training.engine import batch_augment_wanted, pick_device, progressive_plan
+        from ...training.loader import ImageDataset, default_workers, make_loader
+        from ...training.top_tune import supports_top_tune
 
         self.task, self.data, self.cfg, self.opts = task, Path(data), cfg, opts
         self.console = console = console or Console(stderr=True)
@@ -228,49 +269,67 @@ class ClassifyRun(TaskRun):
         splits = scan(data, val_fraction=cfg.val_fraction, seed=cfg.seed)
         self.splits, classes = splits, splits.classes
         num_classes = len(classes)
-        # -- model -------------------------------------------------------------------------------------
-        if user_model is not None:  # bring your own model: contract from the config, weights from the user
-            size = cfg.size or 224
-            model, spec = user_model, {"name": "custom", "class": type(user_model).__qualname__,
-                                       "args": {"num_classes": num_classes}}
-            contract = Contract(size=(size, size), resize="squash")
-            pretrained = False
-        else:
-            arch = cfg.arch or task.default_arch[0]
-            entry = model_entry(arch)
-            spec = {"name": arch, "args": {**cfg.arch_args, "num_classes": num_classes}}
-            base = Contract.from_dict(entry.default_contract)
-            size = (cfg.size, cfg.size) if cfg.size else base.size
-            check_input_size(arch, size, spec["args"])
-            pretrained = cfg.pretrained and bool(entry.pretrained)
-            if cfg.init_from:  # start from a bundle's weights and keep its preprocessing contract (and head)
-                meta, model = load_parent(cfg.init_from)
-                theirs = dict(meta["arch"].get("args", {}))
-                mapped = theirs.pop("imagenet_classes", None)
-                if theirs != spec["args"] or meta["arch"].get("name") != spec["name"]:
-                    raise PocketVisionError(f"{cfg.init_from}: its architecture {meta['arch']} differs from the "
-                                            f"requested {spec}; train with the same --arch and --arch-args.")
-                if mapped is not None:
-                    spec["args"]["imagenet_classes"] = mapped
-                contract = Contract.from_dict(meta["contract"])
-            else:
-                # The ImageNet head stays on until the training photos say whether the classes anchor to it.
-                keep = (pretrained and opts.imagenet_head != "off" and "imagenet_classes" in entry.default_args
-                        and "imagenet_classes" not in cfg.arch_args)
-                model = build_model({**spec, "args": {**spec["args"], "num_classes": 1000}} if keep else spec,
-                                    pretrained=pretrained)
-                contract = Contract.from_dict({**base.to_dict(), "size": list(size)})
-            if opts.imagenet_head == "on" and "imagenet_classes" not in entry.default_args:
-                raise PocketVisionError(f"--imagenet-head on: {arch} has no ImageNet head to keep; use a pretrained "
-                                        f"efficientnet_lite* architecture, or --imagenet-head auto.")
+        model, spec, contract, pretrained = _model(task, cfg, opts, num_classes, user_model)
         self.model, self.spec, self.contract, self.pretrained = model, spec, contract, pretrained
         self.channels_last_ok = spec["name"] != "custom"
-        from ...training.top_tune import supports_top_tune
-        from ...training.engine import pick_device
         # A resumed run takes the same path: its checkpoint holds the top blocks and head trained so far (the trunk
         # is frozen, so its cached activations come out the same).
         self.top = (pretrained and opts.finetune == "top" and supports_top_tune(model, opts.top_blocks)
                     and pick_device(cfg.device).type == "cpu")
+        self._refuse_clashes(cfg, opts)
+        # checked before any image is decoded; epoch -> training input size
+        self.sizes = progressive_plan(cfg, contract, spec["name"] != "custom") if not opts.linear_probe else None
+        self.workers = default_workers() if cfg.workers is None else cfg.workers
+
+        # -- data: decode once into RAM when it fits, else decode lazily in the workers ---------------
+        self.augmenter = augmenter = Augmenter(AugmentConfig(**cfg.augment), contract)
+        if self.top and opts.top_views > 2 and not augmenter.cfg.enabled:
+            raise PocketVisionError(f"--top-views {opts.top_views}: views beyond the photo and its mirror are "
+                                    "augmented crops, and augmentation is off; drop --top-views or turn it on.")
+        train_samples, val_samples, train_cache, val_cache, problems, use_cache = self._decode(splits, contract)
+        counts = [sum(1 for s in train_samples if s.label == c) for c in range(num_classes)]
+        missing = [classes[c] for c, n in enumerate(counts) if n == 0]
+        if missing:
+            raise PocketVisionError(f"{data}: class(es) {missing} have no readable training images.")
+        weights = class_weights(counts, opts.class_weights)
+        if weights is not None and len(weights) != num_classes:
+            raise PocketVisionError(f"class_weights has {len(weights)} values but the data has {num_classes} classes "
+                                    f"{classes}.")
+        self.weights = weights
+        self.problems = problems
+        self.train_samples, self.val_samples, self.train_cache, self.use_cache = (train_samples, val_samples,
+                                                                                 train_cache, use_cache)
+        # whole batches augmented on the training device (data/batch_augment.py): auto = on CUDA
+        self.batched = batch_augment_wanted(
+            cfg, augmenter.cfg.enabled, "--augment policy=trivial" if augmenter.cfg.policy != "none" else None)
+        self.train_ds = ImageDataset(train_samples, contract, augmenter, cfg.seed, train_cache, sizes=self.sizes,
+                                     pixels=self.pixels, batched=self.batched)
+        self.plain_train_ds = ImageDataset(train_samples, contract, None, cfg.seed, train_cache)
+        self.val_ds = ImageDataset(val_samples, contract, None, cfg.seed, val_cache, fitted=True)
+        self.val_cache = val_cache
+        self.eval_bs = max(cfg.batch_size, 64)
+        self.val_loader = make_loader(self.val_ds, self.eval_bs, False, 0, cfg.seed)
+        self.y_val = np.array([s.label for s in val_samples])
+        self.label_smoothing = (opts.label_smoothing if opts.label_smoothing is not None
+                                else (0.0 if pretrained else 0.1))
+        self.default_lr = 3e-5 if self.top else (1e-4 if pretrained else 3e-3)
+        self.mix_rng = np.random.default_rng([cfg.seed, 7])
+        self.teacher = None
+        self._train_loader = None
+        self._top = None
+        self.anchor = self.baseline = None  # baseline: what epoch 0 is when no probe is fitted
+        self._fitted = self._photo_acts = self._imagenet_logits = None
+        self._decide_head(user_model is not None)
+        lwf = opts.lwf if opts.lwf is not None else (1.0 if self._imagenet_logits is not None else 0.0)
+        if opts.lwf and self._imagenet_logits is None:
+            raise PocketVisionError("--lwf: only with the ImageNet head, which these classes do not anchor to (see "
+                                    "the 'head:' line); leave it out.")
+        self.lwf = lwf if self.epochs(cfg) else 0.0
+        if not self.lwf:
+            self._imagenet_logits = None
+
+    def _refuse_clashes(self, cfg, opts: ClassifyOptions) -> None:
+        """Options that the chosen way of fine-tuning cannot honour, refused in one line before any image is read."""
         if self.top:  # the last blocks train on cached activations of a few fixed views of each photo
             clash = [f for f, on in (("--progressive", cfg.progressive), ("--ema", cfg.ema), ("--mixup", opts.mixup),
                                      ("--distill", opts.distill), ("--amp on", cfg.amp == "on")) if on]
@@ -284,15 +343,12 @@ class ClassifyRun(TaskRun):
         if opts.top_views != ClassifyOptions.model_fields["top_views"].default and (not self.top or opts.linear_probe):
             raise PocketVisionError("--top-views: only with --finetune top on a CPU (a pretrained architecture, not "
                                     "--linear-probe); other runs augment every epoch afresh.")
-        # checked before any image is decoded; epoch -> training input size
-        self.sizes = progressive_plan(cfg, contract, spec["name"] != "custom") if not opts.linear_probe else None
-        self.workers = workers = default_workers() if cfg.workers is None else cfg.workers
 
-        # -- data: decode once into RAM when it fits, else decode lazily in the workers ---------------
-        self.augmenter = augmenter = Augmenter(AugmentConfig(**cfg.augment), contract)
-        if self.top and opts.top_views > 2 and not augmenter.cfg.enabled:
-            raise PocketVisionError(f"--top-views {opts.top_views}: views beyond the photo and its mirror are "
-                                    "augmented crops, and augmentation is off; drop --top-views or turn it on.")
+    def _decode(self, splits, contract: Contract):
+        """The photos of both splits, decoded once into RAM when they fit (else lazily in the workers); unreadable
+        ones skipped and said -> (train, val, train pixels or None, val pixels, problems, whether cached)."""
+        from ...training.loader import decode_all, decode_source, estimate_cache_mb, find_pixels
+        cfg, console, classes, data, workers = self.cfg, self.console, splits.classes, self.data, self.workers
         problems: list[str] = []
         train_samples, val_samples = list(splits.train), list(splits.val)
         use_cache = estimate_cache_mb(len(train_samples), contract, True) <= cfg.cache_mb
@@ -319,47 +375,7 @@ class ClassifyRun(TaskRun):
         console.print(f"decoded {len(train_samples) + len(val_samples)} images in {time.perf_counter() - t0:.1f}s "
                       f"({'RAM cache' if use_cache else 'lazy decode'}{', from the pixel cache' if pixels else ''}, "
                       f"{workers} workers)")
-        counts = [sum(1 for s in train_samples if s.label == c) for c in range(num_classes)]
-        missing = [classes[c] for c, n in enumerate(counts) if n == 0]
-        if missing:
-            raise PocketVisionError(f"{data}: class(es) {missing} have no readable training images.")
-        weights = class_weights(counts, opts.class_weights)
-        if weights is not None and len(weights) != num_classes:
-            raise PocketVisionError(f"class_weights has {len(weights)} values but the data has {num_classes} classes "
-                                    f"{classes}.")
-        self.weights = weights
-        self.problems = problems
-        self.train_samples, self.val_samples, self.train_cache, self.use_cache = (train_samples, val_samples,
-                                                                                 train_cache, use_cache)
-        # whole batches augmented on the training device (data/batch_augment.py): auto = on CUDA
-        from ...training.engine import batch_augment_wanted
-        self.batched = batch_augment_wanted(
-            cfg, augmenter.cfg.enabled, "--augment policy=trivial" if augmenter.cfg.policy != "none" else None)
-        self.train_ds = ImageDataset(train_samples, contract, augmenter, cfg.seed, train_cache, sizes=self.sizes,
-                                     pixels=pixels, batched=self.batched)
-        self.plain_train_ds = ImageDataset(train_samples, contract, None, cfg.seed, train_cache)
-        self.val_ds = ImageDataset(val_samples, contract, None, cfg.seed, val_cache, fitted=True)
-        self.val_cache = val_cache
-        self.eval_bs = max(cfg.batch_size, 64)
-        self.val_loader = make_loader(self.val_ds, self.eval_bs, False, 0, cfg.seed)
-        self.y_val = np.array([s.label for s in val_samples])
-        self.label_smoothing = (opts.label_smoothing if opts.label_smoothing is not None
-                                else (0.0 if pretrained else 0.1))
-        self.default_lr = 3e-5 if self.top else (1e-4 if pretrained else 3e-3)
-        self.mix_rng = np.random.default_rng([cfg.seed, 7])
-        self.teacher = None
-        self._train_loader = None
-        self._top = None
-        self.anchor = self.baseline = None  # baseline: what epoch 0 is when no probe is fitted
-        self._fitted = self._photo_acts = self._imagenet_logits = None
-        self._decide_head(user_model is not None)
-        lwf = opts.lwf if opts.lwf is not None else (1.0 if self._imagenet_logits is not None else 0.0)
-        if opts.lwf and self._imagenet_logits is None:
-            raise PocketVisionError("--lwf: only with the ImageNet head, which these classes do not anchor to (see "
-                                    "the 'head:' line); leave it out.")
-        self.lwf = lwf if self.epochs(cfg) else 0.0
-        if not self.lwf:
-            self._imagenet_logits = None
+        return train_samples, val_samples, train_cache, val_cache, problems, use_cache
 
     def _decide_head(self, user_model: bool) -> None:
         """Keep the ImageNet head when the classes anchor to ImageNet categories (``models/imagenet_head.py``), else
@@ -943,7 +959,8 @@ class ClassifyTask(Task):
                           "last 3 blocks fine-tuned on cached activations (CPU) or the whole net (GPU), least-val-loss "
                           "epoch kept: EfficientNet-Lite0 99.5% val on the hotdog photos in ~3 min on 2 CPU cores")
         # From scratch. Measured with DeepDog alpha=0.5 on the hotdog photos (1,101 training images): these
-        # settings give 90.4-90.9% val on 5 of 5 seeds in ~8 min on 2 cores (benchmarks/RESULTS.md, "DeepDog alpha=0.5 from scratch");
+        # settings give 90.4-90.9% val on 5 of 5 seeds in ~8 min on 2 cores (benchmarks/RESULTS.md,
+        # "DeepDog alpha=0.5 from scratch");
         # the plain engine defaults (AdamW 3e-3, 8 epochs) reach the low 80s. Small data from scratch wants
         # many epochs; a bigger set keeps the same number of image steps.
         engine: dict[str, Any] = dict(epochs=scaled_epochs(120, 1101, ctx.n_images, floor=20), optimizer="sgd",
@@ -955,7 +972,8 @@ class ClassifyTask(Task):
             arch_args = {"alpha": 0.5, "dw_bn": True}
         elif ctx.arch == "searched" and ctx.size:
             # A searched network trains at the side its architecture file gives, with deepdog's progressive resizing
-            # from 3/4 of that side: measured on the hotdog photos (benchmarks/RESULTS.md, "The stored threshold on from-scratch networks"), the 75-minute
+            # from 3/4 of that side: measured on the hotdog photos (benchmarks/RESULTS.md,
+            # "The stored threshold on from-scratch networks"), the 75-minute
             # search's winner went from 89.8/89.3% val (seeds 0/1) to 92.0/90.9% with it. The start follows the
             # given side, so a size of the user's own keeps it.
             start = 3 * ctx.size // 4 // 16 * 16

@@ -156,6 +156,14 @@ def analyse(samples_by_class: dict[str, list[Path]], arch: str = "efficientnet_l
             a if a in (None, "rest") else [names[k] for k in a],
             _clusters(f_all[y == ci], mine, [p for p, yy in zip(kept, ys) if yy == ci], clusters, seed, names)))
 
+    gaps = _gaps(labels, anchor, contents, w, top5, y, names)
+    report = ContentReport(arch, contents, gaps, time.perf_counter() - t0)
+    return report
+
+
+def _gaps(labels: list[str], anchor, contents: list[ClassContent], w: np.ndarray, top5: np.ndarray, y: np.ndarray,
+          names: list[str]) -> list[Gap]:
+    """For each anchored class, the other classes with too few photos from its ImageNet neighbourhood."""
     gaps = []
     for ci, c in enumerate(labels):
         own = anchor.classes[ci]
@@ -179,8 +187,7 @@ def analyse(samples_by_class: dict[str, list[Path]], arch: str = "efficientnet_l
                     own_group[1] if group else None, [names[k] for k in near], "")
             g.sentence = _gap_sentence(g)
             gaps.append(g)
-    report = ContentReport(arch, contents, gaps, time.perf_counter() - t0)
-    return report
+    return gaps
 
 
 def _clusters(f: np.ndarray, top1: np.ndarray, paths: list[Path], k: int, seed: int, names: list[str]

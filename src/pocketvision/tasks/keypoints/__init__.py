@@ -180,10 +180,31 @@ def _points_in_model_frame(samples, kept: list[int], contract: Contract) -> np.n
 
 
 # -- the training run ------------------------------------------------------------------------------------
+def _typical_size(ds, entry, base: Contract) -> tuple[int, int]:
+    """The data's typical side, rounded to the architecture's multiple (faces5: 80x80 crops)."""
+    sides = [max(s.size) for s in ds.train if s.size] or [base.size[0]]
+    mult = max(entry.size_multiple, 16)
+    return (max(entry.min_size, round(int(np.median(sides)) / mult) * mult),) * 2
+
+
+def _decode_split(samples: list, contract: Contract, problems: list[str], pixels=None) -> tuple[list, list]:
+    """Decode a split on threads -> (the readable samples, their decoded arrays); the others go to ``problems``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(s):
+        try:
+            return decode_sample(s, contract, pixels)
+        except ImageDecodeError as e:
+            problems.append(str(e))
+            return None
+    with ThreadPoolExecutor() as ex:
+        res = list(ex.map(one, samples))
+    keep = [i for i, r in enumerate(res) if r is not None]
+    return [samples[i] for i in keep], [res[i] for i in keep]
+
+
 class KeypointRun(TaskRun):
     def __init__(self, task: KeypointsTask, data, cfg, opts: KeypointOptions, console):
-        from concurrent.futures import ThreadPoolExecutor
-
         from rich.console import Console
 
         from ...data.keypoints import load_keypoints
@@ -207,13 +228,7 @@ class KeypointRun(TaskRun):
         arch_args = cfg.arch_args if (cfg.arch or cfg.arch_args) else task.default_arch[1]
         entry = model_entry(arch)
         base = Contract.from_dict(entry.default_contract)
-        if cfg.size:
-            size = (cfg.size, cfg.size)
-        else:  # the data's typical size, rounded to the architecture's multiple (faces5: 80x80 crops)
-            sides = [max(s.size) for s in ds.train if s.size] or [base.size[0]]
-            size = (int(np.median(sides)),) * 2
-            mult = max(entry.size_multiple, 16)
-            size = (max(entry.min_size, round(size[0] / mult) * mult),) * 2
+        size = (cfg.size, cfg.size) if cfg.size else _typical_size(ds, entry, base)
         check_input_size(arch, size, {**arch_args, "num_classes": 0})
         spec = keypoint_spec(arch, arch_args, k, opts.head, opts.output_stride, **dict(opts.head_args))
         contract = Contract.from_dict({**base.to_dict(), "size": list(size), "resize": "squash"})
@@ -240,19 +255,8 @@ class KeypointRun(TaskRun):
 
         pixels = find_pixels(ds.source, contract, cfg.cache_dir, console)
 
-        def decode_split(samples, pixels=None):
-            def one(s):
-                try:
-                    return decode_sample(s, contract, pixels)
-                except ImageDecodeError as e:
-                    problems.append(str(e))
-                    return None
-            with ThreadPoolExecutor() as ex:
-                res = list(ex.map(one, samples))
-            keep = [i for i, r in enumerate(res) if r is not None]
-            return [samples[i] for i in keep], [res[i] for i in keep]
-        train_s, train_d = decode_split(ds.train, pixels)
-        val_s, val_d = decode_split(ds.val)
+        train_s, train_d = _decode_split(ds.train, contract, problems, pixels)
+        val_s, val_d = _decode_split(ds.val, contract, problems)
         for msg in problems:
             console.print(f"[yellow]skipped unreadable image[/] {msg}")
         if not train_s or not val_s:

@@ -29,8 +29,8 @@ from pydantic import Field, field_validator
 
 from ...core.contract import Contract, load_rgb
 from ...errors import PocketVisionError
-from ..base import (CheckOptionsBase, Command, HeldOut, Int8Recipe, Options, OutputSpec, Task, TaskRun, Validation,
-                   register_task)
+from ..base import (CheckOptionsBase, Command, HeldOut, Int8Recipe, Options, OutputSpec, Task, TaskRun,
+                    Validation, register_task)
 
 PSNR_FLOAT = 40.0  # dB: a float export must match the bundle at least this closely
 PSNR_INT8 = 30.0  # dB: an int8 (or fp16) export
@@ -475,7 +475,8 @@ class StylizeTask(Task):
     def recipe(self, ctx):
         from ...training.recipes import Recipe, scaled_epochs
         # A stylizer learns from crops, whatever folder they come from: the validation loss kept falling with every
-        # epoch up to 16 of the hotdog photos (benchmarks/RESULTS.md, "The stylizer against the optimisation method"). So the recipe fixes the
+        # epoch up to 16 of the hotdog photos (benchmarks/RESULTS.md,
+        # "The stylizer against the optimisation method"). So the recipe fixes the
         # number of crops, measured as 12 epochs of the 1,101 hotdog photos (~30 min on 2 CPU cores): a folder of 100
         # photos trains ~140 epochs instead of 8 (800 crops: an untrained network), one of 20,000 one. Adam's peak
         # at 2e-3 rather than Johnson et al.'s 1e-3: 12 epochs end at a val loss of 14.58 against 16.04. Not measured
@@ -487,11 +488,12 @@ class StylizeTask(Task):
 
     # -- data ------------------------------------------------------------------------------------------
     def _photos(self, meta: dict[str, Any], data=None, split: str = "val") -> list[Path]:
-        from ...data.photos import scan_photos
+        from ...data.photos import held_out_photos, scan_photos
         d = meta.get("data", {})
+        if data is not None and split == "val":
+            return held_out_photos(data)
         if data is not None:
-            ps = scan_photos(data, val_fraction=d.get("val_fraction", 0.02), seed=d.get("seed", 0))
-            return ps.val if split == "val" and ps.explicit else (ps.train + ps.val if split == "val" else ps.train)
+            return scan_photos(data, val_fraction=d.get("val_fraction", 0.02), seed=d.get("seed", 0)).train
         if not d.get("root") or not Path(d["root"]).is_dir():
             return []
         ps = scan_photos(d["root"], val_fraction=d.get("val_fraction", 0.02), seed=d.get("seed", 0))
