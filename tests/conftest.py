@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def data_root() -> Path:
-    return Path(os.environ.get("POCKETVISION_DATA", REPO.parent / "shared" / "data"))
+from helpers import data_root, one_line_error, run_cli  # noqa: F401  (shared with the tests)
 
 
 @pytest.fixture(scope="session")
@@ -53,21 +46,6 @@ def trained_bundle(hotdog_small, tmp_path_factory) -> Path:
                  epochs=6, lr=3e-3, run_dir=out / "run", progress=False, tensorboard=False, workers=0,
                  recipe=False)  # a fixed small model for the compression tests (the recipes have their own tests)
     return b.path
-
-
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None
-            ) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pocketvision", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout, env=env)
-
-
-def one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
-    """Bad input: exit code 2, exactly one `error:` line naming what is wrong, no traceback."""
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 @pytest.fixture(scope="session")

@@ -482,7 +482,7 @@ def test_one_token_cannot_mint_devices_for_the_figures(tmp_path):
     """2,000 reports with made-up device ids used to count as 2,000 devices. Ids are now issued by the registry,
     bound to the token that asked, and issued at a bounded rate per address: made-up ids are refused, an id
     works only with its own token, and a burst of requests for ids is cut off."""
-    from conftest import run_cli
+    from helpers import run_cli
     from ota_support import Api, RegistryServer, new_store
     store = tmp_path / "store"
     tokens = new_store(store)

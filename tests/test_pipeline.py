@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 import pocketvision as pv
-from conftest import one_line_error, run_cli
+from helpers import one_line_error, run_cli
 from pocketvision.core import bundle_file as bundle_io
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]

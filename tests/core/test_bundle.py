@@ -98,7 +98,7 @@ def test_oversized_member_is_refused_before_it_is_read(tmp_path):
         assert tracemalloc.get_traced_memory()[1] < 8 * 2**20  # nothing close to the member was allocated
     finally:
         tracemalloc.stop()
-    from conftest import run_cli
+    from helpers import run_cli
     r = run_cli("predict", str(p), str(p))
     assert r.returncode != 0 and "over this reader's cap" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 
 from pocketvision.data.keypoints import infer_flip_pairs, load_keypoints, make_schema, read_coco, read_csv
 from pocketvision.errors import PocketVisionError

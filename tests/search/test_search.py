@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import one_line_error, run_cli
+from helpers import one_line_error, run_cli
 from pocketvision.errors import PocketVisionError
 from pocketvision.models import build_model
 from pocketvision.search.evolution import Evaluated, pareto_front, population_after, propose

@@ -22,7 +22,7 @@ SMALL = {"deepdog": {"alpha": 0.25}, "mobilenet_v1": {"alpha": 0.25}, "mobilenet
 
 
 def data_root() -> Path:
-    root = Path(os.environ.get("POCKETVISION_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    root = Path(os.environ.get("POCKETVISION_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
     if not root.is_dir():  # fail, never skip: a silently skipped accuracy test proves nothing
         pytest.fail(f"shared data not found at {root}; set POCKETVISION_DATA to the data folder")
     return root

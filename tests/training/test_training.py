@@ -8,7 +8,8 @@ import re
 import pytest
 
 import pocketvision as pv
-from conftest import one_line_error, run_cli, tiny_classifier
+from conftest import tiny_classifier  # noqa: F401  (a fixture)
+from helpers import one_line_error, run_cli
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 

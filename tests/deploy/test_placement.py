@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import one_line_error, run_cli
+from helpers import one_line_error, run_cli
 
 from pocketvision.deploy import profiles
 

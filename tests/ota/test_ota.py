@@ -18,7 +18,7 @@ import pytest
 from ota_support import Api, Mirror, RegistryServer, new_store, perturbed, resign, store_keys, store_meta
 from tuf.api.metadata import Metadata
 
-from conftest import run_cli
+from helpers import run_cli
 from pocketvision.serve import keys as K
 from pocketvision.ota.plans import bucket
 from pocketvision.serve.repo import SERIALIZER

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from conftest import one_line_error as _one_line_error
-from conftest import run_cli
+from helpers import one_line_error as _one_line_error
+from helpers import run_cli
 
 
 def _folder(root, layout):

@@ -14,7 +14,7 @@ import pytest
 from ota_support import Api, Mirror, RegistryServer, new_store, perturbed, resign, store_keys, store_meta
 
 import pocketvision as pv
-from conftest import run_cli
+from helpers import run_cli
 from pocketvision.runtime.web_predictor import WebPredictor
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.browser]

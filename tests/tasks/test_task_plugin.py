@@ -1,5 +1,5 @@
-"""A fourth task added from outside the package: ``tests/plugins/pv_brightness.py`` registers itself through the
-``pocketvision.tasks`` entry point of a distribution (``pv_brightness-0.1.dist-info``), and the ordinary CLI trains
+"""A fourth task added from outside the package: ``tests/tasks/plugins/pv_brightness.py`` registers itself
+through the ``pocketvision.tasks`` entry point of a distribution (``pv_brightness-0.1.dist-info``), and the ordinary CLI trains
 it, exports it to ONNX (verified before it appears), verifies it again and predicts with it. No file of the
 package names the task."""
 
@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 PLUGINS = Path(__file__).parent / "plugins"
-SRC = Path(__file__).resolve().parents[1] / "src" / "pocketvision"
+SRC = Path(__file__).resolve().parents[2] / "src" / "pocketvision"
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

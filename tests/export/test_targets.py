@@ -11,7 +11,7 @@ import pytest
 import pocketvision as pv
 from pocketvision.runtime.litert_predictor import LiteRTPredictor
 
-from conftest import run_cli
+from helpers import run_cli
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 

@@ -1,7 +1,7 @@
 """The CUDA training path: mixed precision, channels_last, pinned memory, and a bundle that comes back to the CPU.
 
 CI has no GPU, so `.ci/run` deselects the `cuda` marker; run these on a GPU machine with
-``python -m pytest -m cuda tests/test_cuda.py``. Without CUDA they fail loudly rather than skip.
+``python -m pytest -m cuda tests/training/test_cuda.py``. Without CUDA they fail loudly rather than skip.
 """
 
 from __future__ import annotations

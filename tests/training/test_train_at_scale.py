@@ -13,7 +13,8 @@ import os
 import pytest
 
 import pocketvision as pv
-from conftest import one_line_error, run_cli, tiny_classifier
+from conftest import tiny_classifier  # noqa: F401  (a fixture)
+from helpers import one_line_error, run_cli
 from pocketvision.errors import PocketVisionError
 
 pytestmark = pytest.mark.shared_data

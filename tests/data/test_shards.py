@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import one_line_error, run_cli
+from helpers import one_line_error, run_cli
 from pocketvision.core.contract import Contract
 from pocketvision.data import shards
 from pocketvision.data.folder import scan

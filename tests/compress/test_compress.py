@@ -18,7 +18,7 @@ from pocketvision.compress.palettize import fold_batchnorm_, kmeans_1d, palettiz
 from pocketvision.errors import PocketVisionError
 from pocketvision.models import build_model
 
-from conftest import run_cli
+from helpers import run_cli
 
 
 def test_fisher_sensitivity_sees_only_what_palettising_moves():

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import one_line_error, run_cli
+from helpers import one_line_error, run_cli
 from pocketvision.data.cache import PixelCache, build, decode_at
 from pocketvision.errors import PocketVisionError
 

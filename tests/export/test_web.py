@@ -13,7 +13,7 @@ import pytest
 import pocketvision as pv
 from pocketvision.runtime.web_predictor import WebPredictor
 
-from conftest import run_cli
+from helpers import run_cli
 
 pytestmark = [pytest.mark.browser, pytest.mark.shared_data]
 

@@ -12,7 +12,7 @@ import uuid
 import pytest
 from ota_support import Api, Mirror, RegistryServer
 
-from conftest import run_cli
+from helpers import run_cli
 
 pytestmark = [pytest.mark.services, pytest.mark.shared_data]
 

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 import pocketvision as pv
-from conftest import one_line_error as _one_line_error
-from conftest import run_cli
+from helpers import one_line_error as _one_line_error
+from helpers import run_cli
 
 pytestmark = [pytest.mark.shared_data]
 
