@@ -9,21 +9,22 @@ import csv
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import run_cli
+
 PLUGINS = Path(__file__).parent / "plugins"
 SRC = Path(__file__).resolve().parents[2] / "src" / "pocketvision"
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "pocketvision", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=600)
+    """The CLI with the plug-in's folder on the path, as if its distribution were installed."""
+    return run_cli(*args, cwd=cwd, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGINS),
+                                                                                     os.environ.get("PYTHONPATH", "")])})
 
 
 def _photos(root: Path, n: int = 64) -> None:
@@ -75,7 +76,6 @@ def test_a_broken_plugin_is_named_and_left_out(tmp_path):
     (tmp_path / "pv_broken-0.1.dist-info" / "entry_points.txt").write_text("[pocketvision.tasks]\nbroken = pv_broken\n")
     (tmp_path / "pv_broken.py").write_text("raise RuntimeError('half-written plug-in')\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-m", "pocketvision", "info", "--json"], capture_output=True, text=True,
-                       env=env, timeout=120)
+    r = run_cli("info", "--json", env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "task plug-in 'broken' (pv_broken) failed to load" in r.stderr and "half-written plug-in" in r.stderr
