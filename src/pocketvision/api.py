@@ -16,7 +16,12 @@ from typing import Any
 from torch import nn
 
 from .bundle import Bundle, ExportResult, load
+from .data.cache import decode_at, encode_jpeg, upright_size
+from .data.shards import fetch, write
 from .deploy.artifact import load_any
+from .errors import PocketVisionError
+from .tasks import get_task
+from .tasks.base import detect_task
 
 __all__ = ["Bundle", "ExportResult", "fetch_shards", "find_lr", "load", "load_any", "train", "write_shards"]
 
@@ -56,11 +61,6 @@ def write_shards(data: str | Path, out: str | Path, *, task: str = "auto", size:
     """Write ``data`` (any task's training data) as WebDataset shards in the new folder ``out``: each image at
     short side ``size``, JPEG ``quality``, with its annotation, in the splits training on ``data`` would use
     (``data/shards.py``). ``pv.train(out)`` then trains from the shards. -> counts, megabytes, unreadable files."""
-    from .data.cache import decode_at, encode_jpeg, upright_size
-    from .data.shards import write
-    from .errors import PocketVisionError
-    from .tasks import get_task
-    from .tasks.base import detect_task
     if not 16 <= size <= 4096:
         raise PocketVisionError(f"--size {size}: between 16 and 4096 pixels (the short side kept).")
     if not 50 <= quality <= 100:
@@ -81,5 +81,4 @@ def write_shards(data: str | Path, out: str | Path, *, task: str = "auto", size:
 def fetch_shards(url: str, out: str | Path, threads: int = 4, log=lambda s: None) -> dict[str, Any]:
     """Copy a shard set from ``url`` (its ``shards.json`` over http(s)://, file://, or a path) into ``out``,
     checking every shard's SHA-256; run again to resume."""
-    from .data.shards import fetch
     return fetch(url, out, threads, log)

@@ -20,12 +20,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from .compress.data import held_out, training_pixels
+from .compress.stages import auto_palettize, palettize_bundle, prune_bundle
 from .core import bundle_file as bundle_io
 from .core.contract import Contract
+from .core.weights import build_for_weights, load_weights, state_bytes, weights_cap
 from .errors import BundleError, PocketVisionError
+from .export import ExportJob, check_request, folder_size, publish, staged, variant_suffix
+from .export.verify import NoImages, verify_export
 from .tasks import Task, get_task
 from .tasks.base import HeldOut, evaluate_model, split_sources, task_of
-from .core.weights import build_for_weights, load_weights, state_bytes
 
 
 @dataclass
@@ -66,7 +70,6 @@ class Bundle:
     # -- io -----------------------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path, model: nn.Module | None = None) -> Bundle:
-        from .core.weights import weights_cap
         custom = model is not None  # the caller's own module: its size is not ours to predict
         data = bundle_io.read(path, weights_cap=None if custom else weights_cap(task_of, str(path)))
         arch = data.meta["arch"]
@@ -118,7 +121,6 @@ class Bundle:
         return self.plugin.quality(outputs, truth, reference, self.meta)
 
     def training_pixels(self, data: str | Path | None = None, limit: int = 512) -> np.ndarray:
-        from .compress.data import training_pixels
         return training_pixels(self, data, limit=limit)
 
     # -- export -------------------------------------------------------------------------------------
@@ -140,9 +142,6 @@ class Bundle:
         fine-tuning first). ``bits``: palettise first (:meth:`palettize`). Parity is checked against the model
         that was exported; compressed precisions are judged by the budget (outputs move by design).
         """
-        from .compress.data import held_out
-        from .export import ExportJob, check_request, folder_size, publish, staged, variant_suffix
-        from .export.verify import NoImages
         target = check_request(self.plugin, to, precision, bits, qat_steps)
         source, notes, compression = self, [], {}
         if bits:
@@ -186,7 +185,6 @@ class Bundle:
                precision: str | None = None, max_drop: float = 1.0, target=None) -> dict[str, Any]:
         """The same real images through this bundle and ``exported``. A compressed file (its
         metadata says int8/fp16) is judged by the task's budget, a float one by the float tolerance."""
-        from .export.verify import verify_export
         return verify_export(self, exported, data=data, tolerance=tolerance, precision=precision, max_drop=max_drop,
                              target=target)
 
@@ -194,17 +192,14 @@ class Bundle:
     def palettize(self, bits: int = 4, data: str | Path | None = None, **options: Any) -> tuple[Bundle, dict]:
         """Round every weight of each layer to one of 2^bits shared values -> (new bundle, report); see
         :func:`pocketvision.compress.stages.palettize_bundle`."""
-        from .compress.stages import palettize_bundle
         return palettize_bundle(self, bits, data, **options)
 
     def auto_compress(self, data: str | Path | None = None, **options: Any) -> tuple[Bundle, dict]:
         """The smallest palette within the budget; see :func:`pocketvision.compress.stages.auto_palettize`."""
-        from .compress.stages import auto_palettize
         return auto_palettize(self, data, **options)
 
     def prune(self, ratio: float = 0.3, data: str | Path | None = None, **options: Any) -> tuple[Bundle, dict]:
         """Structured channel pruning + fine-tuning; see :func:`pocketvision.compress.stages.prune_bundle`."""
-        from .compress.stages import prune_bundle
         return prune_bundle(self, ratio, data, **options)
 
     def require(self, compression: str, what: str) -> None:

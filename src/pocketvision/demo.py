@@ -14,6 +14,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+import pocketvision as pv
+from .deploy.bench import bench
+
 CLASSES = ("hotdog", "not_hotdog")
 
 
@@ -92,9 +95,6 @@ def make_dataset(root: Path, n_train: int = 500, n_val: int = 100, size: int = 1
 def run_demo(out: Path, epochs: int = 15, quiet: bool = False, n_train: int = 500, n_val: int = 100) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
-
-    import pocketvision as pv
-    from .deploy.bench import bench
 
     console = Console(stderr=True, quiet=quiet)
     t0 = time.perf_counter()

@@ -28,6 +28,11 @@ def test_tflite_fp32_matches_the_bundle_and_carries_metadata(trained_bundle, tmp
     r = run_cli("predict", str(res.path), str(img), "--json")  # the CLI runs it, torch-free path
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)[0]["label"] in b.labels
+    # Every predictor times itself the same way; an interpreter opened for another thread count is a new one.
+    two = p.at_threads(2)
+    assert two is not p and two.interpreter is not p.interpreter and p.latency_ms(runs=3)["p50_ms"] > 0
+    x = np.random.default_rng(0).integers(0, 256, (1, *b.contract.size, 3), dtype=np.uint8)
+    assert np.allclose(two.run_pixels(x), p.run_pixels(x), atol=1e-5)
 
 
 def test_tflite_int8_is_full_integer_and_within_budget(trained_bundle, tmp_path):

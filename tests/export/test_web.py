@@ -50,6 +50,9 @@ def test_page_runs_threads_and_caches_the_model(web_folder):
         assert second["cacheHits"] >= 2
         lat = web.latency_ms(runs=10)
         assert 0 < lat["p50_ms"] < 1000
+        assert web.ready_s == first["ready_s"]  # the first visit's cost, not the cached one
+        # Threads change in place: the page reloads with the new count (what `bench --all` times at 1 and all).
+        assert web.at_threads(1) is web and web.page_info["threads"] == 1
 
 
 def test_large_models_load_from_lazy_chunks(trained_bundle, tmp_path):

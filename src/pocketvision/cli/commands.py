@@ -14,9 +14,14 @@ import re
 import sys
 import textwrap
 
+from .. import __version__
 from ..errors import PocketVisionError, did_you_mean
+from ..tasks import all_tasks
+from ..tasks.base import parse_options
+from ..training.distributed import report_error
 from . import data, ota, ship, train
 from .common import EPILOG, _Fmt, _given, add_option_flags
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse with a suggestion when a verb or a choice is mistyped (suggested, never applied)."""
@@ -29,8 +34,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
-    from ..tasks import all_tasks
     p = _Parser(prog="pocketvision", description="From a folder of photos to a verified "
                                 "on-device vision model.", formatter_class=_Fmt, allow_abbrev=False)
     p.add_argument("--version", action="version", version=f"pocketvision {__version__}")
@@ -69,7 +72,6 @@ def _verb_list(listed: dict[str, list[tuple[str, str]]]) -> str:
 
 def _command(c):
     def run(a: argparse.Namespace) -> int:
-        from ..tasks.base import parse_options
         return c.run(a, parse_options(c.options, _given(a, [c.options]), c.name))
     return run
 
@@ -86,7 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except PocketVisionError as e:
-        from ..training.distributed import report_error
         if not report_error(str(e)):  # one of `--devices N`'s processes: the launcher prints it once
             print(f"error: {e}", file=sys.stderr)
         return 2

@@ -9,8 +9,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from ..core.contract import is_image_file
 from ..errors import PocketVisionError
-
+from ..tasks import all_tasks
 
 EPILOG = "Docs: README.md and docs/ (mkdocs serve). Every verb that prints results accepts --json."
 
@@ -129,13 +130,11 @@ def _given(a: argparse.Namespace, models: list[Any]) -> dict[str, Any]:
 
 
 def _task_models(attr: str) -> list[tuple[str, Any]]:
-    from ..tasks import all_tasks
     return [(t.name, getattr(t, attr)) for t in all_tasks() if getattr(t, attr) is not None]
 
 
 # -- verbs -------------------------------------------------------------------------------------------
 def _image_args(items: list[str]) -> list[Path]:
-    from ..core.contract import is_image_file
     out: list[Path] = []
     for s in items:
         p = Path(s)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import typing
 
-from .common import (_given, _kv, _print_json, _task_models,
-                     add_option_flags)
+from ..data.cache import build
+from ..label.server import run
 from ..pipeline.options import TaskName
+from ..tasks import get_task
+from ..tasks.base import detect_task, parse_options, refuse_foreign
+from .common import _given, _kv, _print_json, _task_models, add_option_flags
 
 
 def cmd_cache(a: argparse.Namespace) -> int:
-    from ..data.cache import build
     _, stats = build(a.data, a.size, a.cache_dir, a.threads, log=lambda m: print(m, flush=True), encoding=a.format,
                      quality=a.quality)
     if a.json:
@@ -53,8 +55,6 @@ def cmd_fetch_shards(a: argparse.Namespace) -> int:
 
 
 def cmd_check(a: argparse.Namespace) -> int:
-    from ..tasks import get_task
-    from ..tasks.base import detect_task, parse_options, refuse_foreign
     task = get_task(a.task) if a.task != "auto" else detect_task(a.data)
     given = _given(a, [m for _, m in _task_models("CheckOptions")])
     refuse_foreign(task, given, "CheckOptions", "check")
@@ -72,7 +72,6 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 
 def cmd_label(a: argparse.Namespace) -> int:
-    from ..label.server import run
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
     run(a.dir, split(a.keypoints), split(a.classes), out=a.out, host=a.host, port=a.port,
         open_browser=not a.no_browser, model=a.model, order=a.order, folders=a.folders,

@@ -11,6 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PocketVisionError
+from ..label.review import start
+from ..ota.plans import Conditions
+from ..ota.web import add_updates
+from ..serve.retrain import render, retrain
 
 
 def _percent(s: str) -> float:
@@ -29,7 +33,6 @@ def _registry(a: argparse.Namespace):
 
 
 def _conditions(a: argparse.Namespace):
-    from ..ota.plans import Conditions
     if a.min_app_version is None and a.platforms is None and not a.unmetered_only:
         return None
     try:
@@ -197,7 +200,6 @@ def cmd_feedback(a: argparse.Namespace) -> int:
             raise PocketVisionError("--app opens the review page: use it with `feedback review`.")
         import threading
 
-        from ..label.review import start
         srv = start(c, a.name, a.host, a.port)
         url = f"http://{srv.server_address[0]}:{srv.server_address[1]}/"
         print(f"reviewing corrections to {a.name}: open {url}  (Ctrl-C to stop; each decision is saved at once)",
@@ -247,7 +249,6 @@ def _render_feedback(items: list[dict[str, Any]]) -> None:
 def cmd_retrain(a: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..serve.retrain import render, retrain
     con = Console(stderr=True)
     opts: dict[str, Any] = {}
     if a.epochs is not None:
@@ -261,7 +262,6 @@ def cmd_retrain(a: argparse.Namespace) -> int:
 
 
 def cmd_web_updates(a: argparse.Namespace) -> int:
-    from ..ota.web import add_updates
     token = a.token or os.environ.get("POCKETVISION_TOKEN")
     if not token:
         raise PocketVisionError("give a device token: --token (`pocketvision tokens new --role device`).")

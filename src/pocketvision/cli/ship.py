@@ -8,10 +8,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import PocketVisionError
-from .common import (_given, _image_args, _kv, _print_json, _print_parity, _task_models,
-                     _thread_list, add_option_flags)
+import pocketvision as pv
+from ..core.bundle_file import atomic_write_bytes
+from ..deploy import placement, profiles, variants as V
+from ..deploy.artifact import is_artifact, load_any
+from ..deploy.bench import bench, machine
+from ..errors import ImageDecodeError, PocketVisionError
+from ..export import check_request, get_target, target_names, variant_suffix
+from ..export.web import ORT_WEB_VERSION, fetch_runtime
 from ..tasks import all_tasks
+from ..tasks.base import parse_options, refuse_foreign
+from .common import _given, _image_args, _kv, _print_json, _print_parity, _task_models, _thread_list, add_option_flags
 
 
 def _save_arrays(record: dict[str, Any], image: Path, out_dir: Path) -> dict[str, Any]:
@@ -20,10 +27,9 @@ def _save_arrays(record: dict[str, Any], image: Path, out_dir: Path) -> dict[str
     out = {}
     for k, v in record.items():
         if isinstance(v, np.ndarray) and v.ndim == 3:
-            from PIL import Image
-
-            from ..core.bundle_file import atomic_write_bytes
             import io
+
+            from PIL import Image
             buf = io.BytesIO()
             Image.fromarray(v).save(buf, format="PNG")
             out[k] = str(atomic_write_bytes(out_dir / f"{image.stem}.{k}.png", buf.getvalue()))
@@ -33,8 +39,6 @@ def _save_arrays(record: dict[str, Any], image: Path, out_dir: Path) -> dict[str
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from ..deploy.artifact import load_any
-    from ..errors import ImageDecodeError
     model = load_any(a.model)
     rows, failed = [], 0
     for p in _image_args(a.images):
@@ -53,8 +57,6 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    import pocketvision as pv
-    from ..export import check_request, get_target, variant_suffix
     targets = [t.strip() for t in a.to.split(",") if t.strip()]
     precision = "int8" if a.int8 else ("fp16" if a.fp16 else "fp32")
     for t in targets:  # the request first, then what the bundle's task allows: all before any work
@@ -89,7 +91,6 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_compress(a: argparse.Namespace) -> int:
-    import pocketvision as pv
     b = pv.load(a.bundle)
     log = (lambda s: None) if a.json else (lambda s: print(s, file=sys.stderr))
     if a.prune:
@@ -136,14 +137,12 @@ def cmd_compress(a: argparse.Namespace) -> int:
 
 
 def cmd_fetch_web_runtime(a: argparse.Namespace) -> int:
-    from ..export.web import ORT_WEB_VERSION, fetch_runtime
     path = fetch_runtime(a.version or ORT_WEB_VERSION)
     print(f"onnxruntime-web {a.version or ORT_WEB_VERSION}: {path}")
     return 0
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
-    import pocketvision as pv
     b = pv.load(a.bundle)
     v = b.verify(a.exported, data=a.data, tolerance=a.tolerance, max_drop=a.max_drop)
     _print_json(v) if a.json else _print_parity(v, b.plugin)
@@ -152,16 +151,13 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     import tempfile
-    from ..deploy.bench import bench
     if a.pick:
         return _bench_pick(a)
     if a.all:
         return _bench_all(a)
     path = Path(a.model)
     tmp = None
-    from ..deploy.artifact import is_artifact
     if not is_artifact(path):
-        import pocketvision as pv
         tmp = tempfile.TemporaryDirectory()
         path = pv.load(path).export(Path(tmp.name) / "model.onnx", verify=False).path
     images = _image_args([a.data])[: a.max_images] if a.data else None
@@ -176,7 +172,6 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def _bench_variant_list(a: argparse.Namespace, task) -> list[tuple[str, str, int | None]] | None:
-    from ..export import check_request
     if not a.variants:
         return None
     chosen = []
@@ -190,9 +185,6 @@ def _bench_variant_list(a: argparse.Namespace, task) -> list[tuple[str, str, int
 
 
 def _bench_pick(a: argparse.Namespace) -> int:
-    import pocketvision as pv
-    from ..deploy import placement
-    from ..deploy.artifact import is_artifact
     if is_artifact(a.model):
         raise PocketVisionError(f"{a.model}: --pick compares the variants of a bundle (.pvb), not one exported file.")
     b = pv.load(a.model)
@@ -209,8 +201,6 @@ def _bench_pick(a: argparse.Namespace) -> int:
 
 
 def cmd_device_profile(a: argparse.Namespace) -> int:
-    from ..core.bundle_file import atomic_write_bytes
-    from ..deploy import profiles
     prof = profiles.measure(_thread_list(a.threads), name=a.name, runs=a.runs, log=print)
     atomic_write_bytes(Path(a.out), json.dumps(prof, indent=1).encode())
     print(f"device profile of {prof['name']} ({', '.join(prof['threads'])} thread(s)): {a.out}")
@@ -218,9 +208,6 @@ def cmd_device_profile(a: argparse.Namespace) -> int:
 
 
 def _bench_all(a: argparse.Namespace) -> int:
-    import pocketvision as pv
-    from ..deploy import variants as V
-    from ..deploy.bench import machine
     b = pv.load(a.model)
     chosen = _bench_variant_list(a, b.plugin) or V.default_variants(b.plugin)
     out_dir = Path(a.out_dir or Path(a.model).with_suffix("").name + "-variants")
@@ -261,8 +248,6 @@ def _print_bench(r: dict) -> None:
 
 
 def cmd_filter(a: argparse.Namespace) -> int:
-    from ..deploy.artifact import load_any
-    from ..tasks.base import parse_options, refuse_foreign
     named = [v for k, v in vars(a).items() if k.startswith("model_flag_") and v]
     inputs = ([*named, *a.inputs] if named else a.inputs)
     if len(inputs) != 2:
@@ -271,7 +256,6 @@ def cmd_filter(a: argparse.Namespace) -> int:
     model = load_any(inputs[0])
     plugin = model.plugin
     if plugin.FilterOptions is None:
-        from ..tasks import all_tasks
         able = [t.name for t in all_tasks() if t.FilterOptions is not None]
         raise PocketVisionError(f"{inputs[0]}: a {plugin.name} model; filter needs a {' or '.join(able)} model.")
     given = _given(a, [m for _, m in _task_models("FilterOptions")])
@@ -301,7 +285,6 @@ def _register_export(verb) -> None:
     s = verb("export", "Export a bundle (uint8 RGB in, the task's outputs out) and verify parity on real images.",
              cmd_export)
     s.add_argument("bundle", help="bundle (.pvb)")
-    from ..export import target_names
     s.add_argument("--to", default="onnx", help=f"target format(s), comma-separated: {', '.join(target_names())}")
     s.add_argument("--out", default=None, help="output file/folder (default: bundle name + variant + suffix)")
     s.add_argument("--out-dir", default=None, help="folder for the outputs when exporting several targets")

@@ -6,18 +6,18 @@ import argparse
 import typing
 from pathlib import Path
 
+import pocketvision as pv
+from ..demo import run_demo
+from ..deploy.artifact import load_any
 from ..errors import PocketVisionError
-from .common import (_console, _given, _ints, _print_json, _task_models,
-                     add_option_flags)
-from ..pipeline.options import TaskName
+from ..pipeline.options import TaskName, split_options
 from ..tasks import all_tasks
+from ..training import distributed
 from ..training.config import TrainConfig
+from .common import _console, _given, _ints, _print_json, _task_models, add_option_flags
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    import pocketvision as pv
-    from ..training.config import TrainConfig
-
     opts = _given(a, [TrainConfig] + [m for _, m in _task_models("Options")])
     opts["progress"] = not a.json
     if opts.get("devices", 1) > 1:
@@ -51,8 +51,6 @@ def _launch_devices(a: argparse.Namespace, opts: dict) -> int | None:
     None under torchrun (this process is one of them)."""
     import time
 
-    from ..training import distributed
-    from ..pipeline.options import split_options
     if distributed.from_env().active:
         return None
     if a.find_lr:
@@ -71,7 +69,6 @@ def _launch_devices(a: argparse.Namespace, opts: dict) -> int | None:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from ..deploy.artifact import load_any
     model = load_any(a.model)
     m = model.evaluate(a.data, split=a.split, report_dir=a.report, **_given(a, [m for _, m in _task_models("EvalOptions")]))
     if a.json:
@@ -121,7 +118,6 @@ def cmd_search(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from ..demo import run_demo
     summary = run_demo(Path(a.out), epochs=a.epochs, quiet=a.json)
     if a.json:
         _print_json(summary)

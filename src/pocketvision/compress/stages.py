@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import PocketVisionError
 from .data import budget_quality, held_out, training_pixels
+from .prune import prune_separable
 
 
 def _outputs(bundle, model: nn.Module, x: torch.Tensor) -> np.ndarray:
@@ -137,7 +138,6 @@ def prune_bundle(bundle, ratio: float = 0.3, data: str | Path | None = None, *, 
     it on the training data -> (new bundle, report). ``train_options`` are training options."""
     bundle.require("prune", "pruning")
     from ..pipeline.train import train_model
-    from .prune import prune_separable
     held = held_out(bundle, data)
     judge = budget_quality(bundle.plugin, bundle.meta, held, bundle.predict_pixels(held.pixels))
 

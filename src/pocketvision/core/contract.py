@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageDecodeError, PocketVisionError, unknown_choice
+from .tar_members import read_member
 
 RESIZE_MODES = ("squash", "center_crop", "letterbox")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -168,7 +169,6 @@ def load_rgb(source: str | os.PathLike | bytes, min_size: tuple[int, int] | None
     try:
         fp = io.BytesIO(source) if isinstance(source, bytes | bytearray) else open(source, "rb")
     except NotADirectoryError as e:  # SHARD.tar/member: an image inside a WebDataset shard (data/shards.py)
-        from .tar_members import read_member
         member = read_member(source)
         if member is None:
             raise ImageDecodeError(f"{name}: cannot open ({e.strerror or e}).") from None

@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFile, ImageFont, UnidentifiedImageError
 
+from ..core import tar_members
 from ..core.contract import is_image_file, load_rgb
 from ..errors import ImageDecodeError, PocketVisionError
-from ..core import tar_members
 from . import shards
 from .augment import Augmenter
+from .cache import PixelCache
 from .folder import SPLITS, Splits, scan
 
 IMBALANCE_WARN = 3.0  # max/min training images per class above which we warn
@@ -167,7 +168,6 @@ def check_dataset(root: str | os.PathLike, val_fraction: float = 0.15, seed: int
     # Files the loader skips without a word: a README, a .txt label, a .heic the user thinks is included.
     report.non_images = sorted(str(p) for d in _class_folders(splits) for p in d.rglob("*")
                                if p.is_file() and not p.name.startswith(".") and not is_image_file(p))
-    from .cache import PixelCache
     pc = PixelCache.find(root, 1)
     report.pixel_cache = pc.describe() if pc else None
     report.seconds = round(time.perf_counter() - t0, 3)

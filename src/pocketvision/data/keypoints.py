@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import PocketVisionError
+from ..errors import PocketVisionError, did_you_mean
 from . import shards
 
 # How far outside the image a labelled point may lie (fraction of the image side) before it is an
@@ -71,7 +71,6 @@ class KeypointSchema:
 
     def index(self, name: str, what: str = "point") -> int:
         if name not in self.names:
-            from ..errors import did_you_mean
             raise PocketVisionError(f"unknown {what} {name!r}; the points are {list(self.names)}."
                                     f"{did_you_mean(name, self.names)}")
         return self.names.index(name)
@@ -123,7 +122,6 @@ def parse_flip_pairs(spec: str | list | None, names: tuple[str, ...]) -> list[tu
         a, b = (x.strip() for x in p)
         for x in (a, b):
             if x not in names:
-                from ..errors import did_you_mean
                 raise PocketVisionError(f"flip pair {a}:{b}: no point named {x!r} (points: {list(names)})."
                                         f"{did_you_mean(x, names)}")
         out.append((names.index(a), names.index(b)))

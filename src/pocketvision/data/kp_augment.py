@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..core.contract import Contract
+from ..evaluate.keypoint_metrics import pose_scores
 from .augment import AugmentConfig, Augmenter, _config_error
 
 
@@ -74,7 +73,6 @@ def rotation_for(points: np.ndarray) -> float:
     in-plane roll against the mean shape, within 15-45. A data set of upright faces (faces5: 99th percentile 19
     degrees) gets 28, near the 30 that face-alignment models train with (HRNet), so tilted heads beyond the data's
     own tail are seen in training."""
-    from ..evaluate.keypoint_metrics import pose_scores
     roll, _ = pose_scores(points)
     if not len(roll):
         return AUTO_ROTATE_RANGE[0]

@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..core import tar_members
+from ..core.bundle_file import atomic_write_bytes
 from ..core.contract import Contract, load_rgb
 from ..errors import ImageDecodeError
-from ..core import tar_members
 from .keypoints import KeypointSet, load_keypoints
 from .kp_augment import KeypointAugmenter
 
@@ -135,7 +136,6 @@ def draw(img: Image.Image, points: np.ndarray, skeleton=(), r: float = 2.0) -> I
 def write_keypoint_preview(ks: KeypointSet, out_png: str | os.PathLike, size: int = 128, n: int = 24,
                            seed: int = 0, augment: dict | None = None) -> None:
     """A grid: each row shows a sample plain, then augmented three times (same colours per point)."""
-    from ..core.bundle_file import atomic_write_bytes
     rng = np.random.default_rng(seed)
     contract = Contract(size=(size, size), resize="squash")
     aug = KeypointAugmenter(augment or {}, contract, ks.schema.flip_perm)

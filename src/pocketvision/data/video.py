@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.quiet import silence_fd2
 from ..errors import PocketVisionError
 
 
@@ -36,7 +37,6 @@ def filter_frames(video: str | os.PathLike, out: str | os.PathLike,
     video, out = Path(video), Path(out)
     if not video.exists():
         raise PocketVisionError(f"{video}: video not found.")
-    from ..core.quiet import silence_fd2
     with silence_fd2():  # FFmpeg prints its own complaint to fd 2; the user gets our one line
         cap = cv2.VideoCapture(str(video))
         ok, frame = cap.read() if cap.isOpened() else (False, None)

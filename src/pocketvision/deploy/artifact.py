@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..export.base import is_exported, target_for_path
+from ..export.base import is_exported, target_for_path  # importing export registers every target
 
 
 def open_predictor(path: str | Path, threads: int | None = None, accelerator: str | None = None):
     """``.onnx`` (onnxruntime), ``.tflite`` (LiteRT interpreter), a web folder (the page in Chromium)... ->
     its predictor (``predict``, ``evaluate``, ``run_pixels``, ``meta``); Core ML says where it runs.
     ``accelerator``: an execution provider / delegate the format's target offers here (None: its default)."""
-    import pocketvision.export  # noqa: F401  (registers every target)
     return target_for_path(path).open(path, threads, accelerator)
 
 
 def is_artifact(path: str | Path) -> bool:
-    import pocketvision.export  # noqa: F401
     return is_exported(path)
 
 

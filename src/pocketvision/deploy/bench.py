@@ -15,39 +15,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from ..runtime.onnx_predictor import OnnxPredictor
-
-
-def _percentiles(ms: list[float]) -> dict[str, float]:
-    a = np.asarray(ms)
-    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
-            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean())}
-
-
-def _time(fn, runs: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t) * 1e3)
-    return out
+from ..runtime.predictor import percentiles
+from .artifact import open_predictor
 
 
 def latency(path: Path, threads: int, batch: int = 1, runs: int = 100, warmup: int = 10,
             accelerator: str | None = None) -> dict[str, float]:
-    from .artifact import open_predictor  # .onnx (onnxruntime) or .tflite (LiteRT interpreter)
-    return predictor_latency(open_predictor(path, threads=threads, accelerator=accelerator), batch, runs, warmup)
-
-
-def predictor_latency(p, batch: int = 1, runs: int = 100, warmup: int = 10) -> dict[str, float]:
-    """Percentiles of ``p.run_pixels`` on random uint8 images of the model's input size."""
-    h, w = p.contract.size
-    x = np.random.default_rng(0).integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
-    return _percentiles(_time(lambda: p.run_pixels(x), runs, warmup))
+    with open_predictor(path, threads=threads, accelerator=accelerator) as p:
+        return p.latency_ms(runs, warmup, batch)
 
 
 def peak_memory_mb(path: Path) -> float | None:
@@ -73,7 +50,7 @@ def end_to_end(path: Path, images: list[Path], threads: int = 1, runs: int = 3) 
             t = time.perf_counter()
             p.predict([b])
             ms.append((time.perf_counter() - t) * 1e3)
-    return {**_percentiles(ms), "images": len(blobs)}
+    return {**percentiles(ms), "images": len(blobs)}
 
 
 def bench(path: str | Path, images: list[Path] | None = None, large_images: list[Path] | None = None,

@@ -23,8 +23,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.bundle_file import atomic_write_bytes
 from ..errors import PocketVisionError
-from . import variants as V
+from ..export import get_target
+from . import profiles, variants as V
+from .artifact import open_predictor
+from .bench import machine
 
 
 @dataclass
@@ -52,9 +56,6 @@ def pick(bundle, data: str | Path | None, out_dir: str | Path, profile: str | Pa
          max_drop: float = 1.0, runs: int = 50, record: bool = True,
          log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Verify, time and rank every variant of ``bundle`` for ``profile``; record the fastest in the bundle."""
-    from ..export import get_target
-    from . import profiles
-    from .bench import machine
     prof = None if str(profile) == "here" else profiles.load(profile)
     device = machine() if prof is None else prof["name"]
     if threads:
@@ -104,7 +105,6 @@ def pick(bundle, data: str | Path | None, out_dir: str | Path, profile: str | Pa
     report = {"machine": machine(), "device": device, "profile": str(profile), "choice": choice,
               "variants": V.to_json(rows), "options": [asdict(o) for o in options]}
     out_dir.mkdir(parents=True, exist_ok=True)
-    from ..core.bundle_file import atomic_write_bytes
     atomic_write_bytes(out_dir / "placement.json", json.dumps(report, indent=1).encode())
     if record and bundle.path:
         bundle.meta.setdefault("lineage", []).append(choice)
@@ -114,17 +114,8 @@ def pick(bundle, data: str | Path | None, out_dir: str | Path, profile: str | Pa
 
 
 def _measure(r: V.Variant, accelerator: str, threads: int, runs: int) -> float:
-    from .artifact import open_predictor
-    from .bench import predictor_latency
-    pred = open_predictor(r.path, threads=threads, accelerator=accelerator)
-    try:
-        if hasattr(pred, "latency_ms"):  # a page: timed inside the browser at this thread count
-            pred.url = pred.url.split("?")[0] + f"?threads={threads}"
-            pred.visit()
-            return float(pred.latency_ms(runs)["p50_ms"])
-        return float(predictor_latency(pred, runs=runs)["p50_ms"])
-    finally:
-        getattr(pred, "close", lambda: None)()
+    with open_predictor(r.path, threads=threads, accelerator=accelerator) as pred:
+        return float(pred.latency_ms(runs)["p50_ms"])
 
 
 def render(report: dict[str, Any]) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.quiet import silence_fd2
 from ..errors import PocketVisionError
 
 FORMAT = "pocketvision-device-profile/1"
@@ -79,8 +80,7 @@ def kernels(model: str | Path | bytes, threads: int, runs: int = 0, warmup: int 
     runs."""
     import onnxruntime as ort
 
-    from ..core.quiet import silence_fd2
-    from .bench import _time
+    from ..runtime.predictor import time_calls
     raw = model if isinstance(model, bytes) else Path(model).read_bytes()
 
     def options():
@@ -117,7 +117,7 @@ def kernels(model: str | Path | bytes, threads: int, runs: int = 0, warmup: int 
     plain = None
     if runs:
         sess = ort.InferenceSession(raw, options(), providers=["CPUExecutionProvider"])
-        plain = float(np.median(_time(lambda: sess.run(None, feed), runs, warmup)))
+        plain = float(np.median(time_calls(lambda: sess.run(None, feed), runs, warmup)))
     return nodes, plain
 
 
@@ -237,6 +237,7 @@ def measure(threads: list[int] | None = None, name: str | None = None, runs: int
             log=lambda s: None) -> dict[str, Any]:
     """Measure this machine's profile (see the module's text). ``threads``: default 1, 2, 4... up to the cores."""
     import onnxruntime as ort
+
     from .bench import machine
     cores = os.cpu_count() or 1
     threads = sorted(set(threads or [t for t in (1, 2, 4, 8, 16) if t <= cores] or [1]))

@@ -17,9 +17,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-
+from ..core.pixels import batched
 from ..errors import PocketVisionError
+from ..export import get_target
 from ..export.base import model_files
+from .artifact import open_predictor
 
 VERIFIED, UNVERIFIABLE, FAILED = "verified", "exported, not verifiable here", "failed"
 ICONS = {VERIFIED: "✅", UNVERIFIABLE: "❎", FAILED: "❌"}
@@ -65,13 +67,16 @@ def sizes(path: Path) -> tuple[int, int]:
 
 
 def _latency(pred, threads_all: int, runs: int) -> tuple[float, float]:
-    from .bench import latency
-    if hasattr(pred, "latency_ms"):  # measured inside the page
-        one = pred.latency_ms(runs)["p50_ms"]
-        pred.url = pred.url.split("?")[0] + f"?threads={threads_all}"
-        pred.visit()
-        return one, pred.latency_ms(runs)["p50_ms"]
-    return latency(pred.path, 1, runs=runs)["p50_ms"], latency(pred.path, threads_all, runs=runs)["p50_ms"]
+    return _p50(pred, 1, runs), _p50(pred, threads_all, runs)
+
+
+def _p50(pred, threads: int, runs: int) -> float:
+    other = pred.at_threads(threads)
+    try:
+        return other.latency_ms(runs)["p50_ms"]
+    finally:
+        if other is not pred:
+            other.close()
 
 
 def bench_variants(bundle, data: str | Path | None, out_dir: str | Path,
@@ -80,9 +85,6 @@ def bench_variants(bundle, data: str | Path | None, out_dir: str | Path,
                    ) -> list[Variant]:
     """Export, run and judge each variant; ``timed``: also its p50 at 1 thread and at all (`--pick` times its own
     grid instead)."""
-    from ..export import get_target
-    from ..core.pixels import batched
-    from .artifact import open_predictor
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -140,8 +142,8 @@ def bench_variants(bundle, data: str | Path | None, out_dir: str | Path,
                 ok = task.within_budget(rows[0].accuracy, v.accuracy, max_drop)
                 why = f"{task.budget_text(precision, max_drop)}: {rows[0].accuracy:.4f} -> {v.accuracy:.4f}"
             v.status, v.reason = (VERIFIED if ok else FAILED), why
-            if hasattr(pred, "page_info"):  # navigation -> ready (model loaded, session warm), first visit
-                v.extra["page_ready_s"] = round(pred.page_info["ready_s"], 3)
+            if pred.ready_s is not None:  # a page: navigation -> ready (model loaded, session warm), first visit
+                v.extra["page_ready_s"] = round(pred.ready_s, 3)
             if timed:
                 v.p50_1t_ms, v.p50_all_ms = _latency(pred, cores, runs)
         except Exception as e:  # noqa: BLE001 - one broken variant must not hide the others

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from .metrics import predictions, worst_mistakes
+
 # A folder "looks unlike the training data" past any of these (points of accuracy / AUC / ECE): beyond the
 # sampling noise of a few hundred photos, below a drop a user would shrug at.
 ACC_DROP = 0.05
@@ -34,7 +36,6 @@ def val_summary(metrics: dict[str, Any]) -> dict[str, Any]:
 def compare_to_val(val: dict[str, Any], here: dict[str, Any], y: np.ndarray, probs: np.ndarray,
                    paths: list[Path], labels: list[str], unknown: list[str]) -> dict[str, Any]:
     """-> the shift report: rows (figure, val, here, change), classes and photos that moved, the verdict."""
-    from .metrics import predictions, worst_mistakes
     here_s = val_summary(here)
     rows = []
     for k, name in (("accuracy", "accuracy"), ("roc_auc", "ROC-AUC"), ("ece", "calibration error (ECE)"),

@@ -23,8 +23,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import PocketVisionError
+from ..compress.palette_codec import encode
 from ..core.quiet import quiet
+from ..errors import PocketVisionError
 from .base import META_PREFIX, ExportJob, Target, register_target
 
 INSTALL = "pip install 'pocketvision[coreml]'"
@@ -94,8 +95,8 @@ def export_coreml(job: ExportJob) -> Path:
                             classifier_config=ct.ClassifierConfig(labels) if spec.coreml == "classifier" else None,
                             convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
                             compute_precision=ct.precision.FLOAT16 if job.precision == "fp16" else ct.precision.FLOAT32)
-            from coremltools.optimize.coreml import (OpLinearQuantizerConfig, OpPalettizerConfig,
-                                                     OptimizationConfig, linear_quantize_weights)
+            from coremltools.optimize.coreml import (OpLinearQuantizerConfig, OpPalettizerConfig, OptimizationConfig,
+                                                     linear_quantize_weights)
             if job.palettised_bits:
                 # The weights already hold <= 2^bits distinct values (per channel after its scale): store them
                 # as Core ML look-up tables, in one rewrite so the scales are not folded back into dense weights.
@@ -129,7 +130,6 @@ def _channel_scales_pass():
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
 
-    from ..compress.palette_codec import encode
 
     class ChannelScales(AbstractGraphPass):
         def apply(self, prog):

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import PocketVisionError
 from ..core.quiet import quiet
+from ..errors import PocketVisionError
+from ..runtime.litert_predictor import ACCELERATORS, LiteRTPredictor
 from .base import META_PREFIX, ExportJob, Target, register_target
 
 INSTALL = "pip install 'pocketvision[litert]'"
@@ -116,11 +117,9 @@ class LiteRTTarget(Target):
         export_tflite(job)
 
     def open(self, path: str | Path, threads: int | None = None, accelerator: str | None = None):
-        from ..runtime.litert_predictor import LiteRTPredictor
         return LiteRTPredictor(path, threads, accelerator)
 
     def accelerators(self) -> tuple[str, ...]:
-        from ..runtime.litert_predictor import ACCELERATORS
         return ACCELERATORS
 
     def owns(self, path: Path) -> bool:
@@ -143,8 +142,7 @@ def _int8_full_integer(data: bytes, calibration: np.ndarray, op_types: list[str]
     the user's training images. (PT2E in torch lost 40 points on EfficientNet-Lite0 here; this kept it.)
     ``op_types`` (the task's ``Int8Recipe``): when the task quantises only some op types (the stylizer: its
     convolutions), the other ops stay float, as in its ONNX export; otherwise every op is quantised."""
-    from ai_edge_quantizer import quantizer as aeq
-    from ai_edge_quantizer import recipe
+    from ai_edge_quantizer import quantizer as aeq, recipe
 
     from ..compress.quantize import QUANT_OPS
     rec = recipe.static_wi8_ai8()  # [{"regex": ".*", "operation": "*", ...}]

@@ -18,7 +18,9 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..compress.int8 import quantize_onnx
 from ..errors import PocketVisionError
+from ..runtime.onnx_predictor import OnnxPredictor, accelerators
 from .base import META_PREFIX, ExportJob, Target, register_target
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -104,15 +106,12 @@ class OnnxTarget(Target):
 
     def export(self, job: ExportJob) -> None:
         if job.precision == "int8":
-            from ..compress.int8 import quantize_onnx
             quantize_onnx(job, lambda model, out: export_onnx(model, job.contract, job.task, job.meta, out, job.opset))
             return
         export_onnx(job.model, job.contract, job.task, job.meta, job.out, job.opset)
 
     def open(self, path: str | Path, threads: int | None = None, accelerator: str | None = None):
-        from ..runtime.onnx_predictor import OnnxPredictor
         return OnnxPredictor(path, threads, accelerator)
 
     def accelerators(self) -> tuple[str, ...]:
-        from ..runtime.onnx_predictor import accelerators
         return accelerators()

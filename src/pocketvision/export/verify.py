@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import PocketVisionError
 from ..core.pixels import batched, load_pixels  # noqa: F401  (load_pixels: the earlier home of this helper)
+from ..errors import PocketVisionError
+from .base import target_for_path
 
 
 class NoImages(PocketVisionError):
@@ -20,7 +21,6 @@ class NoImages(PocketVisionError):
 def verify_export(bundle, exported: str | Path, data: str | Path | None = None, tolerance: float | None = None,
                   precision: str | None = None, max_drop: float = 1.0, target=None) -> dict[str, Any]:
     """``target``: the export target that wrote ``exported`` (default: recognised from the path)."""
-    from .base import target_for_path
     task = bundle.plugin
     target = target or target_for_path(exported)
     structural = target.inspect(exported, bundle.export_meta(), task)

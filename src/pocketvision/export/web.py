@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PocketVisionError
+from ..runtime.web_predictor import WebPredictor, is_web_folder
 from .base import ExportJob, Target, register_target
 
 ORT_WEB_VERSION = "1.30.0"
@@ -192,7 +193,6 @@ class WebTarget(Target):
         export_web(onnx_job.out, {**job.meta, "precision": job.precision}, job.out, job.task.outputs)
 
     def open(self, path: str | Path, threads: int | None = None, accelerator: str | None = None):
-        from ..runtime.web_predictor import WebPredictor
         self._default_only(accelerator)
         return WebPredictor(path, threads)
 
@@ -200,5 +200,4 @@ class WebTarget(Target):
         return ("wasm",)  # onnxruntime-web's WebAssembly backend in Chromium (no GPU here for WebGPU)
 
     def owns(self, path: Path) -> bool:
-        from ..runtime.web_predictor import is_web_folder
         return path.suffix == self.suffix or is_web_folder(path)

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-
+from ..core.contract import load_rgb
+from ..deploy.artifact import load_any
 from ..errors import PocketVisionError
 from .store import LabelStore, SchemaError
 
@@ -48,7 +49,6 @@ class DisplayCache:
 
         from PIL import Image
 
-        from ..core.contract import load_rgb
         s = DISPLAY_MAX / max(w, h)
         img = load_rgb(self.store.path(image), min_size=(round(w * s), round(h * s)))
         img = img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BILINEAR)
@@ -66,7 +66,6 @@ class Suggester:
     """Model-assisted labelling: pre-placed points / a pre-chosen class, and an uncertainty per image."""
 
     def __init__(self, model: str, store: LabelStore):
-        from ..deploy.artifact import load_any
         m = load_any(model)
         self.predict, self.plugin, self.labels = m.predict, m.plugin, list(m.labels)
         problem = self.plugin.label_problem(store.mode, self.labels, store.names)

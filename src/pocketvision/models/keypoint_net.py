@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import PocketVisionError, unknown_choice
+from ..errors import PocketVisionError, did_you_mean, unknown_choice
 from ._base import ConvBnAct
+from .registry import build_model
 
 HEADS = ("heatmap", "simcc", "regression")
 # SimCC bins cover this margin beyond each edge: tight crops put labelled points a little outside.
@@ -211,7 +212,6 @@ def check_head_args(head: str, cls: type, args: dict[str, Any]) -> None:
     """Head arguments are checked against the head's signature at the entry (a typo is one line, not a
     TypeError deep inside the constructor)."""
     import inspect
-    from ..errors import did_you_mean
     valid = [n for n in list(inspect.signature(cls).parameters)[4:]]  # after cin, k, hw, size
     for k in args:
         if k not in valid:
@@ -259,7 +259,6 @@ class KeypointNet(nn.Module):
 
 def build_keypoint_model(spec: dict[str, Any], size: tuple[int, int], pretrained: bool = False) -> KeypointNet:
     """``spec`` = {"name": backbone, "args": backbone args, "head": {"type", "num_keypoints", ...}}."""
-    from .registry import build_model
     head = dict(spec.get("head") or {})
     if "num_keypoints" not in head:
         raise PocketVisionError("keypoint model spec needs head.num_keypoints.")

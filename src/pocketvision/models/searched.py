@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import PocketVisionError, unknown_choice
 from ._base import ACTIVATIONS, ClassifierNet, check_range, make_act
-from .registry import register_model
+from .registry import model_entry, register_model
 
 OPS = ("mbconv", "sep", "conv")
 BN_PLACES = ("post", "pre", "none")
@@ -187,7 +187,6 @@ def expressible(name: str) -> Callable:
 
 def as_searched(spec: dict[str, Any]) -> dict[str, Any]:
     """The ``searched`` arguments (without num_classes) that build the same layers as the model ``spec``."""
-    from .registry import model_entry
     name = spec.get("name")
     if name not in _CONVERTERS:
         raise PocketVisionError(f"a {name} network has no equivalent in the search space; a search can start from "

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-
 import json
 import os
 import shutil
@@ -41,6 +40,7 @@ from tuf.api import exceptions as tuf_errors
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from ..core.bundle_file import atomic_write_bytes, sha256_file
+from ..deploy.artifact import open_predictor
 from ..errors import PocketVisionError
 from .plans import FOLDER_SUFFIX, Plan, decide
 
@@ -283,7 +283,6 @@ class ModelUpdater:
             self._report(inst.get("version"), "failed", f"installed model unusable: {e}")
 
     def _open(self, path: Path):
-        from ..deploy.artifact import open_predictor
         return open_predictor(path, threads=self.threads)
 
     # -- the update check -------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from ..errors import PocketVisionError
 from ..tasks import get_task, task_names
 from ..tasks.base import detect_task, option_owner, parse_options, refuse_foreign
 from ..training.config import TrainConfig, make_config
+from ..training.recipes import RecipeContext, apply_recipe, describe
 
 TaskName = Literal[("auto", *task_names())]  # type: ignore[valid-type]  # from the registry
 
@@ -51,7 +52,6 @@ def split_options(data: str | Path, options: dict[str, Any], *, recipe: bool = T
     given = {k: getattr(cfg, k) for k in cfg.model_fields_set}
     record, recipe_engine = None, {}
     if recipe and cfg.recipe and not cfg.init_from:  # a run from a bundle is a fine-tune, not a fresh recipe
-        from ..training.recipes import apply_recipe, describe
         ctx = recipe_context(task, data, cfg)
         chosen = task.recipe(ctx)
         if chosen is not None:
@@ -88,7 +88,6 @@ def recipe_context(task, data: str | Path, cfg: TrainConfig):
     weights will load, the device, the number of training images (the task counts them) and the input side asked
     for."""
     from ..models import model_entry
-    from ..training.recipes import RecipeContext
     arch = cfg.arch or task.default_arch[0]
     entry = model_entry(arch)
     device = "cpu"

@@ -13,10 +13,15 @@ import torch
 from torch import nn
 
 from ..core import bundle_file as bundle_io
+from ..core.bundle_file import atomic_write_bytes
 from ..errors import PocketVisionError
+from ..tasks import get_task
+from ..tasks.base import parse_options
+from ..training import distributed
 from ..training.checkpoint import CKPT_META, load_checkpoint
-from .options import split_options
+from ..training.config import TrainConfig, make_config
 from ..training.engine import Engine
+from .options import split_options
 
 # Options a resumed run may change: they affect the display and the machine, not the result. A task adds the
 # options that act only after the last epoch (Task.finish_options); any other given option must equal the run's.
@@ -31,9 +36,6 @@ def resumed_options(saved: dict[str, Any], given: dict[str, Any], run: Path) -> 
     otherwise than asked: such an option is refused, in one line that names it and both values. Values are compared
     once validated (``--arch searched:FILE`` is the architecture the run stored), so repeating the run's own command
     line is fine."""
-    from ..tasks import get_task
-    from ..tasks.base import parse_options
-    from ..training.config import TrainConfig, make_config
     task = get_task(saved["task"]) if saved.get("task") not in (None, "auto") else None
     may = set(RESUME_OVERRIDES) | set(task.finish_options if task else ())
     own = task.Options.model_fields if task else {}
@@ -67,7 +69,6 @@ def train_model(data: str | Path, options: dict[str, Any], *, user_model: nn.Mod
 
     Under torchrun (``--devices N``) every process trains its share; rank 0 returns the result, the others
     ``(None, None)``. A group that torchrun restarted after a process died resumes from the run's checkpoint."""
-    from ..training import distributed
     dist = distributed.from_env()
     if not dist.main:
         from rich.console import Console
@@ -132,8 +133,6 @@ def find_lr(data: str | Path, options: dict[str, Any], out_png: str | Path, star
     the suggestion is where the loss falls fastest."""
     import numpy as np
 
-    from ..core.bundle_file import atomic_write_bytes
-    from ..training import distributed
     if distributed.from_env().active:
         raise PocketVisionError("the LR range test runs in one process: start it without torchrun.")
     task, cfg, opts, _ = split_options(data, {**options, "tensorboard": False})

@@ -130,6 +130,8 @@ class WebPredictor(Predictor):
         info["page_ready_ms"] = info["timings"]["ready"]
         info["bytes"] = transferred
         self.page_info = info
+        if self.ready_s is None:  # the first visit: what a user's first page load costs
+            self.ready_s = info["ready_s"]
         return info
 
     def run_pixels(self, pixels: np.ndarray, batch: int = 16) -> np.ndarray:
@@ -163,8 +165,15 @@ class WebPredictor(Predictor):
         return first, {k: np.concatenate(v).squeeze(1) if v[0].shape[1] == 1 else np.concatenate(v)
                        for k, v in extra.items()}
 
-    def latency_ms(self, runs: int = 50, warmup: int = 5) -> dict[str, float]:
+    def at_threads(self, threads: int) -> WebPredictor:
+        self.url = self.url.split("?")[0] + f"?threads={threads}"  # the page reads its thread count at load
+        self.visit()
+        return self
+
+    def latency_ms(self, runs: int = 50, warmup: int = 5, batch: int = 1) -> dict[str, float]:
         """Per-image model time measured inside the page (performance.now around session.run)."""
+        if batch != 1:
+            raise PocketVisionError(f"{self.path}: the page times one image per call; batch {batch} is not offered.")
         res = self.page.evaluate("async ([runs, warmup]) => { const [H, W] = pv.meta.contract.size;"
                                  " const x = new Uint8Array(H * W * 3).map((_, i) => (i * 37) % 256); const t = [];"
                                  " for (let i = 0; i < warmup + runs; i++) { const r = await pv.runPixels(x, 1);"

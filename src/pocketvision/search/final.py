@@ -26,6 +26,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..models import build_model
 from .evolution import Evaluated, fitness
 from .latency import PREDICT_CUTOFF, BlockTable, measure_export
 from .space import WIDTH_SCALES, describe, scaled, valid
@@ -86,7 +87,6 @@ def _untrained(like: Path, c: dict[str, Any]):
     """A bundle of network ``c`` with fresh weights and ``like``'s task, labels and pixel contract."""
     from ..api import load
     from ..bundle import Bundle
-    from ..models import build_model
     ref = load(like)
     meta = copy.deepcopy(ref.meta)
     model = build_model({"name": "searched", "args": {**c["arch"]["args"],

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PocketVisionError
+from ..models.searched import Block, _unit, check_blocks
 
 RUNS, WARMUP = 30, 5
 PREDICT_CUTOFF = 1.5  # not trained when the table predicts this many times the limit (the table's error is less)
@@ -88,7 +89,6 @@ class BlockTable:
         import torch
         from torch import nn
 
-        from ..models.searched import Block, _unit, check_blocks
         args = candidate["arch"]["args"]
         side = candidate["resolution"]
         parts: list[tuple[str, Any, tuple[int, ...]]] = [

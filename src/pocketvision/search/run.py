@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import PocketVisionError
+from ..models.searched import as_searched, load_searched
 from .evolution import OBJECTIVES, RULES, Evaluated, fitness, pareto_front, propose
-from .latency import PREDICT_CUTOFF
-from .space import MAX_BLOCKS, RESOLUTIONS, describe
+from .latency import PREDICT_CUTOFF, BlockTable, exclusive, measure_export, timed_target
+from .space import LRS, MAX_BLOCKS, RESOLUTIONS, describe, valid
 
 TABLE_TARGET = "onnx"  # the block table times onnxruntime; other targets are judged on their exports only
 
@@ -57,7 +58,6 @@ def evaluate(job: dict[str, Any]) -> dict[str, Any]:
     from rich.console import Console
 
     from ..api import train
-    from .latency import BlockTable
     torch.set_num_threads(1)  # every candidate trains the same way wherever it runs: the same numbers
     t0 = time.perf_counter()
     c, run_dir = job["candidate"], Path(job["run_dir"])
@@ -101,7 +101,6 @@ def _measured(b, c: dict[str, Any], job: dict[str, Any], where: Path, lock: Path
     """(ms, MB) of the candidate's export. Latency and size depend on the network and input side, not on the
     weights or the learning rate: the first measurement of a network is kept (``latency_memo.json``) and reused,
     so that identity and learning-rate mutations are judged against the same number instead of a new noisy one."""
-    from .latency import exclusive, measure_export
     memo = Path(job["run_dir"]) / "latency_memo.json"
     net = json.dumps([c["arch"], c["resolution"], job["target"], job["precision"]], sort_keys=True)
     with exclusive(lock):
@@ -366,8 +365,6 @@ def start_candidate(path: str | Path, resolutions: list[int]) -> dict[str, Any]:
     """``--start``: a candidate with the architecture and input side of a trained bundle (.pvb) whose network the
     search space can express (its own, deepdog or MobileNetV1 with BN after the depthwise conv), or of an
     architecture JSON (what a search wrote); it trains at the middle learning rate of the space."""
-    from ..models.searched import as_searched, load_searched
-    from .space import LRS, valid
     p = Path(path)
     if not p.is_file():
         raise PocketVisionError(f"--start {path}: no such file; give a trained bundle (.pvb) or an arch.json.")
@@ -408,7 +405,6 @@ def _check(s: dict[str, Any]) -> None:
     parse_budget(s["budget"])
     if not s["resolutions"] or not all(32 <= r <= 1024 for r in s["resolutions"]):
         raise PocketVisionError(f"--resolutions {s['resolutions']}: input sides between 32 and 1024.")
-    from .latency import timed_target
     timed_target(s["target"])
 
 

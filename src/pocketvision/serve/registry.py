@@ -19,9 +19,10 @@ import sqlalchemy as sa
 from tuf.api.metadata import TargetFile
 
 from ..errors import PocketVisionError
-from . import keys as K
-from .blobs import open_blobs
 from ..ota.plans import FOLDER_SUFFIX, NAME, Conditions, Plan, Release
+from . import keys as K
+from .artifact_check import check_release
+from .blobs import open_blobs
 from .repo import SqlRepository, metadata_file
 from .store import artifacts, channels, db_url, dumps, open_store, tuf_metadata, versions
 
@@ -227,7 +228,6 @@ class Registry:
                 raise PocketVisionError(f"{u.filename}: content {str(u.sha256)[:12]} was not uploaded.")
         checks: dict[str, Any] = {}
         if check:
-            from .artifact_check import check_release
             checks = check_release(uploads, self._copy_blob, {u.kind for u in runnable})
             for u in runnable:
                 u.verification = {**(u.verification or {}), "registry": checks[u.kind]}

@@ -28,7 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pocketvision as pv
 from ..core.bundle_file import atomic_write_bytes
+from ..data.folder import scan
 from ..errors import PocketVisionError
 
 HOLDOUT = 0.25  # share of the corrections held back from training to judge the candidate
@@ -96,7 +98,6 @@ def _training_folder(data: Path, work: Path, labels: list[str], extra: Path, val
     """``work/data``: train/<class>/ and val/<class>/ as symlinks to the user's photos (the split training used) plus
     the corrections in ``extra/<class>/``, each ``repeat`` times; nothing is copied and the user's folder is not
     touched."""
-    from ..data.folder import scan
     splits = scan(data, val_fraction=val_fraction, seed=seed, classes=labels)
     out = work / "data"
     pairs = [(split, splits.classes[s.label], Path(s.path), 0)
@@ -177,8 +178,6 @@ def _fetch_corrections(client, usable: list[dict[str, Any]], holdout: float, tra
 def _train_candidate(name: str, version: int, live, live_path: Path, folder: Path, work: Path, trained: list[str],
                      held: list[str], train_options: dict[str, Any] | None, console: Any):
     """The candidate, warm-started from the live bundle on ``folder``, with where it came from -> (bundle, path)."""
-    import pocketvision as pv
-
     # The live version's network and input side, from its weights; no recipe (it would pick a size or a schedule for
     # training from scratch): a warm start fine-tunes what is there.
     arch = dict(live.meta["arch"])
@@ -203,8 +202,6 @@ def retrain(name: str, server: str, token: str | None, data: str | os.PathLike, 
     training (a few photos among a thousand would barely move the model). ``work``: where the live bundle, the
     corrections, the training folder and the candidate go (default: a new folder under ``runs/``)."""
     from rich.console import Console
-
-    import pocketvision as pv
 
     from .publish import Client, publish
     _check_args(name, channel, holdout, repeat, data)

@@ -56,6 +56,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PocketVisionError, did_you_mean, unknown_choice
+from ..models.efficientnet_lite import LITE0_STAGES, EfficientNetLite, load_imagenet_weights
+from ..models.vgg import IMAGENET_MEAN, IMAGENET_STD, build_vgg, layer_indices
 
 EXTRACTORS = ("lite0", "vgg16", "vgg19")
 MIN_FEATURE_SIDE = 2  # a Gram over a 1x1 map is just the outer product of one vector: no texture left
@@ -144,7 +146,6 @@ class _Tap:
 
 
 def _lite0_taps() -> dict[str, _Tap]:
-    from ..models.efficientnet_lite import LITE0_STAGES
 
     taps = {"stem": _Tap(0, None, 2)}
     i, stride = 1, 2
@@ -162,7 +163,6 @@ def _lite0_taps() -> dict[str, _Tap]:
 
 
 def _vgg_taps(name: str) -> dict[str, _Tap]:
-    from ..models.vgg import layer_indices
 
     out, stride = {}, 1
     for layer, idx in layer_indices(name).items():  # in network order
@@ -295,7 +295,6 @@ def build_extractor(name: str = "lite0", weights: str | Path | None = None, laye
         raise PocketVisionError(f"The softmax temperature must be > 0. Got {temperature!r} instead.")
     taps = _taps(name)
     if name == "lite0":
-        from ..models.efficientnet_lite import EfficientNetLite, load_imagenet_weights
         net = EfficientNetLite(num_classes=0)
         if weights not in (None, "random"):
             raise PocketVisionError(f"lite0 uses its installed ImageNet weights; weights must be None or 'random'. "
@@ -304,7 +303,6 @@ def build_extractor(name: str = "lite0", weights: str | Path | None = None, laye
             net.reset_classifier(1000)  # the weights file holds the 1000-class head; load strictly, then drop it
             load_imagenet_weights(net)
         return FeatureExtractor(name, net.features, taps, layers, (127.0,) * 3, (128.0,) * 3, softmax, temperature)
-    from ..models.vgg import IMAGENET_MEAN, IMAGENET_STD, build_vgg
     vgg = build_vgg(name, weights)
     mean = tuple(255.0 * m for m in IMAGENET_MEAN)
     std = tuple(255.0 * s for s in IMAGENET_STD)

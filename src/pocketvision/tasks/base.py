@@ -26,8 +26,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..core.bundle_file import read
 from ..core.contract import Contract
-from ..errors import PocketVisionError, did_you_mean, unknown_choice
+from ..data.shards import shard_task
+from ..errors import BundleError, PocketVisionError, did_you_mean, unknown_choice
+from ..evaluate.shift import shifted_copy
+from ..training.schedules import make_schedule
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -103,7 +107,6 @@ class HeldOut:
     def with_shifted_twin(self, seed: int = 0) -> HeldOut:
         """These images plus one phone-photo corruption of each, truth unchanged (for tasks whose truth a
         corruption keeps): budgets and parity then hold off the val split, not only on it."""
-        from ..evaluate.shift import shifted_copy
         if self.shifted or not len(self.pixels):
             return self
         twin, _ = shifted_copy(self.pixels, seed)
@@ -165,7 +168,6 @@ class TaskRun:
 
     def schedule(self, name: str, total_steps: int, steps_per_epoch: int, cycle_epochs: float):
         """-> step -> factor of the peak LR (``--schedule``)."""
-        from ..training.schedules import make_schedule
         return make_schedule(name, total_steps, steps_per_epoch, cycle_epochs)
 
     def scheduler(self, optimizer: Any, total_steps: int) -> Any:
@@ -416,7 +418,6 @@ def all_tasks() -> list[Task]:
 
 def detect_task(data: str | os.PathLike) -> Task:
     """The task ``data`` is for: a shard set names its own, else the first task (``detect_order``) that reads it."""
-    from ..data.shards import shard_task
     named = shard_task(data)
     return get_task(named) if named else next(t for t in sorted(all_tasks(), key=lambda t: t.detect_order)
                                               if t.detect(data))
@@ -482,7 +483,6 @@ def evaluate_model(model: Any, data: str | os.PathLike, split: str, report_dir: 
 
 def task_of(meta: dict[str, Any], where: str | os.PathLike) -> Task:
     """The plug-in of a bundle's task, or a one-line error naming the file (a newer or foreign task)."""
-    from ..errors import BundleError
     name = meta.get("task")
     if name not in _TASKS:
         raise BundleError(f"{where}: task {name!r} is not supported by this version (supported: "
@@ -492,7 +492,6 @@ def task_of(meta: dict[str, Any], where: str | os.PathLike) -> Task:
 
 def load_parent(path: str | os.PathLike) -> tuple[dict[str, Any], nn.Module]:
     """A bundle's (metadata, model) for ``init_from`` / a distillation teacher, without the Bundle class."""
-    from ..core.bundle_file import read
     from ..core.weights import build_for_weights, load_weights, weights_cap
     data = read(path, weights_cap=weights_cap(task_of, str(path)))
     model = build_for_weights(task_of(data.meta, path), data.meta["arch"], data.contract, data.weights, str(path))

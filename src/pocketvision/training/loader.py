@@ -12,7 +12,6 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from ..core.contract import Contract
 from ..data.cache import PixelCache, decode_at
 from ..data.folder import Sample
 from ..errors import ImageDecodeError
+from .distributed import local_batch
 
 # The random resized crop needs some pixels beyond the output size; 1.15x the side is plenty.
 SOURCE_MARGIN = 1.15
@@ -216,7 +216,6 @@ def make_loader(ds, batch_size: int, shuffle: bool, workers: int, seed: int, dro
                 collate_fn=collate, shard: tuple[int, int] = (0, 1)) -> torch.utils.data.DataLoader:
     """Datasets take ``(epoch, index)`` keys and have ``epoch``/``set_epoch`` (see :class:`EpochSampler`).
     ``shard=(rank, world)``: this process's share of a distributed run; ``batch_size`` is the global batch."""
-    from .distributed import local_batch
     kw = dict(num_workers=workers, collate_fn=collate_fn, drop_last=drop_last, pin_memory=torch.cuda.is_available())
     if workers > 0:
         kw.update(persistent_workers=True, prefetch_factor=4)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from ..errors import unknown_choice
+
 
 def make_schedule(name: str, total_steps: int, steps_per_epoch: int, cycle_epochs: float = 2.0,
                   base_frac: float = 0.1, gamma: float = 0.9995) -> Callable[[int], float]:
@@ -40,7 +42,6 @@ def make_schedule(name: str, total_steps: int, steps_per_epoch: int, cycle_epoch
         return lambda s: base_frac + (1 - base_frac) * tri(s)[0] / (2 ** tri(s)[1])
     if name == "exp_range":
         return lambda s: base_frac + (1 - base_frac) * tri(s)[0] * gamma ** s
-    from ..errors import unknown_choice
     raise unknown_choice("schedule", name, ("onecycle", "cosine", "triangular", "triangular2", "exp_range", "constant"))
 
 

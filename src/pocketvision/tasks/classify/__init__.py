@@ -21,9 +21,17 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from ...core.contract import Contract
-from ...errors import PocketVisionError
-from ...evaluate.compare import compare_to_val, val_summary
-from ..base import (CheckOptionsBase, HeldOut, Int8Recipe, Options, OutputSpec, Task, TaskRun, Validation,
+from ...core.pixels import batched, load_pixels
+from ...data import shards
+from ...data.folder import SPLITS, labelled_samples, scan
+from ...errors import ImageDecodeError, PocketVisionError
+from ...evaluate import classification_metrics, render_table, write_report
+from ...evaluate.calibration import fit_temperature, log_probs, reliability, scale
+from ...evaluate.compare import compare_to_val, render_shift, val_summary
+from ...evaluate.report import reliability_png
+from ...evaluate.shift import shifted_copy
+from ...training.recipes import Recipe, scaled_epochs
+from ..base import (CheckOptionsBase, HeldOut, Int8Recipe, Options, OutputSpec, Task, TaskRun, Validation, load_parent,
                     register_task)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -188,7 +196,6 @@ class Teacher:
     augmented pixels* guide the student; its own contract normalises them, so the two may differ."""
 
     def __init__(self, path: str, classes: list[str], engine, temperature: float):
-        from ..base import load_parent
         meta, model = load_parent(path)
         if meta["task"] != "classify" or list(meta["labels"]) != list(classes):
             raise PocketVisionError(f"{path}: teacher labels {meta['labels']} differ from the data's classes {classes}.")
@@ -198,6 +205,7 @@ class Teacher:
 
     def probs(self, x):
         import torch
+
         from ...training.loader import to_input
         with torch.no_grad():
             return torch.softmax(self.model(to_input(x, self.contract, self.engine.device, True)).float() / self.t, 1)
@@ -213,7 +221,6 @@ def _model(task: ClassifyTask, cfg, opts: ClassifyOptions, num_classes: int, use
     """The network to train, its arch spec and contract, and whether it starts from ImageNet weights: the user's
     own model, a bundle's (``--init-from``), or the registry's (with the ImageNet head kept for now)."""
     from ...models import build_model, check_input_size, model_entry
-    from ..base import load_parent
 
     if user_model is not None:  # bring your own model: contract from the config, weights from the user
         size = cfg.size or 224
@@ -258,7 +265,6 @@ class ClassifyRun(TaskRun):
         from rich.console import Console
 
         from ...data.augment import AugmentConfig, Augmenter
-        from ...data.folder import scan
         from ...training.engine import batch_augment_wanted, pick_device, progressive_plan
         from ...training.loader import ImageDataset, default_workers, make_loader
         from ...training.top_tune import supports_top_tune
@@ -445,7 +451,6 @@ class ClassifyRun(TaskRun):
         fitted to the contract -> (uint8 NHWC, labels). Unreadable photos are left out."""
         from PIL import Image
 
-        from ...errors import ImageDecodeError
         rng = np.random.default_rng([self.cfg.seed, 13])
         labels = np.array([s.label for s in self.train_samples])
         if per_class is not None:
@@ -555,6 +560,7 @@ class ClassifyRun(TaskRun):
 
     def _view_dataset(self):
         from ...training.loader import ImageDataset
+
         # keyed (view, photo): the augmentation is seeded by both, so a resumed run caches the same views
         return ImageDataset(self.train_samples, self.contract, self.augmenter, self.cfg.seed, self.train_cache,
                             pixels=self.pixels)
@@ -756,9 +762,6 @@ class ClassifyRun(TaskRun):
         graph of every export outputs calibrated probabilities). -> (calibrated val probs, the record)."""
         import torch
 
-        from ...evaluate.calibration import fit_temperature, log_probs, reliability, scale
-        from ...evaluate.shift import shifted_copy
-        from ...core.pixels import batched
 
         def logits(pixels: np.ndarray) -> np.ndarray:
             with torch.no_grad():
@@ -836,7 +839,6 @@ class ClassifyRun(TaskRun):
                                    for i in range(0, len(pixels), 64)])
 
     def finish(self, best: Validation | None, run_dir: Path | None) -> dict[str, Any]:
-        from ...evaluate import classification_metrics
         probs = best.result if best is not None else self.validate(self.model).result
         labels = self.splits.classes
         self._shifted = None
@@ -874,7 +876,6 @@ class ClassifyRun(TaskRun):
                      "counts": splits.counts(), "explicit_splits": splits.explicit,
                      "val_fraction": self.cfg.val_fraction, "seed": self.cfg.seed, "skipped": self.problems}}
         if run_dir is not None:
-            from ...evaluate import write_report
             config = {**self.cfg.model_dump(mode="json"), **self.opts.model_dump(mode="json")}
             out["report"] = str(write_report(run_dir / "report", metrics, self.y_val, probs, labels,
                                              [s.path for s in self.val_samples],
@@ -891,8 +892,8 @@ def _tb_confusion(run_dir: Path, metrics: dict, labels: list[str], tensorboard: 
     if not tensorboard:
         return
     try:
-        from torch.utils.tensorboard import SummaryWriter
         from matplotlib.figure import Figure
+        from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return
     cm = np.asarray(metrics["confusion_matrix"]["matrix"])
@@ -908,9 +909,9 @@ def _tb_confusion(run_dir: Path, metrics: dict, labels: list[str], tensorboard: 
         for c, name in enumerate(labels):
             w.add_pr_curve(f"val/pr/{name}", y == c, probs[:, c])
         if metrics.get("calibration", {}).get("bins"):
-            from ...evaluate.report import reliability_png
-            from PIL import Image
             import io
+
+            from PIL import Image
             png = np.asarray(Image.open(io.BytesIO(reliability_png(metrics["calibration"]))).convert("RGB"))
             w.add_image("val/reliability", png, dataformats="HWC")
 
@@ -937,7 +938,6 @@ class ClassifyTask(Task):
         return True
 
     def shard_records(self, data, val_fraction, seed):
-        from ...data.folder import SPLITS, scan
         splits = scan(data, val_fraction=val_fraction, seed=seed)
         root = Path(data)
         return {"classes": splits.classes}, {
@@ -945,14 +945,12 @@ class ClassifyTask(Task):
                     for s in getattr(splits, split)] for split in SPLITS if getattr(splits, split)}
 
     def count_images(self, data: str | os.PathLike) -> int | None:
-        from ...data.folder import scan
         try:
             return len(scan(data).train)
         except PocketVisionError:  # the run itself reports a bad folder, with its own message
             return None
 
     def recipe(self, ctx):
-        from ...training.recipes import Recipe, scaled_epochs
         if ctx.pretrained:
             # The engine defaults already are this recipe; naming it puts it in the bundle and on screen.
             return Recipe("pretrained-probe-top", "logistic-regression probe on frozen ImageNet features, then the "
@@ -989,7 +987,6 @@ class ClassifyTask(Task):
 
     # -- data ------------------------------------------------------------------------------------------
     def _samples(self, meta: dict[str, Any], data, split: str):
-        from ...data.folder import labelled_samples, scan
         if data is not None:
             if split == "val":
                 return labelled_samples(data, list(meta["labels"]))[0], str(data)
@@ -1004,7 +1001,6 @@ class ClassifyTask(Task):
         return getattr(splits, split), root
 
     def held_out(self, meta: dict[str, Any], data=None) -> HeldOut:
-        from ...core.pixels import load_pixels
         samples, _ = self._samples(meta, data, "val")
         pixels, kept = load_pixels([s.path for s in samples], Contract.from_dict(meta["contract"]))
         return HeldOut(pixels, np.array([samples[i].label for i in kept]), [samples[i].path for i in kept])
@@ -1066,9 +1062,6 @@ class ClassifyTask(Task):
         return f"{record['label']}\t{record['confidence']:.4f}"
 
     def evaluate(self, model, data, *, split="auto", report_dir=None, title="model", options=None) -> dict[str, Any]:
-        from ...data.folder import labelled_samples
-        from ...evaluate import classification_metrics
-        from ...core.pixels import batched, load_pixels
         labels, contract = model.labels, model.contract
         compare = options is not None and options.compare_to_val
         unknown: list[str] = []
@@ -1093,16 +1086,13 @@ class ClassifyTask(Task):
             metrics["shift"] = compare_to_val(val, metrics, y, probs, [samples[i].path for i in kept], labels,
                                               unknown)
         if report_dir is not None:
-            from ...evaluate import write_report
             metrics["report"] = str(write_report(Path(report_dir), metrics, y, probs, labels,
                                                  [samples[i].path for i in kept], title=f"Evaluation: {title}"))
         return metrics
 
     def render_metrics(self, metrics: dict[str, Any], console) -> None:
-        from ...evaluate import render_table
         render_table(metrics, console)
         if metrics.get("shift"):
-            from ...evaluate.compare import render_shift
             render_shift(metrics["shift"], console)
 
     def export_meta(self, meta: dict[str, Any]) -> dict[str, Any]:
@@ -1163,9 +1153,7 @@ class ClassifyTask(Task):
         content = None
         if options.content_sheet and not options.content:
             raise PocketVisionError("--content-sheet draws the content check's clusters; leave out --no-content.")
-        from ...data import shards
         if options.content and not shards.is_shard_set(Path(data)):  # a shard set's photos are not files to open
-            from ...data.folder import scan
 
             from . import content as classify_content
             splits = scan(data, val_fraction=options.val_fraction, seed=options.seed)
@@ -1182,7 +1170,6 @@ class ClassifyTask(Task):
                 classify_content.render(content, console)
         if options.preview:
             from ...data.augment import AugmentConfig, Augmenter
-            from ...data.folder import scan
             write_preview(scan(data, val_fraction=options.val_fraction, seed=options.seed), options.preview,
                           Augmenter(AugmentConfig(), Contract(size=(options.size, options.size))),
                           n=options.preview_n, seed=options.seed)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ...core.bundle_file import atomic_write_bytes
+from ...core.contract import Contract, load_rgb
 from ...errors import ImageDecodeError, PocketVisionError
 
 NEIGHBOURS = 20  # ImageNet categories nearest a class's own (cosine of the head's weights): its look-alikes
@@ -99,7 +100,6 @@ def analyse(samples_by_class: dict[str, list[Path]], arch: str = "efficientnet_l
 
     import torch
 
-    from ...core.contract import Contract
     from ...models import build_model, model_entry
     from ...models.imagenet_head import anchor_classes, imagenet_names
 
@@ -240,7 +240,6 @@ def write_sheet(report: ContentReport, out_png: str | os.PathLike, tile: int = 9
     """A PNG with one row per cluster of each class: its caption and its example photos, written atomically."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from ...core.contract import load_rgb
     rows = [(c.name, d) for c in report.classes for d in c.clusters]
     if not rows:
         raise PocketVisionError("no clusters to draw (too few photos per class).")

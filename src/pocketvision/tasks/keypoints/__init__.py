@@ -23,9 +23,17 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from ...core.bundle_file import atomic_write_bytes
 from ...core.contract import Contract, load_rgb
+from ...core.pixels import load_pixels
+from ...data import shards
+from ...data.keypoints import (KeypointSchema, drop_images, is_keypoint_source, load_keypoints, read_annotations,
+                               read_exclude)
 from ...errors import ImageDecodeError, PocketVisionError
-from ..base import (CheckOptionsBase, HeldOut, Int8Recipe, Options, OutputSpec, Task, TaskRun, Validation,
+from ...evaluate.keypoint_metrics import FAILURE_NME, default_normalizer, keypoint_metrics
+from ...evaluate.keypoint_report import ced_png, render_keypoint_table, write_keypoint_report
+from ...training.recipes import Recipe
+from ..base import (CheckOptionsBase, HeldOut, Int8Recipe, Options, OutputSpec, Task, TaskRun, Validation, load_parent,
                     register_task)
 
 KP_TOLERANCE_PX = 0.05  # float exports: max coordinate difference, in model-input pixels
@@ -79,7 +87,6 @@ def resolve_normalize(value: str | None) -> list[str] | str | None:
 
 
 def _exclude_set(value: str | set[str] | None) -> set[str]:
-    from ...data.keypoints import read_exclude
     return set(value) if isinstance(value, set | list | tuple) else read_exclude(value)
 
 
@@ -207,12 +214,10 @@ class KeypointRun(TaskRun):
     def __init__(self, task: KeypointsTask, data, cfg, opts: KeypointOptions, console):
         from rich.console import Console
 
-        from ...data.keypoints import load_keypoints
         from ...data.kp_augment import KeypointAugmenter
         from ...models import check_input_size, model_entry
         from ...models.keypoint_net import build_keypoint_model, keypoint_spec
         from ...training.loader import default_workers, find_pixels, make_loader
-        from ..base import load_parent
 
         self.task, self.data, self.cfg, self.opts = task, Path(data), cfg, opts
         self.console = console = console or Console(stderr=True)
@@ -345,8 +350,6 @@ class KeypointRun(TaskRun):
         import torch
         from PIL import Image
 
-        from ...evaluate.keypoint_metrics import FAILURE_NME
-        from ...evaluate.keypoint_report import ced_png
         m, _ = self._score(self.model)
         tb.add_image("val/ced", np.asarray(Image.open(io.BytesIO(ced_png(m))).convert("RGB")), dataformats="HWC")
         for name, v in m["per_point"].items():
@@ -373,7 +376,6 @@ class KeypointRun(TaskRun):
 
     def _score(self, net) -> tuple[dict[str, Any], np.ndarray]:
         from ...data.kp_augment import points_to_source
-        from ...evaluate.keypoint_metrics import keypoint_metrics
         pred = points_to_source(self._predict_val(net), self.val_sizes, self.contract)
         return keypoint_metrics(self.val_gt, pred, self.ds.schema.names, self.normalize, np.array(self.val_sizes)), pred
 
@@ -384,7 +386,6 @@ class KeypointRun(TaskRun):
                           f"val NME {m['nme']:.4f}  PCK@0.1 {m['pck@0.1']:.3f}  {m['mean_error_px']:.2f} px", pred)
 
     def finish(self, best: Validation | None, run_dir: Path | None) -> dict[str, Any]:
-        from ...evaluate.keypoint_metrics import default_normalizer, keypoint_metrics
         schema, ds = self.ds.schema, self.ds
         # the kept weights are back on the CPU: the final numbers are the bundle's own
         _, pred = self._score(self.model)
@@ -399,7 +400,6 @@ class KeypointRun(TaskRun):
                      "skipped": self.problems},
             "augment": self.augment}  # as trained: "auto" fields resolved from the data
         if run_dir is not None:
-            from ...evaluate.keypoint_report import write_keypoint_report
             out["report"] = str(write_keypoint_report(
                 run_dir / "report", metrics, self.val_gt, pred, [s.path for s in self.val_s], schema.names,
                 schema.skeleton, title=f"Training: {self.spec['name']} + {self.spec['head']['type']}"))
@@ -425,11 +425,9 @@ class KeypointsTask(Task):
     detect_order = 10
 
     def detect(self, data: str | os.PathLike) -> bool:
-        from ...data.keypoints import is_keypoint_source
         return is_keypoint_source(data)
 
     def shard_records(self, data, val_fraction, seed):
-        from ...data.keypoints import load_keypoints
         ks = load_keypoints(data, val_fraction=val_fraction, seed=seed)
         base = ks.source if ks.source.is_dir() else ks.source.parent
 
@@ -448,7 +446,6 @@ class KeypointsTask(Task):
         return {"points": pts.tolist(), "size": list(stored)}
 
     def recipe(self, ctx):
-        from ...training.recipes import Recipe
         # The README's faces recipe, now the default: on faces5 (after `check --suspects-out` / `train --exclude`)
         # the heatmap head reaches 5.73% NME on val in 28 min on 2 CPU cores (benchmarks/RESULTS.md,
         # "Keypoints on clean val"); the engine defaults (8 one-cycle epochs) stop well short of it.
@@ -459,7 +456,6 @@ class KeypointsTask(Task):
 
     # -- data ------------------------------------------------------------------------------------------
     def _split(self, meta: dict[str, Any], split: str, data=None):
-        from ...data.keypoints import drop_images, load_keypoints
         if data is not None:
             return labelled_keypoints(data, "auto", flip_pairs="none")[1]
         d = meta.get("data", {})
@@ -474,7 +470,6 @@ class KeypointsTask(Task):
         return drop_images(samples, set(d.get("excluded", ())))
 
     def held_out(self, meta: dict[str, Any], data=None) -> HeldOut:
-        from ...core.pixels import load_pixels
         contract = Contract.from_dict(meta["contract"])
         samples = self._split(meta, "val", data)
         pixels, kept = load_pixels([s.path for s in samples], contract)
@@ -482,7 +477,6 @@ class KeypointsTask(Task):
         return HeldOut(pixels, truth, [samples[i].path for i in kept])
 
     def training_images(self, meta: dict[str, Any], data=None) -> tuple[list[Path], str | None]:
-        from ...data.keypoints import load_keypoints
         d = meta.get("data", {})
         root = d.get("root") if d.get("root") and Path(d["root"]).exists() else data
         if not root:
@@ -528,9 +522,7 @@ class KeypointsTask(Task):
 
     def evaluate(self, model, data, *, split="auto", report_dir=None, title="model", options=None,
                  batch: int = 64) -> dict[str, Any]:
-        from ...data.keypoints import KeypointSchema, drop_images
         from ...data.kp_augment import points_to_source
-        from ...evaluate.keypoint_metrics import keypoint_metrics
         meta, contract = model.meta, model.contract
         if not meta.get("keypoints"):
             raise PocketVisionError("this model has no keypoint metadata (names, flip pairs).")
@@ -563,13 +555,11 @@ class KeypointsTask(Task):
         m = keypoint_metrics(gt, pred, schema.names, meta.get("keypoints", {}).get("normalize"), np.array(sizes))
         m.update(data=str(data), split=used, skipped_unreadable=len(samples) - len(kept), excluded=len(exclude))
         if report_dir is not None:
-            from ...evaluate.keypoint_report import write_keypoint_report
             m["report"] = str(write_keypoint_report(report_dir, m, gt, pred, [samples[i].path for i in kept],
                                                     schema.names, model_schema.skeleton, title=f"Evaluation: {title}"))
         return m
 
     def render_metrics(self, metrics: dict[str, Any], console) -> None:
-        from ...evaluate.keypoint_report import render_keypoint_table
         render_keypoint_table(metrics, console)
 
     def brief(self, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -577,7 +567,6 @@ class KeypointsTask(Task):
 
     def quality(self, outputs: np.ndarray, truth, reference, meta) -> float:
         """1 - NME against labels in model-input pixels."""
-        from ...evaluate.keypoint_metrics import keypoint_metrics
         h, w = Contract.from_dict(meta["contract"]).size
         return 1.0 - keypoint_metrics(truth, outputs, list(meta["labels"]), meta.get("keypoints", {}).get("normalize"),
                                       np.tile([w, h], (len(truth), 1)))["nme"]
@@ -617,11 +606,9 @@ class KeypointsTask(Task):
         return {"points": pts, "uncertainty": 1.0 - float(np.mean(scores)) if scores else 1.0}
 
     def check(self, data, options: KeypointCheckOptions):
-        from ...data.keypoints import load_keypoints
         from ...data.kp_check import check_keypoints, render_keypoint_check, write_keypoint_preview
         rep = check_keypoints(data, seed=options.seed)
         if options.suspects_out:
-            from ...core.bundle_file import atomic_write_bytes
             lines = [x["image"] for s in rep["splits"].values() for x in s["suspect_labels"]]
             atomic_write_bytes(options.suspects_out, ("\n".join(lines) + "\n").encode())
             rep["suspects_out"] = str(options.suspects_out)
@@ -674,8 +661,6 @@ def flip_averaged(run, perm: np.ndarray, width: int):
 
 def labelled_keypoints(data: str | Path, split: str = "auto", flip_pairs=None):
     """A COCO/CSV file (all of it) or a folder with train/val files (``auto``: val) -> (schema, samples, split)."""
-    from ...data import shards
-    from ...data.keypoints import load_keypoints, read_annotations
     p = Path(data)
     if shards.is_shard_set(p):
         ks = load_keypoints(p, flip_pairs=flip_pairs)

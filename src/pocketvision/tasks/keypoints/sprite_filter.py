@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ...errors import PocketVisionError
+from ...data.video import cv2_module, filter_frames
+from ...errors import PocketVisionError, did_you_mean, unknown_choice
 
 BUILTIN_SPRITES = ("glasses", "mustache", "crown")
 
@@ -66,7 +67,6 @@ def builtin_sprite(name: str) -> Sprite:
             d.ellipse([(x - 9) * s, (y - 9) * s, (x + 9) * s, (y + 9) * s], fill=(200, 30, 60, 255))
         anchors = [(60, 230), (160, 230)]  # the eyes sit well below the crown
     else:
-        from ...errors import unknown_choice
         raise unknown_choice("sprite", name, BUILTIN_SPRITES)
     return Sprite(np.asarray(im.resize((w, h), Image.Resampling.LANCZOS)), np.asarray(anchors, np.float64))
 
@@ -165,7 +165,6 @@ def run_filter(model, video: str | os.PathLike, out: str | os.PathLike, sprite: 
     """``model``: a keypoint bundle or predictor (``run_pixels``, ``contract``, ``labels``).
     -> stats: frames, fps end to end, per-stage milliseconds, output path, frames with the sprite."""
     from ...data.kp_augment import points_to_source
-    from ...data.video import cv2_module, filter_frames
     cv2 = cv2_module()
     run_pixels, contract, names = model.run_pixels, model.contract, list(model.labels)
     parts = [p.strip() for p in anchor.split(",")]
@@ -174,7 +173,6 @@ def run_filter(model, video: str | os.PathLike, out: str | os.PathLike, sprite: 
     idx = []
     for p in parts:
         if p not in names:
-            from ...errors import did_you_mean
             raise PocketVisionError(f"--anchor: the model has no point {p!r} (points: {names}).{did_you_mean(p, names)}")
         idx.append(names.index(p))
     sp = load_sprite(sprite, sprite_anchors)

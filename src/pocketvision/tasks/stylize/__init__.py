@@ -28,9 +28,15 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from ...core.contract import Contract, load_rgb
-from ...errors import PocketVisionError
-from ..base import (CheckOptionsBase, Command, HeldOut, Int8Recipe, Options, OutputSpec, Task, TaskRun,
-                    Validation, register_task)
+from ...core.pixels import batched, load_pixels
+from ...data.folder import Sample
+from ...data.photos import held_out_photos, scan_photos
+from ...data.video import cv2_module, filter_frames
+from ...errors import ImageDecodeError, PocketVisionError
+from ...evaluate.report import _atomic_write, _b64, _png
+from ...training.recipes import Recipe, scaled_epochs
+from ..base import (CheckOptionsBase, Command, HeldOut, Int8Recipe, Options, OutputSpec, Task, TaskRun, Validation,
+                    load_parent, register_task)
 
 PSNR_FLOAT = 40.0  # dB: a float export must match the bundle at least this closely
 PSNR_INT8 = 30.0  # dB: an int8 (or fp16) export
@@ -175,13 +181,10 @@ class StylizeRun(TaskRun):
         from rich.console import Console
 
         from ...data.augment import AugmentConfig, Augmenter
-        from ...data.folder import Sample
-        from ...data.photos import scan_photos
         from ...models import build_model, check_input_size, model_entry
         from ...style.perceptual import check_image_side
         from ...training.loader import (ImageDataset, decode_all, decode_source, default_workers, find_pixels,
-                                       make_loader)
-        from ..base import load_parent
+                                        make_loader)
 
         self.task, self.data, self.cfg, self.opts = task, Path(data), cfg, opts
         self.console = console = console or Console(stderr=True)
@@ -378,7 +381,6 @@ def write_style_report(out_dir: Path, run: StylizeRun, m: dict[str, float], gaty
     from matplotlib.figure import Figure
     from PIL import Image
 
-    from ...evaluate.report import _atomic_write, _b64, _png
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def img_tag(a: np.ndarray | Image.Image, side: int = 220) -> str:
@@ -466,14 +468,12 @@ class StylizeTask(Task):
         return list_models(kind=StylizeTask.model_kind)
 
     def count_images(self, data) -> int | None:
-        from ...data.photos import scan_photos
         try:
             return len(scan_photos(data, val_fraction=self.engine_defaults["val_fraction"]).train)
         except PocketVisionError:  # the run itself reports a bad folder, with its own message
             return None
 
     def recipe(self, ctx):
-        from ...training.recipes import Recipe, scaled_epochs
         # A stylizer learns from crops, whatever folder they come from: the validation loss kept falling with every
         # epoch up to 16 of the hotdog photos (benchmarks/RESULTS.md,
         # "The stylizer against the optimisation method"). So the recipe fixes the
@@ -488,7 +488,6 @@ class StylizeTask(Task):
 
     # -- data ------------------------------------------------------------------------------------------
     def _photos(self, meta: dict[str, Any], data=None, split: str = "val") -> list[Path]:
-        from ...data.photos import held_out_photos, scan_photos
         d = meta.get("data", {})
         if data is not None and split == "val":
             return held_out_photos(data)
@@ -500,7 +499,6 @@ class StylizeTask(Task):
         return getattr(ps, split)
 
     def held_out(self, meta: dict[str, Any], data=None) -> HeldOut:
-        from ...core.pixels import load_pixels
         paths = self._photos(meta, data, "val")[:HELD_OUT_MAX]
         pixels, kept = load_pixels(paths, Contract.from_dict(meta["contract"]))
         return HeldOut(pixels, None, [paths[i] for i in kept])
@@ -524,6 +522,7 @@ class StylizeTask(Task):
 
     def graph_head(self, y):
         import torch
+
         # round, then cast: the export hands apps finished uint8 RGB pixels, NHWC like its input
         return (torch.clamp(y, 0.0, 255.0).round().to(torch.uint8).permute(0, 2, 3, 1),)
 
@@ -567,8 +566,6 @@ class StylizeTask(Task):
         content photos."""
         import torch
 
-        from ...data.photos import scan_photos
-        from ...core.pixels import batched, load_pixels
         ps = scan_photos(data, seed=0)
         paths = (ps.val if ps.explicit and split in ("auto", "val") else ps.train + ps.val)
         paths = paths[: options.max_images if options is not None else 50]
@@ -650,8 +647,6 @@ class StylizeTask(Task):
 
     # -- other verbs -----------------------------------------------------------------------------------
     def check(self, data, options: StylizeCheckOptions):
-        from ...data.photos import scan_photos
-        from ...errors import ImageDecodeError
         ps = scan_photos(data, val_fraction=options.val_fraction, seed=options.seed)
         unreadable, tiny = [], []
         for p in ps.train + ps.val:
@@ -732,7 +727,6 @@ def stylize_video(task: StylizeTask, model, video, out, o: StylizeFilterOptions)
     (OpenCV's DIS) to the current frame, where the warped previous *input* still matches the current input
     (Ruder et al. 2016's idea, without retraining): static regions stop flickering, moving ones do not ghost.
     Flicker = mean |out_t - out_t-1| over mean |in_t - in_t-1|, with and without the smoothing."""
-    from ...data.video import cv2_module, filter_frames
     cv2 = cv2_module()
     flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
     state: dict[str, Any] = {"prev_in": None, "prev_out": None, "prev_raw": None, "d_in": [], "d_out": [], "d_raw": []}
