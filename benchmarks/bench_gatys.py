@@ -3,7 +3,7 @@
     python benchmarks/bench_gatys.py [--pairs tubingen:starry_night,...] [--size 512] [--threads 2]
         [--reference 2] [--peer-iterations 5] [--vgg19 PATH] [--out benchmarks/out]
 
-For each content/style pair, `pocketvision.style.stylize` runs with its defaults (lite0 + softmax
+For each content/style pair, `pocketvision.tasks.stylize.gatys.stylize` runs with its defaults (lite0 + softmax
 transformation, coarse-to-fine, L-BFGS) and reports
   * t(1% of final): seconds from the call until the final-scale total loss stays within 1% of this run's
     final loss (stricter than "first touched": it must stay in the band);
@@ -48,9 +48,10 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)  # benchmarks pin threads; the library never does
     from pocketvision.deploy.bench import machine
-    from pocketvision.style import build_extractor, stylize
-    from pocketvision.style.gatys import DEFAULT_ITERATIONS, _fit, _load, _resolve_scales, _to_tensor
-    from pocketvision.style.perceptual import PerceptualLoss
+    from pocketvision.tasks.stylize.gatys import stylize
+    from pocketvision.tasks.stylize.perceptual import build_extractor
+    from pocketvision.tasks.stylize.gatys import DEFAULT_ITERATIONS, _fit, _load, _resolve_scales, _to_tensor
+    from pocketvision.tasks.stylize.perceptual import PerceptualLoss
 
     a.out.mkdir(parents=True, exist_ok=True)
     ex = build_extractor("lite0")

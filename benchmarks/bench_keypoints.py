@@ -42,8 +42,8 @@ def main() -> None:
     ap.add_argument("--max-drop", type=float, default=0.5, help="int8 budget: NME may rise this many points")
     a = ap.parse_args()
     import pocketvision as pv
-    from pocketvision.data.keypoints import load_keypoints
-    from pocketvision.evaluate.keypoint_metrics import keypoint_metrics
+    from pocketvision.tasks.keypoints.annotations import load_keypoints
+    from pocketvision.tasks.keypoints.metrics import keypoint_metrics
     from pocketvision.deploy.artifact import Artifact
     from pocketvision.deploy.bench import machine
     from pocketvision.tasks.keypoints.sprite_filter import run_filter

@@ -149,8 +149,8 @@ def main() -> None:
         return
     torch.set_num_threads(a.threads)
     from pocketvision.deploy.bench import machine
-    from pocketvision.style.gatys import stylize
-    from pocketvision.style.perceptual import DEFAULTS, build_extractor
+    from pocketvision.tasks.stylize.gatys import stylize
+    from pocketvision.tasks.stylize.perceptual import DEFAULTS, build_extractor
 
     a.out.mkdir(parents=True, exist_ok=True)
     base = DEFAULTS["lite0"].style_weight

@@ -120,10 +120,10 @@ def main() -> None:
 
     # 2. quality against the optimisation method -----------------------------------------------------------
     if a.photos:  # --photos 0: exports, speed, parity and flicker only (an existing --bundle)
-        from pocketvision.style.gatys import stylize
+        from pocketvision.tasks.stylize.gatys import stylize
         from pocketvision.tasks.stylize import _loss_from, _style_images
         loss = _loss_from(b.meta["stylize"], _style_images(b.meta))
-        from pocketvision.data.photos import scan_photos
+        from pocketvision.tasks.stylize.photos import scan_photos
         from pocketvision.core.pixels import load_pixels
         val = sorted(scan_photos(DATA / "hotdog" / "val").train + scan_photos(DATA / "hotdog" / "val").val)
         pick = np.random.default_rng(0).permutation(len(val))[: a.photos]  # both classes, never trained on

@@ -82,9 +82,9 @@ def faces_small(faces5, tmp_path_factory):
 def kp_bundle(faces_small, tmp_path_factory):
     """A real keypoint model trained once per session on real faces (heatmap head, deepdog alpha 0.5)."""
     import pocketvision as pv
-    from pocketvision.data.kp_check import suspect_labels
+    from pocketvision.tasks.keypoints.check import suspect_labels
     out = tmp_path_factory.mktemp("kp_bundle")
-    from pocketvision.data.keypoints import load_keypoints
+    from pocketvision.tasks.keypoints.annotations import load_keypoints
     ks = load_keypoints(faces_small)
     # faces5 has web faces whose labels are all shifted onto the hair; check finds them, training leaves them out.
     (out / "suspects.txt").write_text("\n".join(x["image"] for x in suspect_labels(ks.train) + suspect_labels(ks.val)))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pocketvision.core.contract import load_rgb
-from pocketvision.data.kp_augment import apply_matrix, warp_image
+from pocketvision.tasks.keypoints.augment import apply_matrix, warp_image
 
 
 def make_video(samples, out: str | Path, size: tuple[int, int] = (640, 480), frames_per_image: int = 15,
@@ -48,7 +48,7 @@ def make_video(samples, out: str | Path, size: tuple[int, int] = (640, 480), fra
 
 def main() -> None:  # pragma: no cover - a convenience for trying `pocketvision filter` by hand
     import argparse
-    from pocketvision.data.keypoints import load_keypoints
+    from pocketvision.tasks.keypoints.annotations import load_keypoints
     ap = argparse.ArgumentParser(description="Write a 640x480 test video from labelled face photos.")
     ap.add_argument("data", help="keypoint data (COCO json / csv / folder)")
     ap.add_argument("--out", default="faces.mp4")

@@ -101,7 +101,7 @@ LAYERS = [
     {"errors", "core"},                      # the bundle file, the preprocessing contract, pixels, weights
     {"evaluate"},                            # metrics and reports (numpy)
     {"data"},                                # readers, augmentation, cache, shards, checks
-    {"models", "style"},                     # networks, perceptual losses
+    {"models"},                              # networks (the zoo and its registry)
     {"training"},                            # the engine, loaders, recipes (knows a TaskRun, never a task)
     {"tasks"},                               # the task plug-ins and their registry
     {"pipeline"},                            # options -> task -> engine -> bundle metadata

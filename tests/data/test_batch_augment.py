@@ -65,8 +65,8 @@ def test_batched_keypoint_warp_moves_pixels_with_the_points(shared_data):
     """Keypoints: each photo's homography is drawn in the worker (its points mapped and mirrored pairs relabelled
     there, exactly as the per-image path); the device warps the pixels by the same matrix."""
     from pocketvision.data.batch_augment import stack_keypoint_draws
-    from pocketvision.data.keypoints import load_keypoints
-    from pocketvision.data.kp_augment import KeypointAugmenter
+    from pocketvision.tasks.keypoints.annotations import load_keypoints
+    from pocketvision.tasks.keypoints.augment import KeypointAugmenter
     from pocketvision.tasks.keypoints import decode_sample
     contract = Contract(size=(96, 96), resize="squash")
     ds = load_keypoints(shared_data / "faces5")

@@ -123,7 +123,7 @@ def test_keypoint_training_reads_the_cache(faces5, tmp_path):
     """Keypoint photos come from the cache; their points come from the annotations as they are now, scaled to the
     cached pixels, so the two paths give the same points and nearly the same pixels."""
     from pocketvision.core.contract import Contract
-    from pocketvision.data.keypoints import load_keypoints
+    from pocketvision.tasks.keypoints.annotations import load_keypoints
     from pocketvision.tasks.keypoints import decode_sample
     d = tmp_path / "faces"
     (d / "images").mkdir(parents=True)

@@ -115,7 +115,7 @@ def test_three_clicks_label_an_image_and_the_next_one_is_instant(browser, photos
         # pv.switchMs; how fast the machine is is not this test's business)
         assert page.evaluate("pv.switchReady") == [True, True, True]
         # the file trains: COCO keypoints our own reader accepts, in full-size pixels
-        from pocketvision.data.keypoints import read_coco
+        from pocketvision.tasks.keypoints.annotations import read_coco
         schema, samples, _ = read_coco(out)
         assert list(schema.names) == POINTS and len(samples) == 3 and schema.flip_pairs == ((0, 1),)
         assert max(s.size[0] for s in samples) > 2000  # the phone photo kept its full-size coordinates

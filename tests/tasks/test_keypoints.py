@@ -12,9 +12,9 @@ import pytest
 
 from helpers import run_cli
 
-from pocketvision.data.keypoints import infer_flip_pairs, load_keypoints, make_schema, read_coco, read_csv
+from pocketvision.tasks.keypoints.annotations import infer_flip_pairs, load_keypoints, make_schema, read_coco, read_csv
 from pocketvision.errors import PocketVisionError
-from pocketvision.evaluate.keypoint_metrics import keypoint_metrics
+from pocketvision.tasks.keypoints.metrics import keypoint_metrics
 
 pytestmark = pytest.mark.shared_data
 NAMES = ["left_eye", "right_eye", "nose", "left_mouth", "right_mouth"]
@@ -127,7 +127,7 @@ def test_exclude_list_paths_work_from_anywhere_and_a_list_that_matches_nothing_i
     """`check` writes paths relative to where it ran; training elsewhere (or on an absolute data path) must still
     leave those images out, and a list naming none of the data set's images must not pass as a silent no-op."""
     import os
-    from pocketvision.data.keypoints import read_exclude
+    from pocketvision.tasks.keypoints.annotations import read_exclude
     val = load_keypoints(faces_small).val
     monkeypatch.chdir(faces_small.parent)
     (tmp_path / "sus.txt").write_text("\n".join(os.path.relpath(s.path) for s in val[:5]))
@@ -140,8 +140,8 @@ def test_exclude_list_paths_work_from_anywhere_and_a_list_that_matches_nothing_i
 
 
 def test_suspect_labels_flag_a_shifted_annotation(tmp_path):
-    from pocketvision.data.keypoints import KpSample
-    from pocketvision.data.kp_check import suspect_labels
+    from pocketvision.tasks.keypoints.annotations import KpSample
+    from pocketvision.tasks.keypoints.check import suspect_labels
     rng = np.random.default_rng(0)
     base = np.array([[30, 35, 2], [50, 35, 2], [40, 45, 2], [33, 55, 2], [47, 55, 2]], np.float32)
     samples = [KpSample(tmp_path / f"{i}.jpg", base + np.r_[rng.normal(0, 1.5, (5, 2)).T, [np.zeros(5)]].T, (80, 80))
@@ -158,7 +158,7 @@ def test_suspect_labels_flag_a_shifted_annotation(tmp_path):
 def test_trained_model_beats_the_mean_face(kp_bundle, faces_small):
     m = kp_bundle.metrics
     assert kp_bundle.task == "keypoints" and kp_bundle.labels == NAMES
-    from pocketvision.data.keypoints import read_exclude
+    from pocketvision.tasks.keypoints.annotations import read_exclude
     exclude = read_exclude(kp_bundle.path.parent / "suspects.txt")
     ks = load_keypoints(faces_small, exclude=exclude)
     mean = np.stack([s.points for s in ks.train]).mean(0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pocketvision.evaluate.keypoint_metrics import keypoint_metrics, pose_scores
+from pocketvision.tasks.keypoints.metrics import keypoint_metrics, pose_scores
 from pocketvision.tasks.keypoints import flip_averaged
 
 FACE = np.array([[30, 35], [50, 35], [40, 45], [33, 55], [47, 55]], float)  # eyes, nose, mouth corners

@@ -15,9 +15,9 @@ from pocketvision.errors import ImageDecodeError, PocketVisionError
 from pocketvision.models import build_model, check_input_size, count_params, list_models
 from pocketvision.models.stylenet import CondInstanceNorm
 from pocketvision.models.vgg import VGGFeatures, build_vgg, layer_indices, load_vgg_weights
-from pocketvision.style import stylize
-from pocketvision.style.gatys import _fit, _to_yiq
-from pocketvision.style.perceptual import PerceptualLoss, build_extractor, gram_matrix, min_side, softmax_transform
+from pocketvision.tasks.stylize.gatys import stylize
+from pocketvision.tasks.stylize.gatys import _fit, _to_yiq
+from pocketvision.tasks.stylize.perceptual import PerceptualLoss, build_extractor, gram_matrix, min_side, softmax_transform
 
 
 @pytest.fixture(scope="module")

@@ -59,9 +59,9 @@ def test_pretrained_full_finetune_on_cuda(hotdog_small, tmp_path):
 
 def test_keypoints_train_on_cuda(faces_small, tmp_path):
     """The same run as conftest's CPU `kp_bundle` (suspect labels left out, 5 epochs), on CUDA, same bar."""
-    from pocketvision.data.keypoints import load_keypoints, read_exclude
-    from pocketvision.data.kp_check import suspect_labels
-    from pocketvision.evaluate.keypoint_metrics import keypoint_metrics
+    from pocketvision.tasks.keypoints.annotations import load_keypoints, read_exclude
+    from pocketvision.tasks.keypoints.check import suspect_labels
+    from pocketvision.tasks.keypoints.metrics import keypoint_metrics
     ks = load_keypoints(faces_small)
     suspects = tmp_path / "suspects.txt"
     suspects.write_text("\n".join(x["image"] for x in suspect_labels(ks.train) + suspect_labels(ks.val)))

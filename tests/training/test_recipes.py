@@ -80,7 +80,7 @@ def test_pretrained_default_and_keypoints_name_their_recipe(shared_data):
 def test_a_stylizer_trains_for_a_number_of_crops_not_of_epochs(shared_data, tmp_path):
     """The stylizer's recipe is 13,212 crops (12 epochs of the 1,101 hotdog photos): a folder of 100 photos trains as
     long, not for 8 epochs of 100 (an untrained network); a big folder gets fewer epochs; --epochs wins."""
-    from pocketvision.data.photos import scan_photos
+    from pocketvision.tasks.stylize.photos import scan_photos
     style = str(shared_data / "style" / "styles" / "starry_night.jpg")
     cfg, _, record = _cfg(shared_data / "hotdog", task="stylize", style=style)
     assert record["name"] == "stylize-13k-crops" and (cfg["epochs"], cfg["lr"]) == (12, 2e-3)

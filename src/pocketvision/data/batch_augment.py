@@ -61,7 +61,7 @@ def stack_draws(draws: list[Draw], size: tuple[int, int]) -> dict[str, torch.Ten
 
 
 def stack_keypoint_draws(draws: list, size: tuple[int, int]) -> dict[str, torch.Tensor]:
-    """Per-photo keypoint draws (``kp_augment.KeypointDraw``) -> parameter tensors: the inverse of each photo's
+    """Per-photo keypoint draws (the keypoint task's ``KeypointDraw``) -> parameter tensors: the inverse of each photo's
     homography (the points were mapped by the same matrix in the worker), grayscale flags and occlusions."""
     h, w = size
     n = len(draws)

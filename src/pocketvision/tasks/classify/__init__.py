@@ -3,7 +3,7 @@
 Training (``ClassifyRun``, driven by ``training/engine.py``): a pretrained architecture first fits a
 logistic-regression head on frozen features (the linear-probe baseline: exact and fast; it counts as epoch 0,
 so fine-tuning never ends worse than it), then either trains its last blocks on cached trunk activations of a few
-views of each photo (``finetune="top"``, fast on a CPU: ``training/top_tune.py``) or every layer with pixel
+views of each photo (``finetune="top"``, fast on a CPU: ``top_tune.py``) or every layer with pixel
 augmentation (``finetune="full"``). From scratch: augmentation, class weights, label smoothing, optional CutMix and
 distillation from a teacher bundle, progressive resizing. The best validation epoch is kept (least log loss when
 pretrained; accuracy first from scratch); a binary model gets a decision threshold chosen for a target precision.
@@ -27,7 +27,7 @@ from ...data.folder import SPLITS, labelled_samples, scan
 from ...errors import ImageDecodeError, PocketVisionError
 from ...evaluate import classification_metrics, render_table, write_report
 from ...evaluate.calibration import fit_temperature, log_probs, reliability, scale
-from ...evaluate.compare import compare_to_val, render_shift, val_summary
+from .compare import compare_to_val, render_shift, val_summary
 from ...evaluate.report import reliability_png
 from ...evaluate.shift import shifted_copy
 from ...training.recipes import Recipe, scaled_epochs
@@ -267,7 +267,7 @@ class ClassifyRun(TaskRun):
         from ...data.augment import AugmentConfig, Augmenter
         from ...training.engine import batch_augment_wanted, pick_device, progressive_plan
         from ...training.loader import ImageDataset, default_workers, make_loader
-        from ...training.top_tune import supports_top_tune
+        from .top_tune import supports_top_tune
 
         self.task, self.data, self.cfg, self.opts = task, Path(data), cfg, opts
         self.console = console = console or Console(stderr=True)
@@ -432,7 +432,7 @@ class ClassifyRun(TaskRun):
         photos may not fit in memory)."""
         import torch
         if self.top:
-            from ...training.top_tune import TopNet, trunk_activations
+            from .top_tune import TopNet, trunk_activations
             self._fitted = fitted = self._fitted_train()
             k = len(self.model.features) - self.opts.top_blocks
             self._photo_acts = acts = trunk_activations(self.model.features[:k], fitted, self.contract)
@@ -515,7 +515,7 @@ class ClassifyRun(TaskRun):
             self.teacher = Teacher(self.opts.distill, self.splits.classes, engine, self.opts.distill_t)
 
     def _prologue_top(self, engine, resuming: bool) -> None:
-        from ...training.top_tune import TopTune
+        from .top_tune import TopTune
         probe = None
         if not resuming and self._probe_wanted():  # resumed: the head is the checkpoint's
             n = len(self.splits.classes)
@@ -1147,7 +1147,7 @@ class ClassifyTask(Task):
 
     # -- check -----------------------------------------------------------------------------------------
     def check(self, data, options: ClassifyCheckOptions):
-        from ...data.check import check_dataset, render_check, write_preview
+        from .check import check_dataset, render_check, write_preview
         rep = check_dataset(data, val_fraction=options.val_fraction, seed=options.seed, tiny=options.tiny)
         report = rep.to_dict()
         content = None

@@ -1,6 +1,6 @@
 """Keypoints (landmarks) as a task plug-in: COCO keypoints / CSV annotations in, points in pixels out.
 
-The network (``models/keypoint_net.py``: a registry backbone + a heatmap, SimCC or regression head) already
+The network (``net.py``: a registry backbone + a heatmap, SimCC or regression head) already
 returns decoded points ``(N, K, 3)`` = x, y, score in model-input pixels, so every export hands apps finished
 points. Points come back in each original image's pixels (the contract's resize undone, full resolution).
 
@@ -27,11 +27,11 @@ from ...core.bundle_file import atomic_write_bytes
 from ...core.contract import Contract, load_rgb
 from ...core.pixels import load_pixels
 from ...data import shards
-from ...data.keypoints import (KeypointSchema, drop_images, is_keypoint_source, load_keypoints, read_annotations,
+from .annotations import (KeypointSchema, drop_images, is_keypoint_source, load_keypoints, read_annotations,
                                read_exclude)
 from ...errors import ImageDecodeError, PocketVisionError
-from ...evaluate.keypoint_metrics import FAILURE_NME, default_normalizer, keypoint_metrics
-from ...evaluate.keypoint_report import ced_png, render_keypoint_table, write_keypoint_report
+from .metrics import FAILURE_NME, default_normalizer, keypoint_metrics
+from .report import ced_png, render_keypoint_table, write_keypoint_report
 from ...training.recipes import Recipe
 from ..base import (CheckOptionsBase, HeldOut, Int8Recipe, Options, OutputSpec, Task, TaskRun, Validation, load_parent,
                     register_task)
@@ -123,7 +123,7 @@ def _dataset(images, points, contract, augment, seed, batched: bool = False):
     import torch
     from PIL import Image
 
-    from ...data.kp_augment import contract_matrix, transform_points
+    from .augment import contract_matrix, transform_points
 
     class KeypointDataset(torch.utils.data.Dataset):
         def __init__(self):
@@ -173,7 +173,7 @@ def _points_in_model_frame(samples, kept: list[int], contract: Contract) -> np.n
     """Labelled points of ``samples[kept]`` mapped into model-input pixels (the contract's resize)."""
     from PIL import Image
 
-    from ...data.kp_augment import contract_matrix, transform_points
+    from .augment import contract_matrix, transform_points
     out = []
     for i in kept:
         s = samples[i]
@@ -214,9 +214,9 @@ class KeypointRun(TaskRun):
     def __init__(self, task: KeypointsTask, data, cfg, opts: KeypointOptions, console):
         from rich.console import Console
 
-        from ...data.kp_augment import KeypointAugmenter
+        from .augment import KeypointAugmenter
         from ...models import check_input_size, model_entry
-        from ...models.keypoint_net import build_keypoint_model, keypoint_spec
+        from .net import build_keypoint_model, keypoint_spec
         from ...training.loader import default_workers, find_pixels, make_loader
 
         self.task, self.data, self.cfg, self.opts = task, Path(data), cfg, opts
@@ -271,7 +271,7 @@ class KeypointRun(TaskRun):
         self.problems = problems
         augment = dict(cfg.augment or {})
         if augment.get("enabled", True) and augment.get("rotate") == "auto":
-            from ...data.kp_augment import rotation_for
+            from .augment import rotation_for
             augment["rotate"] = rotation_for(np.stack([s.points for s in train_s]))
             console.print(f"augment: rotation +-{augment['rotate']:.0f} degrees (1.5x the 99th percentile of the "
                           "training labels' roll; --augment rotate=N to choose)")
@@ -329,7 +329,7 @@ class KeypointRun(TaskRun):
         import torch
         from PIL import Image
 
-        from ...data.kp_check import draw
+        from .check import draw
         if not isinstance(batch[0], torch.Tensor):
             return None
         pts = batch[1][:32].cpu().numpy()
@@ -375,7 +375,7 @@ class KeypointRun(TaskRun):
         return np.concatenate(outs)
 
     def _score(self, net) -> tuple[dict[str, Any], np.ndarray]:
-        from ...data.kp_augment import points_to_source
+        from .augment import points_to_source
         pred = points_to_source(self._predict_val(net), self.val_sizes, self.contract)
         return keypoint_metrics(self.val_gt, pred, self.ds.schema.names, self.normalize, np.array(self.val_sizes)), pred
 
@@ -493,7 +493,7 @@ class KeypointsTask(Task):
 
     # -- model -----------------------------------------------------------------------------------------
     def build_model(self, spec: dict[str, Any], contract: Contract):
-        from ...models.keypoint_net import build_keypoint_model
+        from .net import build_keypoint_model
         return build_keypoint_model(spec, contract.size)
 
     def export_meta(self, meta: dict[str, Any]) -> dict[str, Any]:
@@ -504,7 +504,7 @@ class KeypointsTask(Task):
 
     # -- runtime ---------------------------------------------------------------------------------------
     def predict(self, model, sources: Sequence) -> list[dict[str, Any]]:
-        from ...data.kp_augment import points_to_source
+        from .augment import points_to_source
         pixels, decoded = load_sources(sources, model.contract)
         pts = points_to_source(model.run_pixels(pixels), decoded, model.contract)
         out = []
@@ -522,7 +522,7 @@ class KeypointsTask(Task):
 
     def evaluate(self, model, data, *, split="auto", report_dir=None, title="model", options=None,
                  batch: int = 64) -> dict[str, Any]:
-        from ...data.kp_augment import points_to_source
+        from .augment import points_to_source
         meta, contract = model.meta, model.contract
         if not meta.get("keypoints"):
             raise PocketVisionError("this model has no keypoint metadata (names, flip pairs).")
@@ -606,7 +606,7 @@ class KeypointsTask(Task):
         return {"points": pts, "uncertainty": 1.0 - float(np.mean(scores)) if scores else 1.0}
 
     def check(self, data, options: KeypointCheckOptions):
-        from ...data.kp_check import check_keypoints, render_keypoint_check, write_keypoint_preview
+        from .check import check_keypoints, render_keypoint_check, write_keypoint_preview
         rep = check_keypoints(data, seed=options.seed)
         if options.suspects_out:
             lines = [x["image"] for s in rep["splits"].values() for x in s["suspect_labels"]]

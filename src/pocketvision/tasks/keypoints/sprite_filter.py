@@ -164,7 +164,7 @@ def run_filter(model, video: str | os.PathLike, out: str | os.PathLike, sprite: 
                min_score: float = 0.2, draw_points: bool = False, max_frames: int | None = None) -> dict[str, Any]:
     """``model``: a keypoint bundle or predictor (``run_pixels``, ``contract``, ``labels``).
     -> stats: frames, fps end to end, per-stage milliseconds, output path, frames with the sprite."""
-    from ...data.kp_augment import points_to_source
+    from .augment import points_to_source
     cv2 = cv2_module()
     run_pixels, contract, names = model.run_pixels, model.contract, list(model.labels)
     parts = [p.strip() for p in anchor.split(",")]

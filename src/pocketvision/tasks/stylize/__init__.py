@@ -1,7 +1,7 @@
 """Style transfer as a task plug-in: a feed-forward stylizer trained on content photos with a style image.
 
 Training (``StylizeRun``, driven by ``training/engine.py``) minimises the perceptual loss of Johnson et al. 2016
-(``style/perceptual.py``: content loss on a deep layer, Gram style loss on several, total variation) of a
+(``perceptual.py``: content loss on a deep layer, Gram style loss on several, total variation) of a
 ``johnson`` or ``stylenet_mobile`` network (``models/stylenet.py``) over random crops of the content photos.
 Several ``--style`` images train one network with conditional instance norm (Dumoulin et al. 2017); the
 bundle (torch) takes per-image style weights, and the exported graph carries the first style.
@@ -10,7 +10,7 @@ The bundle carries the style images it was trained with (PNG, at the size whose 
 evaluation and reports need nothing else. The graph takes uint8 RGB at any height/width (a multiple of the
 network's stride) and returns the stylised uint8 RGB image; parity is PSNR against the bundle's own output.
 
-Also here: `pocketvision stylize` (the optimisation method, ``style/gatys.py``) and the video filter with
+Also here: `pocketvision stylize` (the optimisation method, ``gatys.py``) and the video filter with
 flow-guided temporal smoothing.
 """
 
@@ -30,7 +30,7 @@ from pydantic import Field, field_validator
 from ...core.contract import Contract, load_rgb
 from ...core.pixels import batched, load_pixels
 from ...data.folder import Sample
-from ...data.photos import held_out_photos, scan_photos
+from .photos import held_out_photos, scan_photos
 from ...data.video import cv2_module, filter_frames
 from ...errors import ImageDecodeError, PocketVisionError
 from ...evaluate.report import _atomic_write, _b64, _png
@@ -152,7 +152,7 @@ def _loss_from(settings: dict[str, Any], style_images: list, device=None):
     """The perceptual loss a bundle was trained with (its settings, its style images)."""
     import torch
 
-    from ...style.perceptual import DEFAULTS, PerceptualLoss, build_extractor, check_image_side
+    from .perceptual import DEFAULTS, PerceptualLoss, build_extractor, check_image_side
     d = DEFAULTS[settings["features"]]
     cl = _names(settings.get("content_layers")) or list(d.content_layers)
     sl = _names(settings.get("style_layers")) or list(d.style_layers)
@@ -182,7 +182,7 @@ class StylizeRun(TaskRun):
 
         from ...data.augment import AugmentConfig, Augmenter
         from ...models import build_model, check_input_size, model_entry
-        from ...style.perceptual import check_image_side
+        from .perceptual import check_image_side
         from ...training.loader import (ImageDataset, decode_all, decode_source, default_workers, find_pixels,
                                         make_loader)
 
@@ -348,7 +348,7 @@ class StylizeRun(TaskRun):
         """The stylizer's losses next to the optimisation method's, on the same validation photos (style 0)."""
         import torch
 
-        from ...style.gatys import stylize
+        from .gatys import stylize
         rows = []
         for i in range(min(self.opts.report_gatys, len(self.val_px))):
             x = self.val_px[i:i + 1]
@@ -701,7 +701,7 @@ def _floats(v: str | None, what: str) -> list[float] | None:
 def run_gatys(args: Any, o: GatysOptions) -> int:
     import json
 
-    from ...style.gatys import result_json, stylize
+    from .gatys import result_json, stylize
     iters = _floats(o.iterations, "iterations")
     r = stylize(o.content, o.style if len(o.style) > 1 else o.style[0], out=o.out, size=o.size, features=o.features,
                 weights=o.weights, content_layers=_names(o.content_layers), style_layers=_names(o.style_layers),

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.contract import Contract
-from .distributed import local_batch
+from ...core.contract import Contract
+from ...training.distributed import local_batch
 
 
 def supports_top_tune(model: nn.Module, blocks: int) -> bool:

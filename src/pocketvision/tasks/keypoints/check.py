@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..core import tar_members
-from ..core.bundle_file import atomic_write_bytes
-from ..core.contract import Contract, load_rgb
-from ..errors import ImageDecodeError
-from .keypoints import KeypointSet, load_keypoints
-from .kp_augment import KeypointAugmenter
+from ...core import tar_members
+from ...core.bundle_file import atomic_write_bytes
+from ...core.contract import Contract, load_rgb
+from ...errors import ImageDecodeError
+from .annotations import KeypointSet, load_keypoints
+from .augment import KeypointAugmenter
 
 # Distinct colours per point index (tab10).
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from pocketvision.core.contract import Contract
-from pocketvision.data.kp_augment import (KeypointAugmentConfig, KeypointAugmenter, hflip_matrix, random_matrix,
+from pocketvision.tasks.keypoints.augment import (KeypointAugmentConfig, KeypointAugmenter, hflip_matrix, random_matrix,
                                           transform_points, warp_image)
 from pocketvision.errors import PocketVisionError
 
@@ -98,7 +98,7 @@ def test_occlusion_hides_a_patch_and_keeps_every_label():
 
 
 def test_rotation_range_is_sized_from_the_labels_roll():
-    from pocketvision.data.kp_augment import AUTO_ROTATE_RANGE, rotation_for
+    from pocketvision.tasks.keypoints.augment import AUTO_ROTATE_RANGE, rotation_for
     rng = np.random.default_rng(0)
     face = np.array([[-1, -1], [1, -1], [0, 0], [-0.8, 1], [0.8, 1]], np.float64) * 10 + 40
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import PocketVisionError
+from ...errors import PocketVisionError
 
 FAILURE_NME = 0.10
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import predictions, worst_mistakes
+from ...evaluate.metrics import predictions, worst_mistakes
 
 # A folder "looks unlike the training data" past any of these (points of accuracy / AUC / ECE): beyond the
 # sampling noise of a few hundred photos, below a drop a user would shrug at.

@@ -11,7 +11,7 @@ VGG-19 + L-BFGS needs ~25 minutes for the reference 1,000 iterations; benchmarks
 * L-BFGS with a strong-Wolfe line search; style Grams and content features computed once per scale; a scale
   stops once 50 iterations gain less than 0.5%.
 
-    >>> from pocketvision.style import stylize
+    >>> from pocketvision.tasks.stylize.gatys import stylize
     >>> r = stylize("tubingen.jpg", "starry_night.jpg", out="tubingen_starry.png")
     >>> r.image.shape, r.time_to_within(0.01)
 
@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..core.contract import load_rgb
-from ..errors import PocketVisionError, unknown_choice
+from ...core.contract import load_rgb
+from ...errors import PocketVisionError, unknown_choice
 from .perceptual import DEFAULTS, FeatureExtractor, PerceptualLoss, build_extractor, min_side
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
@@ -224,7 +224,7 @@ def stylize(content: ImageLike, style: ImageLike | Sequence[ImageLike], *, out: 
     size: long side of the output (px). features: ``"lite0"`` (default, installed weights), ``"vgg16"``,
     ``"vgg19"`` (``weights`` = torchvision file; see :mod:`pocketvision.models.vgg`).
     content_layers / style_layers / *_weight / softmax: override the extractor's defaults
-    (:data:`pocketvision.style.perceptual.DEFAULTS`). optimizer: ``"lbfgs"`` or ``"adam"`` (``lr`` in pixel
+    (:data:`pocketvision.tasks.stylize.perceptual.DEFAULTS`). optimizer: ``"lbfgs"`` or ``"adam"`` (``lr`` in pixel
     units). iterations: the most per scale (one number for all, or a list); a scale stops early once its last
     50 iterations lowered the loss by less than ``tol`` (relative; 0 = always run them all). scales: fractions
     of ``size`` (or px), coarse to fine, or a count (halving). style_scale: the style image's long side

@@ -7,7 +7,7 @@ import torch
 
 from pocketvision.core.contract import Contract
 from pocketvision.models import build_model
-from pocketvision.training.top_tune import TopTune
+from pocketvision.tasks.classify.top_tune import TopTune
 
 
 def _top(views: int, seed: int = 0) -> TopTune:

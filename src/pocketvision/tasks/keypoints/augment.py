@@ -20,9 +20,9 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..core.contract import Contract
-from ..evaluate.keypoint_metrics import pose_scores
-from .augment import AugmentConfig, Augmenter, _config_error
+from ...core.contract import Contract
+from .metrics import pose_scores
+from ...data.augment import AugmentConfig, Augmenter, _config_error
 
 
 class KeypointAugmentConfig(BaseModel):

@@ -12,8 +12,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.contract import is_image_file
-from ..errors import PocketVisionError
+from ...core.contract import is_image_file
+from ...errors import PocketVisionError
 
 
 @dataclass

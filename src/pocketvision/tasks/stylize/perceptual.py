@@ -1,6 +1,6 @@
 """Perceptual loss for style transfer: frozen feature extractors, Gram matrices, content/style/TV losses.
 
-Used by the optimisation method (:mod:`pocketvision.style.gatys`) and by feed-forward training alike.
+Used by the optimisation method (:mod:`pocketvision.tasks.stylize.gatys`) and by feed-forward training alike.
 
 Convention: every extractor takes float NCHW **RGB in 0-255** and normalises inside, each the way its
 weights were trained -- lite0 ``(x - 127) / 128`` (TF Lite weights), VGG ImageNet mean/std on ``x / 255``
@@ -55,9 +55,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import PocketVisionError, did_you_mean, unknown_choice
-from ..models.efficientnet_lite import LITE0_STAGES, EfficientNetLite, load_imagenet_weights
-from ..models.vgg import IMAGENET_MEAN, IMAGENET_STD, build_vgg, layer_indices
+from ...errors import PocketVisionError, did_you_mean, unknown_choice
+from ...models.efficientnet_lite import LITE0_STAGES, EfficientNetLite, load_imagenet_weights
+from ...models.vgg import IMAGENET_MEAN, IMAGENET_STD, build_vgg, layer_indices
 
 EXTRACTORS = ("lite0", "vgg16", "vgg19")
 MIN_FEATURE_SIDE = 2  # a Gram over a 1x1 map is just the outer product of one vector: no texture left

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from pocketvision.core.contract import Contract, load_rgb
 from pocketvision.data.augment import Augmenter
-from pocketvision.data.check import check_dataset, render_check, write_preview
+from pocketvision.tasks.classify.check import check_dataset, render_check, write_preview
 from pocketvision.data.folder import scan
 from pocketvision.errors import PocketVisionError
 

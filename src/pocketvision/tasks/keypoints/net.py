@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import PocketVisionError, did_you_mean, unknown_choice
-from ._base import ConvBnAct
-from .registry import build_model
+from ...errors import PocketVisionError, did_you_mean, unknown_choice
+from ...models._base import ConvBnAct
+from ...models.registry import build_model
 
 HEADS = ("heatmap", "simcc", "regression")
 # SimCC bins cover this margin beyond each edge: tight crops put labelled points a little outside.

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..core.contract import load_rgb
-from .report import _atomic_write, _b64, _png
+from ...core.contract import load_rgb
+from ...evaluate.report import _atomic_write, _b64, _png
 
 _SIDE = 192  # px, thumbnails of the worst predictions
 _WORST = 24
