@@ -121,7 +121,8 @@ def main() -> None:
     # 2. quality against the optimisation method -----------------------------------------------------------
     if a.photos:  # --photos 0: exports, speed, parity and flicker only (an existing --bundle)
         from pocketvision.tasks.stylize.gatys import stylize
-        from pocketvision.tasks.stylize import _loss_from, _style_images
+        from pocketvision.tasks.stylize import _style_images
+        from pocketvision.tasks.stylize.run import _loss_from
         loss = _loss_from(b.meta["stylize"], _style_images(b.meta))
         from pocketvision.tasks.stylize.photos import scan_photos
         from pocketvision.core.pixels import load_pixels

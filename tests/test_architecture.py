@@ -330,3 +330,22 @@ def test_every_target_implements_the_protocol(verb):
             import inspect
             assert list(inspect.signature(impl).parameters) == list(inspect.signature(getattr(Target, verb))
                                                                     .parameters), f"{name}.{verb}"
+
+
+@pytest.mark.parametrize("task", ["classify", "keypoints", "stylize"])
+def test_each_task_has_a_torch_free_half_and_a_torch_half(task):
+    """The runtime half (the task, its options) loads no torch, so `predict` on an exported file never does; the
+    training run (``run.py``) imports torch at its top, like any torch module, and is loaded by ``setup`` alone."""
+    top, _ = _import_graph()
+    pkg = f"pocketvision.tasks.{task}"
+    for half in (pkg, f"{pkg}.options"):
+        assert not {x.split(".")[0] for x in _loads(top, half)} & TORCH, f"{half} loads torch when imported"
+    assert "torch" in top[f"{pkg}.run"], f"{pkg}.run: import torch at the top"
+    tree = ast.parse((SRC / "tasks" / task / "run.py").read_text())
+    late = [n.lineno for f in ast.walk(tree) if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
+            for n in ast.walk(f) if isinstance(n, ast.Import | ast.ImportFrom)
+            and any((getattr(n, "module", None) or a.name).split(".")[0] == "torch" for a in n.names)
+            and getattr(n, "module", None) != "torch.utils.tensorboard"]  # tensorboard: slow, and only when asked
+    assert not late, f"{pkg}.run imports torch inside functions at lines {late}"
+    assert not [m for m in top if m.startswith(pkg) and m != f"{pkg}.run" and f"{pkg}.run" in top[m]], \
+        "only setup (inside a function) loads the training run"

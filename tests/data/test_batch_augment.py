@@ -67,7 +67,7 @@ def test_batched_keypoint_warp_moves_pixels_with_the_points(shared_data):
     from pocketvision.data.batch_augment import stack_keypoint_draws
     from pocketvision.tasks.keypoints.annotations import load_keypoints
     from pocketvision.tasks.keypoints.augment import KeypointAugmenter
-    from pocketvision.tasks.keypoints import decode_sample
+    from pocketvision.tasks.keypoints.run import decode_sample
     contract = Contract(size=(96, 96), resize="squash")
     ds = load_keypoints(shared_data / "faces5")
     aug = KeypointAugmenter({"occlude": 0.3, "glare": 0.3, "grayscale": 0.2}, contract, ds.schema.flip_perm)

@@ -124,7 +124,7 @@ def test_keypoint_training_reads_the_cache(faces5, tmp_path):
     cached pixels, so the two paths give the same points and nearly the same pixels."""
     from pocketvision.core.contract import Contract
     from pocketvision.tasks.keypoints.annotations import load_keypoints
-    from pocketvision.tasks.keypoints import decode_sample
+    from pocketvision.tasks.keypoints.run import decode_sample
     d = tmp_path / "faces"
     (d / "images").mkdir(parents=True)
     for split, n in (("train", 600), ("val", 60)):

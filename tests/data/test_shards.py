@@ -75,7 +75,7 @@ def test_keypoints_travel_with_their_photos(faces_small, tmp_path):
     """faces_small names its images by absolute path (outside its folder): they are stored as external/<name>, and
     each photo's points are scaled with its pixels."""
     from pocketvision.tasks.keypoints.annotations import load_keypoints
-    from pocketvision.tasks.keypoints import decode_sample
+    from pocketvision.tasks.keypoints.run import decode_sample
     r = run_cli("shards", str(faces_small), "--out", str(tmp_path / "kp"), "--size", "48", "--json")
     assert r.returncode == 0, r.stderr
     orig, back = load_keypoints(faces_small), load_keypoints(tmp_path / "kp")

@@ -748,7 +748,7 @@ def _always(bundle: Path, out: Path, label: int) -> Path:
     import torch
 
     import pocketvision as pv
-    from pocketvision.tasks.classify import final_linear
+    from pocketvision.tasks.classify.run import final_linear
     b = pv.load(bundle)
     head = final_linear(b.model)
     with torch.no_grad():

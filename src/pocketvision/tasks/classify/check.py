@@ -28,11 +28,11 @@ from PIL import Image, ImageDraw, ImageFile, ImageFont, UnidentifiedImageError
 
 from ...core import tar_members
 from ...core.contract import is_image_file, load_rgb
-from ...errors import ImageDecodeError, PocketVisionError
 from ...data import shards
 from ...data.augment import Augmenter
 from ...data.cache import PixelCache
 from ...data.folder import SPLITS, Splits, scan
+from ...errors import ImageDecodeError, PocketVisionError
 
 IMBALANCE_WARN = 3.0  # max/min training images per class above which we warn
 _GREY_TOL = 4  # max |R-G|, |G-B| (JPEG chroma noise) for an RGB file to count as a grey photo

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import PocketVisionError, did_you_mean
 from ...data import shards
+from ...errors import PocketVisionError, did_you_mean
 
 # How far outside the image a labelled point may lie (fraction of the image side) before it is an
 # error. Tight face crops put eye corners a few pixels past the edge (MTFL: up to 9%); further out

@@ -21,8 +21,8 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ...core.contract import Contract
-from .metrics import pose_scores
 from ...data.augment import AugmentConfig, Augmenter, _config_error
+from .metrics import pose_scores
 
 
 class KeypointAugmentConfig(BaseModel):
