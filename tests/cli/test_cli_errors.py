@@ -102,3 +102,23 @@ def test_help_shows_verbs_by_group_and_no_placeholder_defaults():
     for group in ("the photos:", "make a model:", "ship it:", "over the air:"):
         assert group in r.stdout, group
     assert "PydanticUndefined" not in run_cli("stylize", "--help").stdout
+
+
+def test_every_flag_of_every_verb_has_help_and_says_its_default_once():
+    import argparse
+
+    from pocketvision.cli.commands import build_parser
+    from pocketvision.cli.common import _Fmt
+    fmt, problems = _Fmt("pocketvision"), []
+    for action in build_parser()._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for verb, sub in action.choices.items():
+            for a in sub._actions:
+                if isinstance(a, argparse._SubParsersAction) or a.help == argparse.SUPPRESS:
+                    continue
+                text = fmt._expand_help(a) if a.help else ""
+                if not text or text.count("(default:") > 1 or "PydanticUndefined" in text \
+                        or "(default: None)" in text:
+                    problems.append(f"{verb} {'/'.join(a.option_strings) or a.dest}: {text!r}")
+    assert not problems, problems

@@ -69,3 +69,18 @@ def test_tflite_fp16_halves_the_file_and_keeps_answers(trained_bundle, tmp_path)
     assert v["passed"] and v["max_abs_diff"] < 1e-2 and v["top1_agreement"] >= 0.98
     assert res.path.stat().st_size < 0.6 * fp32.stat().st_size
     assert LiteRTPredictor(res.path).meta["precision"] == "fp16"  # metadata survives the quantizer
+
+
+def test_a_missing_converter_is_named_before_any_export(trained_bundle, tmp_path):
+    """`export --to onnx,tflite` without the [litert] extra: one line with the pip command, and no ONNX file first."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['litert_torch'] = None; from pocketvision.cli.commands import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", code, "export", str(trained_bundle), "--to", "onnx,tflite",
+                        "--out-dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "tflite target needs litert_torch" in lines[0], r.stderr
+    assert "pip install 'pocketvision[litert]'" in lines[0]
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())  # nothing exported first

@@ -20,7 +20,7 @@ from ..tasks import all_tasks
 from ..tasks.base import parse_options
 from ..training.distributed import report_error
 from . import data, ota, ship, train
-from .common import EPILOG, _Fmt, _given, add_option_flags
+from .common import EPILOG, _Fmt, _given, add_option_flags, config_values
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,11 +76,29 @@ def _command(c):
     return run
 
 
+def _verb_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None):
+    """argv -> (namespace, unknown); a --config file fills the verb's defaults first, so flags override it."""
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "config", None):
+        verb = _verb_parser(parser, args.verb)
+        verb.set_defaults(**config_values(args.config, verb, args.verb))
+        args, extra = parser.parse_known_args(argv)
+    return args, extra
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    try:
+        args, extra = _parse(parser, argv)
+    except PocketVisionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if extra:  # the verb's own usage, and the flag it is closest to
-        verb = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.verb]
+        verb = _verb_parser(parser, args.verb)
         flags = [s for a in verb._actions for s in a.option_strings]
         hint = did_you_mean(extra[0].split("=")[0], flags) if extra[0].startswith("-") else ""
         verb.error(f"unrecognized argument{'s' if len(extra) > 1 else ''}: {' '.join(extra)}.{hint}")

@@ -10,14 +10,20 @@ from pathlib import Path
 from typing import Any
 
 from ..core.contract import is_image_file
-from ..errors import PocketVisionError
+from ..errors import PocketVisionError, did_you_mean
 from ..tasks import all_tasks
 
 EPILOG = "Docs: README.md and docs/ (mkdocs serve). Every verb that prints results accepts --json."
 
 
-class _Fmt(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+class _Fmt(argparse.RawDescriptionHelpFormatter):
+    """Says a flag's default once: not when its help already names one, and not for None/False (nothing to say)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
 
 
 def _print_json(obj: Any) -> None:
@@ -122,6 +128,75 @@ def add_option_flags(parser: argparse.ArgumentParser, models: list[tuple[str, An
             else:
                 kw = _flag_kwargs(f.annotation)
             parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=help_, **kw)
+
+
+# -- --config FILE -------------------------------------------------------------------------------------------
+CONFIG_MAX_BYTES = 1_000_000  # a config is a few lines; anything this big is not one
+
+
+def add_config_flag(parser: argparse.ArgumentParser, writes: str = "") -> None:
+    parser.add_argument("--config", default=None, metavar="FILE", help="take this command's options from a YAML "
+                        "(or JSON) file: keys are the flags' names without dashes (epochs, arch_args, to...); a flag "
+                        f"on the command line overrides the file{writes}")
+
+
+def config_values(path: str, parser: argparse.ArgumentParser, verb: str) -> dict[str, Any]:
+    """A --config file -> {dest: value} for ``parser``, each key a flag of ``verb`` and each value of its type."""
+    import yaml
+    p = Path(path)
+    if not p.is_file():
+        raise PocketVisionError(f"--config {p}: no such file.")
+    if p.stat().st_size > CONFIG_MAX_BYTES:
+        raise PocketVisionError(f"--config {p}: {p.stat().st_size:,} bytes; a config file is a few lines (at most "
+                                f"{CONFIG_MAX_BYTES:,} bytes).")
+    try:
+        text = p.read_text(encoding="utf-8")
+        if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise PocketVisionError(f"--config {p}: YAML aliases (*name) are not read here; write each value out.")
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise PocketVisionError(f"--config {p}: not YAML or JSON ({str(e).splitlines()[0]}).") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PocketVisionError(f"--config {p}: a mapping of option names to values, not a {type(data).__name__}.")
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config") and a.dest != argparse.SUPPRESS}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).lstrip("-").replace("-", "_")
+        if name not in actions:
+            raise PocketVisionError(f"--config {p}: {key!r} is not an option of `pocketvision {verb}`."
+                                    + did_you_mean(name, list(actions)))
+        if not actions[name].option_strings and actions[name].nargs is None:
+            raise PocketVisionError(f"--config {p}: {key!r} is given on the command line (`pocketvision {verb} "
+                                    f"{name.upper()} --config FILE`).")
+        if value is not None:
+            out[name] = _config_value(actions[name], value, f"--config {p}: {key}")
+            actions[name].required = False  # given by the file
+    return out
+
+
+def _config_value(action: argparse.Action, value: Any, where: str) -> Any:
+    """A file's value as the flag would have given it (pydantic-typed options are validated again by the API)."""
+    if action.nargs == 0:  # --int8, --no-calibrate...: a yes/no
+        if not isinstance(value, bool):
+            raise PocketVisionError(f"{where}: true or false, not {value!r}.")
+        return value
+    if isinstance(value, list) and not isinstance(action, argparse._AppendAction) and action.type in (None, str):
+        value = ",".join(str(v) for v in value)  # --to onnx,tflite written as a list
+    if isinstance(value, str) and callable(action.type):
+        try:
+            value = action.type(value)
+        except (argparse.ArgumentTypeError, ValueError, TypeError) as e:
+            raise PocketVisionError(f"{where}: {value!r}: {e}") from None
+    elif isinstance(value, int | float) and not isinstance(value, bool) and action.type in (int, float):
+        value = action.type(value)
+    if isinstance(action, argparse._AppendAction) and not isinstance(value, list):
+        value = [value]
+    if action.choices is not None and value not in action.choices:
+        raise PocketVisionError(f"{where}: {value!r}; choose from {', '.join(map(str, action.choices))}."
+                                + did_you_mean(str(value), [str(c) for c in action.choices]))
+    return value
 
 
 def _given(a: argparse.Namespace, models: list[Any]) -> dict[str, Any]:

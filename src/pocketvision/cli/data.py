@@ -171,7 +171,7 @@ def register(verb) -> None:
     s.add_argument("--shard-mb", type=int, default=256, help="shard size (MB of images per tar)")
     s.add_argument("--val-fraction", type=float, default=0.15, help="validation share when DATA has no val split "
                    "(the same split `train` would make with this and --seed)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="the validation split's seed (as `train --seed`)")
     s.add_argument("--threads", type=int, default=0, help="decoding threads (default: all cores)")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
 

@@ -15,6 +15,7 @@ from ..label.review import start
 from ..ota.plans import Conditions
 from ..ota.web import add_updates
 from ..serve.retrain import render, retrain
+from .common import add_config_flag
 
 
 def _percent(s: str) -> float:
@@ -318,7 +319,8 @@ def register(verb) -> None:
 def _register_registry(verb) -> None:
     """keys, tokens, serve"""
     s = verb("keys", "Signing keys (Ed25519, one per TUF role): create, show, rotate.", cmd_keys)
-    s.add_argument("action", choices=("new", "show", "rotate"))
+    s.add_argument("action", choices=("new", "show", "rotate"), help="new: create the keys and the first root; "
+                   "show: the current root; rotate: replace a role's key")
     _store_flags(s)
     s.add_argument("--role", default=None, help="rotate: the role whose key is replaced (its old key is revoked)")
     s.add_argument("--root-keys", type=int, default=1, help="new: number of root keys")
@@ -328,7 +330,8 @@ def _register_registry(verb) -> None:
 
     s = verb("tokens", "Access tokens: admin (publish, roll out, roll back) or device (read updates, report).",
              cmd_tokens)
-    s.add_argument("action", choices=("new", "list", "revoke"))
+    s.add_argument("action", choices=("new", "list", "revoke"), help="new: print a token once; list; revoke one "
+                   "by --id")
     _store_flags(s)
     s.add_argument("--role", choices=("admin", "device"), default="device", help="new: what the token may do")
     s.add_argument("--name", default="token", help="new: a label for the token")
@@ -350,7 +353,8 @@ def _register_registry(verb) -> None:
     s.add_argument("--no-check-artifacts", action="store_true",
                    help="sign uploads without running them on their smoke photos here (a registry without the "
                    "models' runtimes; devices still check before they swap a model in)")
-    s.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    s.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                   help="the server's log level")
 
 
 def _register_releases(verb) -> None:
@@ -358,6 +362,7 @@ def _register_releases(verb) -> None:
     s = verb("publish", "Export a bundle, refuse what fails verify, record smoke outputs, upload and sign a new "
              "version.", cmd_publish)
     s.add_argument("bundle", help="bundle (.pvb)")
+    add_config_flag(s)
     s.add_argument("--name", required=True, help="model name on the registry")
     s.add_argument("--to", default="onnx", help="targets to export and publish, comma-separated (onnx, tflite, coreml, web)")
     s.add_argument("--channel", default=None, help="also roll it out on this channel (stable, beta, ...)")
@@ -370,7 +375,7 @@ def _register_releases(verb) -> None:
     s = verb("rollout", "Point a channel at a version for a percentage of devices (same version: new percentage).",
              cmd_rollout)
     s.add_argument("name", help="model name")
-    s.add_argument("--channel", default="stable")
+    s.add_argument("--channel", default="stable", help="the release channel (stable, beta, ...)")
     s.add_argument("--version", type=int, default=None, help="version (default: the channel's current one)")
     s.add_argument("--percent", type=_percent, required=True, help="percent of devices, e.g. 50%%")
     _condition_flags(s)
@@ -378,11 +383,11 @@ def _register_releases(verb) -> None:
 
     s = verb("rollback", "Send every device on a channel back to its previous version, at once.", cmd_rollback)
     s.add_argument("name", help="model name")
-    s.add_argument("--channel", default="stable")
+    s.add_argument("--channel", default="stable", help="the release channel (stable, beta, ...)")
     _server_flags(s)
 
     s = verb("models", "Models on the registry; with a name: versions, channels and adoption.", cmd_models)
-    s.add_argument("name", nargs="?", default=None)
+    s.add_argument("name", nargs="?", default=None, help="a model: its versions, channels and adoption")
     _server_flags(s)
 
 
@@ -390,7 +395,8 @@ def _register_loop(verb) -> None:
     """feedback, retrain, web-updates, update: the devices and the loop after shipping"""
     s = verb("feedback", "Users' corrections: review them (table; confirm, reject, relabel) or export the confirmed "
              "ones into a data set folder `pocketvision train` reads (no duplicates).", cmd_feedback)
-    s.add_argument("action", choices=("review", "export"))
+    s.add_argument("action", choices=("review", "export"), help="review: list the open corrections or decide "
+                   "on them; export: write the confirmed ones into a data set folder")
     s.add_argument("name", help="model name")
     s.add_argument("--confirm", default=None, metavar="IDS", help="review: confirm these ids (comma-separated)")
     s.add_argument("--reject", default=None, metavar="IDS", help="review: reject these ids")
@@ -430,7 +436,7 @@ def _register_loop(verb) -> None:
     s.add_argument("--server", required=True, help="registry URL as the browser reaches it")
     s.add_argument("--token", default=None, help="a DEVICE token (every visitor can read it; default: "
                    "$POCKETVISION_TOKEN)")
-    s.add_argument("--channel", default="stable")
+    s.add_argument("--channel", default="stable", help="the release channel the page follows")
     s.add_argument("--app-version", default=None, help="this page's version, for --min-app-version conditions")
     s.add_argument("--interval", type=int, default=3600, help="seconds between checks (0: only when the page "
                    "calls pv.updates.check())")
@@ -440,10 +446,12 @@ def _register_loop(verb) -> None:
     s.add_argument("--name", required=True, help="model name")
     s.add_argument("--root", required=True, help="trusted root metadata (`pocketvision keys show --root-out`)")
     s.add_argument("--cache", default="pv-device", help="device folder for metadata and models")
-    s.add_argument("--channel", default="stable")
+    s.add_argument("--channel", default="stable", help="the release channel this device follows")
     s.add_argument("--kind", default="onnx", help="which artifact this device runs")
-    s.add_argument("--app-version", default=None)
-    s.add_argument("--platform", default=None)
+    s.add_argument("--app-version", default=None, help="this app's version, matched against a release's "
+                   "--min-app-version")
+    s.add_argument("--platform", default=None, help="this device's platform (android, ios, ...), matched against a "
+                   "release's --platforms")
     s.add_argument("--server", default="http://127.0.0.1:8000", help="registry URL")
     s.add_argument("--token", default=None, help="device token (default: $POCKETVISION_TOKEN)")
     s.add_argument("images", nargs="*", help="images to predict with the installed model")

@@ -18,7 +18,7 @@ from ..export import check_request, get_target, target_names, variant_suffix
 from ..export.web import ORT_WEB_VERSION, fetch_runtime
 from ..tasks import all_tasks
 from ..tasks.base import parse_options, refuse_foreign
-from .common import _given, _image_args, _kv, _print_json, _print_parity, _task_models, _thread_list, add_option_flags
+from .common import _given, _image_args, _kv, _print_json, _print_parity, _task_models, _thread_list, add_config_flag, add_option_flags
 
 
 def _save_arrays(record: dict[str, Any], image: Path, out_dir: Path) -> dict[str, Any]:
@@ -285,6 +285,7 @@ def _register_export(verb) -> None:
     s = verb("export", "Export a bundle (uint8 RGB in, the task's outputs out) and verify parity on real images.",
              cmd_export)
     s.add_argument("bundle", help="bundle (.pvb)")
+    add_config_flag(s)
     s.add_argument("--to", default="onnx", help=f"target format(s), comma-separated: {', '.join(target_names())}")
     s.add_argument("--out", default=None, help="output file/folder (default: bundle name + variant + suffix)")
     s.add_argument("--out-dir", default=None, help="folder for the outputs when exporting several targets")

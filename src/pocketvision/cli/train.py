@@ -14,10 +14,12 @@ from ..pipeline.options import TaskName, split_options
 from ..tasks import all_tasks
 from ..training import distributed
 from ..training.config import TrainConfig
-from .common import _console, _given, _ints, _print_json, _task_models, add_option_flags
+from .common import _console, _given, _ints, _print_json, _task_models, add_config_flag, add_option_flags
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    if a.data is None:
+        raise PocketVisionError("train: give the training data (DATA), or a --config file with `data:`.")
     opts = _given(a, [TrainConfig] + [m for _, m in _task_models("Options")])
     opts["progress"] = not a.json
     if opts.get("devices", 1) > 1:
@@ -131,9 +133,11 @@ TITLE = "make a model"
 def register(verb) -> None:
     tasks = ", ".join(f"{t.name} ({t.summary})" for t in all_tasks())
     s = verb("train", f"Train a model and write a bundle. Tasks: {tasks}.", cmd_train)
-    s.add_argument("data", help="the task's training data: an image folder DATA/<class>/*.jpg or "
-                   "DATA/{train,val[,test]}/<class>/ (classify); a COCO keypoints .json, a .csv or a folder with "
-                   "train.json (keypoints); a folder of content photos (stylize)")
+    s.add_argument("data", nargs="?", default=None, help="the task's training data: an image folder "
+                   "DATA/<class>/*.jpg or DATA/{train,val[,test]}/<class>/ (classify); a COCO keypoints .json, a .csv "
+                   "or a folder with train.json (keypoints); a folder of content photos (stylize); or `data:` in "
+                   "--config")
+    add_config_flag(s, "; each run writes its whole configuration as RUN/config.yaml, ready for --config")
     s.add_argument("--out", default="model.pvb", help="bundle to write")
     s.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     s.add_argument("--find-lr", action="store_true", help="run an LR range test, save the plot, and exit")
@@ -186,8 +190,8 @@ def register(verb) -> None:
                    "and pick by the mean")
     s.add_argument("--scale-up", action="store_true", help="with --out: also enter each finalist scaled up (wider, "
                    "larger input) to just under --max-latency-ms, measured")
-    s.add_argument("--batch-size", type=int, default=32)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-size", type=int, default=32, help="each trial's training batch size")
+    s.add_argument("--seed", type=int, default=0, help="the search's seed (sampling, mutation, training)")
     s.add_argument("--latency-table", default=None, help="per-block latency table to reuse (default: one in the "
                    "run folder)")
     s.add_argument("--resolutions", type=_ints, default=None, help="input sides to search, e.g. 96,128,160 (default: "

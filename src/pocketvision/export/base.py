@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -65,6 +66,7 @@ class Target:
     suffix: ClassVar[str]  # file suffix, or a folder suffix for folder formats (".web", ".mlpackage")
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
     install: ClassVar[str] = ""  # the pip command when its converter is missing
+    converters: ClassVar[tuple[str, ...]] = ()  # the modules its export needs (looked up, not imported, by check)
     # One file that a predictor on this machine runs with a thread count: what `search` and `bench` can time.
     timed: ClassVar[bool] = False
     # The runtime that runs the file: a device profile made for that runtime predicts its latency (`bench --pick`).
@@ -73,6 +75,10 @@ class Target:
 
     def check(self, task: Task | None, precision: str = "fp32", bits: int | None = None, qat_steps: int = 0) -> None:
         """Refuse a request this target (and, with ``task``, that task's models) cannot do."""
+        missing_tools = [m for m in self.converters if importlib.util.find_spec(m) is None]
+        if missing_tools:
+            raise PocketVisionError(f"the {self.name} target needs {', '.join(missing_tools)}, not installed here: "
+                                    f"{self.install}")
         if precision not in self.precisions:
             raise PocketVisionError(f"{self.name} export does not support precision {precision!r}; "
                                     f"choose from {', '.join(self.precisions)}.")

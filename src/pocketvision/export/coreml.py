@@ -157,6 +157,7 @@ class CoreMLTarget(Target):
     suffix = ".mlpackage"
     precisions = ("fp32", "fp16", "int8")
     install = INSTALL
+    converters = ("coremltools",)
     description = "ML program with an image input (extra [coreml]); runs on Apple platforms only"
 
     def export(self, job: ExportJob) -> None:

@@ -111,6 +111,7 @@ class LiteRTTarget(Target):
     suffix = ".tflite"
     precisions = ("fp32", "int8", "fp16")
     install = INSTALL
+    converters = ("litert_torch", "ai_edge_litert")
     description = "LiteRT flatbuffer via litert-torch, metadata entries pocketvision.* (extra [litert])"
 
     def export(self, job: ExportJob) -> None:

@@ -11,7 +11,7 @@ One ``check``:
    usually ends in ``304``), then snapshot and targets only when they changed. Expired, replayed, mixed or
    wrongly signed metadata is refused here, before anything is downloaded.
 2. The channel's plan (a signed target) is read and the device decides its release from a stable hash of its
-   id (``serve.plans.decide``).
+   id (``plans.decision``).
 3. The release's model and smoke file are downloaded (resumably: a dropped connection continues with an HTTP
    ``Range`` request next time) and checked against the signed length and sha256.
 4. The model is opened in its runtime and run on the smoke inputs; its outputs must match the outputs the
@@ -42,7 +42,7 @@ from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 from ..core.bundle_file import atomic_write_bytes, sha256_file
 from ..deploy.artifact import open_predictor
 from ..errors import PocketVisionError
-from .plans import FOLDER_SUFFIX, Plan, decide
+from .plans import FOLDER_SUFFIX, Plan, decision
 
 STATE = "state.json"
 
@@ -347,10 +347,10 @@ class ModelUpdater:
             raise tuf_errors.RepositoryError(f"channel plan unreadable: {e}") from None
         if (plan.model, plan.channel) != (self.model, self.channel):  # a signed plan, but for something else
             raise tuf_errors.RepositoryError(f"plan is for {plan.model}/{plan.channel}")
-        want = decide(plan, self.device_id, app_version=self.app_version, platform=self.platform,
-                      metered=self.metered, current=self.version)
+        want, why = decision(plan, self.device_id, app_version=self.app_version, platform=self.platform,
+                             metered=self.metered, current=self.version)
         if want is None:
-            return CheckResult("none", self.version)
+            return CheckResult("none", self.version, why)
         if want.version in self.state.get("bad", []):
             return CheckResult("none", self.version, f"version {want.version} failed here before; not retried")
         if self.kind not in want.files or "smoke" not in want.files:

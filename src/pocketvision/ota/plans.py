@@ -62,16 +62,38 @@ def _version_tuple(v: str) -> tuple[int, ...]:
 def decide(plan: Plan, device_id: str, *, app_version: str | None = None, platform: str | None = None,
            metered: bool = False, current: int | None = None) -> Release | None:
     """The release this device should run now (None: keep what it has, or nothing yet)."""
+    return decision(plan, device_id, app_version=app_version, platform=platform, metered=metered, current=current)[0]
+
+
+def _ineligible(c: Conditions, app_version: str | None, platform: str | None) -> str:
+    if c.platforms is not None and platform not in c.platforms:
+        return f"the release is for platforms {', '.join(c.platforms)}; this device says {platform or 'none'} " \
+               "(--platform)"
+    if c.min_app_version is not None and (app_version is None
+                                          or _version_tuple(app_version) < _version_tuple(c.min_app_version)):
+        return f"the release needs app version >= {c.min_app_version}; this device says {app_version or 'none'} " \
+               "(--app-version)"
+    return ""
+
+
+def decision(plan: Plan, device_id: str, *, app_version: str | None = None, platform: str | None = None,
+             metered: bool = False, current: int | None = None) -> tuple[Release | None, str]:
+    """-> (the release this device should run now, or None; why not the channel's current version, in a line)."""
     c = plan.conditions
-    eligible = (c.platforms is None or platform in c.platforms) and (
-        c.min_app_version is None or (app_version is not None
-                                      and _version_tuple(app_version) >= _version_tuple(c.min_app_version)))
-    want = plan.current if eligible and bucket(plan.model, device_id) < plan.rollout else plan.previous
+    place = bucket(plan.model, device_id)
+    why = _ineligible(c, app_version, platform) or (
+        "" if place < plan.rollout else
+        f"version {plan.current.version} is rolled out to {plan.rollout:g}% of devices and this device's place in the "
+        f"rollout is {place:.1f} of 100; `pocketvision rollout {plan.model} --channel {plan.channel} --percent "
+        f"{min(100, int(place) + 1)}%` or more reaches it")
+    want = plan.previous if why else plan.current
     if want is None and current is not None and current == plan.rolled_back_from:
-        want = plan.current  # a withdrawn version is left by every device, whatever the conditions
-    if want is None or want.version == current:
-        return None
+        want, why = plan.current, ""  # a withdrawn version is left by every device, whatever the conditions
+    if want is None:
+        return None, why
+    if want.version == current:
+        return None, why or f"already on version {current}, the channel's current one"
     leaving_withdrawn = current is not None and current == plan.rolled_back_from
     if c.unmetered_only and metered and not leaving_withdrawn:
-        return None  # wait for Wi-Fi, unless leaving a rolled-back version
-    return want
+        return None, f"version {want.version} waits for an unmetered network (the release says unmetered only)"
+    return want, why

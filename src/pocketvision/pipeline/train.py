@@ -85,10 +85,10 @@ def train_model(data: str | Path, options: dict[str, Any], *, user_model: nn.Mod
                                             resuming=resume is not None)
     distributed.check_devices(cfg.devices, dist)  # before any image is decoded
     config = {**cfg.model_dump(mode="json"), **opts.model_dump(mode="json")}
-    if recipe is not None:
+    line = recipe.pop("line") if recipe is not None else None
+    if line is not None:
         from rich.console import Console
-        (console or Console(stderr=True)).print(f"[bold]{recipe['line']}[/]", highlight=False)
-        recipe.pop("line")
+        (console or Console(stderr=True)).print(f"[bold]{line}[/]", highlight=False)
     if cfg.inherit_from and cfg.init_from:
         raise PocketVisionError("--init-from continues a bundle as it is, --inherit-from takes what fits of one: "
                                 "choose one.")
@@ -99,6 +99,11 @@ def train_model(data: str | Path, options: dict[str, Any], *, user_model: nn.Mod
         if console is not None:
             console.print(f"inherited {n} of {total} tensors from {cfg.inherit_from}")
     engine = Engine(run, cfg, Path(resume) if resume else None, console, config, name=task.name)
+    if dist.main and resume is None:
+        written = write_run_config(engine.run_dir / RUN_CONFIG, data, config, line)
+        if console is not None:
+            console.print(f"config: {written} (edit it and rerun: pocketvision train --config {written})",
+                          highlight=False)
     result = engine.fit()
     if result.interrupted:
         raise KeyboardInterrupt
@@ -114,6 +119,22 @@ def train_model(data: str | Path, options: dict[str, Any], *, user_model: nn.Mod
     if recipe is not None:
         meta["recipe"] = recipe
     return meta, run.model
+
+
+RUN_CONFIG = "config.yaml"
+
+
+def write_run_config(path: Path, data: str | Path, config: dict[str, Any], recipe_line: str | None) -> Path:
+    """The run's whole configuration as `train --config` reads it: every option as resolved (the recipe's choices
+    included, the recipe itself then off), so the file alone repeats the run and an edit changes only what it says."""
+    import yaml
+    doc = {"data": str(Path(data).resolve()), **{k: v for k, v in config.items() if k not in ("progress", "run_dir")},
+           "recipe": False, "lr_reference_batch": config.get("lr_reference_batch") or config["batch_size"]}
+    head = "# pocketvision train --config THIS_FILE (flags on the command line override it)\n"
+    if recipe_line:
+        head += "".join(f"# {ln}\n" for ln in recipe_line.splitlines())
+    atomic_write_bytes(path, (head + yaml.safe_dump(doc, sort_keys=False)).encode())
+    return path
 
 
 def inherit(model: nn.Module, path: str | Path) -> tuple[int, int]:

@@ -102,14 +102,16 @@ def folder_members(folder: Path) -> list[Path]:
 def publish(bundle: str | os.PathLike, server: str, token: str | None, name: str, targets: list[str],
             channel: str | None = None, rollout: float = 100.0, conditions: Conditions | None = None,
             data: str | os.PathLike | None = None, log=lambda s: None) -> dict[str, Any]:
-    from ..export import get_target
     from ..bundle import load
+    from ..export import check_request, get_target
     from .registry import check_name
     check_name(name, "--name")
     if channel is not None:
         check_name(channel, "--channel")
     client = Client(server, token)
     b = load(bundle)
+    for to in targets:  # every target's request and converter, before the first export
+        check_request(b.plugin, to)
     held = b.held_out(data)
     if not len(held.pixels):
         raise PocketVisionError("publish records smoke outputs on held-out photos: pass --data DIR (the bundle's "

@@ -28,11 +28,11 @@ from ...models.imagenet_head import anchor_classes
 from ...training.loader import (ImageDataset, augmented_on, collate, collate_sources, decode_all, decode_source,
                                 default_workers, estimate_cache_mb, find_pixels, grid_mode, make_loader, to_input)
 from ..base import TaskRun, Validation, load_parent
+from .options import ClassifyOptions
 from .top_tune import TopNet, TopTune, supports_top_tune, trunk_activations
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import ClassifyTask
-    from .options import ClassifyOptions
 
 LWF_T = 2.0  # the distillation temperature of learning without forgetting (Li & Hoiem 2016)
 

@@ -22,13 +22,12 @@ from ...models import build_model, check_input_size, model_entry
 from ...training.loader import ImageDataset, decode_all, decode_source, default_workers, find_pixels, make_loader
 from ..base import TaskRun, Validation, load_parent
 from .gatys import stylize
-from .options import MAX_SIDE, name_list
+from .options import MAX_SIDE, LossOptions, StylizeOptions, name_list
 from .perceptual import DEFAULTS, PerceptualLoss, build_extractor, check_image_side
 from .photos import scan_photos
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import StylizeTask
-    from .options import LossOptions, StylizeOptions
 
 
 def _png_b64(img) -> str:
