@@ -899,3 +899,18 @@ def test_devices_report_how_much_traffic_looks_unfamiliar(registry, tmp_path, ho
     for b in bad:
         status, _ = dapi("POST", "/v1/traffic", {"model": "hotdog", "device_id": "device-traffic", "version": 1, **b})
         assert status == 422, b
+
+
+def test_publish_says_when_a_version_changes_the_network_or_the_download(registry, tmp_path, hotdog_small):
+    """The demo ships DeepDog; a default `train` makes EfficientNet-Lite0: publishing it says what devices will pay."""
+    import pocketvision as pv
+    srv, tokens, _ = registry
+    wider = pv.train(hotdog_small, out=tmp_path / "wide.pvb", arch="mobilenet_v2", size=64, epochs=1, recipe=False,
+                     run_dir=tmp_path / "run", progress=False, tensorboard=False, workers=0)
+    r = run_cli("publish", str(wider.path), "--name", "hotdog", "--server", srv.url, "--token", tokens["admin"],
+                "--data", str(hotdog_small), "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = " ".join(r.stderr.split())  # the console wraps long lines
+    note = text[text.index("note:"):]
+    assert "its network is mobilenet_v2, the live version 1's is" in note and "devices download" in note, note
+    assert "pocketvision retrain hotdog" in note

@@ -74,6 +74,8 @@ def smoke(hotdog_small, tmp_path_factory):
     r = run_cli("search", str(hotdog_small), "--run-dir", str(tmp / "run"), "--out", str(tmp / "best.pvb"),
                 "--final-epochs", "1", "--finalists", "2", "--scale-up", *SMOKE, cwd=tmp)
     assert r.returncode == 0, r.stderr[-3000:]
+    # --json: the JSON alone on stdout; a line per candidate on stderr, with what is left of the budget
+    assert "4/4, " in r.stderr and "about 0m00s left" in r.stderr and "final stage" in r.stderr, r.stderr[-2000:]
     return tmp, json.loads(r.stdout)
 
 

@@ -238,7 +238,7 @@ def _print_parity(v: dict, plugin) -> None:
     if "shifted" in v:
         print(f"  on their phone-photo twin (blur, JPEG, dark, flash, ...): {plugin.parity_line(v['shifted'])}")
     if v.get("broke"):
-        print(f"  failed on: {', '.join(v['broke'])}")
+        print(f"  failed on: {'; '.join(v['broke'])}")
 
 
 def _thread_list(text: str | None, flag: str = "--threads") -> list[int] | None:

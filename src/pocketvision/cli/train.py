@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import typing
 from pathlib import Path
 
@@ -72,7 +73,8 @@ def _launch_devices(a: argparse.Namespace, opts: dict) -> int | None:
 
 def cmd_eval(a: argparse.Namespace) -> int:
     model = load_any(a.model)
-    m = model.evaluate(a.data, split=a.split, report_dir=a.report, **_given(a, [m for _, m in _task_models("EvalOptions")]))
+    m = model.evaluate(a.data, split=a.split, report_dir=a.report,
+                       **_given(a, [m for _, m in _task_models("EvalOptions")]))
     if a.json:
         _print_json(model.plugin.brief(m))
     else:
@@ -93,7 +95,8 @@ def cmd_search(a: argparse.Namespace) -> int:
                      batch_size=a.batch_size, seed=a.seed, latency_table=a.latency_table, inherit=a.inherit,
                      start=a.start, finalists=a.finalists, final_seeds=a.final_seeds, scale_up=a.scale_up,
                      **({"resolutions": a.resolutions} if a.resolutions else {}),
-                     log=(lambda m: None) if quiet else (lambda m: print(m, flush=True)))
+                     # --json: the JSON alone on stdout, the progress on stderr (a search takes minutes to hours)
+                     log=lambda m: print(m, file=sys.stderr if quiet else sys.stdout, flush=True))
     if a.json:
         _print_json(summary)
         return 0

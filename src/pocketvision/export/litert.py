@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -94,11 +95,11 @@ def export_tflite(job: ExportJob) -> Path:
     data = add_metadata(bytes(data), {**job.meta, "precision": job.precision})
     # Quantise after adding the metadata: ai-edge-quantizer keeps it, while rewriting its output through
     # the flatbuffer object API would drop the weight buffers it stores past the flatbuffer.
-    with _quiet():
-        if job.precision == "fp16":
+    if job.precision == "fp16":
+        with _quiet():
             data = _fp16_weights(data)
-        elif job.precision == "int8":
-            data = _int8_full_integer(data, calibration, job.task.int8_recipe(None).op_types)
+    elif job.precision == "int8":
+        data = _int8_within_budget(job, data, calibration)  # quiet inside: its own lines reach the log
     job.out.write_bytes(data)
     return job.out
 
@@ -138,29 +139,106 @@ TFL_OPS = {"Conv": ("CONV_2D", "DEPTHWISE_CONV_2D"), "Gemm": ("FULLY_CONNECTED",
            "MatMul": ("FULLY_CONNECTED", "BATCH_MATMUL")}
 
 
-def _int8_full_integer(data: bytes, calibration: np.ndarray, op_types: list[str] | None = None) -> bytes:
-    """Static int8 weights and activations (ai-edge-quantizer's static_wi8_ai8), ranges calibrated on
-    the user's training images. (PT2E in torch lost 40 points on EfficientNet-Lite0 here; this kept it.)
-    ``op_types`` (the task's ``Int8Recipe``): when the task quantises only some op types (the stylizer: its
-    convolutions), the other ops stay float, as in its ONNX export; otherwise every op is quantised."""
-    from ai_edge_quantizer import quantizer as aeq, recipe
+def _int8_recipe(op_types: list[str] | None, keep_float: list[str]) -> list[dict[str, Any]]:
+    """ai-edge-quantizer's static_wi8_ai8 for the task's op types (None: every op it supports), with the ops named
+    in ``keep_float`` (their output tensors) left float: a later entry of the recipe wins for the scopes it matches."""
+    from ai_edge_quantizer import recipe
 
     from ..compress.quantize import QUANT_OPS
     rec = recipe.static_wi8_ai8()  # [{"regex": ".*", "operation": "*", ...}]
     if op_types is not None and set(op_types) < set(QUANT_OPS) and set(op_types) <= set(TFL_OPS):
-        rec = [{**rec[0], "operation": op} for t in op_types for op in TFL_OPS[t]]
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "f32.tflite", Path(tmp) / "int8.tflite"
-        src.write_bytes(data)
-        q = aeq.Quantizer(str(src))
-        q.load_quantization_recipe(rec)
+        rec = [{**rec[0], "operation": op} for t in op_types for op in dict.fromkeys(TFL_OPS[t])]
+    # an op's scope is its output tensors' names, each followed by ";"
+    return rec + [{"regex": f"(^|;){re.escape(name)};", "operation": "*", "algorithm_key": "no_quantize"}
+                  for name in keep_float]
+
+
+
+class _Int8:
+    """One float .tflite, calibrated once, quantised with any set of ops kept float."""
+
+    def __init__(self, data: bytes, calibration: np.ndarray, op_types: list[str] | None, tmp: Path):
         from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_quantizer import quantizer as aeq
+        self.src, self.op_types, self.tmp = tmp / "f32.tflite", op_types, tmp
+        self.src.write_bytes(data)
+        self.q = aeq.Quantizer(str(self.src))
+        self.q.load_quantization_recipe(_int8_recipe(op_types, []))  # the widest: its ranges serve every stage
         signatures = Interpreter(model_content=data).get_signature_list()  # {"serving_default": {...}}
-        key = next(iter(signatures))
-        arg = signatures[key]["inputs"][0]
-        ranges = q.calibrate({key: [{arg: np.ascontiguousarray(x[None])} for x in calibration]})
-        q.quantize(ranges).export_model(str(dst), overwrite=True)
+        self.key = next(iter(signatures))
+        arg = signatures[self.key]["inputs"][0]
+        self.samples = [{arg: np.ascontiguousarray(x[None])} for x in calibration]
+        with _quiet():
+            self.ranges = self.q.calibrate({self.key: self.samples})
+
+    def quantize(self, keep_float: list[str], op_types: list[str] | None = None) -> bytes:
+        """int8 with ``keep_float`` ops float; ``op_types``: only these kinds of op (default: the task's)."""
+        self.q.load_quantization_recipe(_int8_recipe(op_types or self.op_types, keep_float))
+        dst = self.tmp / "int8.tflite"
+        with _quiet():
+            self.q.quantize(self.ranges).export_model(str(dst), overwrite=True)
         return dst.read_bytes()
+
+    def worst_ops(self, n_images: int = 16) -> list[str]:
+        """Output tensors of the last quantised model, lowest signal-to-noise ratio against the float model first
+        (on a few calibration photos), as the ONNX fallback ranks its layers by SQNR."""
+        from ai_edge_quantizer.utils.validation_utils import ValidationErrorMetric
+        with _quiet():
+            result = self.q.validate({self.key: self.samples[:n_images]}, error_metrics=[ValidationErrorMetric.SNR],
+                                     use_xnnpack=True, num_threads=max(1, os.cpu_count() or 1))
+        errors = result.get_signature_comparison_result(self.key).intermediate_tensors
+        snr = {name: float(m.get("snr", m.get(ValidationErrorMetric.SNR, np.inf))) for name, m in errors.items()}
+        return [name for name, _ in sorted(snr.items(), key=lambda kv: kv[1])]
+
+
+def _int8_full_integer(data: bytes, calibration: np.ndarray, op_types: list[str] | None = None) -> bytes:
+    """Every op the task quantises in int8, none kept float (the benchmarks' reading of the plain recipe)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return _Int8(data, calibration, op_types, Path(tmp)).quantize([])
+
+
+def _int8_within_budget(job: ExportJob, data: bytes, calibration: np.ndarray) -> bytes:
+    """Full-integer int8 (ai-edge-quantizer's static recipe, ranges calibrated on the user's training photos);
+    while the held-out quality (photos and their phone-photo twin) is outside the task's budget, keep more of the
+    graph float: by kinds of op (``OP_STAGES``), then the op with the lowest SNR, one at a time, as the ONNX
+    target does. (PT2E in torch lost 40 points on EfficientNet-Lite0 here; this kept it.)"""
+    from ..compress.data import budget_quality
+    from ..compress.quantize import MAX_FALLBACK, OP_STAGES
+    held = job.held_out() if job.held_out is not None else None
+    task = job.task
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        q = _Int8(data, calibration, task.int8_recipe(None).op_types, t)
+        out = q.quantize([])
+        if held is None or not len(held.pixels):
+            return out
+
+        def outputs(model: bytes) -> np.ndarray:
+            (t / "judged.tflite").write_bytes(model)
+            return LiteRTPredictor(t / "judged.tflite").run_pixels(held.pixels)
+        judge = budget_quality(task, job.meta, held, outputs(data))
+        base, acc = judge(outputs(data)), judge(outputs(out))
+        job.log(f"int8 (LiteRT): held-out quality {base:.4f} -> {acc:.4f}")
+
+        def within(a: float) -> bool:
+            return task.within_budget(base, a, job.max_drop)
+        ops, kept, stage = q.op_types, [], "every op"
+        for name, types in OP_STAGES:
+            if within(acc) or (q.op_types is not None and set(types) >= set(q.op_types)):
+                break  # within budget, or the task quantises no more than this already
+            out, ops, stage = q.quantize([], list(types)), list(types), name
+            acc = judge(outputs(out))
+            job.log(f"  only the {name} in int8: quality {acc:.4f}")
+        order = [] if within(acc) else q.worst_ops()
+        while not within(acc) and order and len(kept) < MAX_FALLBACK:
+            kept.append(order.pop(0))
+            out = q.quantize(kept, ops)
+            acc = judge(outputs(out))
+            job.log(f"  {kept[-1]} kept float: quality {acc:.4f}")
+        job.report["int8"] = {"accuracy_before": base, "accuracy_after": acc, "max_drop": job.max_drop,
+                              "within_budget": within(acc), "int8_ops": stage, "float_fallback": kept,
+                              "calibration_images": int(len(calibration))}
+        return out
 
 
 def _fp16_weights(data: bytes) -> bytes:

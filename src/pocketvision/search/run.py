@@ -292,6 +292,9 @@ def search(data: str | Path | None = None, *, target: str = "onnx", precision: s
     elapsed = float(study.user_attrs.get("elapsed_s", 0.0))
     if history:
         log(f"resuming {run_dir}: {len(history)} evaluations done, {elapsed:.0f} s spent")
+    else:
+        log(f"searching {s['budget']} ({'candidates' if count is not None else 'of time'}) in {run_dir}: each "
+            "candidate is trained and timed on the target; a line per candidate, with the time left")
     pool = _Ray(ray) if ray else _Local(workers)
     killer = _Killer()
     try:
@@ -332,11 +335,23 @@ def search(data: str | Path | None = None, *, target: str = "onnx", precision: s
                 history.sort(key=lambda x: x.index)
                 shown = (f"skipped ({e.skipped})" if e.skipped else f"score {e.score:.4f}  {e.latency_ms:.2f} ms  "
                          f"{e.size_mb:.2f} MB{'' if e.feasible else '  (over the limit)'}")
-                log(f"[{e.index:3d}] {e.mutation:<16} {shown}  {describe(e.candidate)}")
+                log(f"[{e.index:3d}] {e.mutation:<16} {shown}  {describe(e.candidate)}  "
+                    f"({time_left(len(history), count, seconds, elapsed)})")
                 killer.tick()
         return _finish(run_dir, s, history, out, table, pool, killer, log)
     finally:
         pool.close()
+
+
+def time_left(done: int, count: int | None, seconds: float | None, elapsed: float) -> str:
+    """'3/40, 2m10s so far, about 26m left': a count's estimate from the mean so far; a time budget's own clock."""
+    def hms(s: float) -> str:
+        s = max(0, int(s))
+        return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+    if count is not None:
+        left = elapsed / max(done, 1) * max(count - done, 0)
+        return f"{done}/{count}, {hms(elapsed)} so far, about {hms(left)} left"
+    return f"{done} done, {hms(elapsed)} of {hms(seconds or 0)}"
 
 
 class _Killer:

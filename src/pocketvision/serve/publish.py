@@ -127,10 +127,12 @@ def publish(bundle: str | os.PathLike, server: str, token: str | None, name: str
             res = b.export(out, to=to, data=data)
             v = res.verification or {}
             if not v.get("passed"):
-                raise PocketVisionError(f"{to}: verification did not pass ({v.get('broke') or v.get('reason') or v}); "
+                why = "; ".join(v.get("broke") or []) or v.get("reason") or v
+                raise PocketVisionError(f"{to}: verification did not pass ({why}); "
                                         "nothing was published.")
             exported[to] = out
             manifest.append({"kind": to, "filename": out.name, "verification": v})
+        _warn_if_heavier(client, name, channel, b.meta["arch"]["name"], exported, log)
         smoke = Path(tmp) / "smoke.json"
         smoke.write_text(json.dumps(smoke_record(exported, pixels, b.predict_pixels(pixels))))
         files = {**exported, "smoke": smoke, "bundle": Path(bundle)}
@@ -145,7 +147,33 @@ def publish(bundle: str | os.PathLike, server: str, token: str | None, name: str
             else:
                 m.update(client.upload(src))
         info = {"task": b.task, "labels": b.labels, "bundle_weights_sha256": b.meta.get("weights_sha256"),
-                "source": Path(bundle).name}
+                "source": Path(bundle).name, "arch": b.meta["arch"]["name"]}
         body = {"files": manifest, "info": info, "channel": channel, "rollout": rollout,
                 "conditions": conditions.model_dump() if conditions else None}
         return client.call("POST", f"/v1/models/{name}/versions", body)
+
+
+def _warn_if_heavier(client: Client, name: str, channel: str | None, arch: str, exported: dict[str, Path],
+                     log) -> None:
+    """Say so when this version changes the network or makes devices download much more than the live one (a
+    default `train` after the demo makes EfficientNet-Lite0 where the demo shipped DeepDog: 6x the bytes)."""
+    try:
+        status = client.call("GET", f"/v1/models/{name}")
+    except PocketVisionError:
+        return  # a new model: nothing to compare with
+    plan = status.get("channels", {}).get(channel or "stable") or {}
+    live_n = (plan.get("current") or {}).get("version") or max((v["version"] for v in status["versions"]), default=0)
+    live = next((v for v in status["versions"] if v["version"] == live_n), None)
+    if live is None:
+        return
+    notes = []
+    if live.get("arch") and live["arch"] != arch:
+        notes.append(f"its network is {arch}, the live version {live_n}'s is {live['arch']}")
+    for kind, path in exported.items():
+        old = (live.get("artifacts", {}).get(kind) or {}).get("bytes")
+        new = sum(f.stat().st_size for f in folder_members(path)) if path.is_dir() else path.stat().st_size
+        if old and new > 1.5 * old:
+            notes.append(f"devices download {new / 1e6:.1f} MB of {kind} instead of {old / 1e6:.1f} MB "
+                         f"({new / old:.1f}x)")
+    if notes:
+        log(f"note: {'; '.join(notes)}. `pocketvision retrain {name}` keeps the live version's network.")

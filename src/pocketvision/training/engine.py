@@ -312,8 +312,17 @@ class Engine:
         speed += f" (data wait {data_wait:.0%})" if not math.isnan(data_wait) else ""
         loss = f"  train loss {train_loss:.4f}" if not math.isnan(train_loss) else ""
         self.console.print(f"{what}{loss}  {v.text}{speed}{took}{self.run.epoch_note(epoch) if epoch else ''}"
-                           f"{'  *best' if improved else ''}")
+                           f"{'  *best' if improved else ''}{self._time_left(epoch)}")
         return improved
+
+    def _time_left(self, epoch: int) -> str:
+        """'  about 3m10s left': the epochs to go at this run's mean epoch so far (validation included)."""
+        rows = [r for r in self.history if r["epoch"] >= 1]
+        if epoch < 1 or epoch >= self.epochs or not rows:
+            return ""
+        start = max((r["seconds"] for r in self.history if r["epoch"] < 1), default=0.0)  # after a linear probe
+        left = int(max(rows[-1]["seconds"] - start, 0.0) / len(rows) * (self.epochs - epoch))
+        return f"  about {left // 60}m{left % 60:02d}s left"
 
     # -- the loop -----------------------------------------------------------------------------------
     def fit(self) -> EngineResult:

@@ -546,10 +546,12 @@ class _NoProgress:
 def _progress(console: Any, enabled: bool) -> Any:
     if not enabled:
         return _NoProgress()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     return Progress(TextColumn("[bold]stylize[/] {task.fields[scale]}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("{task.fields[loss]}"), console=console, transient=False)
+                    TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), TextColumn("{task.fields[loss]}"),
+                    console=console, transient=False)
 
 
 def result_json(r: StylizeResult) -> dict[str, Any]:

@@ -230,7 +230,10 @@ class StylizeRun(TaskRun):
         """The stylizer's losses next to the optimisation method's, on the same validation photos (style 0)."""
 
         rows = []
-        for i in range(min(self.opts.report_gatys, len(self.val_px))):
+        n = min(self.opts.report_gatys, len(self.val_px))
+        self.console.print(f"report: the optimisation method on {n} val photo(s) beside the stylizer "
+                           "(--report-gatys; 0 skips it)")
+        for i in range(n):
             x = self.val_px[i:i + 1]
             with torch.no_grad():
                 y = self.model(self.engine.to_input(x)).float()
@@ -240,7 +243,7 @@ class StylizeRun(TaskRun):
                         content_layers=self.loss_fn.content_layers, style_layers=self.loss_fn.style_layers,
                         content_weight=self.loss_fn.content_weight, style_weight=self.loss_fn.style_weight,
                         tv_weight=self.loss_fn.tv_weight, style_scale=max(self.styles[0].size) / max(h, w),
-                        progress=False)
+                        progress=self.cfg.progress, console=self.console)
             with torch.no_grad():
                 theirs = self.loss_fn(torch.from_numpy(r.image.astype(np.float32)).permute(2, 0, 1)[None], _nchw(x),
                                       style=0)
