@@ -82,7 +82,7 @@ def pick(bundle, data: str | Path | None, out_dir: str | Path, profile: str | Pa
                 o = Option(r.name, r.target, r.precision, r.bits, r.path, acc, t, r.accuracy, r.size_bytes)
                 options.append(o)
                 if prof is None:
-                    log(f"{r.name}, {acc}, {t} thread(s): timing")
+                    log(f"[{len(options)}] {r.name}, {acc}, {t} thread(s): timing")
                     try:
                         o.ms, o.how = _measure(r, acc, t, runs), "measured"
                     except PocketVisionError as e:

@@ -99,12 +99,14 @@ def bench_variants(bundle, data: str | Path | None, out_dir: str | Path,
                     reason="reference")]
     stem = Path(bundle.path or "model").stem
     palettised: dict[int, Any] = {}
-    for target, precision, bits in variants or DEFAULT_VARIANTS:
+    todo = list(variants or DEFAULT_VARIANTS)
+    started = time.perf_counter()
+    for i, (target, precision, bits) in enumerate(todo):
         v = Variant(target, precision, bits)
         rows.append(v)
         name = stem + ("" if precision == "fp32" else f"-{precision}") + (f"-{bits}bit" if bits else "")
         t0 = time.perf_counter()
-        log(f"{v.name}: exporting")
+        log(f"[{i + 1}/{len(todo)}] {v.name}: exporting{time_left(i, len(todo), time.perf_counter() - started)}")
         try:
             source = bundle
             if bits:  # palettise once per size, shared by every target
@@ -201,3 +203,12 @@ def pareto_plot(rows: list[Variant], path: str | Path, quality: str = "accuracy"
 
 def to_json(rows: list[Variant]) -> list[dict[str, Any]]:
     return [asdict(r) | {"name": r.name} for r in rows]
+
+
+def time_left(done: int, total: int, elapsed: float) -> str:
+    """', about 3m10s left' from the mean step so far; nothing before the first step ends."""
+    if not done:
+        return ""
+    left = int(elapsed / done * (total - done))
+    return f", about {left // 60}m{left % 60:02d}s left"
+
