@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ..compress.data import budget_quality
+from ..compress.quantize import MAX_FALLBACK, OP_STAGES, QUANT_OPS
 from ..core.quiet import quiet
 from ..errors import PocketVisionError
 from ..runtime.litert_predictor import ACCELERATORS, LiteRTPredictor
@@ -144,7 +146,6 @@ def _int8_recipe(op_types: list[str] | None, keep_float: list[str]) -> list[dict
     in ``keep_float`` (their output tensors) left float: a later entry of the recipe wins for the scopes it matches."""
     from ai_edge_quantizer import recipe
 
-    from ..compress.quantize import QUANT_OPS
     rec = recipe.static_wi8_ai8()  # [{"regex": ".*", "operation": "*", ...}]
     if op_types is not None and set(op_types) < set(QUANT_OPS) and set(op_types) <= set(TFL_OPS):
         rec = [{**rec[0], "operation": op} for t in op_types for op in dict.fromkeys(TFL_OPS[t])]
@@ -202,8 +203,6 @@ def _int8_within_budget(job: ExportJob, data: bytes, calibration: np.ndarray) ->
     while the held-out quality (photos and their phone-photo twin) is outside the task's budget, keep more of the
     graph float: by kinds of op (``OP_STAGES``), then the op with the lowest SNR, one at a time, as the ONNX
     target does. (PT2E in torch lost 40 points on EfficientNet-Lite0 here; this kept it.)"""
-    from ..compress.data import budget_quality
-    from ..compress.quantize import MAX_FALLBACK, OP_STAGES
     held = job.held_out() if job.held_out is not None else None
     task = job.task
     with tempfile.TemporaryDirectory() as tmp:

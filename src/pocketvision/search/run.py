@@ -290,11 +290,8 @@ def search(data: str | Path | None = None, *, target: str = "onnx", precision: s
     table = Path(latency_table) if latency_table else run_dir / "latency_table.json"
     study, history = _reopened(run_dir)
     elapsed = float(study.user_attrs.get("elapsed_s", 0.0))
-    if history:
-        log(f"resuming {run_dir}: {len(history)} evaluations done, {elapsed:.0f} s spent")
-    else:
-        log(f"searching {s['budget']} ({'candidates' if count is not None else 'of time'}) in {run_dir}: each "
-            "candidate is trained and timed on the target; a line per candidate, with the time left")
+    log(f"resuming {run_dir}: {len(history)} evaluations done, {elapsed:.0f} s spent" if history else
+        f"searching ({s['budget']}) in {run_dir}: a line per candidate trained and timed, with the time left")
     pool = _Ray(ray) if ray else _Local(workers)
     killer = _Killer()
     try:
@@ -333,14 +330,17 @@ def search(data: str | Path | None = None, *, target: str = "onnx", precision: s
                 study.set_user_attr("elapsed_s", elapsed)
                 history.append(e)
                 history.sort(key=lambda x: x.index)
-                shown = (f"skipped ({e.skipped})" if e.skipped else f"score {e.score:.4f}  {e.latency_ms:.2f} ms  "
-                         f"{e.size_mb:.2f} MB{'' if e.feasible else '  (over the limit)'}")
-                log(f"[{e.index:3d}] {e.mutation:<16} {shown}  {describe(e.candidate)}  "
-                    f"({time_left(len(history), count, seconds, elapsed)})")
+                log(_evaluated_line(e, time_left(len(history), count, seconds, elapsed)))
                 killer.tick()
         return _finish(run_dir, s, history, out, table, pool, killer, log)
     finally:
         pool.close()
+
+
+def _evaluated_line(e, left: str) -> str:
+    shown = (f"skipped ({e.skipped})" if e.skipped else f"score {e.score:.4f}  {e.latency_ms:.2f} ms  "
+             f"{e.size_mb:.2f} MB{'' if e.feasible else '  (over the limit)'}")
+    return f"[{e.index:3d}] {e.mutation:<16} {shown}  {describe(e.candidate)}  ({left})"
 
 
 def time_left(done: int, count: int | None, seconds: float | None, elapsed: float) -> str:
