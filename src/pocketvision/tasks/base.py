@@ -7,9 +7,12 @@ A task owns:
 - data: detection, readers, the held-out and training images of a bundle (``held_out``, ``training_images``),
 - the model: ``build_model`` (from a bundle's arch spec), the training hooks (``setup`` -> a ``TaskRun`` that the
   one engine in ``training/engine.py`` drives),
-- the exported graph's outputs: ``graph_head`` (uint8 in, decoded out: the file does its own preprocessing) and ``OutputSpec`` (ONNX
-  output names, Core ML output type, dynamic size, the web page's renderer),
+- the exported graph's outputs: ``graph_head`` (uint8 in, decoded out: the file does its own preprocessing) and
+  ``OutputSpec`` (ONNX output names, Core ML output type, dynamic size, the web page's renderer),
 - predict records, metrics, report and console table, the parity comparison and what compressions apply.
+
+The hooks come in roles, each a small class a reader can hold alone (``TaskData``, ``TaskTraining``, ``TaskGraph``,
+``TaskRuntime``, ``TaskVerbs``, ``TaskLabelling``); ``Task`` is all of them plus what the task is (its attributes).
 
 This module and the task modules import torch only inside the methods that build or run torch models, so a
 predictor of an exported file (the torch-free runtime path) can use a task's records and metrics.
@@ -225,36 +228,10 @@ class Command:
     arguments: Callable[[Any], None] = lambda parser: None
 
 
-class Task:
-    """A task plug-in. Subclasses set the class attributes and override the hooks that apply."""
+# -- the roles of a task: each hook group a reader can hold alone; ``Task`` is all of them ---------------
+class TaskData:
+    """What the task reads: detection, held-out photos, training images, shard records (data sets, calibration)."""
 
-    name: ClassVar[str]
-    summary: ClassVar[str] = ""
-    Options: ClassVar[type[Options]] = NoOptions
-    EvalOptions: ClassVar[type[Options]] = NoOptions
-    CheckOptions: ClassVar[type[Options]] = NoOptions
-    FilterOptions: ClassVar[type[Options]] | None = None  # None: `pocketvision filter` does not apply
-    outputs: ClassVar[OutputSpec]
-    compressions: ClassVar[frozenset[str]] = frozenset({"int8", "fp16"})  # also: palettize, qat, prune
-    model_kind: ClassVar[str] = "classifier"  # which registry models it builds (models/registry.py)
-    default_arch: ClassVar[tuple[str, dict[str, Any]]] = ("deepdog", {"alpha": 0.5})
-    engine_defaults: ClassVar[dict[str, Any]] = {}  # TrainConfig fields this task defaults differently
-    refuses: ClassVar[dict[str, str]] = {}  # TrainConfig field -> why this task cannot use it
-    # Options that act only after the last epoch (how the decision threshold is chosen, say): a resumed run may
-    # change them, so a finished run is finished again in seconds with another value. Other options stay the run's.
-    finish_options: ClassVar[frozenset[str]] = frozenset()
-    detect_order: ClassVar[int] = 50  # auto detection asks lower numbers first
-    fallback: ClassVar[bool] = False  # accepts any data: chosen by --task auto only when nothing more specific fits
-    model_flag: ClassVar[str | None] = None  # a flag naming the model of `filter` (``--style BUNDLE``)
-    # Whether its truth survives the phone-photo corruptions of evaluate/shift.py (a class does; keypoints move
-    # under rotation): then compression budgets and parity are judged on held-out images and their shifted twin.
-    shift_keeps_truth: ClassVar[bool] = False
-    # (raw model output, torch.Generator) -> the summed negative log-likelihood of outputs drawn from the model's
-    # own predictive distribution: its squared gradient is the Fisher information that ranks layers for mixed-bit
-    # palettes (compress/palettize.fisher_sensitivity). None: no likelihood; layers are scanned one by one.
-    sampled_nll: ClassVar[Callable[..., Any] | None] = None
-
-    # -- data ---------------------------------------------------------------------------------------
     def detect(self, data: str | os.PathLike) -> bool:
         """Whether ``data`` looks like this task's training data (``--task auto``)."""
         return False
@@ -282,7 +259,10 @@ class Task:
         """Training images in ``data`` for the recipe (cheap: a listing, no decoding); None if unknown."""
         return None
 
-    # -- training -----------------------------------------------------------------------------------
+
+class TaskTraining:
+    """How it trains: its recipe and its run (`pocketvision train`; the engine drives the ``TaskRun``)."""
+
     def recipe(self, ctx: RecipeContext) -> Recipe | None:
         """The best known training settings for this architecture, pretrained or not, data size and device
         (``training/recipes.py``); None: the engine and task defaults."""
@@ -291,7 +271,10 @@ class Task:
     def setup(self, data: str | os.PathLike, cfg: Any, opts: Options, console: Any, resuming: bool) -> TaskRun:
         raise NotImplementedError
 
-    # -- model and graph ----------------------------------------------------------------------------
+
+class TaskGraph:
+    """Its network and exported graph: rebuilding a bundle's model, what every export computes after it, int8."""
+
     def build_model(self, spec: dict[str, Any], contract: Contract) -> nn.Module:
         """Rebuild the network a bundle's ``arch`` spec describes (weights are loaded by the caller)."""
         from ..models import build_model
@@ -314,7 +297,10 @@ class Task:
         """Bundle metadata every export carries beside labels, contract and threshold."""
         return {}
 
-    # -- runtime (numpy only) -----------------------------------------------------------------------
+
+class TaskRuntime:
+    """Its answers, numpy only: predict, evaluate, quality, budgets and parity (`predict`, `eval`, `verify`)."""
+
     def predict(self, model: Any, sources: Sequence[str | os.PathLike | bytes]) -> list[dict[str, Any]]:
         """``model``: anything with ``run_pixels``, ``contract``, ``labels``, ``meta`` (a bundle or a predictor)."""
         raise NotImplementedError
@@ -368,7 +354,10 @@ class Task:
         """One line describing a ``compare`` result (the CLI prefixes PASSED/FAILED)."""
         return str(v)
 
-    # -- other verbs --------------------------------------------------------------------------------
+
+class TaskVerbs:
+    """The other verbs it takes part in: `check`, `filter`, its own commands."""
+
     def check(self, data: str | os.PathLike, options: Options) -> tuple[dict[str, Any], Callable[[Any], None]]:
         """-> (JSON report, render(console)) for `pocketvision check`."""
         raise PocketVisionError(f"`check` does not apply to {self.name} data.")
@@ -385,7 +374,10 @@ class Task:
     def commands(self) -> list[Command]:
         return []
 
-    # -- `pocketvision label --model` ------------------------------------------------------------------
+
+class TaskLabelling:
+    """Pre-filling a labelling session with its model's answers (`pocketvision label --model`)."""
+
     def label_problem(self, mode: str, labels: list[str], names: list[str]) -> str | None:
         """Why this task's model cannot pre-fill a labelling session of ``mode`` (None: it can)."""
         return f"a {self.name} model cannot suggest {mode}."
@@ -393,6 +385,37 @@ class Task:
     def label_suggestion(self, record: dict[str, Any], names: list[str]) -> dict[str, Any]:
         """A predict record -> what the labelling page pre-fills, with an ``uncertainty`` in [0, 1]."""
         raise NotImplementedError
+
+
+class Task(TaskData, TaskTraining, TaskGraph, TaskRuntime, TaskVerbs, TaskLabelling):
+    """A task plug-in: what it is (the class attributes) and what it does (the roles above). Subclasses set the
+    attributes and override the hooks that apply."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type[Options]] = NoOptions
+    EvalOptions: ClassVar[type[Options]] = NoOptions
+    CheckOptions: ClassVar[type[Options]] = NoOptions
+    FilterOptions: ClassVar[type[Options]] | None = None  # None: `pocketvision filter` does not apply
+    outputs: ClassVar[OutputSpec]
+    compressions: ClassVar[frozenset[str]] = frozenset({"int8", "fp16"})  # also: palettize, qat, prune
+    model_kind: ClassVar[str] = "classifier"  # which registry models it builds (models/registry.py)
+    default_arch: ClassVar[tuple[str, dict[str, Any]]] = ("deepdog", {"alpha": 0.5})
+    engine_defaults: ClassVar[dict[str, Any]] = {}  # TrainConfig fields this task defaults differently
+    refuses: ClassVar[dict[str, str]] = {}  # TrainConfig field -> why this task cannot use it
+    # Options that act only after the last epoch (how the decision threshold is chosen, say): a resumed run may
+    # change them, so a finished run is finished again in seconds with another value. Other options stay the run's.
+    finish_options: ClassVar[frozenset[str]] = frozenset()
+    detect_order: ClassVar[int] = 50  # auto detection asks lower numbers first
+    fallback: ClassVar[bool] = False  # accepts any data: chosen by --task auto only when nothing more specific fits
+    model_flag: ClassVar[str | None] = None  # a flag naming the model of `filter` (``--style BUNDLE``)
+    # Whether its truth survives the phone-photo corruptions of evaluate/shift.py (a class does; keypoints move
+    # under rotation): then compression budgets and parity are judged on held-out images and their shifted twin.
+    shift_keeps_truth: ClassVar[bool] = False
+    # (raw model output, torch.Generator) -> the summed negative log-likelihood of outputs drawn from the model's
+    # own predictive distribution: its squared gradient is the Fisher information that ranks layers for mixed-bit
+    # palettes (compress/palettize.fisher_sensitivity). None: no likelihood; layers are scanned one by one.
+    sampled_nll: ClassVar[Callable[..., Any] | None] = None
 
 
 # -- registry ---------------------------------------------------------------------------------------
