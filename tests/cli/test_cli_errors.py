@@ -102,6 +102,10 @@ def test_help_shows_verbs_by_group_and_no_placeholder_defaults():
     for group in ("the photos:", "make a model:", "ship it:", "over the air:"):
         assert group in r.stdout, group
     assert "PydanticUndefined" not in run_cli("stylize", "--help").stdout
+    train = run_cli("train", "--help").stdout  # by purpose, then each task's own options under its name
+    heads = ["what to train:", "how it learns:", "the photos:", "the machine:", "classify only (--task classify):",
+             "keypoints only (--task keypoints):", "stylize only (--task stylize):"]
+    assert all(h in train for h in heads) and train.index("  --top-views") > train.index("classify only")
 
 
 def test_every_flag_of_every_verb_has_help_and_says_its_default_once():

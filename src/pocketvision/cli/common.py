@@ -98,7 +98,7 @@ def _flag_kwargs(annotation: Any) -> dict[str, Any]:
 
 
 def add_option_flags(parser: argparse.ArgumentParser, models: list[tuple[str, Any]], seen: set[str] | None = None,
-                     exclude: tuple[str, ...] = ()) -> None:
+                     exclude: tuple[str, ...] = (), only: set[str] | None = None) -> None:
     """One flag per field of each (``owner``, model); ``owner`` prefixes the help (e.g. 'keypoints: '). A field
     several models share is added once. Unset flags stay out of the namespace (``argparse.SUPPRESS``), so only
     what the user typed reaches the API, which validates it and refuses what the task cannot use."""
@@ -110,7 +110,7 @@ def add_option_flags(parser: argparse.ArgumentParser, models: list[tuple[str, An
     for owner, model in models:
         for name, f in model.model_fields.items():
             extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
-            if name in seen or name in exclude or extra.get("cli") is False:
+            if name in seen or name in exclude or extra.get("cli") is False or (only is not None and name not in only):
                 continue
             seen.add(name)
             flag = extra.get("flag") or "--" + name.replace("_", "-")

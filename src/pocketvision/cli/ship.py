@@ -18,7 +18,8 @@ from ..export import check_request, get_target, target_names, variant_suffix
 from ..export.web import ORT_WEB_VERSION, fetch_runtime
 from ..tasks import all_tasks
 from ..tasks.base import parse_options, refuse_foreign
-from .common import _given, _image_args, _kv, _print_json, _print_parity, _task_models, _thread_list, add_config_flag, add_option_flags
+from .common import (_given, _image_args, _kv, _print_json, _print_parity, _task_models, _thread_list, add_config_flag,
+                     add_option_flags)
 
 
 def _save_arrays(record: dict[str, Any], image: Path, out_dir: Path) -> dict[str, Any]:

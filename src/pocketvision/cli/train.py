@@ -132,8 +132,19 @@ def cmd_demo(a: argparse.Namespace) -> int:
 # -- parser ------------------------------------------------------------------------------------------
 TITLE = "make a model"
 
+# `train --help`: the engine's options by purpose (TrainConfig's fields; one missing here is shown under "more")
+TRAIN_GROUPS = {
+    "what to train": ["task", "arch", "arch_args", "pretrained", "size", "recipe", "init_from", "inherit_from"],
+    "how it learns": ["epochs", "batch_size", "optimizer", "lr", "lr_scaling", "lr_reference_batch", "weight_decay",
+                      "schedule", "clr_cycle_epochs", "freeze_epochs", "backbone_lr_mult", "freeze_bn",
+                      "early_stopping", "ema", "progressive", "progressive_until"],
+    "the photos": ["val_fraction", "augment", "seed", "batch_augment", "workers", "cache_mb", "cache_dir"],
+    "the machine": ["device", "devices", "max_restarts", "amp", "compile", "channels_last"],
+    "what it writes": ["run_dir", "tensorboard", "progress"],
+}
 
-def register(verb) -> None:
+
+def _register_train(verb) -> None:
     tasks = ", ".join(f"{t.name} ({t.summary})" for t in all_tasks())
     s = verb("train", f"Train a model and write a bundle. Tasks: {tasks}.", cmd_train)
     s.add_argument("data", nargs="?", default=None, help="the task's training data: an image folder "
@@ -146,9 +157,17 @@ def register(verb) -> None:
     s.add_argument("--find-lr", action="store_true", help="run an LR range test, save the plot, and exit")
     s.add_argument("--json", action="store_true", help="print the result as JSON (no progress bar)")
     seen: set[str] = set()
-    add_option_flags(s, [("", TrainConfig)], seen)
-    add_option_flags(s, _task_models("Options"), seen)
+    for title, names in TRAIN_GROUPS.items():  # the engine's options by purpose, then each task's own
+        add_option_flags(s.add_argument_group(title), [("", TrainConfig)], seen, only=set(names))
+    add_option_flags(s.add_argument_group("more"), [("", TrainConfig)], seen)  # a new field is never hidden
+    for t in all_tasks():
+        add_option_flags(s.add_argument_group(f"{t.name} only (--task {t.name})"),
+                         [(t.name, t.Options)], seen)
     next(a for a in s._actions if a.dest == "task").choices = typing.get_args(TaskName)  # the engine's field is a str
+
+
+def register(verb) -> None:
+    _register_train(verb)
 
     s = verb("eval", "Evaluate a bundle or exported model on labelled data of its task (an HTML report with "
              "--report).", cmd_eval)
