@@ -76,3 +76,22 @@ def test_the_over_the_air_walkthrough_runs_in_its_printed_order(trained_bundle, 
     assert "version 2" in out and ("installed" in out or "rolled out to 10% of devices" in out)
     labels = [p.name for p in (ota / "corrections").rglob("*") if p.is_dir()]
     assert labels, "feedback export wrote no confirmed correction"
+
+
+def test_the_readme_path_runs_as_written(hotdog_small, tmp_path):
+    """The README's "The path", on a small folder of real photos: check, train with the defaults, eval, export to
+    every target (each verified), predict."""
+    (tmp_path / "photos").symlink_to(hotdog_small, target_is_directory=True)
+    (tmp_path / "some").mkdir()
+    shutil.copy(sorted((hotdog_small / "val" / "hotdog").iterdir())[0], tmp_path / "some" / "photo.jpg")
+    text = script(REPO / "README.md")
+    assert "pocketvision train photos/" in text and "pip install" not in text  # the path, not the set-up
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"}  # HOME: the runtime cache
+    r = subprocess.run(["bash", "-c", text], cwd=tmp_path, capture_output=True, text=True, timeout=1200, env=env)
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    assert (tmp_path / "aug.png").is_file() and (tmp_path / "hotdog.pvb").is_file()
+    assert (tmp_path / "report").is_dir()
+    for name in ("hotdog.onnx", "hotdog.tflite", "hotdog.mlpackage", "hotdog.web"):
+        assert (tmp_path / "dist" / name).exists(), name  # only verified exports appear under their own name
+    assert "photo.jpg" in r.stdout and ("hotdog" in r.stdout.split("photo.jpg")[-1])

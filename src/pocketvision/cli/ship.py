@@ -138,7 +138,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
 
 
 def cmd_fetch_web_runtime(a: argparse.Namespace) -> int:
-    path = fetch_runtime(a.version or ORT_WEB_VERSION)
+    path = fetch_runtime(a.version or ORT_WEB_VERSION, force=a.force)
     print(f"onnxruntime-web {a.version or ORT_WEB_VERSION}: {path}")
     return 0
 
@@ -386,6 +386,7 @@ def _register_run(verb) -> None:
     s = verb("fetch-web-runtime", "Download the onnxruntime-web runtime files (npm package) that `export --to web` "
              "copies into each web folder (an explicit download, like fetch-shards).", cmd_fetch_web_runtime)
     s.add_argument("--version", default=None, help="onnxruntime-web version (default: the tested one)")
+    s.add_argument("--force", action="store_true", help="download again even when the files are here already")
 
     able = [t for t in all_tasks() if t.FilterOptions is not None]
     s = verb("filter", f"Run a {' or '.join(t.name for t in able)} model on every frame of a video and write the "

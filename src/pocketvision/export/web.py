@@ -70,13 +70,17 @@ def runtime_dir() -> Path:
                             "PV_ORT_WEB_DIR to an unpacked node_modules/onnxruntime-web/dist.")
 
 
-def fetch_runtime(version: str = ORT_WEB_VERSION) -> Path:
-    """Download ``onnxruntime-web@version`` with npm and keep only the files a page needs."""
+def fetch_runtime(version: str = ORT_WEB_VERSION, force: bool = False) -> Path:
+    """Download ``onnxruntime-web@version`` with npm and keep only the files a page needs (once: files already
+    here are kept unless ``force``)."""
+    dest = cache_dir() if version == ORT_WEB_VERSION else cache_dir().with_name(f"onnxruntime-web-{version}")
+    have = all((dest / f).is_file() for f in [f for files in RUNTIME.values() for f in files] + ["package.json"])
+    if not force and have and json.loads((dest / "package.json").read_text()).get("version") == version:
+        return dest
     npm = shutil.which("npm")
     if npm is None:
         raise PocketVisionError("npm is not installed; install Node.js (it brings npm) or unpack "
                                 f"onnxruntime-web@{version} yourself and set PV_ORT_WEB_DIR to its dist/ folder.")
-    dest = cache_dir() if version == ORT_WEB_VERSION else cache_dir().with_name(f"onnxruntime-web-{version}")
     with tempfile.TemporaryDirectory() as tmp:
         r = subprocess.run([npm, "pack", f"onnxruntime-web@{version}", "--silent"], cwd=tmp, capture_output=True,
                            text=True)
