@@ -106,6 +106,8 @@ def test_help_shows_verbs_by_group_and_no_placeholder_defaults():
     heads = ["what to train:", "how it learns:", "the photos:", "the machine:", "classify only (--task classify):",
              "keypoints only (--task keypoints):", "stylize only (--task stylize):"]
     assert all(h in train for h in heads) and train.index("  --top-views") > train.index("classify only")
+    known = run_cli("train", "--task", "keypoints", "--help").stdout  # the task's own options first when it is known
+    assert known.index("keypoints only") < known.index("how it learns:") < known.index("classify only")
 
 
 def test_every_flag_of_every_verb_has_help_and_says_its_default_once():

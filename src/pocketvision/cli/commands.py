@@ -80,8 +80,20 @@ def _verb_parser(parser: argparse.ArgumentParser, name: str) -> argparse.Argumen
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
 
 
+def _task_first(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """`train --task X --help`: X's own options right after what to train, before the engine's long lists."""
+    if len(argv) < 3 or argv[0] != "train" or "--task" not in argv[:-1]:
+        return
+    name, groups = argv[argv.index("--task") + 1], _verb_parser(parser, "train")._action_groups
+    mine = [g for g in groups if (g.title or "").startswith(f"{name} only ")]
+    if mine:
+        groups.remove(mine[0])
+        groups.insert(3, mine[0])  # positional arguments, options, what to train, then the task's
+
+
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None):
     """argv -> (namespace, unknown); a --config file fills the verb's defaults first, so flags override it."""
+    _task_first(parser, list(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "config", None):
         verb = _verb_parser(parser, args.verb)
