@@ -95,3 +95,21 @@ def test_the_readme_path_runs_as_written(hotdog_small, tmp_path):
     for name in ("hotdog.onnx", "hotdog.tflite", "hotdog.mlpackage", "hotdog.web"):
         assert (tmp_path / "dist" / name).exists(), name  # only verified exports appear under their own name
     assert "photo.jpg" in r.stdout and "hotdog" in r.stdout.split("photo.jpg")[-1]
+
+
+def test_the_quick_start_demo_runs_as_written(tmp_path):
+    """The README's first command after the installs (which CI itself runs: `.ci/run`): `pocketvision demo`, with
+    its defaults, writes the bundle, the verified ONNX and the report it promises."""
+    readme = (REPO / "README.md").read_text()
+    setup = next(m.group(3) for m in BLOCK.finditer(readme) if "pocketvision demo" in m.group(3))
+    line = next(ln for ln in setup.splitlines() if "pocketvision demo" in ln)
+    command = re.sub(r"\s+#.*$", "", line).split("&&")[-1].strip()
+    assert command == "pocketvision demo", command
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    r = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "pv-demo"
+    assert list(out.rglob("*.pvb")) and list(out.rglob("*.onnx")) and list(out.rglob("*.html")), sorted(out.rglob("*"))
+    said = "".join((r.stdout + r.stderr).split())
+    assert "parity" in said.lower(), said[-2000:]

@@ -1,4 +1,5 @@
-"""`pocketvision demo` end to end on a shrunken built-in data set (no ../shared needed)."""
+"""`pocketvision demo`'s drawings, and its stages on a shrunken data set (the README's command as written, with its
+defaults, runs in tests/test_walkthrough.py)."""
 
 from __future__ import annotations
 
