@@ -104,6 +104,9 @@ def test_bench_pick_here_measures_every_accelerator_and_records_the_choice(train
     b = pv.load(bundle)
     assert b.meta["placement"] == c and b.meta["lineage"][-1] == c
     assert json.loads((tmp_path / "p" / "placement.json").read_text())["choice"] == c
+    # the README's next step: exporting the bundle that now records its placement (it crashed on that lineage)
+    r = run_cli("export", str(bundle), "--out", str(tmp_path / "after.onnx"))
+    assert r.returncode == 0 and "made by placement" in r.stdout, r.stderr[-2000:]
 
 
 @pytest.mark.shared_data

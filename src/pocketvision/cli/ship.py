@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,10 @@ def cmd_export(a: argparse.Namespace) -> int:
     b = pv.load(a.bundle)
     chosen = [check_request(b.plugin, t, precision, a.bits, a.qat_steps) for t in targets]  # before any work
     log = (lambda s: None) if a.json else (lambda s: print(s, file=sys.stderr))
-    results, ok = [], True
-    for t in chosen:
+    results, ok, started = [], True, time.perf_counter()
+    for i, t in enumerate(chosen):
+        log(f"[{i + 1}/{len(chosen)}] {t.name}: exporting, then verifying on real photos"
+            f"{V.time_left(i, len(chosen), time.perf_counter() - started)}")
         out = a.out or (Path(a.out_dir) / (Path(a.bundle).stem + variant_suffix(precision, a.bits) + t.suffix)
                         if a.out_dir else None)
         res = b.export(out, to=t.name, verify=not a.no_verify, data=a.data, opset=a.opset, precision=precision,

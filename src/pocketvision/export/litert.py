@@ -154,7 +154,6 @@ def _int8_recipe(op_types: list[str] | None, keep_float: list[str]) -> list[dict
                   for name in keep_float]
 
 
-
 class _Int8:
     """One float .tflite, calibrated once, quantised with any set of ops kept float."""
 

@@ -56,7 +56,9 @@ def verify_export(bundle, exported: str | Path, data: str | Path | None = None, 
     passed = [p["passed"] for p in parts]  # before v, which is also the held-out part, says the whole verdict
     v["passed"] = all(passed)
     v["precision"] = precision
-    if lineage := [s.get("stage") for s in meta.get("lineage", []) if isinstance(s, dict)]:
+    # compression and retraining record a "stage", search and placement an "op"; the file's words are checked here
+    if lineage := [str(s.get("stage") or s.get("op")) for s in meta.get("lineage", [])
+                   if isinstance(s, dict) and (s.get("stage") or s.get("op"))]:
         v["lineage"] = lineage
     if not v["passed"]:  # name what broke and by how much, so an expected int8 difference never reads like a bug
         v["broke"] = [_broke(name, p, task, budget, max_drop)
