@@ -96,10 +96,10 @@ class Bundle:
     run_pixels = predict_pixels  # the name every predictor of an exported file uses
 
     @torch.no_grad()
-    def run_outputs(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    def run_outputs(self, pixels: np.ndarray, teachable: bool = False) -> dict[str, np.ndarray]:
         """uint8 NHWC -> every output of the graph an export captures, by name (``OutputSpec.names``)."""
         plugin = self.plugin
-        body = plugin.graph_model(self.model).eval()
+        body = plugin.graph_model(self.model, teachable).eval()
         outs = plugin.graph_head(body(torch.from_numpy(self.contract.normalize(pixels))))
         return {name: o.numpy() for name, o in zip(plugin.outputs.names, outs)}
 
@@ -132,7 +132,7 @@ class Bundle:
 
     def export(self, out: str | Path | None = None, to: str = "onnx", verify: bool = True,
                data: str | Path | None = None, opset: int | None = None, *, precision: str = "fp32",
-               bits: int | None = None, max_drop: float = 1.0, qat_steps: int = 0,
+               bits: int | None = None, max_drop: float = 1.0, qat_steps: int = 0, teachable: bool = False,
                log=lambda s: None) -> ExportResult:
         """Export to one target (``export.target_names()``: onnx, tflite, coreml, web), optionally compressed,
         and verify it on real images (Core ML off macOS: structure only, reported as not verified numerically).
@@ -141,8 +141,9 @@ class Bundle:
         held-out quality is within the task's budget (``max_drop``; ``qat_steps``: quantisation-aware
         fine-tuning first). ``bits``: palettise first (:meth:`palettize`). Parity is checked against the model
         that was exported; compressed precisions are judged by the budget (outputs move by design).
+        ``teachable``: the graph also outputs its embedding, and the metadata says how a device learns on it.
         """
-        target = check_request(self.plugin, to, precision, bits, qat_steps)
+        target = check_request(self.plugin, to, precision, bits, qat_steps, teachable)
         source, notes, compression = self, [], {}
         if bits:
             source, rep = self.palettize(bits, data, max_drop=max_drop, log=log)
@@ -155,7 +156,9 @@ class Bundle:
         pal_bits = bits or source.meta.get("compression", {}).get("palettize", {}).get("bits")
         with staged(out) as (stage, scratch):
             job = ExportJob(model=source.model, task=self.plugin, contract=source.contract,
-                            meta={**source.export_meta(), "precision": precision}, out=stage, tmp=scratch,
+                            meta={**source.export_meta(), "precision": precision,
+                                  **({"teach": self.plugin.teach_meta(source.model)} if teachable else {})},
+                            out=stage, tmp=scratch, teachable=teachable,
                             precision=precision, palettised_bits=pal_bits, opset=opset, max_drop=max_drop,
                             qat_steps=qat_steps, calibration=lambda limit: source.training_pixels(data, limit),
                             held_out=lambda: held_out(self, data), log=log)

@@ -237,6 +237,8 @@ def _print_parity(v: dict, plugin) -> None:
     print(f"verify {'PASSED' if v['passed'] else 'FAILED'} ({judged}{made}): {plugin.parity_line(v)}")
     if "shifted" in v:
         print(f"  on their phone-photo twin (blur, JPEG, dark, flash, ...): {plugin.parity_line(v['shifted'])}")
+    if "embedding" in v:  # a teachable file: the embedding a device learns on
+        print(f"  the embedding: {v['embedding']['detail']}")
     if v.get("broke"):
         print(f"  failed on: {'; '.join(v['broke'])}")
 

@@ -62,11 +62,12 @@ def cmd_export(a: argparse.Namespace) -> int:
     targets = [t.strip() for t in a.to.split(",") if t.strip()]
     precision = "int8" if a.int8 else ("fp16" if a.fp16 else "fp32")
     for t in targets:  # the request first, then what the bundle's task allows: all before any work
-        get_target(t).check(None, precision, a.bits, a.qat_steps)
+        get_target(t).check(None, precision, a.bits, a.qat_steps, a.teachable)
     if a.out and len(targets) > 1:
         raise PocketVisionError("--out names one file; with several --to targets use --out-dir.")
     b = pv.load(a.bundle)
-    chosen = [check_request(b.plugin, t, precision, a.bits, a.qat_steps) for t in targets]  # before any work
+    chosen = [check_request(b.plugin, t, precision, a.bits, a.qat_steps, a.teachable)  # before any work
+              for t in targets]
     log = (lambda s: None) if a.json else (lambda s: print(s, file=sys.stderr))
     results, ok, started = [], True, time.perf_counter()
     for i, t in enumerate(chosen):
@@ -75,7 +76,7 @@ def cmd_export(a: argparse.Namespace) -> int:
         out = a.out or (Path(a.out_dir) / (Path(a.bundle).stem + variant_suffix(precision, a.bits) + t.suffix)
                         if a.out_dir else None)
         res = b.export(out, to=t.name, verify=not a.no_verify, data=a.data, opset=a.opset, precision=precision,
-                       bits=a.bits, max_drop=a.max_drop, qat_steps=a.qat_steps, log=log)
+                       bits=a.bits, max_drop=a.max_drop, qat_steps=a.qat_steps, teachable=a.teachable, log=log)
         v = res.verification
         ok = ok and (v is None or v["passed"])
         results.append({"path": str(res.path), "format": res.format, "precision": res.precision, "bits": a.bits,
@@ -302,6 +303,8 @@ def _register_export(verb) -> None:
     s.add_argument("--max-drop", type=float, default=1.0, help="quality budget in points for --int8/--bits")
     s.add_argument("--qat-steps", type=int, default=0, help="with --int8 (onnx, web): quantisation-aware "
                    "fine-tuning steps on training photos before calibration (0 = post-training only)")
+    s.add_argument("--teachable", action="store_true", help="the file also outputs its embedding (the features "
+                   "before the head), verified too, so a device can learn new classes on it (onnx, web, tflite)")
     s.add_argument("--data", default=None, help="labelled images for verification (default: the bundle's val split)")
     s.add_argument("--no-verify", action="store_true", help="skip the parity check")
     s.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")

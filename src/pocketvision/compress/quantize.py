@@ -88,6 +88,8 @@ def quantize(fp32: Path, out: Path, calibration: np.ndarray, exclude: list[str] 
     extra = {"ActivationSymmetric": False, "WeightSymmetric": True, "CalibStridedMinMax": 1}
     if recipe.calibration == "percentile":
         extra["CalibPercentile"] = recipe.percentile
+    if recipe.float_head:  # the head's large dense layers: int8 weights, float outputs (the rest of it is excluded)
+        extra["OpTypesToExcludeOutputQuantization"] = ["Gemm", "MatMul"]
     with tempfile.TemporaryDirectory() as tmp:
         pre = preprocess(fp32, Path(tmp) / "pre.onnx")
         with quiet():
@@ -142,6 +144,22 @@ def layer_errors(fp32: Path, qdq: Path, pixels: np.ndarray) -> list[dict[str, An
     return sorted(rows, key=lambda r: r["sqnr_db"])
 
 
+def head_nodes(fp32: Path, max_weights: int = 65536) -> tuple[list[str], list[str]]:
+    """The head of an ONNX graph, the nodes after the global pooling that follows the last convolution, as
+    (the ones to keep float, its dense layers with more than ``max_weights`` weights: int8 weights only)."""
+    import onnx
+    from onnx import numpy_helper
+    g = onnx.load(str(fp32), load_external_data=False).graph
+    sizes = {i.name: int(np.prod(numpy_helper.to_array(i).shape)) for i in g.initializer}
+    nodes = list(g.node)
+    last_conv = max((k for k, n in enumerate(nodes) if n.op_type == "Conv"), default=-1)
+    pool = next((k for k in range(last_conv + 1, len(nodes))
+                 if nodes[k].op_type in ("ReduceMean", "GlobalAveragePool")), len(nodes))
+    head = nodes[pool + 1:]
+    big = [n.name for n in head if n.op_type in ("Gemm", "MatMul") and sizes.get(n.input[1], 0) > max_weights]
+    return [n.name for n in head if n.name not in big], big
+
+
 def quantize_within_budget(fp32: Path, out: Path, calibration: np.ndarray, evaluate: Callable[[Path], float],
                            base_accuracy: float, max_drop: float = 1.0,
                            log: Callable[[str], None] = lambda s: None,
@@ -154,11 +172,12 @@ def quantize_within_budget(fp32: Path, out: Path, calibration: np.ndarray, evalu
     if len(calibration) == 0:
         raise PocketVisionError("int8 calibration needs training images; none were found.")
     recipe = recipe or Int8Recipe()
-    keep_float = recipe.keep_float
+    keep_float = list(recipe.keep_float) + (head_nodes(fp32)[0] if recipe.float_head else [])
     exclude: list[str] = list(keep_float)
     quantize(fp32, out, calibration, exclude, recipe=recipe)
     acc = evaluate(out)
     log(f"int8: held-out quality {base_accuracy:.4f} -> {acc:.4f}")
+    best = (acc, recipe)
     for name, types in OP_STAGES:  # whole kinds of op first: the head, the glue
         if within(acc) or set(types) >= set(recipe.op_types):
             break
@@ -166,14 +185,24 @@ def quantize_within_budget(fp32: Path, out: Path, calibration: np.ndarray, evalu
         quantize(fp32, out, calibration, exclude, recipe=recipe)
         acc = evaluate(out)
         log(f"  only the {name} in int8: quality {acc:.4f}")
+        best = max(best, (acc, recipe), key=lambda b: b[0])
+    if acc < best[0]:  # fewer kinds of op in int8 can be worse (Conv inputs then see unclipped ranges)
+        acc, recipe = best
+        quantize(fp32, out, calibration, exclude, recipe=recipe)
+        log(f"  back to {', '.join(recipe.op_types)} in int8: quality {acc:.4f}")
     errors = layer_errors(fp32, out, calibration[:64])
     order = [r["node"] for r in errors]
     order = [n for n in order if n not in exclude]
+    best_kept = (acc, list(exclude))
     while not within(acc) and order and len(exclude) < MAX_FALLBACK + len(keep_float):
         exclude.append(order.pop(0))
         quantize(fp32, out, calibration, exclude, recipe=recipe)
         acc = evaluate(out)
         log(f"  {exclude[-1]} kept float: quality {acc:.4f}")
+        best_kept = max(best_kept, (acc, list(exclude)), key=lambda b: b[0])
+    if acc < best_kept[0]:  # no fallback reached the budget: ship the best one seen (the fewest floats among equals)
+        acc, exclude = best_kept
+        quantize(fp32, out, calibration, exclude, recipe=recipe)
     return {"accuracy_before": base_accuracy, "accuracy_after": acc, "max_drop": max_drop, "within_budget": within(acc),
             "float_fallback": exclude, "kept_float_by_design": list(keep_float), **recipe.describe(),
             "layer_errors": errors, "calibration_images": int(len(calibration[:recipe.max_images]))}

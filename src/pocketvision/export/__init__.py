@@ -11,8 +11,9 @@ __all__ = ["META_PREFIX", "ExportJob", "Target", "check_request", "folder_size",
            "model_files", "publish", "register_target", "staged", "target_for_path", "target_names", "variant_suffix"]
 
 
-def check_request(task, to: str, precision: str = "fp32", bits: int | None = None, qat_steps: int = 0) -> Target:
+def check_request(task, to: str, precision: str = "fp32", bits: int | None = None, qat_steps: int = 0,
+                  teachable: bool = False) -> Target:
     """Refuse an export request before any work starts -> the target."""
     target = get_target(to)
-    target.check(task, precision, bits, qat_steps)
+    target.check(task, precision, bits, qat_steps, teachable)
     return target

@@ -57,6 +57,7 @@ class ExportJob:
     qat_steps: int = 0
     calibration: Callable[[int], np.ndarray] = lambda limit: np.zeros((0, 1, 1, 3), np.uint8)  # up to N training images
     held_out: Callable[[], HeldOut] | None = None  # held-out images, lazily (int8 budgets)
+    teachable: bool = False  # the graph also outputs the embedding (``Task.graph_model``)
     log: Callable[[str], None] = lambda s: None
     report: dict[str, Any] = field(default_factory=dict)  # compression reports a target adds
 
@@ -72,8 +73,10 @@ class Target:
     # The runtime that runs the file: a device profile made for that runtime predicts its latency (`bench --pick`).
     runtime: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    teachable: ClassVar[bool] = False  # its files can carry the embedding output and a device's runtime reads it
 
-    def check(self, task: Task | None, precision: str = "fp32", bits: int | None = None, qat_steps: int = 0) -> None:
+    def check(self, task: Task | None, precision: str = "fp32", bits: int | None = None, qat_steps: int = 0,
+              teachable: bool = False) -> None:
         """Refuse a request this target (and, with ``task``, that task's models) cannot do."""
         missing_tools = [m for m in self.converters if importlib.util.find_spec(m) is None]
         if missing_tools:
@@ -88,6 +91,12 @@ class Target:
             raise PocketVisionError("choose one compression: --bits (palettised float weights) or --int8, not both.")
         if qat_steps and precision != "int8":
             raise PocketVisionError("--qat-steps fine-tunes for int8: use it with --int8.")
+        if teachable and not self.teachable:
+            raise PocketVisionError(f"--teachable: {self.name} files carry one output here; export teachable models "
+                                    f"to {', '.join(sorted(t for t in _TARGETS if _TARGETS[t].teachable))}.")
+        if teachable and task is not None and not task.teachable:
+            raise PocketVisionError(f"--teachable: {task.name} models have no embedding a device learns classes on "
+                                    "(classifiers do).")
         if task is None:
             return
         wanted = [w for w, on in (("palettize", bits), ("qat", qat_steps),

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..compress.data import budget_quality
-from ..compress.quantize import MAX_FALLBACK, OP_STAGES, QUANT_OPS
+from ..compress.quantize import MAX_FALLBACK, OP_STAGES, QUANT_OPS, Int8Recipe
 from ..core.quiet import quiet
 from ..errors import PocketVisionError
 from ..runtime.litert_predictor import ACCELERATORS, LiteRTPredictor
@@ -63,7 +63,7 @@ def add_metadata(model_bytes: bytes, metadata: dict[str, Any]) -> bytes:
     return bytes(fbu.convert_object_to_bytearray(model))
 
 
-EXTRA_OUTPUTS = ("unfamiliar",)  # outputs besides the first that a LiteRT file carries
+EXTRA_OUTPUTS = ("unfamiliar", "embedding")  # outputs besides the first that a LiteRT file carries
 
 
 def export_tflite(job: ExportJob) -> Path:
@@ -72,7 +72,7 @@ def export_tflite(job: ExportJob) -> Path:
 
     from .graph import SomeOutputs, pixel_graph
     h, w = job.contract.size
-    graph = pixel_graph(job.task.graph_model(job.model), job.contract, job.task.graph_head)
+    graph = pixel_graph(job.task.graph_model(job.model, job.teachable), job.contract, job.task.graph_head)
     # LiteRT graphs keep the example's shape: the contract's size, batch 1 (a fully convolutional model
     # still gets a fixed size here; the interpreter runs other sizes only after a resize + re-allocation).
     sample = torch.randint(0, 256, (1, h, w, 3), dtype=torch.uint8)
@@ -116,6 +116,7 @@ class LiteRTTarget(Target):
     install = INSTALL
     converters = ("litert_torch", "ai_edge_litert")
     description = "LiteRT flatbuffer via litert-torch, metadata entries pocketvision.* (extra [litert])"
+    teachable = True
 
     def export(self, job: ExportJob) -> None:
         export_tflite(job)
@@ -141,29 +142,53 @@ TFL_OPS = {"Conv": ("CONV_2D", "DEPTHWISE_CONV_2D"), "Gemm": ("FULLY_CONNECTED",
            "MatMul": ("FULLY_CONNECTED", "BATCH_MATMUL")}
 
 
-def _int8_recipe(op_types: list[str] | None, keep_float: list[str]) -> list[dict[str, Any]]:
+def _int8_recipe(op_types: list[str] | None, keep_float: list[str],
+                 weights_only: list[str] = ()) -> list[dict[str, Any]]:
     """ai-edge-quantizer's static_wi8_ai8 for the task's op types (None: every op it supports), with the ops named
-    in ``keep_float`` (their output tensors) left float: a later entry of the recipe wins for the scopes it matches."""
+    in ``keep_float`` (their output tensors) left float and those in ``weights_only`` int8 in their weights alone:
+    a later entry of the recipe wins for the scopes it matches."""
     from ai_edge_quantizer import recipe
 
     rec = recipe.static_wi8_ai8()  # [{"regex": ".*", "operation": "*", ...}]
     if op_types is not None and set(op_types) < set(QUANT_OPS) and set(op_types) <= set(TFL_OPS):
         rec = [{**rec[0], "operation": op} for t in op_types for op in dict.fromkeys(TFL_OPS[t])]
+    weight_only = recipe.weight_only_wi8_afp32()[0]
     # an op's scope is its output tensors' names, each followed by ";"
-    return rec + [{"regex": f"(^|;){re.escape(name)};", "operation": "*", "algorithm_key": "no_quantize"}
-                  for name in keep_float]
+    return (rec + [{"regex": f"(^|;){re.escape(name)};", "operation": "*", "algorithm_key": "no_quantize"}
+                   for name in keep_float]
+            + [{**weight_only, "regex": f"(^|;){re.escape(name)};", "operation": "FULLY_CONNECTED"}
+               for name in weights_only])
+
+
+def _head_ops(data: bytes, max_weights: int = 65536) -> tuple[list[str], list[str]]:
+    """``quantize.head_nodes`` on a LiteRT graph: the output tensors of the ops after the global pooling that
+    follows the last convolution, as (to keep float, the FULLY_CONNECTED ones over ``max_weights``: weights only).
+    (The interpreter's op list is the one reader of a flatbuffer's ops that ships with LiteRT.)"""
+    from ai_edge_litert.interpreter import Interpreter
+    it = Interpreter(model_content=data)
+    ops, tensors = it._get_ops_details(), {t["index"]: t for t in it.get_tensor_details()}
+    last_conv = max((k for k, o in enumerate(ops) if o["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")), default=-1)
+    pool = next((k for k in range(last_conv + 1, len(ops)) if ops[k]["op_name"] in ("MEAN", "AVERAGE_POOL_2D")),
+                len(ops))
+    keep, weights = [], []
+    for o in ops[pool + 1:]:
+        w = tensors.get(o["inputs"][1]) if len(o["inputs"]) > 1 else None
+        big = o["op_name"] == "FULLY_CONNECTED" and w is not None and int(np.prod(w["shape"])) > max_weights
+        (weights if big else keep).extend(tensors[i]["name"] for i in o["outputs"])
+    return keep, weights
 
 
 class _Int8:
     """One float .tflite, calibrated once, quantised with any set of ops kept float."""
 
-    def __init__(self, data: bytes, calibration: np.ndarray, op_types: list[str] | None, tmp: Path):
+    def __init__(self, data: bytes, calibration: np.ndarray, recipe: Int8Recipe, tmp: Path):
         from ai_edge_litert.interpreter import Interpreter
         from ai_edge_quantizer import quantizer as aeq
-        self.src, self.op_types, self.tmp = tmp / "f32.tflite", op_types, tmp
+        self.src, self.op_types, self.tmp = tmp / "f32.tflite", recipe.op_types, tmp
+        self.head, self.head_weights = _head_ops(data) if recipe.float_head else ([], [])
         self.src.write_bytes(data)
         self.q = aeq.Quantizer(str(self.src))
-        self.q.load_quantization_recipe(_int8_recipe(op_types, []))  # the widest: its ranges serve every stage
+        self.q.load_quantization_recipe(_int8_recipe(self.op_types, []))  # the widest: its ranges serve every stage
         signatures = Interpreter(model_content=data).get_signature_list()  # {"serving_default": {...}}
         self.key = next(iter(signatures))
         arg = signatures[self.key]["inputs"][0]
@@ -173,7 +198,8 @@ class _Int8:
 
     def quantize(self, keep_float: list[str], op_types: list[str] | None = None) -> bytes:
         """int8 with ``keep_float`` ops float; ``op_types``: only these kinds of op (default: the task's)."""
-        self.q.load_quantization_recipe(_int8_recipe(op_types or self.op_types, keep_float))
+        self.q.load_quantization_recipe(_int8_recipe(op_types or self.op_types, self.head + keep_float,
+                                                     self.head_weights))
         dst = self.tmp / "int8.tflite"
         with _quiet():
             self.q.quantize(self.ranges).export_model(str(dst), overwrite=True)
@@ -194,7 +220,8 @@ class _Int8:
 def _int8_full_integer(data: bytes, calibration: np.ndarray, op_types: list[str] | None = None) -> bytes:
     """Every op the task quantises in int8, none kept float (the benchmarks' reading of the plain recipe)."""
     with tempfile.TemporaryDirectory() as tmp:
-        return _Int8(data, calibration, op_types, Path(tmp)).quantize([])
+        recipe = Int8Recipe(op_types=op_types or list(QUANT_OPS))
+        return _Int8(data, calibration, recipe, Path(tmp)).quantize([])
 
 
 def _int8_within_budget(job: ExportJob, data: bytes, calibration: np.ndarray) -> bytes:
@@ -206,7 +233,7 @@ def _int8_within_budget(job: ExportJob, data: bytes, calibration: np.ndarray) ->
     task = job.task
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        q = _Int8(data, calibration, task.int8_recipe(None).op_types, t)
+        q = _Int8(data, calibration, task.int8_recipe(None), t)
         out = q.quantize([])
         if held is None or not len(held.pixels):
             return out
@@ -221,18 +248,27 @@ def _int8_within_budget(job: ExportJob, data: bytes, calibration: np.ndarray) ->
         def within(a: float) -> bool:
             return task.within_budget(base, a, job.max_drop)
         ops, kept, stage = q.op_types, [], "every op"
+        best = (acc, out, ops, stage)
         for name, types in OP_STAGES:
             if within(acc) or (q.op_types is not None and set(types) >= set(q.op_types)):
                 break  # within budget, or the task quantises no more than this already
             out, ops, stage = q.quantize([], list(types)), list(types), name
             acc = judge(outputs(out))
             job.log(f"  only the {name} in int8: quality {acc:.4f}")
+            best = max(best, (acc, out, ops, stage), key=lambda b: b[0])
+        if best[3] != stage:  # fewer kinds of op in int8 can be worse: go on from the best stage
+            acc, _, ops, stage = best
+            out = q.quantize([], ops)  # again, so that worst_ops ranks this stage's ops
+            job.log(f"  back to {stage} in int8: quality {acc:.4f}")
         order = [] if within(acc) else q.worst_ops()
+        best = (acc, out, list(kept))
         while not within(acc) and order and len(kept) < MAX_FALLBACK:
             kept.append(order.pop(0))
             out = q.quantize(kept, ops)
             acc = judge(outputs(out))
             job.log(f"  {kept[-1]} kept float: quality {acc:.4f}")
+            best = max(best, (acc, out, list(kept)), key=lambda b: b[0])
+        acc, out, kept = best  # none reached the budget: the best one seen (the fewest floats among equals)
         job.report["int8"] = {"accuracy_before": base, "accuracy_after": acc, "max_drop": job.max_drop,
                               "within_budget": within(acc), "int8_ops": stage, "float_fallback": kept,
                               "calibration_images": int(len(calibration))}

@@ -33,7 +33,7 @@ DEFAULT_OPSET = 18
 
 
 def export_onnx(model: nn.Module, contract: Contract, task: Task, metadata: dict[str, Any], out: str | Path,
-                opset: int | None = None) -> Path:
+                opset: int | None = None, teachable: bool = False) -> Path:
     """Capture ``model`` with the contract inside and the task's head after it; write ``out``."""
     import torch
 
@@ -42,7 +42,7 @@ def export_onnx(model: nn.Module, contract: Contract, task: Task, metadata: dict
     out = Path(out)
     if opset < 17:
         raise PocketVisionError(f"opset {opset} is too old; use >= 17.")
-    graph = pixel_graph(task.graph_model(model), contract, task.graph_head)
+    graph = pixel_graph(task.graph_model(model, teachable), contract, task.graph_head)
     h, w = contract.size
     example = torch.randint(0, 256, (2, h, w, 3), dtype=torch.uint8)
     with torch.no_grad():  # a bundle may give a prefix of the task's outputs (no unfamiliarity score, say)
@@ -103,12 +103,15 @@ class OnnxTarget(Target):
     suffix = ".onnx"
     precisions = ("fp32", "int8")
     description = "uint8 NHWC in, the task's outputs out, metadata in metadata_props (onnxruntime)"
+    teachable = True
 
     def export(self, job: ExportJob) -> None:
+        def graph(model: nn.Module, out: Path) -> Path:
+            return export_onnx(model, job.contract, job.task, job.meta, out, job.opset, job.teachable)
         if job.precision == "int8":
-            quantize_onnx(job, lambda model, out: export_onnx(model, job.contract, job.task, job.meta, out, job.opset))
+            quantize_onnx(job, graph)
             return
-        export_onnx(job.model, job.contract, job.task, job.meta, job.out, job.opset)
+        graph(job.model, job.out)
 
     def open(self, path: str | Path, threads: int | None = None, accelerator: str | None = None):
         return OnnxPredictor(path, threads, accelerator)

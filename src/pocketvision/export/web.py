@@ -187,6 +187,7 @@ class WebTarget(Target):
     suffix = ".web"
     precisions = ("fp32", "int8")
     description = "static folder: index.html, app.js, the task's renderer, model.json, model + onnxruntime-web"
+    teachable = True
 
     def export(self, job: ExportJob) -> None:
         from .onnx import OnnxTarget

@@ -149,11 +149,13 @@ class ClassifierNet(nn.Module):
         from .familiarity import Familiarity
         self.familiarity = Familiarity(k, self.num_features)
 
-    def forward_with_unfamiliar(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (logits, how unlike the training photos each photo is): what an exported graph computes."""
+    def forward_with_unfamiliar(self, x: torch.Tensor, embedding: bool = False) -> tuple[torch.Tensor, ...]:
+        """-> (logits, how unlike the training photos each photo is[, the pooled features]): what an exported
+        graph computes (the features with ``embedding``: what a device learns new classes from)."""
         f = self.forward_features(x)
         logits = self.forward_head(f)
-        return logits, self.familiarity(f, torch.softmax(logits.float(), dim=1))
+        unf = self.familiarity(f, torch.softmax(logits.float(), dim=1))
+        return (logits, unf, f) if embedding else (logits, unf)
 
     def head_input(self, f: torch.Tensor) -> torch.Tensor:
         """What the last Linear sees for pooled features ``f``: ``f`` itself, or a label map's per-class scores.

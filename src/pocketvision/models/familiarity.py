@@ -68,11 +68,11 @@ def val_record(scores: np.ndarray) -> dict:
 
 
 class WithUnfamiliar(nn.Module):
-    """A classifier's graph body that returns (logits, unfamiliarity): what an export captures."""
+    """A classifier's graph body that returns (logits, unfamiliarity[, embedding]): what an export captures."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, embedding: bool = False):
         super().__init__()
-        self.model = model
+        self.model, self.embedding = model, embedding
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.forward_with_unfamiliar(x)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.model.forward_with_unfamiliar(x, self.embedding)

@@ -15,7 +15,7 @@
 6. it passes: the candidate is published to the channel at a staged ``--rollout``; it fails: the live version stays,
    and the command exits non-zero.
 
-Everything is measured with the task's own quality of the answers users see (``Task.decision_quality``: for a
+Everything is measured with the task's own quality of the answers users see (``Task.quality``: for a
 classifier, accuracy at its stored threshold), so nothing here knows a task.
 """
 
@@ -127,7 +127,7 @@ def gate(live, candidate, data: Path, held: Path | None, *, twin: bool = True) -
         twin_part = type(base)(full.pixels[-full.shifted:], full.truth[-full.shifted:], full.paths[-full.shifted:])
         sets.append(("their phone-photo twin", twin_part))
     def score(b, h) -> float:  # the answers users see: each bundle's own decision rule (its threshold)
-        return b.plugin.decision_quality(b.predict_pixels(h.pixels), h.truth, b.meta)
+        return b.plugin.quality(b.predict_pixels(h.pixels), h.truth, None, b.meta)
 
     for what, h in sets:
         n = len(h.pixels)

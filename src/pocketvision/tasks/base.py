@@ -52,18 +52,22 @@ class Int8Recipe:
     """What a task asks of int8 quantisation (``Task.int8_recipe``): the defaults suit classifiers.
 
     ``keep_float``: nodes left float by design; ``op_types``: the ops whose activations get Q/DQ pairs;
+    ``float_head``: the ops after the global pooling that follows the last convolution stay float (a classifier's
+    few logits, class mask and log-sum-exp would each share one uint8 scale), but for the large dense layers' weights
+    (int8, float outputs: most of a 1,000-class head's bytes); each target finds them in its own graph;
     ``calibration``: MinMax, or Percentile (``percentile`` of the calibration histogram) where a few extreme
     activations would otherwise stretch the uint8 steps that every ordinary pixel pays for.
     """
 
     keep_float: list[str] = field(default_factory=list)
     op_types: list[str] = field(default_factory=lambda: list(QUANT_OPS))
+    float_head: bool = False
     calibration: Literal["minmax", "percentile"] = "minmax"
     percentile: float = 99.999
     max_images: int | None = None  # calibrate on the first N photos (Percentile's histograms are costly)
 
     def describe(self) -> dict[str, Any]:
-        return {"op_types": list(self.op_types), "calibration": self.calibration,
+        return {"op_types": list(self.op_types), "calibration": self.calibration, "float_head": self.float_head,
                 **({"percentile": self.percentile} if self.calibration == "percentile" else {})}
 
 
@@ -280,10 +284,18 @@ class TaskGraph:
         from ..models import build_model
         return build_model(spec, pretrained=False)
 
-    def graph_model(self, model: nn.Module) -> nn.Module:
+    # Whether an export can also output the embedding a device learns new classes from (``export --teachable``).
+    teachable: ClassVar[bool] = False
+
+    def graph_model(self, model: nn.Module, teachable: bool = False) -> nn.Module:
         """The module an export captures before ``graph_head`` (default: the model; a task may return one that
-        computes more than the model's ``forward``, e.g. a classifier's unfamiliarity score)."""
+        computes more than the model's ``forward``, e.g. a classifier's unfamiliarity score; with ``teachable``,
+        its embedding last)."""
         return model
+
+    def teach_meta(self, model: nn.Module) -> dict[str, Any]:
+        """What a teachable export's metadata says a device needs to learn on it (``runtime/teach.py``)."""
+        raise NotImplementedError
 
     def graph_head(self, y: Any) -> tuple:
         """The graph body's raw output -> the graph's outputs (``outputs.names``, a prefix of them), decoded."""
@@ -322,14 +334,10 @@ class TaskRuntime:
         return metrics
 
     def quality(self, outputs: np.ndarray, truth: Any, reference: np.ndarray | None, meta: dict[str, Any]) -> float:
-        """One higher-is-better number for budgets and tables (``outputs.quality`` names it): against the
-        held-out ``truth``, or against ``reference``, the float model's outputs on the same pixels."""
+        """One higher-is-better number for budgets, gates and tables (``outputs.quality`` names it), of the answers
+        a user sees (the bundle's own decision rule, e.g. a classifier's stored threshold): against the held-out
+        ``truth``, or against ``reference``, the float model's outputs on the same pixels."""
         raise NotImplementedError
-
-    def decision_quality(self, outputs: np.ndarray, truth: Any, meta: dict[str, Any]) -> float:
-        """``quality`` of the answers a user sees: what the bundle's own decision rule makes of ``outputs`` (a
-        classifier's stored threshold, say). A release gate compares versions with it."""
-        return self.quality(outputs, truth, None, meta)
 
     def int8_recipe(self, onnx_path: Path | None) -> Int8Recipe:
         """How int8 export quantises this task's fp32 ONNX graph: nodes left float by design, the op types
