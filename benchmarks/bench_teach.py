@@ -53,6 +53,34 @@ def learners(xtr, ytr, xev):
     yield "nearest class mean", classes[np.argmax(unit_rows(xev) @ means.T, 1)]
 
 
+def personal_beside_shipped(bundle_path: str) -> list[dict]:
+    """The shipped classes' accuracy on hotdog/val before and after two personal classes of 10 dish photos, and
+    how well those are recognised on dishes/eval; for three pairs (look-alike food and not)."""
+    import tempfile
+
+    import pocketvision as pv
+    from pocketvision.deploy.artifact import open_predictor
+    from pocketvision.runtime.teach import Teacher
+    b = pv.load(bundle_path)
+    val = [(p, c) for c in b.labels for p in sorted((DATA / "hotdog" / "val" / c).iterdir())]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx = b.export(Path(tmp) / "t.onnx", teachable=True, verify=False).path
+        with open_predictor(onnx) as model:
+            before = np.mean([r["label"] == c for r, (_, c) in zip(model.predict([p for p, _ in val]), val)])
+            for pair in (("pizza", "sushi"), ("hamburger", "french_fries"), ("ramen", "ice_cream")):
+                t = Teacher(model, Path(tmp) / "-".join(pair))
+                for c in pair:
+                    t.add(c, sorted((DATA / "dishes" / "train" / c).iterdir())[:10])
+                got = t.predict([p for p, _ in val])
+                recall = {c: float(np.mean([r["label"] == c for r in t.predict(sorted((DATA / "dishes" / "eval" / c)
+                                                                                      .iterdir()))])) for c in pair}
+                rows.append({"classes": " + ".join(pair), "val_before": float(before),
+                             "val_after": float(np.mean([r["label"] == c for r, (_, c) in zip(got, val)])),
+                             "taken": int(sum(bool(r.get("personal")) for r in got)), "recall": recall})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bundle", help="a shipped classifier: its embeddings too")
@@ -87,6 +115,7 @@ def main() -> None:
             fit_head(xtr, list(ytr))
             t.append(time.perf_counter() - t0)
         timing[src] = float(np.median(t))
+    beside = personal_beside_shipped(args.bundle) if args.bundle else None
     names = list(dict.fromkeys(k for r in rows for k in r if k not in ("embeddings", "shots")))
     print(f"# bench_teach: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"command: python {' '.join(sys.argv)}")
@@ -97,9 +126,18 @@ def main() -> None:
               + f" | {100 * (r[names[0]] - r[names[1]]):+.1f} | {100 * (r[names[0]] - r['kNN k=1']):+.1f} |")
     for src, s in timing.items():
         print(f"fit time, 10 classes x 30 examples, numpy ({src}): median of 5 {1000 * s:.0f} ms")
+    if beside:
+        print("\nTwo personal classes of 10 photos each beside the shipped ones (runtime.teach.Teacher, the bundle "
+              "exported --teachable to ONNX):")
+        print("| personal classes | hotdog/val (shipped answers) | val photos taken by a personal class | "
+              "personal recall on dishes/eval (30 each) |")
+        print("|---|---|---|---|")
+        for r in beside:
+            print(f"| {r['classes']} | {r['val_before']:.4f} -> {r['val_after']:.4f} | {r['taken']} | "
+                  + ", ".join(f"{c} {v:.2f}" for c, v in r["recall"].items()) + " |")
     out = Path(__file__).parent / "out"
     out.mkdir(exist_ok=True)
-    (out / "teach.json").write_text(json.dumps({"rows": rows, "fit_seconds": timing}, indent=1))
+    (out / "teach.json").write_text(json.dumps({"rows": rows, "fit_seconds": timing, "beside": beside}, indent=1))
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

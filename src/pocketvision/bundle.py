@@ -157,7 +157,7 @@ class Bundle:
         with staged(out) as (stage, scratch):
             job = ExportJob(model=source.model, task=self.plugin, contract=source.contract,
                             meta={**source.export_meta(), "precision": precision,
-                                  **({"teach": self.plugin.teach_meta(source.model)} if teachable else {})},
+                                  **({"teach": self.plugin.teach_meta(source, data)} if teachable else {})},
                             out=stage, tmp=scratch, teachable=teachable,
                             precision=precision, palettised_bits=pal_bits, opset=opset, max_drop=max_drop,
                             qat_steps=qat_steps, calibration=lambda limit: source.training_pixels(data, limit),

@@ -16,7 +16,7 @@ from helpers import one_line_error, run_cli
 from pocketvision.deploy.artifact import open_predictor
 from pocketvision.errors import PocketVisionError
 from pocketvision.export import check_request
-from pocketvision.runtime.teach import PersonalHead, fit_head, unit_rows
+from pocketvision.runtime.teach import PersonalHead, Teacher, anchors_of, fit_head, unit_rows
 from pocketvision.tasks import get_task
 
 
@@ -110,8 +110,10 @@ def test_a_teachable_export_carries_the_embedding_a_device_learns_on(trained_bun
         emb = res["verification"]["embedding"]
         assert res["verification"]["passed"] and emb["passed"] and emb["min_cosine"] >= 0.9999, res
         with open_predictor(res["path"]) as p:
-            assert p.meta["teach"] == {"output": "embedding", "features": want.shape[1], "rows": "unit length",
-                                       "learner": "softmax regression, pocketvision.runtime.teach.fit_head"}
+            teach = p.meta["teach"]
+            assert (teach["output"], teach["features"], teach["rows"]) == ("embedding", want.shape[1], "unit length")
+            anchors, names_a = anchors_of(p.meta)  # training photos' embeddings: the model's own classes' side
+            assert anchors.shape == (64, want.shape[1]) and sorted(set(names_a)) == b.labels
             got = p.run_outputs(pixels)
         assert got["embedding"].shape == want.shape and np.abs(got["embedding"] - want).max() < 1e-3
         assert [x["label"] for x in fit_head(got["embedding"], names).predict(got["embedding"])] == \
@@ -128,3 +130,57 @@ def test_only_tasks_with_an_embedding_export_teachable():
     for task in ("keypoints", "stylize"):
         with pytest.raises(PocketVisionError, match=f"--teachable: {task} models have no embedding"):
             check_request(get_task(task), "onnx", teachable=True)
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_personal_classes_beside_the_models_own(hotdog_small, shared_data, tmp_path):
+    """Two personal classes taught from 10 photos each (numpy and onnxruntime only): they are recognised, the
+    model's own answers on its val photos barely change, they survive a restart and a new model (embedded again),
+    and bad input loses nothing. The model: the default's start (Lite0, the ImageNet head kept, no epoch)."""
+    b = pv.train(hotdog_small, out=tmp_path / "m.pvb", epochs=0, run_dir=tmp_path / "run", progress=False,
+                 tensorboard=False, workers=0)
+    onnx = b.export(tmp_path / "t.onnx", teachable=True, verify=False).path
+    dishes = shared_data / "dishes"
+    taught = {c: sorted((dishes / "train" / c).iterdir())[:10] for c in ("pizza", "sushi")}
+    held = {c: sorted((dishes / "eval" / c).iterdir())[:10] for c in taught}
+    val = [p for c in b.labels for p in sorted((hotdog_small / "val" / c).iterdir())]
+    with open_predictor(onnx) as model:
+        own = [r["label"] for r in model.predict(val)]
+        t = Teacher(model, tmp_path / "personal")
+        assert t.predict(val[:3]) == model.predict(val[:3])  # nothing taught: the model's own answers
+        assert [t.add(c, ps) for c, ps in taught.items()] == [10, 10] and t.classes == ["pizza", "sushi"]
+        got = {c: [r["label"] for r in t.predict(ps)] for c, ps in held.items()}
+        recall = np.mean([lab == c for c, labs in got.items() for lab in labs])
+        kept = np.mean([r["label"] == o for r, o in zip(t.predict(val), own)])
+        assert recall >= 0.6 and kept >= 0.95, (recall, kept, got)
+
+        # bad input: one line each, nothing taught before lost
+        bad = tmp_path / "notes.jpg"
+        bad.write_text("not a photo")
+        for args, words in [(("ramen", [taught["pizza"][0], bad]), "notes.jpg is not a photo"),
+                            (("ramen", []), "at least one example"), ((b.labels[0], taught["pizza"]), "own classes"),
+                            (("", taught["pizza"]), "name the class")]:
+            with pytest.raises(PocketVisionError, match=words):
+                t.add(*args)
+        assert t.classes == ["pizza", "sushi"] and len(t.names) == 20
+
+        # a restart: the folder brings the classes back, with the same answers
+        again = Teacher(model, tmp_path / "personal")
+        assert again.classes == t.classes and again.predict(held["pizza"]) == t.predict(held["pizza"])
+
+    # a new model (here: the same network in LiteRT, int8 ONNX would do too) embeds the kept photos again
+    tfl = b.export(tmp_path / "t.tflite", to="tflite", teachable=True, verify=False).path
+    with open_predictor(tfl) as new:
+        state = tmp_path / "personal" / "state.json"
+        state.write_text(json.dumps({"model": "an older model", "version": 1}))
+        moved = Teacher(new, tmp_path / "personal")
+        assert np.abs(moved.embeddings - t.embeddings).max() < 1e-3  # embedded again, not read back
+        assert [r["label"] for r in moved.predict(held["sushi"])] == [r["label"] for r in t.predict(held["sushi"])]
+        moved.remove("pizza")
+        assert moved.classes == ["sushi"]
+        with pytest.raises(PocketVisionError, match="no personal class 'pizza'"):
+            moved.remove("pizza")
+    with open_predictor(b.export(tmp_path / "plain.onnx", verify=False).path) as plain:
+        with pytest.raises(PocketVisionError, match="export it with .*--teachable"):
+            Teacher(plain, tmp_path / "p2")

@@ -293,7 +293,7 @@ class TaskGraph:
         its embedding last)."""
         return model
 
-    def teach_meta(self, model: nn.Module) -> dict[str, Any]:
+    def teach_meta(self, bundle: Any, data: str | os.PathLike | None = None) -> dict[str, Any]:
         """What a teachable export's metadata says a device needs to learn on it (``runtime/teach.py``)."""
         raise NotImplementedError
 
