@@ -56,11 +56,12 @@ def verify_export(bundle, exported: str | Path, data: str | Path | None = None, 
         if budget:
             p["passed"] = bool(p["n"] and task.within_budget(p["reference_quality"], p["candidate_quality"], max_drop))
             p["criterion"] = task.budget_text(precision, max_drop)
-    passed = [p["passed"] for p in parts]  # before v, which is also the held-out part, says the whole verdict
+    names = ["held-out photos", "their phone-photo twin"][:len(parts)]
     if embedding is not None:  # a teachable file: what a device learns on must match too
         v["embedding"] = embedding
         parts.append(embedding)
-        passed.append(embedding["passed"])
+        names.append("the embedding")
+    passed = [p["passed"] for p in parts]  # before v, which is also the held-out part, says the whole verdict
     v["passed"] = all(passed)
     v["precision"] = precision
     # compression and retraining record a "stage", search and placement an "op"; the file's words are checked here
@@ -68,9 +69,7 @@ def verify_export(bundle, exported: str | Path, data: str | Path | None = None, 
                    if isinstance(s, dict) and (s.get("stage") or s.get("op"))]:
         v["lineage"] = lineage
     if not v["passed"]:  # name what broke and by how much, so an expected int8 difference never reads like a bug
-        v["broke"] = [_broke(name, p, task, budget, max_drop) for name, p, ok in zip(
-            ("held-out photos", "their phone-photo twin")[:len(parts) - (embedding is not None)]
-            + (("the embedding",) if embedding is not None else ()), parts, passed) if not ok]
+        v["broke"] = [_broke(name, p, task, budget, max_drop) for name, p, ok in zip(names, parts, passed) if not ok]
     v["file"] = str(exported)
     return v
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..core.pixels import batched
 from ..errors import PocketVisionError
 
 STEPS = 300  # full-batch Nesterov steps: the fit's accuracy matched scikit-learn's L-BFGS to 0.3 points by here
@@ -198,9 +199,9 @@ class Teacher:
         if len(pixels) and pixels.shape[1:3] != size:  # kept for an earlier model with another input size
             pixels = np.stack([np.asarray(Image.fromarray(x).resize(size[::-1], Image.BILINEAR)) for x in pixels])
             self.pixels = pixels
-        return np.concatenate([self.predictor.run_outputs(pixels[i:i + 32])["embedding"]
-                               for i in range(0, len(pixels), 32)]).astype(np.float32) if len(pixels) else \
-            np.zeros((0, self.anchors.shape[1]), np.float32)
+        if not len(pixels):
+            return np.zeros((0, self.anchors.shape[1]), np.float32)
+        return batched(lambda p: self.predictor.run_outputs(p)["embedding"], pixels).astype(np.float32)
 
     def add(self, name: str, sources: Sequence[str | os.PathLike | bytes]) -> int:
         """Examples of class ``name`` (new or not) -> how many it now has. Every photo is read first: one that is

@@ -199,8 +199,7 @@ class ClassifyTask(Task):
                                     f"classes are fitted against); the training data ({where or 'not found'}) has "
                                     "none for some classes: pass --data DIR with train/<class>/ folders.")
         pixels, kept = load_pixels([s.path for s in picked], bundle.contract)
-        emb = np.concatenate([bundle.run_outputs(pixels[i:i + 32], teachable=True)["embedding"]
-                              for i in range(0, len(pixels), 32)]).astype(np.float16)
+        emb = batched(lambda p: bundle.run_outputs(p, teachable=True)["embedding"], pixels).astype(np.float16)
         return {"output": "embedding", "features": int(emb.shape[1]), "rows": "unit length",
                 "learner": "softmax regression, pocketvision.runtime.teach.fit_head",
                 "anchors": {"labels": [labels[picked[i].label] for i in kept], "shape": list(emb.shape),
