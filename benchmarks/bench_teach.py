@@ -85,7 +85,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bundle", help="a shipped classifier: its embeddings too")
     ap.add_argument("--draws", type=int, default=5)
+    ap.add_argument("--plot", type=Path, help="only draw out/teach.json's table into this file (.svg or .png)")
     args = ap.parse_args()
+    if args.plot:
+        plot(json.loads((Path(__file__).parent / "out" / "teach.json").read_text())["rows"], args.plot)
+        return
     import pocketvision as pv
     from pocketvision.core.contract import Contract
     from pocketvision.models.registry import build_model, model_entry
@@ -138,19 +142,28 @@ def main() -> None:
     out = Path(__file__).parent / "out"
     out.mkdir(exist_ok=True)
     (out / "teach.json").write_text(json.dumps({"rows": rows, "fit_seconds": timing, "beside": beside}, indent=1))
+    plot(rows, out / "teach.png")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Accuracy against examples per class, one panel per embedding, one line per learner (PNG or SVG by suffix)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(sources), figsize=(6 * len(sources), 4), squeeze=False)
+    plt.rcParams["svg.fonttype"] = "none"  # text stays text: a small file
+    sources = list(dict.fromkeys(r["embeddings"] for r in rows))
+    names = list(dict.fromkeys(k for r in rows for k in r if k not in ("embeddings", "shots")))
+    fig, axes = plt.subplots(1, len(sources), figsize=(5 * len(sources), 3.6), squeeze=False, sharey=True)
     for ax, src in zip(axes[0], sources):
         for n in names:
             pts = [(r["shots"], r[n]) for r in rows if r["embeddings"] == src and n in r]
             ax.plot(*zip(*pts), marker="o", label=n)
         ax.set(xscale="log", xticks=SHOTS, xticklabels=SHOTS, xlabel="examples per class", ylabel="accuracy on eval/",
                title=src)
+        ax.minorticks_off()
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "teach.png", dpi=100)
+    fig.savefig(path, dpi=100, metadata={"Date": None} if path.suffix == ".svg" else None)
 
 
 if __name__ == "__main__":

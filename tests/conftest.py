@@ -49,6 +49,16 @@ def trained_bundle(hotdog_small, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def default_start(hotdog_small, tmp_path_factory) -> Path:
+    """The default's start: EfficientNet-Lite0 with the ImageNet head kept and no epoch (good embeddings, cheap)."""
+    import pocketvision as pv
+
+    out = tmp_path_factory.mktemp("default_start")
+    return pv.train(hotdog_small, out=out / "m.pvb", epochs=0, run_dir=out / "run", progress=False,
+                    tensorboard=False, workers=0).path
+
+
+@pytest.fixture(scope="session")
 def faces5(shared_data):
     root = shared_data / "faces5"
     if not (root / "train.json").exists():

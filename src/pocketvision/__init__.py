@@ -8,14 +8,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["train", "find_lr", "load", "Bundle", "Contract", "PocketVisionError", "__version__"]
+__all__ = ["train", "find_lr", "load", "starter", "Bundle", "Contract", "PocketVisionError", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import Bundle, find_lr, load, train
+    from .api import Bundle, find_lr, load, starter, train
     from .core.contract import Contract
     from .errors import PocketVisionError
 
-_LAZY = {"train": "api", "find_lr": "api", "load": "api", "Bundle": "api", "Contract": "core.contract",
+_LAZY = {"train": "api", "find_lr": "api", "load": "api", "starter": "api", "Bundle": "api", "Contract": "core.contract",
          "PocketVisionError": "errors"}
 
 

@@ -20,8 +20,9 @@ from .data.cache import decode_at, encode_jpeg, upright_size
 from .data.shards import fetch, write
 from .deploy.artifact import load_any
 from .errors import PocketVisionError
+from .export.starter import starter_page
 from .tasks import get_task
-from .tasks.base import detect_task
+from .tasks.base import all_tasks, detect_task
 
 __all__ = ["Bundle", "ExportResult", "fetch_shards", "find_lr", "load", "load_any", "train", "write_shards"]
 
@@ -82,3 +83,13 @@ def fetch_shards(url: str, out: str | Path, threads: int = 4, log=lambda s: None
     """Copy a shard set from ``url`` (its ``shards.json`` over http(s)://, file://, or a path) into ``out``,
     checking every shard's SHA-256; run again to resume."""
     return fetch(url, out, threads, log)
+
+
+def starter(out: str | Path, arch: str = "efficientnet_lite0", data: str | Path | None = None,
+            log=lambda s: None) -> dict[str, Any]:
+    """A teachable web page with no classes of its own on ``arch``'s offline ImageNet weights: every class is taught
+    in the browser (a model created in the page). ``data``: photos its embedding is checked on in Chromium."""
+    task = next((t for t in all_tasks() if t.teachable), None)
+    if task is None:
+        raise PocketVisionError("no installed task can be taught on the device.")
+    return starter_page(task, arch, out, data, log)

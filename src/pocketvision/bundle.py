@@ -41,6 +41,7 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
     precision: str = "fp32"
     compression: dict[str, Any] = field(default_factory=dict)
+    embedding: dict[str, Any] | None = None  # a teachable export's embedding: output, features, id (not anchors)
 
 
 class Bundle:
@@ -154,10 +155,11 @@ class Bundle:
         out = Path(out) if out else base.with_name(base.stem + variant_suffix(precision, bits) + target.suffix)
         # A palettised bundle (now or earlier: its lineage says so) is stored palettised where the format can.
         pal_bits = bits or source.meta.get("compression", {}).get("palettize", {}).get("bits")
+        teach = self.plugin.teach_meta(source, data) if teachable else None
         with staged(out) as (stage, scratch):
             job = ExportJob(model=source.model, task=self.plugin, contract=source.contract,
                             meta={**source.export_meta(), "precision": precision,
-                                  **({"teach": self.plugin.teach_meta(source, data)} if teachable else {})},
+                                  **({"teach": teach} if teach else {})},
                             out=stage, tmp=scratch, teachable=teachable,
                             precision=precision, palettised_bits=pal_bits, opset=opset, max_drop=max_drop,
                             qat_steps=qat_steps, calibration=lambda limit: source.training_pixels(data, limit),
@@ -165,7 +167,8 @@ class Bundle:
             target.export(job)
             compression.update(job.report)
             result = ExportResult(path=out, format=to, size_bytes=folder_size(stage), notes=notes,
-                                  precision=precision, compression=compression)
+                                  precision=precision, compression=compression,
+                                  embedding={k: v for k, v in teach.items() if k != "anchors"} if teach else None)
             if verify:  # on the staged file: ``out`` appears only once it is verified (a kill leaves nothing there)
                 try:
                     result.verification = source.verify(stage, data=data, precision=precision, max_drop=max_drop,

@@ -93,12 +93,13 @@ def test_the_learner_needs_no_torch():
 
 @pytest.mark.shared_data
 @pytest.mark.slow
+@pytest.mark.browser
 def test_a_teachable_export_carries_the_embedding_a_device_learns_on(trained_bundle, hotdog_small, tmp_path):
-    """`export --teachable`: onnx and tflite files output the pooled features too, verified against the bundle's;
+    """`export --teachable`: onnx and tflite files and the web page (in Chromium) output the pooled features too, verified against the bundle's;
     a head fitted on the file's embeddings answers as one fitted on the bundle's. Targets and tasks that cannot
     carry it refuse in one line before any work."""
     b = pv.load(trained_bundle)
-    r = run_cli("export", str(trained_bundle), "--to", "onnx,tflite", "--teachable", "--out-dir", str(tmp_path),
+    r = run_cli("export", str(trained_bundle), "--to", "onnx,tflite,web", "--teachable", "--out-dir", str(tmp_path),
                 "--json")
     assert r.returncode == 0, r.stderr
     photos = [p for c in ("hotdog", "not_hotdog") for p in sorted((hotdog_small / "train" / c).iterdir())[:6]]
@@ -134,12 +135,11 @@ def test_only_tasks_with_an_embedding_export_teachable():
 
 @pytest.mark.shared_data
 @pytest.mark.slow
-def test_personal_classes_beside_the_models_own(hotdog_small, shared_data, tmp_path):
+def test_personal_classes_beside_the_models_own(default_start, hotdog_small, shared_data, tmp_path):
     """Two personal classes taught from 10 photos each (numpy and onnxruntime only): they are recognised, the
     model's own answers on its val photos barely change, they survive a restart and a new model (embedded again),
     and bad input loses nothing. The model: the default's start (Lite0, the ImageNet head kept, no epoch)."""
-    b = pv.train(hotdog_small, out=tmp_path / "m.pvb", epochs=0, run_dir=tmp_path / "run", progress=False,
-                 tensorboard=False, workers=0)
+    b = pv.load(default_start)
     onnx = b.export(tmp_path / "t.onnx", teachable=True, verify=False).path
     dishes = shared_data / "dishes"
     taught = {c: sorted((dishes / "train" / c).iterdir())[:10] for c in ("pizza", "sushi")}
@@ -160,7 +160,8 @@ def test_personal_classes_beside_the_models_own(hotdog_small, shared_data, tmp_p
         bad.write_text("not a photo")
         for args, words in [(("ramen", [taught["pizza"][0], bad]), "notes.jpg is not a photo"),
                             (("ramen", []), "at least one example"), ((b.labels[0], taught["pizza"]), "own classes"),
-                            (("", taught["pizza"]), "name the class")]:
+                            (("", taught["pizza"]), "name the class"),
+                            ((" Pizza ", taught["pizza"]), "'pizza' is already a class")]:
             with pytest.raises(PocketVisionError, match=words):
                 t.add(*args)
         assert t.classes == ["pizza", "sushi"] and len(t.names) == 20

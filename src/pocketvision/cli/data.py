@@ -1,4 +1,4 @@
-"""Verbs about the photos: check, label, cache, shards, fetch-shards, info."""
+"""Verbs about the photos: check, label, import, cache, shards, fetch-shards, info."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import typing
 
 from ..data.cache import build
+from ..data.taught import taught_to_folder
 from ..label.server import run
 from ..pipeline.options import TaskName
 from ..tasks import get_task
@@ -117,6 +118,17 @@ def cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(a: argparse.Namespace) -> int:
+    r = taught_to_folder(a.taught, a.into)
+    if a.json:
+        _print_json(r)
+    else:
+        n = sum(r["added"].values())
+        print(f"added {n} photo{'s' * (n != 1)} of {len(r['added'])} class{'es' * (len(r['added']) != 1)} to "
+              f"{r['into']} ({r['already_there']} already there); next: {r['next']}")
+    return 0
+
+
 TITLE = "the photos"
 
 
@@ -146,6 +158,14 @@ def register(verb) -> None:
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     s.add_argument("--port", type=int, default=8765, help="port (0 = any free one)")
     s.add_argument("--no-browser", action="store_true", help="do not open a browser (remote boxes, scripts)")
+
+    s = verb("import", "Bring what a teachable web page was taught (its \"download what I taught\" file) into a "
+             "data set folder, one class folder per taught class: `pocketvision train` then makes it a bundle.",
+             cmd_import)
+    s.add_argument("taught", help="the page's taught.json")
+    s.add_argument("--into", required=True, help="data set folder to add the photos to (train/<class>/ when it has "
+                   "a train split, else <class>/; e.g. the data the page's model was trained on)")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
 
     s = verb("cache", "Decode every image under DATA once and keep its pixels (memory-mapped .npy shards): "
              "training reads them instead of the files; changed files are decoded again.", cmd_cache)

@@ -123,7 +123,7 @@ def cmd_publish(a: argparse.Namespace) -> int:
     from ..serve.publish import publish
     con = Console(stderr=True)
     out = publish(a.bundle, a.server, _token(a), a.name, [t.strip() for t in a.to.split(",") if t.strip()],
-                  a.channel, a.rollout, _conditions(a), a.data, log=lambda s: con.print(s))
+                  a.channel, a.rollout, _conditions(a), a.data, teachable=a.teachable, log=lambda s: con.print(s))
     return _show(out, a.json, lambda o: print(f"published {o['model']} version {o['version']}"
                                               + (f" to {o['channel']} at {o['rollout']:g}%" if o["channel"] else "")))
 
@@ -369,6 +369,8 @@ def _register_releases(verb) -> None:
     s.add_argument("--rollout", type=_percent, default=100.0, help="percent of the channel's devices, e.g. 10%%")
     s.add_argument("--data", default=None, help="labelled images for verification and smoke inputs "
                    "(default: the bundle's val split)")
+    s.add_argument("--teachable", action="store_true", help="the files also output their embedding, so devices "
+                   "can keep classes taught on them (export --teachable); the release says if its embedding changed")
     _condition_flags(s)
     _server_flags(s)
 

@@ -1,4 +1,5 @@
-"""Verbs that ship a model: export, compress, verify, predict, bench, device-profile, fetch-web-runtime, filter."""
+"""Verbs that ship a model: export, starter, compress, verify, predict, bench, device-profile, fetch-web-runtime,
+filter."""
 
 from __future__ import annotations
 
@@ -280,6 +281,19 @@ def cmd_filter(a: argparse.Namespace) -> int:
 TITLE = "ship it"
 
 
+def cmd_starter(a: argparse.Namespace) -> int:
+    from rich.console import Console
+    con = Console(stderr=True)
+    r = pv.starter(a.out, a.arch, a.data, log=lambda m: con.print(m))
+    if a.json:
+        _print_json(r)
+    else:
+        print(f"starter page: {r['path']} ({r['size_mb']} MB; {r['arch']}, {r['features']} features; the page's "
+              f"embedding checked on {r['images']} images, least cosine {r['min_cosine']:.6f}). Serve it with "
+              f"`pocketvision serve-web {r['path']}` and teach it your classes.")
+    return 0
+
+
 def register(verb) -> None:
     _register_export(verb)
     _register_run(verb)
@@ -308,6 +322,15 @@ def _register_export(verb) -> None:
     s.add_argument("--data", default=None, help="labelled images for verification (default: the bundle's val split)")
     s.add_argument("--no-verify", action="store_true", help="skip the parity check")
     s.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    s = verb("starter", "A teachable web page with no classes of its own: a pretrained network's embedding (offline "
+             "ImageNet weights), every class taught in the browser; `pocketvision import` brings them back.",
+             cmd_starter)
+    s.add_argument("out", help="the web folder to write (e.g. starter.web)")
+    s.add_argument("--arch", default="efficientnet_lite0", help="pretrained network (efficientnet_lite0, _lite1, "
+                   "_lite2: the offline ImageNet weights)")
+    s.add_argument("--data", default=None, help="photos to check the page's embedding on (default: generated images)")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
 
     s = verb("compress", "Palettise a bundle: each layer's weights become 2^bits shared values (k-means), "

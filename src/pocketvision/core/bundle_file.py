@@ -165,7 +165,9 @@ def check_fields(meta: dict[str, Any], where: str) -> None:
     arch = meta.get("arch")
     if arch is not None and (not isinstance(arch.get("name"), str) or not isinstance(arch.get("args", {}), dict)):
         raise BundleError(f"{where}: 'arch' needs a 'name' (text) and 'args' (an object).")
-    if not all(isinstance(x, str) for x in meta.get("labels", [])) or not meta.get("labels"):
+    # a starter page (`pocketvision starter`) has no classes of its own: every class is taught on the device
+    starter = isinstance(meta.get("teach"), dict) and meta["teach"].get("starter") is True
+    if not all(isinstance(x, str) for x in meta.get("labels", [])) or not (meta.get("labels") or starter):
         raise BundleError(f"{where}: 'labels' should be a non-empty list of names.")
     if len(meta.get("labels", [])) > MAX_LABELS or any(len(x) > 200 for x in meta.get("labels", [])):
         raise BundleError(f"{where}: 'labels' holds {len(meta['labels']):,} names (at most {MAX_LABELS:,} of at most "

@@ -52,6 +52,12 @@ class Splits:
         return h.hexdigest()[:16]
 
 
+def image_hashes(root: Path) -> set[str]:
+    """SHA-256 of every image file under ``root``: what a merge into a data set skips as already there."""
+    return {hashlib.sha256(p.read_bytes()).hexdigest() for p in Path(root).rglob("*")
+            if p.is_file() and is_image_file(p)} if Path(root).is_dir() else set()
+
+
 def _size(p: Path) -> int:
     try:
         return p.stat().st_size

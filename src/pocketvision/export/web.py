@@ -6,6 +6,8 @@ Layout of ``NAME.web/``::
     index.html, app.js      the page (same for every model)
     update.js               over-the-air updates and corrections, used when update.json + root.json are added
                             (``pocketvision web-updates``)
+    teach.js                personal classes taught in the page (IndexedDB), used when model.json has "teach"
+                            (``export --teachable``)
     render/<task>.js        the task's renderer (bars, points on the frame, a stylised canvas...)
     model.json              labels, preprocessing contract, threshold, renderer, file list with SHA-256
     model.onnx              the graph (+ ``model.data.N`` weight chunks when the model is large)
@@ -152,7 +154,7 @@ def export_web(onnx_path: str | Path, meta: dict[str, Any], out: str | Path, out
     spec = outputs
     out.mkdir(parents=True, exist_ok=True)
     static = resources.files("pocketvision.export") / "web_static"
-    for name in ("index.html", "app.js", "update.js"):
+    for name in ("index.html", "app.js", "update.js", "teach.js"):
         (out / name).write_bytes((static / name).read_bytes())
     (out / "render").mkdir(exist_ok=True)
     (out / "render" / spec.web_renderer).write_bytes(

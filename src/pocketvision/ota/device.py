@@ -16,7 +16,9 @@ One ``check``:
    ``Range`` request next time) and checked against the signed length and sha256.
 4. The model is opened in its runtime and run on the smoke inputs; its outputs must match the outputs the
    publisher recorded with the same file (the task's parity check). Only then is it swapped into the running
-   predictor: in-flight calls finish on the model they started with.
+   predictor: in-flight calls finish on the model they started with. Personal classes taught on the device
+   (``up.teacher.add("my mug", photos)``, kept in ``cache_dir/personal``) move first: the new model embeds their
+   examples again and the refitted head must still recall them, or the release is not installed.
 5. Any failure leaves the previous model serving, marks the version bad on this device, and is reported.
 """
 
@@ -42,6 +44,7 @@ from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 from ..core.bundle_file import atomic_write_bytes, sha256_file
 from ..deploy.artifact import open_predictor
 from ..errors import PocketVisionError
+from ..runtime.teach import Teacher
 from .plans import FOLDER_SUFFIX, Plan, decision
 
 STATE = "state.json"
@@ -168,6 +171,7 @@ class SwappablePredictor:
 
     def __init__(self, predictor: Any | None = None, version: int | None = None):
         self._current, self.version = predictor, version
+        self.teacher: Any = None  # personal classes (ModelUpdater.teacher): predict answers with them too
         self._lock = threading.Lock()
         self.traffic: dict[int, list[int]] = {}  # version -> [predictions, flagged unfamiliar], sent with checks
 
@@ -185,7 +189,7 @@ class SwappablePredictor:
 
     def predict(self, sources) -> list[dict[str, Any]]:
         version, current = self.version, self.current
-        out = current.predict(sources)
+        out = self.teacher.predict(sources) if self.teacher is not None else current.predict(sources)
         if version is not None and out and "unfamiliar_flag" in out[0]:
             with self._lock:
                 n = self.traffic.setdefault(version, [0, 0])
@@ -255,7 +259,23 @@ class ModelUpdater:
         self.fetcher = ResumableFetcher(token, self.dir / "partial", timeout=timeout,
                                         etag_file=self.dir / "metadata" / "etags.json")
         self.predictor = SwappablePredictor()
+        self._teacher = None
         self._load_installed()
+        if self.predictor.version is not None and (self.dir / "personal" / "examples.npz").is_file():
+            self._open_teacher()  # classes taught before a restart answer again at once
+
+    @property
+    def teacher(self) -> Teacher:
+        """Personal classes on this device (``runtime.teach.Teacher``, numpy only), kept in ``cache_dir/personal``:
+        ``up.teacher.add("my mug", photos)``; ``up.predictor.predict`` answers with them from then on, and an
+        update embeds their examples again before its model answers. Needs a teachable release installed
+        (``publish --teachable``)."""
+        return self._teacher or self._open_teacher()
+
+    def _open_teacher(self) -> Teacher:
+        self._teacher = Teacher(self.predictor, self.dir / "personal")
+        self.predictor.teacher = self._teacher
+        return self._teacher
 
     # -- local state ----------------------------------------------------------------------------------
     def _read_state(self) -> dict[str, Any]:
@@ -407,7 +427,15 @@ class ModelUpdater:
         if not parity.get("passed"):
             return self._fail(version, f"smoke test failed on version {version}: "
                                        f"{ {k: v for k, v in parity.items() if k != 'passed'} }")
+        moved = None
+        if self._teacher is not None and self._teacher.names:  # the personal classes move before the swap
+            try:
+                moved = self._teacher.prepare(candidate)
+            except PocketVisionError as e:
+                return self._fail(version, f"version {version} would lose the classes taught on this device: {e}")
         self.predictor.swap(candidate, version)
+        if moved is not None:
+            self._teacher.commit(moved)
         self.state["installed"] = {"version": version, "path": str(path), "files": hashes}
         self._write_state()
         self._prune(keep={version})

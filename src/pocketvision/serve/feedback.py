@@ -21,6 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..data.folder import image_hashes
 from ..errors import PocketVisionError
 from .store import device_key, feedback, versions
 
@@ -174,25 +175,13 @@ class FeedbackStore:
 
 
 # -- admin side: into a data set ----------------------------------------------------------------------------
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-
-
-def _hashes(root: Path) -> set[str]:
-    out = set()
-    if root.is_dir():
-        for p in root.rglob("*"):
-            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
-                out.add(hashlib.sha256(p.read_bytes()).hexdigest())
-    return out
-
-
 def export_feedback(client, model: str, out: str | os.PathLike) -> dict[str, Any]:
     """Confirmed corrections of ``model`` -> image files in ``out`` (``out/train/<label>/`` when ``out`` has a train
     split, else ``out/<label>/``), skipping photos ``out`` already holds anywhere (same bytes)."""
     out = Path(out)
     base = out / "train" if (out / "train").is_dir() else out
     items = client.call("GET", f"/v1/models/{model}/feedback?status=confirmed")["items"]
-    have = _hashes(out)
+    have = image_hashes(out)
     added, dup, private = [], 0, 0
     for it in items:
         if not it["image_sha256"]:

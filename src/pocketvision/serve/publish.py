@@ -101,7 +101,10 @@ def folder_members(folder: Path) -> list[Path]:
 
 def publish(bundle: str | os.PathLike, server: str, token: str | None, name: str, targets: list[str],
             channel: str | None = None, rollout: float = 100.0, conditions: Conditions | None = None,
-            data: str | os.PathLike | None = None, log=lambda s: None) -> dict[str, Any]:
+            data: str | os.PathLike | None = None, teachable: bool = False, log=lambda s: None) -> dict[str, Any]:
+    """``teachable``: the files also output their embedding (``export --teachable``): devices can keep classes
+    taught on them, and the release's info says whether its embedding is the live version's (``embedding``;
+    ``embedding_changed``: a device must embed its examples again)."""
     from ..bundle import load
     from ..export import check_request, get_target
     from .registry import check_name
@@ -111,7 +114,7 @@ def publish(bundle: str | os.PathLike, server: str, token: str | None, name: str
     client = Client(server, token)
     b = load(bundle)
     for to in targets:  # every target's request and converter, before the first export
-        check_request(b.plugin, to)
+        check_request(b.plugin, to, teachable=teachable)
     held = b.held_out(data)
     if not len(held.pixels):
         raise PocketVisionError("publish records smoke outputs on held-out photos: pass --data DIR (the bundle's "
@@ -120,11 +123,13 @@ def publish(bundle: str | os.PathLike, server: str, token: str | None, name: str
     with tempfile.TemporaryDirectory(prefix="pv-publish-") as tmp:
         exported: dict[str, Path] = {}
         manifest: list[dict[str, Any]] = []
+        embedding = None
         for to in targets:
             target = get_target(to)
             out = Path(tmp) / f"{name}{target.suffix}"
             log(f"exporting {to} and verifying it on real photos ...")
-            res = b.export(out, to=to, data=data)
+            res = b.export(out, to=to, data=data, teachable=teachable)
+            embedding = res.embedding
             v = res.verification or {}
             if not v.get("passed"):
                 why = "; ".join(v.get("broke") or []) or v.get("reason") or v
@@ -132,7 +137,8 @@ def publish(bundle: str | os.PathLike, server: str, token: str | None, name: str
                                         "nothing was published.")
             exported[to] = out
             manifest.append({"kind": to, "filename": out.name, "verification": v})
-        _warn_if_heavier(client, name, channel, b.meta["arch"]["name"], exported, log)
+        live = _live_version(client, name, channel)
+        _warn_if_heavier(live, name, b.meta["arch"]["name"], exported, log)
         smoke = Path(tmp) / "smoke.json"
         smoke.write_text(json.dumps(smoke_record(exported, pixels, b.predict_pixels(pixels))))
         files = {**exported, "smoke": smoke, "bundle": Path(bundle)}
@@ -148,24 +154,36 @@ def publish(bundle: str | os.PathLike, server: str, token: str | None, name: str
                 m.update(client.upload(src))
         info = {"task": b.task, "labels": b.labels, "bundle_weights_sha256": b.meta.get("weights_sha256"),
                 "source": Path(bundle).name, "arch": b.meta["arch"]["name"]}
+        if embedding:
+            before = (live or {}).get("embedding")
+            info["embedding"] = embedding
+            info["embedding_changed"] = bool(before) and (before.get("id"), before.get("features")) != \
+                (embedding.get("id"), embedding.get("features"))
+            if info["embedding_changed"]:
+                log(f"note: the embedding differs from the live version {live['version']}'s: devices embed the "
+                    "examples of their personal classes again before this version answers.")
         body = {"files": manifest, "info": info, "channel": channel, "rollout": rollout,
                 "conditions": conditions.model_dump() if conditions else None}
         return client.call("POST", f"/v1/models/{name}/versions", body)
 
 
-def _warn_if_heavier(client: Client, name: str, channel: str | None, arch: str, exported: dict[str, Path],
-                     log) -> None:
-    """Say so when this version changes the network or makes devices download much more than the live one (a
-    default `train` after the demo makes EfficientNet-Lite0 where the demo shipped DeepDog: 6x the bytes)."""
+def _live_version(client: Client, name: str, channel: str | None) -> dict[str, Any] | None:
+    """The channel's live version's record on the registry (None for a new model)."""
     try:
         status = client.call("GET", f"/v1/models/{name}")
     except PocketVisionError:
-        return  # a new model: nothing to compare with
+        return None  # a new model: nothing to compare with
     plan = status.get("channels", {}).get(channel or "stable") or {}
     live_n = (plan.get("current") or {}).get("version") or max((v["version"] for v in status["versions"]), default=0)
-    live = next((v for v in status["versions"] if v["version"] == live_n), None)
+    return next((v for v in status["versions"] if v["version"] == live_n), None)
+
+
+def _warn_if_heavier(live: dict[str, Any] | None, name: str, arch: str, exported: dict[str, Path], log) -> None:
+    """Say so when this version changes the network or makes devices download much more than the live one (a
+    default `train` after the demo makes EfficientNet-Lite0 where the demo shipped DeepDog: 6x the bytes)."""
     if live is None:
         return
+    live_n = live["version"]
     notes = []
     if live.get("arch") and live["arch"] != arch:
         notes.append(f"its network is {arch}, the live version {live_n}'s is {live['arch']}")

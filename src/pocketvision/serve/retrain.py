@@ -262,8 +262,9 @@ def retrain(name: str, server: str, token: str | None, data: str | os.PathLike, 
                              f"version {version} stays live", counts, rows, candidate=str(cand_path),
                              seconds=seconds)
     t3 = time.perf_counter()
+    # a teachable live version stays teachable: devices keep the classes taught on it
     out = publish(cand_path, server, token, name, list(targets), channel, rollout, data=folder,
-                  log=lambda s: console.print(s))
+                  teachable=bool(info.get("embedding")), log=lambda s: console.print(s))
     seconds["publish"] = time.perf_counter() - t3
     seconds["total"] = time.perf_counter() - t0
     return RetrainResult(name, channel, version, "published", f"version {out['version']} passed the gate and goes to "

@@ -122,6 +122,18 @@ class HeldOut:
 
 
 @dataclass
+class Starter:
+    """A model with nothing learned yet, every class to be taught on the device (``pocketvision starter``): the
+    graph body (normalised pixels -> a tuple ending in the embedding), its contract, the file's metadata and
+    outputs."""
+
+    model: Any  # nn.Module
+    contract: Any  # Contract
+    meta: dict[str, Any]
+    outputs: OutputSpec
+
+
+@dataclass
 class Validation:
     """One validation pass: ``score`` orders epochs (higher is better), ``row`` goes to the log and history,
     ``text`` to the console line, ``result`` is kept for the best epoch (``TaskRun.finish``)."""
@@ -296,6 +308,10 @@ class TaskGraph:
     def teach_meta(self, bundle: Any, data: str | os.PathLike | None = None) -> dict[str, Any]:
         """What a teachable export's metadata says a device needs to learn on it (``runtime/teach.py``)."""
         raise NotImplementedError
+
+    def starter(self, arch: str) -> Starter:
+        """A pretrained network alone, as a model whose every class is taught on the device (teachable tasks)."""
+        raise PocketVisionError(f"{self.name} models cannot start with no classes: only a teachable task can.")
 
     def graph_head(self, y: Any) -> tuple:
         """The graph body's raw output -> the graph's outputs (``outputs.names``, a prefix of them), decoded."""

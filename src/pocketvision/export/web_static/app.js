@@ -10,6 +10,9 @@
 //
 // Over-the-air updates (update.js) when update.json and root.json sit next to the page: see update.js.
 //
+// Teaching (teach.js), when model.json has "teach" (`export --teachable`): personal classes named in the page,
+// fitted beside the shipped ones in about a second, kept in IndexedDB; an update embeds them again before it swaps.
+//
 // Tests and apps use window.pv: await pv.ready; pv.runPixels(uint8 NHWC, n[, h, w]); pv.runSource(img|video|canvas).
 // (pv.classifyPixels / pv.classifySource are the same functions under their first names.)
 
@@ -127,7 +130,7 @@ async function main() {
         // the others by name (a classifier's "unfamiliar" score), for the renderer
         const extra = Object.fromEntries(Object.entries(out).filter(([k]) => k !== om.output)
           .map(([k, v]) => [k, Array.from(v.data)]));
-        return { data: t.data, dims: t.dims, type: t.type, extra };
+        return { data: t.data, dims: t.dims, type: t.type, extra, outputs: out };
       } finally {
         om.inflight -= 1;
         if (om.retired && !om.inflight) session.release();
@@ -153,10 +156,17 @@ async function main() {
     updates.page.open = async (m, fileBytes) => {
       const om = await openModel(m, fileBytes);
       await om.run(new Uint8Array(m.contract.size[0] * m.contract.size[1] * 3), 1, ...m.contract.size);
+      // the personal classes move to the new model before it answers: embedded again, refitted, checked
+      if (pv.teacher && m.teach) om.teach = await pv.teacher.prepare(m, embedWith(om));
+      else if (pv.teacher && pv.teacher.examples.length) {
+        throw new Error(`this release is not teachable: the ${pv.teacher.classes().length} classes taught here would be lost`);
+      }
       return om;
     };
     updates.page.swap = (om, m, version) => {
       const old = current;
+      if (om.teach) pv.teacher.commit(om.teach);
+      else if (pv.teacher) { pv.teacher = null; $('teach').hidden = true; }  // a release that cannot be taught
       current = om;
       pv.meta = m;
       pv.version = version;
@@ -190,6 +200,12 @@ async function main() {
     const r = await run(x.rgb, 1, x.h, x.w);
     const ms = performance.now() - t0;
     const result = { ...renderer.render({ output: r, src, meta: m, input: x, page: $ }), ms };
+    const mine = pv.teacher && m.teach && pv.teacher.route(r.outputs[m.teach.output].data);
+    if (mine) {  // a class taught in this page wins: its answer replaces the model's
+      Object.assign(result, mine);
+      $('result').textContent = `${mine.label} (${(100 * mine.confidence).toFixed(1)}%) · taught here`;
+    }
+    pv.lastInput = x;
     $('timing').textContent = `model ${ms.toFixed(1)} ms on ${pv.backend}` + (pv.version != null ? ` · version ${pv.version}` : '');
     pv.last = result;
     pv.lastSource = src;
@@ -212,12 +228,121 @@ async function main() {
     return result;
   };
   pv.classifyUrl = pv.runUrl;
+  // teaching needs IndexedDB (not in every private window): without it the page still answers, and says why
+  if (current.meta.teach) {
+    await startTeaching(() => current, ctx).catch((e) => {
+      pv.teachError = String((e && e.message) || e);
+      $('teach').hidden = false;
+      $('teach-new').hidden = true;
+      $('teach-status').textContent = `Teaching is off in this browser: ${pv.teachError}`;
+      $('teach-status').className = 'bad';
+    });
+  }
   pv.status = 'ready';
   $('loading').hidden = true;
   $('runtime').textContent = `onnxruntime-web ${ort.env.versions.web || ''} · ${backend}` +
     (backend === 'wasm' ? ` · ${threads} thread${threads > 1 ? 's' : ''}` : '') +
     ` · ready in ${((pv.timings.ready - pv.timings.start) / 1000).toFixed(2)} s`;
   readyResolve(pv);
+}
+
+// The embedding output of one open model, for the teacher.
+const embedWith = (om) => async (rgb, n, h, w) => Float32Array.from((await om.run(rgb, n, h, w)).outputs[om.meta.teach.output].data);
+
+// The teach panel: name a class and give photos, add the photo on screen to a class (a one-tap correction),
+// remove a class, download what was taught. Every failure is one message under the panel; nothing taught is lost.
+async function startTeaching(currentModel, ctx) {
+  const { Teacher, TeachError } = await import('./teach.js');
+  const status = $('teach-status');
+  const say = (text, bad = false) => { status.textContent = text; status.className = bad ? 'bad' : 'muted'; };
+  const teacher = (pv.teacher = await Teacher.open(currentModel().meta, (...a) => embedWith(currentModel())(...a)));
+  const MAX_FILE = 50e6;  // a photo larger than this is not a phone photo: refuse it before decoding
+  const readImages = async (files) => {
+    const out = [];
+    for (const f of files) {
+      if (f.size > MAX_FILE) throw new TeachError(`${f.name} is ${(f.size / 1e6).toFixed(0)} MB: use photos under 50 MB; nothing was added.`);
+      let bmp;
+      try { bmp = await createImageBitmap(f); } catch (e) {
+        throw new TeachError(`${f.name} is not an image this browser can read; nothing was added.`);
+      }
+      const [h, w] = currentModel().meta.contract.size;
+      out.push({ rgb: drawToCanvas(bmp, currentModel().meta.contract, ctx), h, w });
+      bmp.close();
+    }
+    return out;
+  };
+  const guard = (fn) => async (...a) => {
+    try { return await fn(...a); } catch (e) {
+      const msg = e instanceof TeachError ? e.message : `could not teach: ${e.message || e}; what was taught before is kept.`;
+      say(msg, true);
+      throw new TeachError(msg);
+    } finally { draw(); }
+  };
+  function draw() {
+    const rows = teacher.classes().map(({ name, count }) => {
+      const row = document.createElement('div');
+      const label = document.createElement('span');
+      label.textContent = `${name} · ${count} photo${count > 1 ? 's' : ''}`;  // a name is data, never markup
+      const btn = (text, fn) => { const b = document.createElement('button'); b.type = 'button'; b.textContent = text; b.onclick = () => fn().catch(() => {}); return b; };
+      row.append(label, btn('+ photos', async () => { $('teach-more').dataset.name = name; $('teach-more').value = ''; $('teach-more').click(); }),
+        btn('this photo is it', () => pv.teach.addShown(name)), btn('remove', () => pv.teach.remove(name)));
+      row.dataset.name = name;
+      return row;
+    });
+    $('teach-classes').replaceChildren(...rows);
+    $('teach-download').hidden = !rows.length;
+  }
+  const learn = async (name, files) => {
+    say(`learning "${name}"…`);
+    const t0 = performance.now();
+    const n = await teacher.add(name, await readImages(files));
+    say(`"${name}" learned from ${n} photo${n > 1 ? 's' : ''} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    return n;
+  };
+  pv.teach = {
+    classes: () => teacher.classes(),
+    // a new class: a free name + image files (File/Blob) -> its count
+    create: guard(async (name, files) => {
+      name = teacher.checkNewName(name);
+      if (!files.length) throw new TeachError(`class "${name}" needs at least one example photo: choose some.`);
+      return learn(name, files);
+    }),
+    // more photos of a class taught before
+    add: guard(async (name, files) => {
+      if (!teacher.classes().some((c) => c.name === name)) throw new TeachError(`there is no class "${name}" here: add it as a new class.`);
+      if (!files.length) throw new TeachError(`choose at least one photo of "${name}".`);
+      return learn(name, files);
+    }),
+    // the photo or frame on screen (as the model saw it) is an example of `name`: one tap to correct an answer
+    addShown: guard(async (name) => {
+      if (!pv.lastInput) throw new TeachError('show the model a photo first, then say which class it is.');
+      const [h, w] = currentModel().meta.contract.size;
+      if (pv.lastInput.h !== h || pv.lastInput.w !== w) throw new TeachError('this photo was read at another size; choose it again.');
+      const n = await teacher.add(name, [{ rgb: pv.lastInput.rgb.slice(), h, w }]);
+      say(`"${name}" now has ${n} photos`);
+      if (pv.lastSource) await pv.runSource(pv.lastSource);
+      return n;
+    }),
+    remove: guard(async (name) => { await teacher.remove(name); say(`"${name}" removed`); }),
+    taught: () => teacher.taught(),
+    download: guard(async () => {
+      const blob = new Blob([JSON.stringify(teacher.taught())], { type: 'application/json' });
+      const a = document.createElement('a');
+      a.href = URL.createObjectURL(blob);
+      a.download = 'taught.json';
+      a.click();
+      setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+    }),
+  };
+  $('teach-new').addEventListener('submit', (e) => {
+    e.preventDefault();
+    pv.teach.create($('teach-name').value, [...$('teach-files').files]).then(() => { $('teach-name').value = ''; $('teach-files').value = ''; }, () => {});
+  });
+  $('teach-more').addEventListener('change', (e) => pv.teach.add(e.target.dataset.name, [...e.target.files]).catch(() => {}));
+  $('teach-download').addEventListener('click', () => pv.teach.download().catch(() => {}));
+  $('teach').hidden = false;
+  if (teacher.storeError) say(teacher.storeError, true);
+  draw();
 }
 
 async function startUpdates() {
@@ -233,7 +358,8 @@ async function startUpdates() {
 const ASK_BELOW = 0.7;
 function offerCorrection(result, m) {
   const box = $('wrong');
-  if (!pv.updates || result.label === undefined || !m.labels) { box.hidden = true; return; }
+  // a class taught here never reaches the registry: its name and photos stay in this browser
+  if (!pv.updates || result.label === undefined || !m.labels || result.personal) { box.hidden = true; return; }
   const select = $('wrong-label');
   select.replaceChildren(...m.labels.filter((l) => l !== result.label).map((l) => new Option(l, l)));
   $('wrong-status').textContent = '';

@@ -26,7 +26,7 @@ from ...data.folder import SPLITS, labelled_samples, scan
 from ...errors import PocketVisionError
 from ...evaluate import classification_metrics, render_table, write_report
 from ...training.recipes import Recipe, scaled_epochs
-from ..base import HeldOut, Int8Recipe, OutputSpec, Task, register_task
+from ..base import HeldOut, Int8Recipe, OutputSpec, Starter, Task, register_task
 from .compare import compare_to_val, render_shift, val_summary
 from .decision import decide
 
@@ -48,6 +48,29 @@ MAX_ANCHORS = 1024  # ~2.6 MB of float16 for Lite0: many-class models keep fewer
 
 
 
+
+
+def embedding_id(body, contract: Contract) -> str:
+    """SHA-256 of the weights the embedding depends on (the parameters its gradient reaches, and the buffers of
+    their modules): equal ids, equal embeddings. A release whose id differs from the last one's changed its
+    embedding's meaning, and a device's personal classes must be embedded again (``ota`` says so)."""
+    import hashlib
+
+    import torch
+    body = body.eval()
+    named = [(n, p) for n, p in body.named_parameters()]
+    x = torch.zeros(1, 3, *contract.size)
+    with torch.enable_grad():
+        emb = body(x)[-1]
+        grads = torch.autograd.grad(emb.sum(), [p for _, p in named], allow_unused=True)
+    used = {n for (n, _), g in zip(named, grads) if g is not None}
+    owners = {n.rpartition(".")[0] for n in used}
+    h = hashlib.sha256()
+    for n, t in sorted([*[(n, p) for n, p in named if n in used],
+                        *[(n, b) for n, b in body.named_buffers() if n.rpartition(".")[0] in owners]]):
+        h.update(n.encode())
+        h.update(t.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 # -- the plug-in ---------------------------------------------------------------------------------------
@@ -201,9 +224,40 @@ class ClassifyTask(Task):
         pixels, kept = load_pixels([s.path for s in picked], bundle.contract)
         emb = batched(lambda p: bundle.run_outputs(p, teachable=True)["embedding"], pixels).astype(np.float16)
         return {"output": "embedding", "features": int(emb.shape[1]), "rows": "unit length",
+                "id": embedding_id(self.graph_model(bundle.model, teachable=True), bundle.contract),
                 "learner": "softmax regression, pocketvision.runtime.teach.fit_head",
                 "anchors": {"labels": [labels[picked[i].label] for i in kept], "shape": list(emb.shape),
                             "float16_b64": base64.b64encode(emb.tobytes()).decode()}}
+
+    def starter(self, arch: str) -> Starter:
+        """``arch``'s offline ImageNet weights up to the pooled features: the embedding a page learns every class
+        on (no anchors: there are no shipped classes). Its head is never part of the graph."""
+        import torch
+
+        from ...models.registry import build_model, model_entry
+
+        class Embedding(torch.nn.Module):
+            def __init__(self, net):
+                super().__init__()
+                self.net = net
+
+            def forward(self, x):
+                return (self.net.forward_features(x),)
+
+        net = build_model({"name": arch, "args": {"num_classes": 1000}}, pretrained=True).eval()
+        if not hasattr(net, "forward_features"):
+            raise PocketVisionError(f"{arch} has no pooled features to learn on; use efficientnet_lite0 (or another "
+                                    "pretrained classifier in `pocketvision info`).")
+        contract = Contract.from_dict(model_entry(arch).default_contract)
+        body = Embedding(net).eval()
+        with torch.no_grad():
+            features = body(torch.zeros(1, 3, *contract.size))[0].shape[1]
+        meta = {"labels": [], "task": self.name, "contract": contract.to_dict(), "threshold": None,
+                "arch": {"name": arch, "args": {}}, "precision": "fp32",
+                "teach": {"output": "embedding", "features": features, "rows": "unit length", "starter": True,
+                          "id": embedding_id(body, contract), "anchors": None,
+                          "learner": "softmax regression, pocketvision.runtime.teach.fit_head"}}
+        return Starter(body, contract, meta, OutputSpec(names=("embedding",), web_renderer=self.outputs.web_renderer))
 
     # -- runtime ---------------------------------------------------------------------------------------
     def predict(self, model, sources: Sequence) -> list[dict[str, Any]]:

@@ -13,6 +13,11 @@ function decide(probs, labels, threshold) {
 }
 
 export function render({ output, meta, page: $ }) {
+  if (!meta.labels.length) {  // a starter page: no classes of its own, every answer is one taught in the page
+    $('result').textContent = 'no class yet: teach one below';
+    $('probs').innerHTML = '';
+    return {};
+  }
   const result = decide(Array.from(output.data), meta.labels, meta.threshold);
   // How unlike the training photos (computed in the graph); flagged above 95% of the val photos' scores.
   const u = output.extra && output.extra.unfamiliar ? output.extra.unfamiliar[0] : null;
