@@ -273,6 +273,9 @@ class ModelUpdater:
         return self._teacher or self._open_teacher()
 
     def _open_teacher(self) -> Teacher:
+        if not self.predictor.current.meta.get("teach"):
+            raise PocketVisionError(f"teach: {self.model} version {self.version} has no embedding to learn on; "
+                                    "publish a version with `pocketvision publish --teachable` and let devices check.")
         self._teacher = Teacher(self.predictor, self.dir / "personal")
         self.predictor.teacher = self._teacher
         return self._teacher
