@@ -37,6 +37,14 @@ def hotdog_small(shared_data, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def hotdog_few_train(shared_data, tmp_path_factory) -> Path:
+    """hotdog_small's 80 val photos, but 48 training photos a class (its first 48): for the pretrained default
+    (EfficientNet-Lite0 at 224 px), whose time goes to the training photos it caches activations of, and calibrates
+    int8 on. Enough for what those tests check (the probe alone is above 0.85 on these val photos)."""
+    return _subset(shared_data / "hotdog", tmp_path_factory.mktemp("hotdog_few_train"), {"train": 48, "val": 40})
+
+
+@pytest.fixture(scope="session")
 def trained_bundle(hotdog_small, tmp_path_factory) -> Path:
     """A real (small) model trained once per session on real photos: deepdog alpha=0.25 at 96 px."""
     import pocketvision as pv
@@ -49,6 +57,25 @@ def trained_bundle(hotdog_small, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def trained_onnx(trained_bundle, tmp_path_factory):
+    """trained_bundle's ONNX export (an ExportResult, verified on the 80 val photos), exported once per session, alone
+    in its folder, for the tests that read it. Copy it before changing it."""
+    import pocketvision as pv
+
+    return pv.load(trained_bundle).export(tmp_path_factory.mktemp("trained_onnx") / "m.onnx")
+
+
+@pytest.fixture(scope="session")
+def trained_page(trained_bundle, tmp_path_factory) -> tuple[Path, dict]:
+    """trained_bundle's web export and its verification (the page's own session in Chromium against the bundle, on
+    the 80 val photos), exported once per session for the tests that open it. Copy it before changing it."""
+    import pocketvision as pv
+
+    res = pv.load(trained_bundle).export(tmp_path_factory.mktemp("trained_page") / "hotdog.web", to="web")
+    return res.path, res.verification
+
+
+@pytest.fixture(scope="session")
 def default_start(hotdog_small, tmp_path_factory) -> Path:
     """The default's start: EfficientNet-Lite0 with the ImageNet head kept and no epoch (good embeddings, cheap)."""
     import pocketvision as pv
@@ -56,6 +83,16 @@ def default_start(hotdog_small, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("default_start")
     return pv.train(hotdog_small, out=out / "m.pvb", epochs=0, run_dir=out / "run", progress=False,
                     tensorboard=False, workers=0).path
+
+
+@pytest.fixture(scope="session")
+def default_start_page(default_start, tmp_path_factory) -> Path:
+    """The default's start as a teachable web page, exported once per session for the tests that open it (its parity
+    with the bundle: tests/runtime/test_teach.py). Copy it before changing it."""
+    import pocketvision as pv
+
+    out = tmp_path_factory.mktemp("default_start_page") / "hotdog.web"
+    return pv.load(default_start).export(out, to="web", teachable=True, verify=False).path
 
 
 @pytest.fixture(scope="session")

@@ -24,11 +24,11 @@ def test_trained_model_beats_chance_on_real_photos(trained_bundle, hotdog_small)
     assert b.threshold is not None and b.threshold["positive"] == 0  # "hotdog" is the positive class
 
 
-def test_onnx_export_is_self_contained_and_verified(trained_bundle, tmp_path):
+def test_onnx_export_is_self_contained_and_verified(trained_bundle, trained_onnx):
     b = pv.load(trained_bundle)
-    res = b.export(tmp_path / "m.onnx")
+    res = trained_onnx  # the session's export (conftest), alone in its folder
     model = onnx.load(res.path)
-    assert not list(tmp_path.glob("*.data"))  # no external-data side file
+    assert not list(res.path.parent.glob("*.data"))  # no external-data side file
     assert model.opset_import[0].version >= 17
     inp = model.graph.input[0]
     assert inp.name == "image" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
@@ -62,7 +62,7 @@ def test_calibrated_probabilities_are_inside_the_model(trained_bundle):
     assert len(b.metrics["calibration"]["bins"]) >= 2
 
 
-def test_eval_compare_to_val(trained_bundle, hotdog_small, tmp_path):
+def test_eval_compare_to_val(trained_bundle, trained_onnx, hotdog_small, tmp_path):
     """The val split against itself moves nothing; a class folder the model does not know is named and left out,
     the rest evaluated; the same figures go to the HTML report, and an exported file compares too."""
     import shutil
@@ -77,8 +77,7 @@ def test_eval_compare_to_val(trained_bundle, hotdog_small, tmp_path):
         shutil.copytree(hotdog_small / "val" / c, mixed / c)
     (mixed / "pizza").mkdir()
     shutil.copy(next((hotdog_small / "val" / "hotdog").iterdir()), mixed / "pizza" / "p.jpg")
-    onnx_path = tmp_path / "m.onnx"
-    pv.load(trained_bundle).export(onnx_path, verify=False)
+    onnx_path = trained_onnx.path
     r = run_cli("eval", str(onnx_path), str(mixed), "--compare-to-val", "--report", str(tmp_path / "rep"))
     assert r.returncode == 0, r.stderr
     assert "verdict" in r.stdout and "['pizza']" in r.stdout and "left out" in r.stdout
@@ -117,9 +116,9 @@ def test_cli_export_verify_predict_eval(trained_bundle, hotdog_small, tmp_path):
     assert (tmp_path / "rep" / "report.html").stat().st_size > 10_000
 
 
-def test_onnx_predict_never_imports_torch(trained_bundle, hotdog_small, tmp_path):
+def test_onnx_predict_never_imports_torch(trained_onnx, hotdog_small):
     import subprocess
-    onnx_path = pv.load(trained_bundle).export(tmp_path / "m.onnx", verify=False).path
+    onnx_path = trained_onnx.path
     img = sorted((hotdog_small / "val" / "hotdog").iterdir())[0]
     code = ("import sys; from pocketvision.cli.commands import main; rc = main(['predict', sys.argv[1], sys.argv[2]]);"
             "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(rc)")
@@ -171,10 +170,11 @@ def test_resume_after_interrupt(hotdog_small, tmp_path):
     assert bundle_io.read(tmp_path / "r6.pvb").weights == bundle_io.read(tmp_path / "r.pvb").weights
 
 
-def test_resume_continues_a_top_fine_tune(hotdog_small, tmp_path):
+def test_resume_continues_a_top_fine_tune(hotdog_few_train, tmp_path):
     """The pretrained default on a CPU fine-tunes the last blocks on cached activations (--finetune top). Interrupted
     after epoch 2 and resumed, it goes on the same way: every epoch a "top" epoch, the linear probe fitted once
-    (not again over the checkpoint's head), and the trunk still the ImageNet weights."""
+    (not again over the checkpoint's head), and the trunk still the ImageNet weights. 48 training photos a class (the
+    cost of each run is caching their activations), hotdog_small's 80 val photos."""
     import os
 
     import torch
@@ -182,11 +182,11 @@ def test_resume_continues_a_top_fine_tune(hotdog_small, tmp_path):
 
     from pocketvision.models import build_model
     run = tmp_path / "run"
-    args = ["train", str(hotdog_small), "--epochs", "4", "--workers", "0", "--run-dir", str(run), "--out",
+    args = ["train", str(hotdog_few_train), "--epochs", "4", "--workers", "0", "--run-dir", str(run), "--out",
             str(tmp_path / "t.pvb"), "--no-tensorboard", "--json"]
     p = run_cli(*args, env={**os.environ, "POCKETVISION_INTERRUPT_AFTER_EPOCH": "2"})
     assert p.returncode == 130, p.stderr[-2000:]
-    r = run_cli("train", str(hotdog_small), "--resume", str(run), "--out", str(tmp_path / "t.pvb"), "--json",
+    r = run_cli("train", str(hotdog_few_train), "--resume", str(run), "--out", str(tmp_path / "t.pvb"), "--json",
                 "--no-tensorboard")
     assert r.returncode == 0, r.stderr[-2000:]
     b = pv.load(tmp_path / "t.pvb")

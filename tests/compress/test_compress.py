@@ -124,7 +124,7 @@ def test_fold_batchnorm_keeps_outputs_and_architecture():
 
 @pytest.mark.shared_data
 @pytest.mark.slow
-def test_palettised_bundle_exports_small_and_exact(trained_bundle, tmp_path):
+def test_palettised_bundle_exports_small_and_exact(trained_bundle, trained_onnx, tmp_path):
     b = pv.load(trained_bundle)
     small, rep = b.palettize(4, max_drop=1.0, finetune_steps=30)
     assert rep["n_images"] == 160  # the 80 val photos and their phone-photo twin
@@ -135,7 +135,7 @@ def test_palettised_bundle_exports_small_and_exact(trained_bundle, tmp_path):
     assert small.meta["lineage"][-1]["stage"] == "palettize"
     path = small.save(tmp_path / "p4.pvb")
     reloaded = pv.load(path)  # the same architecture loads the palettised weights
-    fp32 = b.export(tmp_path / "fp32.onnx", verify=False).path
+    fp32 = trained_onnx.path  # the session's fp32 export of the same bundle (conftest)
     res = reloaded.export(tmp_path / "p4.onnx")
     assert res.verification["passed"] and res.verification["max_abs_diff"] < 1e-4
     graph = onnx.load(str(res.path)).graph
@@ -162,10 +162,8 @@ def test_int8_export_within_budget_with_layer_report(trained_bundle, tmp_path):
     v = res.verification
     assert v["passed"] and -100 * v["accuracy_change"] <= 1.0 + 1e-9
     ort.InferenceSession(str(res.path))  # loads in the real runtime
-    # The CLI prints the same and names the file.
-    r = run_cli("export", str(trained_bundle), "--to", "onnx", "--int8", "--out", str(tmp_path / "c.onnx"), "--json")
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["precision"] == "int8"
+    # The CLI's int8 export and its JSON: test_several_targets_into_a_folder_that_does_not_exist_yet (and with
+    # --out: tests/data/test_shards.py)
 
 
 def test_export_requests_are_checked_before_work(tmp_path):
@@ -187,6 +185,7 @@ def test_several_targets_into_a_folder_that_does_not_exist_yet(trained_bundle, t
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
     assert [Path(x["path"]).name for x in rows] == ["hotdog-int8.onnx", "hotdog-int8.tflite"]
+    assert [x["precision"] for x in rows] == ["int8", "int8"]
     assert all(x["verification"]["passed"] and "int8" in x["verification"]["criterion"] for x in rows)
     assert sorted(p.name for p in out.iterdir()) == ["hotdog-int8.onnx", "hotdog-int8.tflite"]  # no temp leftovers
     # verify reads the precision from the file: an int8 export is judged by the budget, not the fp32 tolerance

@@ -16,9 +16,15 @@ from helpers import run_cli
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 
 
-def test_tflite_fp32_matches_the_bundle_and_carries_metadata(trained_bundle, tmp_path):
+@pytest.fixture(scope="module")
+def tflite_fp32(trained_bundle, tmp_path_factory):
+    """The bundle's fp32 .tflite (verified), exported once: its own test below, and the size the others compare to."""
+    return pv.load(trained_bundle).export(tmp_path_factory.mktemp("tflite") / "m.tflite", to="tflite")
+
+
+def test_tflite_fp32_matches_the_bundle_and_carries_metadata(trained_bundle, tflite_fp32):
     b = pv.load(trained_bundle)
-    res = b.export(tmp_path / "m.tflite", to="tflite")
+    res = tflite_fp32
     v = res.verification
     assert v["passed"] and v["n"] == 80 and v["max_abs_diff"] < 1e-3 and v["top1_agreement"] >= 0.995
     p = LiteRTPredictor(res.path)
@@ -35,9 +41,9 @@ def test_tflite_fp32_matches_the_bundle_and_carries_metadata(trained_bundle, tmp
     assert np.allclose(two.run_pixels(x), p.run_pixels(x), atol=1e-5)
 
 
-def test_tflite_int8_is_full_integer_and_within_budget(trained_bundle, tmp_path):
+def test_tflite_int8_is_full_integer_and_within_budget(trained_bundle, tflite_fp32, tmp_path):
     b = pv.load(trained_bundle)
-    fp32 = b.export(tmp_path / "f.tflite", to="tflite", verify=False).path
+    fp32 = tflite_fp32.path
     # 80 val photos: one photo is 1.25 points, so the budget here allows two flips.
     res = b.export(tmp_path / "q.tflite", to="tflite", precision="int8", max_drop=2.5)
     assert res.verification["passed"], res.verification
@@ -61,9 +67,9 @@ def test_coreml_is_structurally_verified_and_says_not_numerically(trained_bundle
     assert r.returncode == 2 and "Apple" in r.stderr
 
 
-def test_tflite_fp16_halves_the_file_and_keeps_answers(trained_bundle, tmp_path):
+def test_tflite_fp16_halves_the_file_and_keeps_answers(trained_bundle, tflite_fp32, tmp_path):
     b = pv.load(trained_bundle)
-    fp32 = b.export(tmp_path / "f.tflite", to="tflite", verify=False).path
+    fp32 = tflite_fp32.path
     res = b.export(tmp_path / "h.tflite", to="tflite", precision="fp16")
     v = res.verification
     assert v["passed"] and v["max_abs_diff"] < 1e-2 and v["top1_agreement"] >= 0.98

@@ -19,10 +19,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.shared_data]
 
 
 @pytest.fixture(scope="module")
-def web_folder(trained_bundle, tmp_path_factory):
-    out = tmp_path_factory.mktemp("web") / "hotdog.web"
-    res = pv.load(trained_bundle).export(out, to="web")
-    v = res.verification  # the page's own session vs the bundle, on the 80 real val photos
+def web_folder(trained_page):
+    out, v = trained_page  # the page's own session vs the bundle, on the 80 real val photos
     assert v["passed"], v
     assert v["n"] == 80 and v["max_abs_diff"] <= 1e-3 and v["top1_agreement"] >= 0.995
     return out
@@ -55,10 +53,10 @@ def test_page_runs_threads_and_caches_the_model(web_folder):
         assert web.at_threads(1) is web and web.page_info["threads"] == 1
 
 
-def test_large_models_load_from_lazy_chunks(trained_bundle, tmp_path):
+def test_large_models_load_from_lazy_chunks(trained_bundle, trained_onnx, tmp_path):
     from pocketvision.export.web import export_web
     b = pv.load(trained_bundle)
-    onnx_path = b.export(tmp_path / "m.onnx", verify=False).path
+    onnx_path = trained_onnx.path
     folder = export_web(onnx_path, b.export_meta(), tmp_path / "chunked.web", b.plugin.outputs, chunk_bytes=64 * 1024)
     meta = json.loads((folder / "model.json").read_text())
     assert len(meta["model"]["external_data"]) >= 2

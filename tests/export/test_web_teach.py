@@ -19,10 +19,9 @@ STATUS = "document.getElementById('teach-status')"
 
 
 @pytest.fixture(scope="module")
-def teach_page(default_start, tmp_path_factory):
+def teach_page(default_start_page):
     """The default's start (Lite0, ImageNet head kept, no epoch) as a teachable page (its parity: tests/runtime/test_teach.py)."""
-    out = tmp_path_factory.mktemp("teach") / "hotdog.web"
-    return pv.load(default_start).export(out, to="web", teachable=True, verify=False).path
+    return default_start_page
 
 
 def _photos(shared_data, split, dish, n, skip=0):
@@ -165,9 +164,8 @@ def test_a_full_storage_quota_refuses_the_class_whole(teach_page, shared_data):
         assert web.page.evaluate("pv.teach.classes()") == [{"name": "my sushi", "count": 10}]
 
 
-def test_a_page_without_teach_shows_no_panel(trained_bundle, tmp_path):
-    folder = pv.load(trained_bundle).export(tmp_path / "plain.web", to="web", verify=False).path
-    with WebPredictor(folder) as web:
+def test_a_page_without_teach_shows_no_panel(trained_page):
+    with WebPredictor(trained_page[0]) as web:
         assert not web.page.is_visible("#teach") and web.page.evaluate("pv.teach === undefined")
 
 

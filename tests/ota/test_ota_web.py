@@ -21,22 +21,23 @@ pytestmark = [pytest.mark.shared_data, pytest.mark.browser]
 
 
 @pytest.fixture(scope="module")
-def web_store(trained_bundle, hotdog_small, tmp_path_factory):
-    """A registry with hotdog v1 (onnx + web, on stable) and v2 (a different model: onnx, web and Core ML)."""
+def web_store(trained_bundle, trained_page, hotdog_small, tmp_path_factory):
+    """A registry with hotdog v1 (web, on stable) and v2 (a different model: web and Core ML); the page: the
+    session's web export of v1 (conftest.trained_page), copied by each test. Single-file ONNX releases are
+    tests/ota/test_ota.py's."""
     root = tmp_path_factory.mktemp("ota-web")
     store = root / "store"
     tokens = new_store(store)
     b2 = perturbed(trained_bundle, root / "hotdog-v2.pvb")
     srv = RegistryServer(store).start()
     try:
-        for bundle, to, extra in ((trained_bundle, "onnx,web", ("--channel", "stable")), (b2, "onnx,web,coreml", ())):
+        for bundle, to, extra in ((trained_bundle, "web", ("--channel", "stable")), (b2, "web,coreml", ())):
             r = run_cli("publish", str(bundle), "--name", "hotdog", "--server", srv.url, "--token", tokens["admin"],
                         "--data", str(hotdog_small), "--to", to, "--json", *extra)
             assert r.returncode == 0, r.stderr[-3000:]
     finally:
         srv.stop()
-    page = pv.load(trained_bundle).export(root / "page.web", to="web", verify=False).path
-    return store, tokens, b2, page
+    return store, tokens, b2, trained_page[0]
 
 
 @pytest.fixture

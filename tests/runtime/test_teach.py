@@ -94,7 +94,8 @@ def test_the_learner_needs_no_torch():
 @pytest.mark.shared_data
 @pytest.mark.slow
 @pytest.mark.browser
-def test_a_teachable_export_carries_the_embedding_a_device_learns_on(trained_bundle, hotdog_small, tmp_path):
+def test_a_teachable_export_carries_the_embedding_a_device_learns_on(trained_bundle, trained_onnx, hotdog_small,
+                                                                     tmp_path):
     """`export --teachable`: onnx and tflite files and the web page (in Chromium) output the pooled features too, verified against the bundle's;
     a head fitted on the file's embeddings answers as one fitted on the bundle's. Targets and tasks that cannot
     carry it refuse in one line before any work."""
@@ -121,9 +122,11 @@ def test_a_teachable_export_carries_the_embedding_a_device_learns_on(trained_bun
             [x["label"] for x in head.predict(want)]
     one_line_error(run_cli("export", str(trained_bundle), "--to", "coreml", "--teachable"), "--teachable", "coreml",
                    "onnx, tflite, web")
-    plain = b.export(tmp_path / "plain.onnx")  # without the flag: no embedding output, no teach metadata
+    plain = trained_onnx  # the session's export without the flag (conftest): no embedding output, no teach metadata
     with open_predictor(plain.path) as p:
         assert "embedding" not in p.run_outputs(pixels[:1]) and "teach" not in p.meta
+        with pytest.raises(PocketVisionError, match="export it with .*--teachable"):  # nothing to teach on
+            Teacher(p, tmp_path / "personal")
 
 
 def test_only_tasks_with_an_embedding_export_teachable():
@@ -182,6 +185,4 @@ def test_personal_classes_beside_the_models_own(default_start, hotdog_small, sha
         assert moved.classes == ["sushi"]
         with pytest.raises(PocketVisionError, match="no personal class 'pizza'"):
             moved.remove("pizza")
-    with open_predictor(b.export(tmp_path / "plain.onnx", verify=False).path) as plain:
-        with pytest.raises(PocketVisionError, match="export it with .*--teachable"):
-            Teacher(plain, tmp_path / "p2")
+    # a file exported without --teachable is refused: test_a_teachable_export_carries_the_embedding_a_device_learns_on

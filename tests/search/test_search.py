@@ -67,11 +67,18 @@ def test_the_rule_is_deterministic_and_ages_or_kills_the_worst():
 
 
 @pytest.fixture(scope="module")
-def smoke(hotdog_small, tmp_path_factory):
+def photos(hotdog_few_train):
+    """What the searches here train on: hotdog_small's 80 val photos with 48 training photos a class (a candidate's
+    training and evaluation scale with the photos; its export and latency measurement do not)."""
+    return hotdog_few_train
+
+
+@pytest.fixture(scope="module")
+def smoke(photos, tmp_path_factory):
     """An uninterrupted smoke search: 4 candidates (2 random, 2 children), one epoch each, then the final stage:
     the 2 best distinct networks and each scaled up to the limit, one epoch each, and the winner's bundle."""
     tmp = tmp_path_factory.mktemp("search")
-    r = run_cli("search", str(hotdog_small), "--run-dir", str(tmp / "run"), "--out", str(tmp / "best.pvb"),
+    r = run_cli("search", str(photos), "--run-dir", str(tmp / "run"), "--out", str(tmp / "best.pvb"),
                 "--final-epochs", "1", "--finalists", "2", "--scale-up", *SMOKE, cwd=tmp)
     assert r.returncode == 0, r.stderr[-3000:]
     # --json: the JSON alone on stdout; a line per candidate on stderr, with what is left of the budget
@@ -85,7 +92,7 @@ def _history(run_dir):
 
 
 @pytest.mark.shared_data
-def test_smoke_search_writes_a_front_an_architecture_and_a_bundle(smoke, hotdog_small):
+def test_smoke_search_writes_a_front_an_architecture_and_a_bundle(smoke, photos):
     tmp, summary = smoke
     run = tmp / "run"
     hist = json.loads((run / "history.json").read_text())
@@ -118,7 +125,7 @@ def test_smoke_search_writes_a_front_an_architecture_and_a_bundle(smoke, hotdog_
     assert arch["arch"]["args"]["blocks"] == finals["finalists"][chosen["finalist"]]["candidate"]["arch"]["args"][
         "blocks"] and b.meta["contract"]["size"][0] == arch["resolution"]
     # The architecture file trains again, and `info` shows its blocks.
-    r = run_cli("train", str(hotdog_small), "--arch", f"searched:{run / 'arch.json'}", "--epochs", "1", "--out",
+    r = run_cli("train", str(photos), "--arch", f"searched:{run / 'arch.json'}", "--epochs", "1", "--out",
                 str(tmp / "again.pvb"), "--scratch", "--no-recipe", cwd=tmp)
     assert r.returncode == 0, r.stderr[-2000:]
     arch = json.loads((run / "arch.json").read_text())
@@ -128,12 +135,12 @@ def test_smoke_search_writes_a_front_an_architecture_and_a_bundle(smoke, hotdog_
 
 
 @pytest.mark.shared_data
-def test_a_killed_search_resumes_with_nothing_lost_or_repeated(smoke, hotdog_small, tmp_path):
+def test_a_killed_search_resumes_with_nothing_lost_or_repeated(smoke, photos, tmp_path):
     """Two worker processes; the search is SIGKILLed right after its first evaluation is recorded, while the second
     is still training. The resumed search re-runs only that one and ends exactly where the uninterrupted one
     (one worker, in-process) ended."""
     env = {**os.environ, "POCKETVISION_SEARCH_KILL_AFTER": "1"}
-    r = run_cli("search", str(hotdog_small), "--run-dir", str(tmp_path / "run"), "--workers", "2", *SMOKE,
+    r = run_cli("search", str(photos), "--run-dir", str(tmp_path / "run"), "--workers", "2", *SMOKE,
                 cwd=tmp_path, env=env)
     assert r.returncode == -9, r.stderr[-2000:]
     assert (tmp_path / "run" / "trials.jsonl").exists() and not (tmp_path / "run" / "history.json").exists()
@@ -147,11 +154,11 @@ def test_a_killed_search_resumes_with_nothing_lost_or_repeated(smoke, hotdog_sma
         str(tmp_path / "run" / "trials.jsonl"))))
     states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") == 4 and states.count("FAIL") == 1  # the one in flight, and only it, ran again
-    one_line_error(run_cli("search", str(hotdog_small), "--resume", str(tmp_path / "nowhere")), "no search.json")
+    one_line_error(run_cli("search", str(photos), "--resume", str(tmp_path / "nowhere")), "no search.json")
 
 
 @pytest.mark.shared_data
-def test_a_search_killed_in_its_final_stage_resumes_it(smoke, hotdog_small, tmp_path):
+def test_a_search_killed_in_its_final_stage_resumes_it(smoke, photos, tmp_path):
     """The finished smoke search without its final stage, resumed with --out: SIGKILLed right after the first final
     training is recorded, resumed again: the recorded one is not trained again, and every final score is the
     uninterrupted run's."""
@@ -207,7 +214,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.shared_data
-def test_the_same_search_runs_on_a_local_ray_cluster(smoke, hotdog_small, tmp_path):
+def test_the_same_search_runs_on_a_local_ray_cluster(smoke, photos, tmp_path):
     ray_bin = shutil.which("ray") or os.path.join(os.path.dirname(sys.executable), "ray")
     port = _free_port()
     short = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
@@ -218,7 +225,7 @@ def test_the_same_search_runs_on_a_local_ray_cluster(smoke, hotdog_small, tmp_pa
                            timeout=300)
     assert start.returncode == 0, start.stderr[-3000:]
     try:
-        r = run_cli("search", str(hotdog_small), "--run-dir", str(tmp_path / "run"), "--ray", f"127.0.0.1:{port}",
+        r = run_cli("search", str(photos), "--run-dir", str(tmp_path / "run"), "--ray", f"127.0.0.1:{port}",
                     *SMOKE, cwd=tmp_path, env=env)
         assert r.returncode == 0, r.stderr[-3000:]
         assert _history(tmp_path / "run") == _history(smoke[0] / "run")  # the same candidates and scores
@@ -245,12 +252,12 @@ def test_bad_input_gets_one_line(hotdog_small, tmp_path):
 
 
 @pytest.mark.shared_data
-def test_weight_inheritance_starts_children_from_their_parents(hotdog_small, tmp_path):
+def test_weight_inheritance_starts_children_from_their_parents(photos, tmp_path):
     from safetensors.torch import load as st_load
 
     from pocketvision.core import bundle_file as bundle_io
     from pocketvision.pipeline.train import inherit
-    r = run_cli("search", str(hotdog_small), "--run-dir", str(tmp_path / "run"), "--inherit", *SMOKE, cwd=tmp_path)
+    r = run_cli("search", str(photos), "--run-dir", str(tmp_path / "run"), "--inherit", *SMOKE, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     hist = json.loads((tmp_path / "run" / "history.json").read_text())
     children = [e for e in hist if e["parent"] is not None]
@@ -268,7 +275,7 @@ def test_weight_inheritance_starts_children_from_their_parents(hotdog_small, tmp
         assert n == len(fits) > 0 and total == len(fresh)
         for k, v in net.state_dict().items():
             assert torch.equal(v, theirs[k] if k in fits else fresh[k]), k
-    one_line_error(run_cli("train", str(hotdog_small), "--inherit-from", str(parent), "--init-from", str(parent),
+    one_line_error(run_cli("train", str(photos), "--inherit-from", str(parent), "--init-from", str(parent),
                            "--epochs", "1"), "choose one")
 
 
@@ -293,15 +300,15 @@ def test_hand_designed_separable_networks_are_points_of_the_space():
 
 
 @pytest.mark.shared_data
-def test_a_search_starts_from_the_users_own_network(hotdog_small, trained_bundle, tmp_path):
+def test_a_search_starts_from_the_users_own_network(photos, trained_bundle, tmp_path):
     """--start BUNDLE: the first candidate is the bundle's network at its input side, the rest of the first population
     are its mutants; the starting point is kept in search.json, so a resumed search proposes the same ones."""
     import pocketvision as pv
     from pocketvision.models.searched import as_searched
-    b = pv.train(hotdog_small, out=tmp_path / "dd.pvb", arch="deepdog", arch_args={"alpha": 0.25, "dw_bn": True},
+    b = pv.train(photos, out=tmp_path / "dd.pvb", arch="deepdog", arch_args={"alpha": 0.25, "dw_bn": True},
                  size=64, epochs=1, run_dir=tmp_path / "dd", progress=False, tensorboard=False, workers=0,
                  recipe=False)
-    r = run_cli("search", str(hotdog_small), "--run-dir", str(tmp_path / "run"), "--start", str(b.path),
+    r = run_cli("search", str(photos), "--run-dir", str(tmp_path / "run"), "--start", str(b.path),
                 "--budget", "3", "--population", "2", "--sample", "2", "--epochs", "1", "--resolutions", "64,96",
                 "--max-latency-ms", "0.001", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -317,7 +324,7 @@ def test_a_search_starts_from_the_users_own_network(hotdog_small, trained_bundle
     saved = json.loads((tmp_path / "run" / "search.json").read_text())
     assert saved["start"] == [hist[0]["candidate"]]
     # The Keras-style deepdog (nothing between depthwise and pointwise) is not in the space: one line, nothing run.
-    one_line_error(run_cli("search", str(hotdog_small), "--run-dir", str(tmp_path / "bad"), "--start",
+    one_line_error(run_cli("search", str(photos), "--run-dir", str(tmp_path / "bad"), "--start",
                            str(trained_bundle)), "no equivalent in the search space")
-    one_line_error(run_cli("search", str(hotdog_small), "--run-dir", str(tmp_path / "bad2"), "--start",
+    one_line_error(run_cli("search", str(photos), "--run-dir", str(tmp_path / "bad2"), "--start",
                            str(tmp_path / "none.pvb")), "--start")

@@ -36,11 +36,11 @@ def test_the_stylizer_learns_and_keeps_its_style(style_bundle):
 @pytest.mark.slow
 def test_exports_to_every_target_with_psnr_parity(style_bundle, tmp_path):
     b = pv.load(style_bundle)
-    res = {}
+    res, out = {}, {}
     for to, precision in [("onnx", "fp32"), ("tflite", "fp32"), ("onnx", "int8"), ("tflite", "int8"),
                           ("coreml", "fp32"), ("web", "fp32")]:
         r = b.export(tmp_path / f"s-{precision}.{ {'coreml': 'mlpackage'}.get(to, to)}", to=to, precision=precision)
-        res[to, precision] = r.verification
+        res[to, precision], out[to, precision] = r.verification, r
     for key in [("onnx", "fp32"), ("tflite", "fp32"), ("web", "fp32")]:  # the page's own session, in Chromium
         v = res[key]
         assert v["passed"] and v["psnr_db"] >= 40 and v["n"] >= 4, (key, v)
@@ -48,7 +48,7 @@ def test_exports_to_every_target_with_psnr_parity(style_bundle, tmp_path):
         v = res[key]
         assert v["passed"] and v["psnr_db"] >= 30 and "PSNR >= 30 dB" in v["criterion"], (key, v)
     # the task's int8 recipe: convolutions only, so instance norm's statistics (ReduceMean) stay float
-    q = b.export(tmp_path / "again-int8.onnx", to="onnx", precision="int8", verify=False)
+    q = out["onnx", "int8"]
     assert q.compression["int8"]["op_types"] == ["Conv"] and q.compression["int8"]["calibration"] == "percentile"
     import onnx
     g = onnx.load(str(q.path)).graph
@@ -67,10 +67,16 @@ def test_exports_to_every_target_with_psnr_parity(style_bundle, tmp_path):
     np.testing.assert_allclose(y.astype(int), b.predict_pixels(x).astype(int), atol=2)
 
 
+@pytest.fixture(scope="module")
+def style_onnx(style_bundle, tmp_path_factory):
+    """The stylizer's ONNX file, exported once for the tests that only run it (its parity: the test above)."""
+    return pv.load(style_bundle).export(tmp_path_factory.mktemp("style_onnx") / "s.onnx", verify=False).path
+
+
 @pytest.mark.slow
-def test_an_export_is_verified_on_a_handful_of_photos(style_bundle, tmp_path, shared_data):
+def test_an_export_is_verified_on_a_handful_of_photos(style_bundle, style_onnx, shared_data):
     """Verifying needs real photos, not many: only training asks for a minimum (style/content holds 5)."""
-    onnx_path = pv.load(style_bundle).export(tmp_path / "s.onnx", verify=False).path
+    onnx_path = style_onnx
     content = shared_data / "style" / "content"
     assert len(list(content.iterdir())) < 6
     r = run_cli("verify", str(style_bundle), str(onnx_path), "--data", str(content), "--json")
@@ -79,10 +85,10 @@ def test_an_export_is_verified_on_a_handful_of_photos(style_bundle, tmp_path, sh
     assert v["passed"] and v["n"] == len(list(content.iterdir()))
 
 
-def test_predict_writes_images_torch_free(style_bundle, tmp_path, shared_data):
+def test_predict_writes_images_torch_free(style_onnx, tmp_path, shared_data):
     import subprocess
     import sys
-    onnx_path = pv.load(style_bundle).export(tmp_path / "s.onnx", verify=False).path
+    onnx_path = style_onnx
     photo = shared_data / "style" / "content" / "tubingen.jpg"
     code = ("import sys; from pocketvision.cli.commands import main; rc = main(['predict', sys.argv[1], sys.argv[2], "
             "'--out-dir', sys.argv[3], '--json']); assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
@@ -114,11 +120,11 @@ def test_the_web_page_stylises_a_photo(style_bundle, tmp_path, shared_data):
 
 
 @pytest.mark.slow
-def test_filter_stylises_a_video_and_smooths_flicker(style_bundle, tmp_path, shared_data):
+def test_filter_stylises_a_video_and_smooths_flicker(style_onnx, tmp_path, shared_data):
     from synthetic_video import make_video
     photos = sorted((shared_data / "style" / "content").glob("*.jpg"))[:2]
     make_video(photos, tmp_path / "pan.mp4", size=(320, 240), frames_per_image=10, pan=0.08)
-    onnx_path = pv.load(style_bundle).export(tmp_path / "s.onnx", verify=False).path
+    onnx_path = style_onnx
     stats = {}
     for temporal in ("0", "0.6"):
         r = run_cli("filter", "--style", str(onnx_path), str(tmp_path / "pan.mp4"), "--out",

@@ -5,6 +5,8 @@
   the object's box (the image when there is none), then averaged over images.
 - per-point error (normalised and in pixels), PCK@0.05/0.1 (fraction of points within that fraction of
   the normaliser), failure rate (images with NME > 10%), the cumulative error distribution and its AUC.
+- the mean offset (x, y) of the predictions from the labels, normalised, and the NME with it removed: labels from
+  another source can follow another convention of where a point goes, which moves every point alike.
 
 Only labelled points (v > 0) count; an image with no labelled point or a zero normaliser is left out
 and counted.
@@ -70,6 +72,13 @@ def keypoint_metrics(gt: np.ndarray, pred: np.ndarray, names, normalize: list[st
         per_point[name] = {"nme": float(nerr[m, k].mean()) if m.any() else None,
                            "px": float(e[m, k].mean()) if m.any() else None, "n": int(m.sum())}
     flat = nerr[lab_ok]
+    d = (pred[ok, :, :2] - gt[ok, :, :2]) / n[:, None, None]  # signed, normalised
+    offset = d[lab_ok].mean(0)
+    moved = np.linalg.norm(d - offset, axis=-1)
+    nme_moved = (moved * lab_ok).sum(1) / lab_ok.sum(1)
+    for k, name in enumerate(names):
+        m = lab_ok[:, k]
+        per_point[name]["offset"] = d[m, k].mean(0).round(6).tolist() if m.any() else None
     xs = np.linspace(0, FAILURE_NME, 101)
     ced = [(float(x), float((nme_img <= x).mean())) for x in xs]
     auc = float(np.trapezoid([c for _, c in ced], xs) / FAILURE_NME)
@@ -84,6 +93,8 @@ def keypoint_metrics(gt: np.ndarray, pred: np.ndarray, names, normalize: list[st
         "pck@0.1": float((flat <= 0.10).mean()),
         "failure_rate": float((nme_img > FAILURE_NME).mean()),
         "auc@0.1": auc,
+        "offset": offset.round(6).tolist(),
+        "nme_offset_removed": float(nme_moved.mean()),
         "per_point": per_point,
         "n_images": int(ok.sum()),
         "n_excluded": int((~ok).sum()),
