@@ -159,6 +159,19 @@ class Mirror:
         self.server.server_close()
 
 
+def publish_all(store: Path, admin_token: str, data: Path, releases) -> None:
+    """Publish each (bundle, extra CLI arguments) as "hotdog" to a registry serving ``store``, in order (the
+    fixtures' versions 1, 2, ...); a failed publish fails the fixture with its stderr."""
+    srv = RegistryServer(store).start()
+    try:
+        for bundle, extra in releases:
+            r = run_cli("publish", str(bundle), "--name", "hotdog", "--server", srv.url, "--token", admin_token,
+                        "--data", str(data), "--json", *extra)
+            assert r.returncode == 0, r.stderr[-3000:]
+    finally:
+        srv.stop()
+
+
 def env_without_proxy() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
 

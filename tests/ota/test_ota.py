@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ota_support import Api, Mirror, RegistryServer, new_store, perturbed, resign, store_keys, store_meta
+from ota_support import (Api, Mirror, RegistryServer, new_store, perturbed, publish_all, resign, store_keys,
+                         store_meta)
 from tuf.api.metadata import Metadata
 
 from helpers import run_cli
@@ -50,14 +51,8 @@ def base_store(trained_bundle, hotdog_small, tmp_path_factory):
     store = root / "store"
     tokens = new_store(store)
     b2 = perturbed(trained_bundle, root / "hotdog-v2.pvb")
-    srv = RegistryServer(store).start()
-    try:
-        for bundle, extra in ((trained_bundle, ("--channel", "stable", "--rollout", "100%")), (b2, ())):
-            r = run_cli("publish", str(bundle), "--name", "hotdog", "--server", srv.url, "--token", tokens["admin"],
-                        "--data", str(hotdog_small), "--json", *extra)
-            assert r.returncode == 0, r.stderr[-3000:]
-    finally:
-        srv.stop()
+    publish_all(store, tokens["admin"], hotdog_small,
+                [(trained_bundle, ("--channel", "stable", "--rollout", "100%")), (b2, ())])
     return store, tokens, b2
 
 

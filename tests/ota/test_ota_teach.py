@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
-from ota_support import Api, RegistryServer, new_store
+from ota_support import Api, RegistryServer, new_store, publish_all
 
 import pocketvision as pv
 from helpers import run_cli
@@ -49,15 +49,9 @@ def teach_store(default_start, default_start_page, hotdog_small, tmp_path_factor
     store = root / "store"
     tokens = new_store(store)
     v2 = _retouched(default_start, root / "v2.pvb")
-    srv = RegistryServer(store).start()
-    try:
-        for bundle, extra in ((default_start, ("--teachable", "--to", "onnx,web", "--channel", "stable")),
-                              (v2, ("--teachable", "--to", "onnx,web")), (default_start, ("--to", "onnx"))):
-            r = run_cli("publish", str(bundle), "--name", "hotdog", "--server", srv.url, "--token", tokens["admin"],
-                        "--data", str(few), "--json", *extra)
-            assert r.returncode == 0, r.stderr[-3000:]
-    finally:
-        srv.stop()
+    publish_all(store, tokens["admin"], few,
+                [(default_start, ("--teachable", "--to", "onnx,web", "--channel", "stable")),
+                 (v2, ("--teachable", "--to", "onnx,web")), (default_start, ("--to", "onnx"))])
     return store, tokens, default_start_page
 
 

@@ -11,7 +11,8 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-from ota_support import Api, Mirror, RegistryServer, new_store, perturbed, resign, store_keys, store_meta
+from ota_support import (Api, Mirror, RegistryServer, new_store, perturbed, publish_all, resign, store_keys,
+                         store_meta)
 
 import pocketvision as pv
 from helpers import run_cli
@@ -29,14 +30,8 @@ def web_store(trained_bundle, trained_page, hotdog_small, tmp_path_factory):
     store = root / "store"
     tokens = new_store(store)
     b2 = perturbed(trained_bundle, root / "hotdog-v2.pvb")
-    srv = RegistryServer(store).start()
-    try:
-        for bundle, to, extra in ((trained_bundle, "web", ("--channel", "stable")), (b2, "web,coreml", ())):
-            r = run_cli("publish", str(bundle), "--name", "hotdog", "--server", srv.url, "--token", tokens["admin"],
-                        "--data", str(hotdog_small), "--to", to, "--json", *extra)
-            assert r.returncode == 0, r.stderr[-3000:]
-    finally:
-        srv.stop()
+    publish_all(store, tokens["admin"], hotdog_small,
+                [(trained_bundle, ("--to", "web", "--channel", "stable")), (b2, ("--to", "web,coreml"))])
     return store, tokens, b2, trained_page[0]
 
 
